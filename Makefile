@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine:  make demo  |  make test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo smoke test bench clean
+
+install: $(VENV)/.installed
+
+# torch is installed first and pinned, so pip takes the CPU wheel instead of several GB of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: install          ## the main job on the embedded defaults (~15 min on 2 cores, first run converts the model)
+	$(BIN)/distill run ticket-triage
+
+smoke: install         ## the same pipeline, small profile (~3 min once the model is converted)
+	$(BIN)/distill run ticket-triage --profile smoke
+
+test: install          ## the test suite (tiny random models, real components)
+	$(BIN)/pytest -q
+
+bench: install         ## quick benchmarks (each prints one JSON line last)
+	$(BIN)/python benchmarks/train_step.py --quick
+	$(BIN)/python benchmarks/triage_quality.py --quick
+
+clean:
+	rm -rf .distill .pytest_cache

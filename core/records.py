@@ -1,0 +1,136 @@
+"""The one record type that flows from seed to trainer, with lineage.
+
+Every stage reads and writes `Example`s as JSON lines. Lineage fields make the
+collapse guard checkable: an example whose `source` is "student" must never reach
+training (see `trainers.data.build_training_pool`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SOURCES = ("human", "teacher", "traffic", "student")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def content_id(skill: str, input: Any, output: Any = None) -> str:
+    """A stable id from content, so a re-run produces the same ids."""
+    payload = json.dumps([skill, input, output], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Example:
+    id: str
+    skill: str
+    input: str
+    output: str | None
+    source: str  # human | teacher | traffic | student
+    teacher: str | None = None  # model id that wrote `output` (or `input`), None for people
+    parent_ids: list[str] = field(default_factory=list)  # seeds shown to the teacher
+    confidence: float | None = None
+    created_at: str = field(default_factory=now_iso)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Example":
+        return cls(**d)
+
+
+@dataclass
+class Rejected:
+    """An example a stage dropped, and why (snake_case reason)."""
+
+    example: Example
+    stage: str
+    reason: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "reason": self.reason, "detail": self.detail, "example": self.example.to_dict()}
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so readers see the old content or the new, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+    atomic_write_text(path, "".join(lines))
+    return len(lines)
+
+
+def write_examples(path: str | Path, examples: Iterable[Example]) -> int:
+    return write_jsonl(path, (e.to_dict() for e in examples))
+
+
+def read_examples(path: str | Path) -> list[Example]:
+    out = []
+    for lineno, obj in read_jsonl(path):
+        try:
+            out.append(Example.from_dict(obj))
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}:{lineno}: not an Example record ({e})") from None
+    return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def hash_examples(examples: Iterable[Example]) -> str:
+    """Order-independent hash of (input, output) pairs: the dataset hash in lineage."""
+    h = hashlib.sha256()
+    for key in sorted(json.dumps([e.input, e.output], ensure_ascii=False) for e in examples):
+        h.update(key.encode())
+        h.update(b"\n")
+    return h.hexdigest()

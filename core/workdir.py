@@ -1,0 +1,29 @@
+"""The work directory: everything a run produces lives here, never in git."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def work_dir() -> Path:
+    """$DISTILL_HOME, else ./.distill (models/, cache/, index/, runs/, registry/)."""
+    return Path(os.environ.get("DISTILL_HOME", ".distill")).resolve()
+
+
+def models_dir() -> Path:
+    return work_dir() / "models"
+
+
+def runs_dir(skill: str) -> Path:
+    return work_dir() / "runs" / skill
+
+
+def pool_dir(skill: str) -> Path:
+    """Every example a skill has ever accepted (the dedup reference and training pool)."""
+    return work_dir() / "pool" / skill
+
+
+def registry_root() -> str:
+    """$DISTILL_REGISTRY, else <work dir>/registry."""
+    return os.environ.get("DISTILL_REGISTRY") or str(work_dir() / "registry")

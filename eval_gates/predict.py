@@ -1,0 +1,41 @@
+"""Run a model (base, or base + adapter) over inputs and parse its answers."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from core.prompting import format_prompt, parse_output
+from core.skills import SkillConfig
+
+
+@dataclass
+class Predictions:
+    preds: list[str | None]
+    raw: list[str]
+    prompt_tokens: list[int]
+    seconds: list[float]
+
+    def latency(self) -> dict:
+        if not self.seconds:
+            return {"p50_s": None, "p95_s": None}
+        s = sorted(self.seconds)
+        return {"p50_s": round(statistics.median(s), 4), "p95_s": round(s[min(len(s) - 1, int(0.95 * len(s)))], 4)}
+
+    def mean_prompt_tokens(self) -> float:
+        return round(sum(self.prompt_tokens) / len(self.prompt_tokens), 1) if self.prompt_tokens else 0.0
+
+
+def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),
+            batch_size: int = 16, progress: Callable[[int], None] | None = None) -> Predictions:
+    """Greedy answers to the skill's prompt (zero-shot unless shots are given)."""
+    prompts = [format_prompt(cfg, x, shots) for x in inputs]
+    completions = model.complete(prompts, max_new_tokens=8, temperature=0.0, batch_size=batch_size,
+                                 progress=progress)
+    return Predictions(
+        preds=[parse_output(cfg, c.text) for c in completions],
+        raw=[c.text for c in completions],
+        prompt_tokens=[c.prompt_tokens for c in completions],
+        seconds=[c.seconds for c in completions],
+    )

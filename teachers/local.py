@@ -1,0 +1,107 @@
+"""Local transformers backend: batched generation on whatever device is present.
+
+Used for the teacher and, with a LoRA adapter loaded, for the student in the eval
+gates, so both are measured with the same decoding code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (newline or EOS) or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float  # wall time of the batch it was in, divided by the batch size
+
+
+class LocalModel:
+    """A causal LM (optionally with a LoRA adapter) that completes prompts in batches."""
+
+    def __init__(self, model_path: str, adapter_path: str | None = None, name: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from trainers.base_model import load_tokenizer
+
+        self.name = name or (f"{model_path}+{adapter_path}" if adapter_path else model_path)
+        self.tokenizer = load_tokenizer(model_path)  # adapters do not change the vocabulary
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        if adapter_path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_path)
+            model = model.merge_and_unload()  # same outputs, faster decoding
+        self.model = model.eval()
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        batch_size: int = 16,
+        seed: int = 0,
+        stop_at_newline: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[Completion]:
+        """Complete each prompt; greedy when temperature is 0. Deterministic for a seed."""
+        import torch
+
+        tok = self.tokenizer
+        out: list[Completion] = []
+        # Sort by length so each batch pads little; restore the order at the end.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, Completion] = {}
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch = [prompts[i] for i in idx]
+            enc = tok(batch, return_tensors="pt", padding=True).to(self.device)
+            gen_kwargs = dict(
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+                do_sample=temperature > 0,
+            )
+            if temperature > 0:
+                gen_kwargs.update(temperature=temperature, top_p=0.95, top_k=0)
+                torch.manual_seed(seed * 100_003 + b)
+            else:
+                gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+            if stop_at_newline:
+                gen_kwargs.update(stop_strings=["\n"], tokenizer=tok)
+            t0 = time.time()
+            with torch.inference_mode():
+                gen = self.model.generate(**enc, **gen_kwargs)
+            dt = (time.time() - t0) / len(idx)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for row, i in enumerate(idx):
+                ids = new[row].tolist()
+                n = len(ids)
+                while n and ids[n - 1] == tok.pad_token_id:
+                    n -= 1
+                text = tok.decode(ids[:n], skip_special_tokens=True)
+                stopped = n < max_new_tokens or "\n" in text or (n and ids[n - 1] == tok.eos_token_id)
+                if stop_at_newline:
+                    text = text.split("\n")[0]
+                results[i] = Completion(
+                    text=text,
+                    finish_reason="stop" if stopped else "length",
+                    prompt_tokens=int(enc["attention_mask"][row].sum()),
+                    completion_tokens=n,
+                    seconds=dt,
+                )
+            if progress:
+                progress(len(idx))
+        out = [results[i] for i in range(len(prompts))]
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])

@@ -1,0 +1,110 @@
+"""Shared fixtures: an isolated work dir, a tiny random Gemma 3 built in the session
+(no downloads), a skill folder pointing at it, and one Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="distill-tests-"))
+
+# Set before prefect / transformers are imported by any test module.
+os.environ["DISTILL_HOME"] = str(_SESSION_HOME / "work")
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
+    """A 2-layer random Gemma 3 with a byte-level BPE tokenizer trained on `corpus`."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
+                            special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>",
+                                  bos_token="<bos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+        sliding_window=128, layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+    )
+    model = Gemma3ForCausalLM(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> str:
+    import json
+
+    corpus = []
+    for name in ("seeds.jsonl", "eval.jsonl"):
+        for line in (REPO / "seeds" / "ticket-triage" / name).read_text().splitlines():
+            obj = json.loads(line)
+            corpus.append(f"Ticket: {obj['input']}\nTeam: {obj['output']}\n")
+    return str(build_tiny_model(_SESSION_HOME / "tiny-gemma", corpus))
+
+
+TINY_PROFILE = """
+profiles:
+  tiny:
+    expansion: {target_examples: 6}
+    teacher: {few_shot: 4, style_shots: 3, batch_size: 8, max_new_tokens: 12}
+    student: {quantization: nf4, lora: {r: 4, alpha: 8}, train: {max_steps: 3, batch_size: 8, eval_steps: 3}}
+    gates: {eval_limit: 10, replay: {sample: 6, min_agreement: 0.0, max_invalid_rate: 1.0},
+            floor: {accuracy: 0.0}, margin: 1.0}
+  tiny_strict:
+    expansion: {target_examples: 4}
+    teacher: {few_shot: 4, style_shots: 3, batch_size: 8, max_new_tokens: 12}
+    student: {quantization: nf4, lora: {r: 4, alpha: 8}, train: {max_steps: 2, batch_size: 8, eval_steps: 2}}
+    gates: {eval_limit: 10, replay: {sample: 6}, floor: {accuracy: 1.01}}
+"""
+
+
+@pytest.fixture()
+def skill_root(tmp_path, tiny_model_path, monkeypatch) -> Path:
+    """A copy of seeds/ whose ticket-triage skill uses the tiny model as teacher and student."""
+    import yaml
+
+    root = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds", root)
+    path = root / "ticket-triage" / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["teacher"]["model"] = tiny_model_path
+    cfg["student"]["base_model"] = tiny_model_path
+    cfg.update(yaml.safe_load(TINY_PROFILE))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(root))
+    work = tmp_path / "work"
+    monkeypatch.setenv("DISTILL_HOME", str(work))
+    monkeypatch.delenv("DISTILL_REGISTRY", raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

