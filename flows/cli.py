@@ -79,9 +79,11 @@ def _preflight(skill: str, profile: str):
         from teachers.openai_http import OpenAITeacher
 
         OpenAITeacher(s.config.teacher.base_url or "", s.config.teacher.model, s.config.teacher.api_key_env).check()
-    for spec in {s.config.teacher.model if s.config.teacher.backend == "local" else None, s.config.student.base_model}:
-        if spec and not spec.startswith("bundled:") and not Path(spec).exists() and "/" not in spec:
-            raise ValueError(f"model {spec!r} is neither a bundled model, a local path nor a hub id")
+    from trainers.base_model import check_model_spec
+
+    if s.config.teacher.backend == "local":
+        check_model_spec(s.config.teacher.model, "teacher.model")
+    check_model_spec(s.config.student.base_model, "student.base_model")
     return s
 
 

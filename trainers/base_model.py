@@ -40,6 +40,25 @@ def resolve_model(spec: str) -> str:
     return spec  # a hub id; transformers resolves it (from its cache when offline)
 
 
+def check_model_spec(spec: str, key: str) -> None:
+    """Fail before a run starts when a model cannot be found (nothing is downloaded at run time)."""
+    if spec in BUNDLED:
+        return
+    if spec.startswith("bundled:"):
+        raise ModelError(f"{key}: unknown bundled model {spec!r}; known: {', '.join(BUNDLED)}")
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith(("/", ".", "~")):
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{key}: model path {path} has no config.json")
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            raise ModelError(f"{key}: {spec!r} is not a local path and not in the Hugging Face cache "
+                             "(offline: download it first or give a local path)")
+
+
 def model_revision(resolved: str) -> str:
     """A revision string for lineage: the converted folder's marker, or the path/id itself."""
     marker = Path(resolved) / "CONVERTED_FROM"
