@@ -151,7 +151,7 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     # smoke: the whole pipeline on real parts in a few minutes (fewer items, a few training steps).
     "smoke": {
         "expansion": {"target_examples": 8},
-        "teacher": {"few_shot": 4, "batch_size": 8, "max_new_tokens": 40},
+        "teacher": {"few_shot": 5, "style_shots": 3, "batch_size": 8, "max_new_tokens": 48},
         "student": {"train": {"max_steps": 4, "batch_size": 4, "eval_steps": 4}},
         # Loose gates so the publish path runs too; the version gets the `candidate` alias,
         # never `production`, so a smoke adapter is never served nor used as the champion.

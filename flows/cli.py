@@ -138,9 +138,13 @@ def cmd_run(args) -> int:
         import logging
 
         args.no_progress = True
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-        for name in ("prefect", "httpx", "bitsandbytes", "transformers", "datasets"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # Prefect configures the root logger at import; ours gets its own handler.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        lg = logging.getLogger("distill")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        lg.propagate = False
     columns = [TextColumn("{task.description:34s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, disable=args.no_progress) as bar:
         prog.set_progress(None if args.no_progress else bar)

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.records import atomic_write_text, now_iso, write_json
+from core.records import DataError, atomic_write_text, now_iso, read_jsonl, write_json
 from core.workdir import registry_root
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -168,19 +168,10 @@ class Registry:
         f = self._skill_dir(skill) / HISTORY_FILE
         if not f.exists():
             return []
-        out = []
-        with f.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise RegistryError(f"{f}:{lineno}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise RegistryError(f"{f}:{lineno}: expected a JSON object")
-                out.append(obj)
-        return out
+        try:
+            return [obj for _, obj in read_jsonl(f)]
+        except DataError as e:
+            raise RegistryError(str(e)) from None
 
     def _require_skill(self, skill: str) -> list[int]:
         versions = self._versions(skill)

@@ -20,6 +20,18 @@ class Completion:
     seconds: float  # wall time of the batch it was in, divided by the batch size
 
 
+def inference_dtype(device: str):
+    """bf16 where the hardware has it: generation reads every weight per token, so half the
+    bytes is faster; on a CPU with AVX512-BF16/AMX, bf16 prefill measured 3.4x faster and decoding
+    1.4x faster than float32 (Gemma 3 270M, 2 cores). float32 elsewhere."""
+    import torch
+
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return torch.bfloat16 if fast_bf16 else torch.float32
+
+
 class LocalModel:
     """A causal LM (optionally with a LoRA adapter) that completes prompts in batches."""
 
@@ -33,14 +45,19 @@ class LocalModel:
         self.tokenizer = load_tokenizer(model_path)  # adapters do not change the vocabulary
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device)
+        dtype = inference_dtype(self.device)
+        # Adapters are merged in float32, then the merged model is cast once.
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if adapter_path else dtype)
         if adapter_path:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter_path)
-            model = model.merge_and_unload()  # same outputs, faster decoding
-        self.model = model.eval()
+            model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()  # faster decoding
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        out = self.model.get_output_embeddings()
+        if out is not None:
+            # generate() hands the LM head a strided slice (the last position); on CPU a bf16
+            # linear on a non-contiguous input took 39 s instead of 0.14 s (torch 2.13).
+            out.register_forward_pre_hook(lambda mod, args: tuple(a.contiguous() for a in args))
 
     def complete(
         self,

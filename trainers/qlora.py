@@ -187,6 +187,8 @@ def train_adapter(
         warmup_steps=max(1, total // 10),
         max_length=tc.max_length,
         packing=False,
+        # Batches of similar length pad little: most of a CPU step is spent on padding otherwise.
+        train_sampling_strategy="group_by_length",
         completion_only_loss=True,  # loss on the answer tokens only
         gradient_checkpointing=False,  # short sequences: recomputation costs more than it saves
         logging_steps=1,
@@ -225,8 +227,7 @@ def train_adapter(
     trainer.train(resume_from_checkpoint=resume)
 
     adapter_dir = out_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
+    trainer.model.save_pretrained(str(adapter_dir))  # the base's tokenizer is unchanged: not copied
     history = [h for h in trainer.state.log_history]
     train_losses = [h["loss"] for h in history if "loss" in h]
     result = TrainResult(
