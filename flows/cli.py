@@ -31,6 +31,8 @@ def _environment() -> None:
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    # Prefect creates only the last folder of PREFECT_HOME; on a fresh clone .distill/ does not exist yet.
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
     import logging
     import warnings
 
@@ -133,18 +135,22 @@ def cmd_run(args) -> int:
     from flows.pipeline import RunParams, distill_skill
 
     params = RunParams(skill=args.skill, profile=args.profile, seed=args.seed, run_id=args.run_id)
+    import logging
+
+    # Prefect configures the root logger at import; the pipeline's own logger gets its handler.
+    lg = logging.getLogger("distill")
+    lg.setLevel(logging.INFO)
+    lg.propagate = False
     if args.no_progress or not sys.stdout.isatty():
         # No terminal (a CI log, a deployment): progress as log lines instead of bars.
-        import logging
-
         args.no_progress = True
-        # Prefect configures the root logger at import; ours gets its own handler.
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-        lg = logging.getLogger("distill")
-        lg.setLevel(logging.INFO)
-        lg.addHandler(handler)
-        lg.propagate = False
+    else:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False)
+    lg.addHandler(handler)
     columns = [TextColumn("{task.description:34s}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, disable=args.no_progress) as bar:
         prog.set_progress(None if args.no_progress else bar)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.workdir import models_dir
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("distill." + __name__)  # shown by the CLI
 
 BUNDLED = {"bundled:gemma-3-270m": "gemma-3-270m"}
 

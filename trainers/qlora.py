@@ -19,7 +19,7 @@ from core.prompting import format_completion, format_prompt
 from core.records import Example, write_json
 from core.skills import SkillConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("distill." + __name__)  # shown by the CLI
 
 ProgressFn = Callable[[int, int, dict], None]  # (step, total steps, latest logs)
 

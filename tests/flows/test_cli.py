@@ -41,3 +41,16 @@ def test_skills_lists_and_validates(skill_root, capsys):
     assert main(["skills"]) == 0
     out = capsys.readouterr().out
     assert "ticket-triage" in out and "ok" in out and "seeds=50" in out
+
+
+def test_fresh_work_dir_gets_a_prefect_home(tmp_path, monkeypatch):
+    """On a fresh clone .distill/ does not exist; Prefect would fail to create its home."""
+    from flows.cli import _environment
+
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "new" / ".distill"))
+    monkeypatch.delenv("PREFECT_HOME")
+    _environment()
+    import os
+
+    assert os.environ["PREFECT_HOME"] == str(tmp_path / "new" / ".distill" / "prefect")
+    assert (tmp_path / "new" / ".distill" / "prefect").is_dir()
