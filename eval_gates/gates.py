@@ -48,7 +48,7 @@ def regression_gate(cfg: GateConfig, candidate: dict, champion: dict | None) -> 
                 passed = False
                 reasons.append(f"{metric} {c:.3f} regresses against production {p:.3f} by more than {cfg.margin:.3f}")
             else:
-                reasons.append(f"{metric} {c:.3f} vs production {p:.3f}: within margin {cfg.margin:.3f}")
+                reasons.append(f"{metric} {c:.3f} vs production {p:.3f}: no drop beyond the margin {cfg.margin:.3f}")
     return GateResult("regression", passed, reasons, candidate, champion)
 
 
@@ -70,7 +70,7 @@ def replay_gate(cfg: GateConfig, candidate: dict, champion: dict | None) -> Gate
             passed = False
             reasons.append(f"agreement {agree:.3f} regresses against production {champion['agreement']:.3f}")
         else:
-            reasons.append(f"agreement {agree:.3f} vs production {champion['agreement']:.3f}: within margin")
+            reasons.append(f"agreement {agree:.3f} vs production {champion['agreement']:.3f}: no drop beyond the margin")
     return GateResult("replay", passed, reasons, candidate, champion)
 
 

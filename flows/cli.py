@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the pipeline once for one skill")
     r.add_argument("skill")
     r.add_argument("--profile", default="default", help="named overrides in the skill file (default, smoke)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=None, help="teacher sampling seed (default: a fresh one, recorded)")
     r.add_argument("--run-id", default=None, help="name of the run folder (default: a timestamp)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

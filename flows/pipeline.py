@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ class RunParams(BaseModel):
 
     skill: str = Field(description="Skill folder name under seeds/.", pattern=r"^[A-Za-z0-9_-]+$")
     profile: str = Field("default", description="Named overrides from the skill file (e.g. smoke).")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for sampling, shots and training.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1,
+                             description="Seed for the teacher's sampling and shots; a fresh one per run when "
+                                         "empty (recorded in params.json), so scheduled runs find new inputs.")
     run_id: str | None = Field(None, description="Run folder name; new timestamped id when empty.")
 
 
@@ -244,8 +247,10 @@ def distill_skill(params: RunParams) -> dict:
     run_id = params.run_id or time.strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir(skill.name) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    if params.seed is None:
+        params = params.model_copy(update={"seed": random.SystemRandom().randrange(2**31)})
     replay_items = [r.as_example(skill.name) for r in
-                    replay_sample(load_traffic(skill.traffic_path(), cfg), cfg.gates.replay.sample, params.seed)]
+                    replay_sample(load_traffic(skill.traffic_path(), cfg), cfg.gates.replay.sample, seed=0)]
     write_json(run_dir / "params.json", params.model_dump())
 
     models = provision_models(skill)
