@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (SkillError, DataError, ModelError, TeacherUnreachable, RegistryError, ValueError, OSError) as e:
+        if os.environ.get("DISTILL_DEBUG"):
+            raise  # the whole traceback, for bug reports
         return _fail(str(e).strip().splitlines()[0] if "\n" not in str(e) else str(e).strip())
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

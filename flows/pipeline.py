@@ -6,7 +6,6 @@ eval_gates/ and registry/. Tasks pass paths and small dicts, not datasets.
 
 from __future__ import annotations
 
-import json
 import platform
 import random
 import subprocess
@@ -167,8 +166,8 @@ def evaluate(skill: Skill, student_path: str, adapter_dir: str, champion_dir: st
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(skill: Skill, params: RunParams, run_id: str, adapter_dir: str, models: Models, evaluation: dict,
-            decision: dict, lineage: dict, data_summary: dict) -> dict:
+def publish(skill: Skill, run_id: str, adapter_dir: str, evaluation: dict, decision: dict, lineage: dict,
+            data_summary: dict) -> dict:
     from core.prompting import template_spec
     from registry import Registry, render_model_card
 
@@ -276,8 +275,8 @@ def distill_skill(params: RunParams) -> dict:
     }
     published = None
     if decision.promote:
-        published = publish(skill, params, run_id, training["result"]["adapter_dir"], models, evaluation,
-                            decision.to_dict(), lineage, training["pool"])
+        published = publish(skill, run_id, training["result"]["adapter_dir"], evaluation, decision.to_dict(),
+                            lineage, training["pool"])
     pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
 
     summary = {

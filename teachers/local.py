@@ -73,7 +73,6 @@ class LocalModel:
         import torch
 
         tok = self.tokenizer
-        out: list[Completion] = []
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, Completion] = {}
@@ -117,8 +116,7 @@ class LocalModel:
                 )
             if progress:
                 progress(len(idx))
-        out = [results[i] for i in range(len(prompts))]
-        return out
+        return [results[i] for i in range(len(prompts))]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])

@@ -6,9 +6,7 @@ Loss is on the answer tokens only (prompt-completion records, trl's completion-o
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field

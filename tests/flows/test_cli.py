@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from flows.cli import main
 

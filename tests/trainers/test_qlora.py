@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from core.records import Example
 from core.skills import load_skill
 
 
