@@ -263,6 +263,7 @@ def distill_skill(params: RunParams) -> dict:
     gates = [regression_gate(cfg.gates, cand["eval"], champ["eval"] if champ else None),
              replay_gate(cfg.gates, cand["replay"], champ["replay"] if champ else None)]
     decision = decide(gates)
+    write_json(run_dir / "decision.json", {**decision.to_dict(), "run_id": run_id, "champion_version": champion_version})
     rejected = expansion["rejected"] + filtered["rejected"]
     write_jsonl(run_dir / "rejected.jsonl", (r.to_dict() for r in rejected))
     lineage = {

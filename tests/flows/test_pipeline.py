@@ -65,6 +65,29 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     assert json.loads((Path(s2["run_dir"]) / "summary.json").read_text())["published"] is None
     # The accepted pool grows across runs and is the dedup reference for the next one.
     assert s2["counts"]["pool_after_run"] >= s["counts"]["pool_after_run"]
+    decision = json.loads((Path(s2["run_dir"]) / "decision.json").read_text())
+    assert decision["promote"] is False and decision["champion_version"] == 1
+
+
+def test_a_run_that_fails_midway_changes_no_published_state(skill_root, prefect_harness, monkeypatch):
+    """Fault injected after training (evaluation crashes): registry and pool stay as they were."""
+    import eval_gates.predict
+    from core.workdir import pool_dir
+    from registry import Registry
+
+    _run("tiny", "ok")
+    reg = Registry()
+    before = reg.snapshot("ticket-triage")
+    pool = (pool_dir("ticket-triage") / "accepted.jsonl").read_bytes()
+
+    def broken(*a, **k):
+        raise RuntimeError("injected evaluation failure")
+
+    monkeypatch.setattr(eval_gates.predict, "predict", broken)
+    with pytest.raises(RuntimeError, match="injected evaluation failure"):
+        _run("tiny", "broken")
+    assert reg.snapshot("ticket-triage") == before and reg.aliases("ticket-triage") == {"production": 1}
+    assert (pool_dir("ticket-triage") / "accepted.jsonl").read_bytes() == pool
 
 
 def lineage_base(skill_root):
