@@ -26,18 +26,13 @@ class ModelError(RuntimeError):
     pass
 
 
-def resolve_model(spec: str) -> str:
+def resolve_model(spec: str, key: str = "model") -> str:
     """Return something `from_pretrained` accepts: a converted folder, a local path or a hub id."""
+    check_model_spec(spec, key)
     if spec in BUNDLED:
         return str(ensure_bundled(spec))
-    if spec.startswith("bundled:"):
-        raise ModelError(f"unknown bundled model {spec!r}; known: {', '.join(BUNDLED)}")
     path = Path(spec).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model path {path} has no config.json")
-        return str(path.resolve())
-    return spec  # a hub id; transformers resolves it (from its cache when offline)
+    return str(path.resolve()) if path.exists() else spec  # else a hub id, from its cache when offline
 
 
 def check_model_spec(spec: str, key: str) -> None:

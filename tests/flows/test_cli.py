@@ -2,7 +2,6 @@
 
 import json
 
-
 from flows.cli import main
 
 
