@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,llama]"
 	touch $@
 
 demo: install          ## the main job on the embedded defaults (~15 min on 2 cores, first run converts the model)
@@ -26,7 +26,7 @@ test: install          ## the test suite (tiny random models, real components)
 
 bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/train_step.py --quick
-	$(BIN)/python benchmarks/triage_quality.py --quick
+	$(BIN)/python benchmarks/skill_quality.py --quick
 
 clean:
 	rm -rf .distill .pytest_cache

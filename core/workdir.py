@@ -24,6 +24,16 @@ def pool_dir(skill: str) -> Path:
     return work_dir() / "pool" / skill
 
 
+def index_dir(skill: str) -> Path:
+    """The skill's persistent dedup index (MinHash signatures of every accepted example)."""
+    return work_dir() / "index" / skill
+
+
 def registry_root() -> str:
     """$DISTILL_REGISTRY, else <work dir>/registry."""
     return os.environ.get("DISTILL_REGISTRY") or str(work_dir() / "registry")
+
+
+def cache_dir() -> Path:
+    """Durable caches that make a re-run free (teacher responses)."""
+    return work_dir() / "cache"

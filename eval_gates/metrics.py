@@ -1,4 +1,4 @@
-"""Per-task metrics. A task type is a small plug-in: `score_all(golds, preds) -> dict`."""
+"""Classification metrics over whole lists (used by the classification plug-in in eval_gates/tasks.py)."""
 
 from __future__ import annotations
 

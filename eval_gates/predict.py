@@ -20,19 +20,26 @@ class Predictions:
     def latency(self) -> dict:
         if not self.seconds:
             return {"p50_s": None, "p95_s": None}
-        s = sorted(self.seconds)
-        return {"p50_s": round(statistics.median(s), 4), "p95_s": round(s[min(len(s) - 1, int(0.95 * len(s)))], 4)}
+        q = statistics.quantiles(self.seconds, n=20, method="inclusive") if len(self.seconds) > 1 else self.seconds * 19
+        return {"p50_s": round(statistics.median(self.seconds), 4), "p95_s": round(q[18], 4)}
 
     def mean_prompt_tokens(self) -> float:
         return round(sum(self.prompt_tokens) / len(self.prompt_tokens), 1) if self.prompt_tokens else 0.0
+
+
+def answer_tokens(cfg: SkillConfig) -> int:
+    """Longest generated answer: a label is a few tokens; a one-line JSON object or text needs more."""
+    if cfg.gates.max_new_tokens:
+        return cfg.gates.max_new_tokens
+    return 8 if cfg.task == "classification" else 160
 
 
 def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),
             batch_size: int = 16, progress: Callable[[int], None] | None = None) -> Predictions:
     """Greedy answers to the skill's prompt (zero-shot unless shots are given)."""
     prompts = [format_prompt(cfg, x, shots) for x in inputs]
-    completions = model.complete(prompts, max_new_tokens=8, temperature=0.0, batch_size=batch_size,
-                                 progress=progress)
+    completions = model.complete(prompts, max_new_tokens=answer_tokens(cfg), temperature=0.0,
+                                 batch_size=batch_size, progress=progress)
     return Predictions(
         preds=[parse_output(cfg, c.text) for c in completions],
         raw=[c.text for c in completions],

@@ -1,13 +1,25 @@
-"""Live-traffic replay: read the skill's traffic log, sample requests reproducibly."""
+"""Live-traffic replay: read the skill's traffic (JSONL file or SQL table), sample requests reproducibly.
+
+A malformed line or row is skipped, never fatal: it is counted and recorded with where it is
+(file:line, or url#table:id) and why, so one bad log line cannot stop the gate, and an empty
+sample fails the gate closed instead.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from core.records import DataError, Example, read_jsonl
+from core.records import DataError, Example
 from core.skills import SkillConfig
+
+log = logging.getLogger("distill")
+JSON_TASKS = ("extraction", "function_call")
 
 
 @dataclass
@@ -16,7 +28,7 @@ class TrafficRecord:
     timestamp: str
     request: str
     reference: str
-    reference_source: str  # "llm" (the large model's answer) or "human" (a person's correction)
+    reference_source: str  # "llm" (the large model's answer), "human" (a person's correction) or "unknown"
     accepted: bool
 
     def as_example(self, skill: str) -> Example:
@@ -24,32 +36,198 @@ class TrafficRecord:
                        meta={"accepted": self.accepted, "reference_source": self.reference_source})
 
 
-def load_traffic(path: Path, cfg: SkillConfig) -> list[TrafficRecord]:
+@dataclass
+class Skipped:
+    where: str  # file:line, or url#table:id
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrafficLog(list):
+    """The valid records (a list), plus where they came from and what was skipped and why."""
+
+    def __init__(self, records=(), source: str = "", skipped: list[Skipped] | None = None):
+        super().__init__(records)
+        self.source = source
+        self.skipped: list[Skipped] = skipped or []
+
+    def summary(self, limit: int = 20) -> dict:
+        return {"source": self.source, "records": len(self), "accepted": sum(r.accepted for r in self),
+                "skipped": len(self.skipped), "skipped_examples": [s.to_dict() for s in self.skipped[:limit]]}
+
+
+def _canonical(value: Any, what: str, json_task: bool) -> str:
+    """Requests/references as stored in Example: text, or canonical JSON text for JSON task types."""
+    if json_task:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"'{what}' is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"'{what}' must be a JSON object")
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"'{what}' must be a non-empty string")
+    return value.strip()
+
+
+def _accepted(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):  # SQL engines without a boolean type
+        return bool(value)
+    raise ValueError("'accepted' must be true or false")
+
+
+def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
+    """One traffic record from a dict with the JSONL keys; ValueError says what is wrong."""
+    for key in ("id", "timestamp"):
+        if not isinstance(obj.get(key), str) or not obj[key].strip():
+            raise ValueError(f"'{key}' must be a non-empty string")
+    # function_call requests are {"request", "tools"} objects; extraction requests are free text.
+    request = _canonical(obj.get("request"), "request", cfg.task == "function_call")
+    reference = _canonical(obj.get("reference"), "reference", cfg.task in JSON_TASKS)
+    accepted = _accepted(obj.get("accepted"))
+    source = obj.get("reference_source", "unknown")
+    if source not in ("llm", "human", "unknown"):
+        raise ValueError("'reference_source' must be 'llm' or 'human'")
+    if cfg.task == "classification" and reference not in cfg.labels:
+        raise ValueError(f"reference {reference!r} is not one of the labels {cfg.labels}")
+    return TrafficRecord(id=obj["id"], timestamp=obj["timestamp"], request=request, reference=reference,
+                         reference_source=source, accepted=accepted)
+
+
+def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     if not path.is_file():
         raise DataError(f"{path}: missing traffic log for skill {cfg.name} (gates.replay.source)")
-    out = []
-    for lineno, obj in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        for key in ("id", "timestamp", "request", "reference", "reference_source"):
-            if not isinstance(obj.get(key), str) or not obj[key].strip():
-                raise DataError(f"{where}: '{key}' must be a non-empty string")
-        if not isinstance(obj.get("accepted"), bool):
-            raise DataError(f"{where}: 'accepted' must be true or false")
-        if obj["reference_source"] not in ("llm", "human"):
-            raise DataError(f"{where}: 'reference_source' must be 'llm' or 'human'")
-        if cfg.task == "classification" and obj["reference"] not in cfg.labels:
-            raise DataError(f"{where}: reference {obj['reference']!r} is not one of the labels {cfg.labels}")
-        out.append(TrafficRecord(**{k: obj[k] for k in TrafficRecord.__dataclass_fields__}))
+    out = TrafficLog(source=str(path))
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                rec = parse_record(obj, cfg)
+                if rec.id in seen:
+                    raise ValueError(f"duplicate id {rec.id!r}")
+            except json.JSONDecodeError as e:
+                out.skipped.append(Skipped(where, f"invalid JSON ({e.msg} at column {e.colno})"))
+                continue
+            except ValueError as e:
+                out.skipped.append(Skipped(where, str(e)))
+                continue
+            seen.add(rec.id)
+            out.append(rec)
     return out
 
 
-def replay_sample(records: list[TrafficRecord], n: int, seed: int = 0) -> list[TrafficRecord]:
-    """The most recent accepted requests, n of them sampled reproducibly.
+def default_sql_url(folder: Path) -> str:
+    return f"sqlite:///{(folder / 'traffic.db').resolve()}"
+
+
+def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
+    """Rows of the traffic table (newest first, at most `recent`... all rows when recent is None)."""
+    import sqlalchemy as sa
+
+    r = cfg.gates.replay
+    cols = r.columns
+    engine = sa.create_engine(url)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            schema, _, name = r.table.rpartition(".")
+            try:
+                table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
+            except sa.exc.NoSuchTableError:
+                raise DataError(f"{shown}: no table {r.table!r} (gates.replay.table)") from None
+            wanted = {"id": cols.id, "request": cols.request, "reference": cols.reference, "accepted": cols.accepted,
+                      "timestamp": cols.created_at}
+            if cols.reference_source:
+                wanted["reference_source"] = cols.reference_source
+            missing = [f"gates.replay.columns.{'created_at' if k == 'timestamp' else k}={c!r}"
+                       for k, c in wanted.items() if c not in table.c]
+            if missing:
+                raise DataError(f"{shown}#{r.table}: no column(s) {', '.join(missing)}; columns are "
+                                f"{', '.join(table.c.keys())} (set gates.replay.columns)")
+            query = sa.select(*(table.c[c].label(k) for k, c in wanted.items())).order_by(table.c[cols.created_at].desc())
+            if r.recent:
+                # Malformed and rejected rows are skipped after the query: read a margin beyond `recent`.
+                query = query.limit(r.recent * 4)
+            rows = conn.execute(query).mappings().all()
+    except sa.exc.OperationalError as e:
+        raise DataError(f"{shown}: cannot read traffic ({e.orig}) (gates.replay.url)") from None
+    finally:
+        engine.dispose()
+    out = TrafficLog(source=f"{shown}#{r.table}")
+    seen: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        obj = dict(row)
+        ident = obj.get("id")
+        where = f"{shown}#{r.table}:{ident if ident is not None else f'row {i}'}"
+        try:
+            if ident is None:
+                raise ValueError("'id' is null")
+            obj["id"] = str(ident)
+            ts = obj.get("timestamp")
+            obj["timestamp"] = ts.isoformat() if isinstance(ts, datetime) else (str(ts) if ts is not None else None)
+            rec = parse_record(obj, cfg)
+            if rec.id in seen:
+                raise ValueError(f"duplicate id {rec.id!r}")
+        except ValueError as e:
+            out.skipped.append(Skipped(where, str(e)))
+            continue
+        seen.add(rec.id)
+        out.append(rec)
+    return out
+
+
+def load_traffic(path: Path | None, cfg: SkillConfig, folder: Path | None = None) -> TrafficLog:
+    """The skill's traffic: the JSONL file at `path`, or the SQL table when gates.replay.source is 'sql'.
+
+    Malformed lines/rows are skipped and recorded (TrafficLog.skipped); a missing file or an
+    unreachable database raises DataError naming the config key to fix.
+    """
+    r = cfg.gates.replay
+    if r.source == "sql":
+        base = folder or (Path(path).parent if path else Path("."))
+        out = read_traffic_sql(r.url or default_sql_url(base), cfg)
+    else:
+        out = read_traffic_jsonl(Path(path), cfg)
+    for s in out.skipped[:5]:
+        log.warning("traffic: skipped %s: %s", s.where, s.reason)
+    if len(out.skipped) > 5:
+        log.warning("traffic: skipped %d more malformed record(s)", len(out.skipped) - 5)
+    return out
+
+
+def load_skill_traffic(skill) -> TrafficLog:
+    """load_traffic for a loaded Skill (its folder and config)."""
+    return load_traffic(skill.traffic_path(), skill.config, folder=skill.folder)
+
+
+def replay_sample(records: list[TrafficRecord], n: int, seed: int = 0, recent: int | None = None) -> list[TrafficRecord]:
+    """n accepted requests sampled reproducibly among the `recent` most recent ones, in time order.
 
     Only accepted references (the large model's answer a person let stand, or a
     person's correction) count as ground truth; rejected answers are not.
     """
-    accepted = sorted((r for r in records if r.accepted), key=lambda r: r.timestamp)
+    accepted = sorted((r for r in records if r.accepted), key=lambda r: (r.timestamp, r.id))
+    if recent:
+        accepted = accepted[-recent:]
     if len(accepted) <= n:
         return accepted
-    return sorted(random.Random(seed).sample(accepted, n), key=lambda r: r.timestamp)
+    return sorted(random.Random(seed).sample(accepted, n), key=lambda r: (r.timestamp, r.id))
+
+
+def replay_items(skill) -> tuple[list[Example], TrafficLog]:
+    """The replay hold-out of a run (as Examples) and the log it was drawn from, per gates.replay."""
+    r = skill.config.gates.replay
+    traffic = load_skill_traffic(skill)
+    return [t.as_example(skill.name) for t in replay_sample(traffic, r.sample, seed=r.seed, recent=r.recent)], traffic

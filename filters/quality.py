@@ -1,22 +1,42 @@
-"""Cheap per-example checks: input length and a usable output."""
+"""Cheap per-example checks: lengths, a valid answer, no refusals or chat filler, confidence."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 from core.records import Example
-from core.skills import FilterConfig
+from core.skills import FilterConfig, SkillConfig
 from filters.base import ExampleFilter
 from filters.normalize import words
 
 
 class QualityFilter(ExampleFilter):
+    """Reasons: too_short, too_long, missing_output, output_too_long, refusal, boilerplate, and
+    the answer-validity reasons of `core.prompting.validate_output` (not_a_label, invalid_json,
+    schema_violation, unknown_function, ...) when a skill config is given."""
+
     name = "quality"
 
-    def __init__(self, cfg: FilterConfig, labels: Sequence[str] | None = None) -> None:
-        self.min_words = cfg.min_input_words
-        self.max_words = cfg.max_input_words
-        self.labels = set(labels or ())  # empty: any non-empty output is valid
+    def __init__(self, cfg: FilterConfig, skill: SkillConfig | None = None, labels: Sequence[str] | None = None) -> None:
+        self.min_words, self.max_words, self.max_chars = cfg.min_input_words, cfg.max_input_words, cfg.max_output_chars
+        self.skill = skill
+        self.labels = set(labels if labels is not None else (skill.labels if skill else ()))
+        self.refusals = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in cfg.refusal_patterns]
+        self.boilerplate = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in cfg.boilerplate_patterns]
+
+    def _answer_problem(self, ex: Example) -> tuple[str, dict[str, Any]] | None:
+        if self.skill is not None:
+            from core import prompting
+
+            if hasattr(prompting, "output_problem"):  # the reason plus a human detail
+                bad = prompting.output_problem(self.skill, ex.output, ex.input)
+                return (bad[0], {"problem": bad[1], "output": ex.output[:200]}) if bad else None
+            reason = prompting.validate_output(self.skill, ex.output, ex.input)
+            return (reason, {"output": ex.output[:200]}) if reason else None
+        if self.labels and ex.output not in self.labels:
+            return "not_a_label", {"output": ex.output, "labels": sorted(self.labels)}
+        return None
 
     def check(self, ex: Example) -> tuple[str, dict[str, Any]] | None:
         n = len(words(ex.input))
@@ -26,13 +46,20 @@ class QualityFilter(ExampleFilter):
             return "too_long", {"words": n, "max_input_words": self.max_words}
         if ex.output is None or not ex.output.strip():
             return "missing_output", {}
-        if self.labels and ex.output not in self.labels:
-            return "invalid_label", {"output": ex.output, "labels": sorted(self.labels)}
-        return None
+        if len(ex.output) > self.max_chars:
+            return "output_too_long", {"chars": len(ex.output), "max_output_chars": self.max_chars}
+        for field, text, patterns, reason in (("output", ex.output, self.refusals, "refusal"),
+                                              ("input", ex.input, self.boilerplate, "boilerplate"),
+                                              ("output", ex.output, self.boilerplate, "boilerplate")):
+            for p in patterns:
+                if m := p.search(text):
+                    return reason, {"field": field, "pattern": p.pattern, "match": m.group(0)}
+        return self._answer_problem(ex)
 
 
 class MinConfidence(ExampleFilter):
-    """Drops teacher examples whose confidence (vote agreement) is below a bound."""
+    """Drops teacher examples whose confidence (vote agreement) is below a bound; examples
+    without a confidence (human, traffic) pass."""
 
     name = "confidence"
 

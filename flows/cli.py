@@ -1,8 +1,10 @@
 """`distill`: the command line.
 
     distill skills                          list and validate the skills under seeds/
+    distill new-skill NAME --type TASK      start a skill folder (commented skill.yaml, empty data files)
     distill run SKILL [--profile P]         one manual run of the pipeline (Prefect, ephemeral API)
-    distill registry list|show|path|promote|rollback ...
+    distill serve                           serve the scheduled deployments from this process
+    distill registry list|show|path|pull|promote|rollback ...
 """
 
 from __future__ import annotations
@@ -51,23 +53,35 @@ def _fail(msg: str, code: int = 2) -> int:
 
 
 def cmd_skills(args) -> int:
-    from core.skills import SkillError, list_skills, load_skill
-    from eval_gates.replay import load_traffic
+    """Validate every skill folder; list every problem with file and line (exit 1 if any)."""
+    from core.skills import seeds_root, validate_all
 
-    names = list_skills()
-    if not names:
-        return _fail("no skills found under seeds/ (set DISTILL_SEEDS_DIR to another folder)")
-    bad = 0
-    for name in names:
-        try:
-            s = load_skill(name)
-            traffic = load_traffic(s.traffic_path(), s.config)
-            print(f"{name:24s} ok   task={s.config.task} seeds={len(s.seeds)} eval={len(s.eval_set)} "
-                  f"traffic={len(traffic)} schedule={s.config.schedule.cron or '-'}")
-        except (SkillError, ValueError) as e:
-            bad += 1
-            print(f"{name:24s} FAIL {e}")
+    root = seeds_root()
+    reports = validate_all(root)
+    if not reports:
+        return _fail(f"no skills found under {root} (set DISTILL_SEEDS_DIR to another folder, "
+                     f"or start one with `distill new-skill NAME --type TASK`)")
+    print(f"{'skill':24s} {'task':15s} {'seeds':>6s} {'eval':>6s} {'traffic':>8s}  {'schedule':12s} status")
+    for r in reports:
+        n = {k: str(r.counts.get(k, "-")) for k in ("seeds", "eval", "traffic")}
+        status = "ok" if r.ok else f"{len(r.problems)} problem(s)"
+        print(f"{r.name:24s} {r.task or '?':15s} {n['seeds']:>6s} {n['eval']:>6s} {n['traffic']:>8s}  "
+              f"{r.schedule or '-':12s} {status}")
+    bad = [r for r in reports if not r.ok]
+    for r in bad:
+        print(f"\n{r.name}: {len(r.problems)} problem(s)")
+        for p in r.problems:
+            print("  " + p.replace("\n", "\n    "))
     return 1 if bad else 0
+
+
+def cmd_new_skill(args) -> int:
+    from core.skills import create_skill, seeds_root
+
+    folder = create_skill(args.name, args.task, seeds_root())
+    print(f"created {folder}/ (skill.yaml, empty seeds.jsonl, eval.jsonl, traffic.jsonl)")
+    print(f"next: write examples, then `distill skills` to check them and `distill run {args.name} --profile smoke`")
+    return 0
 
 
 def _preflight(skill: str, profile: str):
@@ -78,9 +92,11 @@ def _preflight(skill: str, profile: str):
     s = load_skill(skill, profile)
     load_traffic(s.traffic_path(), s.config)
     if s.config.teacher.backend == "openai":
-        from teachers.openai_http import OpenAITeacher
+        from teachers import resolve_api_key
+        from teachers.http import OpenAIBackend
 
-        OpenAITeacher(s.config.teacher.base_url or "", s.config.teacher.model, s.config.teacher.api_key_env).check()
+        tc = s.config.teacher
+        OpenAIBackend(tc.base_url or "", tc.model, tc.endpoint, resolve_api_key(tc), tc.timeout_s).check()
     from trainers.base_model import check_model_spec
 
     if s.config.teacher.backend == "local":
@@ -108,14 +124,16 @@ def print_summary(s: dict) -> None:
         for k, v in s["drops"].items():
             d.add_row(k, str(v))
         con.print(d)
+    metric = s["evaluation"].get("metric", "accuracy")
     e = Table(title="evaluation")
-    for col in ("model", "eval accuracy", "macro-F1", "invalid", "replay agreement", "p50 s"):
+    for col in ("model", f"eval {metric}", "invalid", "replay agreement", "p50 s"):
         e.add_column(col)
+    num = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"  # noqa: E731
     for name in ("candidate", "champion"):
         m = s["evaluation"].get(name)
         if m:
-            e.add_row(name, f"{m['eval']['accuracy']:.3f}", f"{m['eval']['macro_f1']:.3f}",
-                      f"{m['eval']['invalid_rate']:.3f}", f"{m['replay']['agreement']:.3f}", str(m["replay"]["p50_s"]))
+            e.add_row(name, num(m["eval"].get(metric)), num(m["eval"].get("invalid_rate")),
+                      num(m["replay"].get("agreement")), str(m["replay"].get("p50_s")))
     con.print(e)
     dec = s["decision"]
     con.print(f"[bold]{'PROMOTED' if dec['promote'] else 'REJECTED'}[/bold]: " + "; ".join(dec["reasons"]))
@@ -163,37 +181,70 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Serve every skill's scheduled deployment (and refresh-all) from this process until Ctrl-C."""
+    from flows.deployments import serve, skill_deployment_specs
+
+    for spec in skill_deployment_specs():
+        print(f"deployment {spec['flow']}/{spec['name']:20s} cron={spec['cron'] or '-'}")
+    print("trigger one by hand: prefect deployment run 'distill-skill/<skill>'  (Ctrl-C stops serving)")
+    serve(limit=args.limit)
+    return 0
+
+
 def cmd_registry(args) -> int:
     from core.workdir import registry_root
-    from registry import Registry
+    from registry import Registry, parse_ref
 
     reg = Registry(args.root or registry_root())
+    skill, version = parse_ref(args.target) if args.target else (None, None)
+    if args.action in ("promote", "rollback") and version is not None:
+        return _fail(f"registry {args.action} takes SKILL, not SKILL@VERSION: "
+                     f"distill registry {args.action} {skill}{' VERSION' if args.action == 'promote' else ''}")
+    if args.action != "promote" and args.version is not None:
+        return _fail(f"registry {args.action} takes no VERSION argument (write {args.target}@{args.version})")
+    if args.to is not None and args.action != "pull":
+        return _fail("--to only applies to: distill registry pull SKILL[@VERSION] --to DIR")
     if args.action == "list":
         skills = reg.skills()
         if not skills:
-            print(f"(registry {reg.root} is empty)")
+            print(f"(registry {reg.location} is empty)")
         for s in skills:
             print(f"{s:24s} versions={reg.versions(s)} aliases={reg.aliases(s)}")
     elif args.action == "show":
-        skill, _, ver = args.target.partition("@")
-        print(json.dumps(reg.show(skill, int(ver) if ver else None, alias=args.alias), indent=2, default=str))
+        print(json.dumps(reg.show(skill, version, alias=args.alias), indent=2, default=str))
     elif args.action == "path":
-        print(reg.path(args.target, alias=args.alias))
+        print(reg.path(skill, version, alias=args.alias))
+    elif args.action == "pull":
+        # Without --to: into the local cache (remote registries) or the verified folder itself (local).
+        folder = (reg.pull(skill, version, alias=args.alias, to=args.to) if args.to
+                  else reg.resolve(skill, alias=args.alias, version=version))
+        print(folder)
     elif args.action == "promote":
         if args.version is None:
             return _fail("promote needs a VERSION: distill registry promote SKILL VERSION")
-        reg.promote(args.target, args.version, reason=args.reason)
-        print(f"{args.target}: production -> {args.version}")
+        if not args.version.isdigit() or int(args.version) < 1:
+            return _fail(f"invalid VERSION {args.version!r}: versions are integers 1, 2, 3, ...")
+        reg.promote(skill, int(args.version), reason=args.reason)
+        print(f"{skill}: production -> {int(args.version)}")
     elif args.action == "rollback":
-        v = reg.rollback(args.target, reason=args.reason)
-        print(f"{args.target}: production -> {v}")
+        v = reg.rollback(skill, reason=args.reason)
+        print(f"{skill}: production -> {v}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.skills import TASK_TYPES
+
     p = argparse.ArgumentParser(prog="distill", description="Continuous synthetic-data distillation pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("skills", help="list and validate the skills under seeds/").set_defaults(fn=cmd_skills)
+    sub.add_parser("skills", help="validate every skill under seeds/ and list problems with file and line"
+                   ).set_defaults(fn=cmd_skills)
+    n = sub.add_parser("new-skill", help="create seeds/NAME/ with a commented skill.yaml and empty data files")
+    n.add_argument("name", help="lowercase letters, digits and '-' (the folder name)")
+    n.add_argument("--type", dest="task", required=True,
+                   choices=TASK_TYPES, help="task type")
+    n.set_defaults(fn=cmd_new_skill)
     r = sub.add_parser("run", help="run the pipeline once for one skill")
     r.add_argument("skill")
     r.add_argument("--profile", default="default", help="named overrides in the skill file (default, smoke)")
@@ -202,11 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     r.set_defaults(fn=cmd_run)
-    g = sub.add_parser("registry", help="list, inspect, promote and roll back published adapters")
-    g.add_argument("action", choices=["list", "show", "path", "promote", "rollback"])
+    v = sub.add_parser("serve", help="serve the scheduled deployments (one per skill, plus refresh-all) locally")
+    v.add_argument("--limit", type=int, default=1, help="flow runs at once in this process (default 1: 2 cores)")
+    v.set_defaults(fn=cmd_serve)
+    g = sub.add_parser("registry", help="list, inspect, pull, promote and roll back published adapters")
+    g.add_argument("action", choices=["list", "show", "path", "pull", "promote", "rollback"])
     g.add_argument("target", nargs="?", help="SKILL or SKILL@VERSION")
-    g.add_argument("version", nargs="?", type=int)
-    g.add_argument("--alias", default="production")
+    g.add_argument("version", nargs="?", help="VERSION (promote only)")
+    g.add_argument("--alias", default="production", help="alias to use when no @VERSION is given")
+    g.add_argument("--to", default=None, help="pull: copy the verified version into this new folder")
     g.add_argument("--reason", default="manual")
     g.add_argument("--root", default=None, help="registry location (default: $DISTILL_REGISTRY or .distill/registry)")
     g.set_defaults(fn=cmd_registry)
@@ -221,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     from core.records import DataError
     from core.skills import SkillError
     from registry import RegistryError
-    from teachers.openai_http import TeacherUnreachable
+    from teachers.base import TeacherError
+    from flows.locks import SkillBusy
     from trainers.base_model import ModelError
 
     try:
         return args.fn(args)
-    except (SkillError, DataError, ModelError, TeacherUnreachable, RegistryError, ValueError, OSError) as e:
+    except (SkillError, DataError, ModelError, TeacherError, RegistryError, SkillBusy, ValueError, OSError) as e:
         if os.environ.get("DISTILL_DEBUG"):
             raise  # the whole traceback, for bug reports
         return _fail(str(e).strip().splitlines()[0] if "\n" not in str(e) else str(e).strip())

@@ -6,6 +6,7 @@ eval_gates/ and registry/. Tasks pass paths and small dicts, not datasets.
 
 from __future__ import annotations
 
+import json
 import platform
 import random
 import subprocess
@@ -65,61 +66,47 @@ def provision_models(skill: Skill) -> Models:
 
 @task(name="teacher-expansion", cache_policy=NO_CACHE)
 def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int) -> dict:
-    """New inputs in the style of the seeds, then labels from the few-shot teacher."""
-    from teachers import make_teacher
-    from teachers.expand import label_inputs, new_inputs
+    """The configured strategies (default: new inputs in the style of the seeds, then labels
+    from the few-shot teacher); writes generated.jsonl and teacher_accounting.json."""
+    from teachers import open_teacher
+    from teachers.strategies import run_expansion
 
-    n = skill.config.expansion.target_examples
-    teacher = make_teacher(skill.config.teacher, teacher_path)
-    t0 = time.time()
-    with stage("teacher: new inputs", n) as advance:
-        inputs, rej_gen = new_inputs(skill, teacher, n, seed=seed, progress=advance)
-    with stage("teacher: labels", len(inputs)) as advance:
-        labeled, rej_lab = label_inputs(skill, teacher, inputs, seed=seed, progress=advance)
-    # Confidence: do the two teacher signals agree (the label whose seeds inspired the
-    # input, and the few-shot label)? 1.0 when they do, 0.5 when they split.
-    for ex in labeled:
-        ex.confidence = 1.0 if ex.output == ex.meta.get("seed_label") else 0.5
-    write_examples(run_dir / "generated.jsonl", labeled)
-    rejected = rej_gen + rej_lab
-    prompt_tokens = sum(e.meta.get("prompt_tokens", 0) + e.meta.get("label_prompt_tokens", 0) for e in labeled)
-    get_run_logger().info("teacher wrote %d inputs, labeled %d, dropped %d", len(inputs), len(labeled), len(rejected))
-    return {"requested": n, "generated": len(inputs), "labeled": len(labeled), "rejected": rejected,
-            "teacher": teacher.name, "seconds": round(time.time() - t0, 1), "prompt_tokens": prompt_tokens}
+    with open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir) as teacher:
+        res = run_expansion(skill, teacher, run_dir, seed, progress=stage)
+    acc = res.accounting
+    get_run_logger().info("teacher wrote %d inputs, answered %d, dropped %d; %d requests (%d cached, %d retries)",
+                          res.inputs, len(res.examples), len(res.rejected), acc["requests"], acc["cache_hits"],
+                          acc["retries"])
+    return {"requested": res.requested, "generated": res.inputs, "labeled": len(res.examples),
+            "rejected": res.rejected, "teacher": res.teacher, "seconds": round(res.seconds, 1),
+            "prompt_tokens": acc["prompt_tokens"], "accounting": acc}
 
 
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) -> dict:
     """Quality, exact and MinHash near-dedup (vs seeds, everything accepted before, the batch),
-    and n-gram contamination against the eval set and the replay hold-out."""
-    from filters import default_steps, run_filters
-    from filters.quality import MinConfidence
+    and contamination against every eval set. The persistent dedup index is not touched here:
+    `filters.commit_index` appends this run's signatures next to the pool append."""
+    from filters import filter_stage
 
-    cfg = skill.config
     candidates = read_examples(run_dir / "generated.jsonl")
     previous = _read_pool(skill.name)
-    steps = default_steps(cfg.filters, cfg.labels, reference=skill.seeds + previous,
-                          eval_sets={"eval": skill.eval_set, "replay": replay_items})
-    if cfg.filters.min_confidence > 0:
-        steps.insert(1, MinConfidence(cfg.filters.min_confidence))
     with stage("filters", len(candidates)) as advance:
-        kept, rejected, stats = run_filters(candidates, steps)
+        out = filter_stage(skill, candidates, replay_items, previous, run_dir)
         advance(len(candidates))
-    write_examples(run_dir / "accepted.jsonl", kept)
-    write_json(run_dir / "filter_stats.json", stats)
+    kept, rejected, stats = out.kept, out.rejected, out.stats
+    if stats["index"]["rebuilt_from_pool"]:
+        get_run_logger().warning("dedup index of %s rebuilt from the accepted pool (%d examples)",
+                                 skill.name, len(previous))
     return {"accepted": len(kept), "rejected": rejected, "stats": stats, "previous_pool": len(previous)}
 
 
 @task(name="train", cache_policy=NO_CACHE)
 def train(skill: Skill, student_path: str, run_dir: Path) -> dict:
-    from trainers.data import build_training_pool
-    from trainers.qlora import train_adapter
+    """Fresh adapter on seeds + the whole accepted pool; resumes a killed run of the same run folder."""
+    from trainers.stage import train_skill
 
-    tc = skill.config.student.train
     accepted = _read_pool(skill.name) + read_examples(run_dir / "accepted.jsonl")
-    pool = build_training_pool(skill.seeds, accepted, human_share=tc.human_share, seed=tc.seed)
-    write_examples(run_dir / "train.jsonl", pool.train)
-    write_examples(run_dir / "val.jsonl", pool.val)
     with stage("training (QLoRA)", None) as advance:
         last = [0]
 
@@ -128,73 +115,37 @@ def train(skill: Skill, student_path: str, run_dir: Path) -> dict:
                 advance(step - last[0], total)
                 last[0] = step
 
-        result = train_adapter(student_path, skill.config, pool.train, pool.val, run_dir / "train", progress=progress)
-    get_run_logger().info("trained %d steps in %.0f s (%s)", result.steps, result.seconds, result.quantization)
-    return {"pool": pool.summary(), "result": {k: v for k, v in result.to_dict().items() if k != "log_history"},
-            "dataset_hash": hash_examples(pool.train)}
+        out = train_skill(skill, student_path, run_dir, accepted, progress=progress)
+    res = out["result"]
+    for note in res["notes"]:
+        get_run_logger().info("training: %s", note)
+    get_run_logger().info("trained %d steps in %.0f s (%s, %s)", res["steps"], res["seconds"], res["quantization"],
+                          res["device"])
+    return out
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate(skill: Skill, student_path: str, adapter_dir: str, champion_dir: str | None,
-             replay_items: list[Example]) -> dict:
-    """Candidate and production answer the same frozen eval items and replayed traffic."""
-    from eval_gates.metrics import classification_metrics
-    from eval_gates.predict import predict
-    from teachers.local import LocalModel
+             replay_items: list[Example], run_dir: Path | None = None) -> dict:
+    """Candidate and production answer the same frozen eval items and replayed traffic; gates,
+    routing.json, eval_report.md and the comparison plot land in the run folder."""
+    from eval_gates.evaluate import attach_artifacts, evaluate_candidate, run_dir_for
 
-    cfg = skill.config
-    items = skill.eval_set[: cfg.gates.eval_limit] if cfg.gates.eval_limit else skill.eval_set
-    out: dict = {"eval_items": len(items), "replay_items": len(replay_items)}
-    for role, adapter in (("candidate", adapter_dir), ("champion", champion_dir)):
-        if adapter is None:
-            out[role] = None
-            continue
-        model = LocalModel(student_path, adapter_path=adapter, name=role)
-        with stage(f"eval: {role} on eval set", len(items)) as advance:
-            p = predict(model, cfg, [e.input for e in items], progress=advance)
-        m = classification_metrics([e.output for e in items], p.preds, cfg.labels)
-        m["prompt_tokens_per_call"] = p.mean_prompt_tokens()
-        with stage(f"eval: {role} on replayed traffic", len(replay_items)) as advance:
-            r = predict(model, cfg, [e.input for e in replay_items], progress=advance)
-        agree = sum(p_ == e.output for p_, e in zip(r.preds, replay_items))
-        replay = {"n": len(replay_items), "agreement": round(agree / max(1, len(replay_items)), 4),
-                  "invalid_rate": round(sum(x is None for x in r.preds) / max(1, len(replay_items)), 4),
-                  **r.latency()}
-        out[role] = {"eval": m, "replay": replay}
-        del model
+    out = evaluate_candidate(skill, student_path, adapter_dir, champion_dir, replay_items,
+                             run_dir or run_dir_for(adapter_dir), progress=stage)
+    attach_artifacts(out, skill.name)
     return out
 
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(skill: Skill, run_id: str, adapter_dir: str, evaluation: dict, decision: dict, lineage: dict,
             data_summary: dict) -> dict:
-    from core.prompting import template_spec
-    from registry import Registry, render_model_card
+    from registry import Registry
+    from registry.stage import publish_run
 
-    reg = Registry(registry_root())
-    cand = evaluation["candidate"]
-    metrics = {"eval": cand["eval"], "replay": cand["replay"], "champion": evaluation.get("champion"),
-               "decision": decision}
-    routing = {
-        "expected_accuracy": cand["eval"]["accuracy"],
-        "replay_agreement": cand["replay"]["agreement"],
-        # No calibrated confidence yet: route everything to the adapter, escalate invalid outputs.
-        "escalation": {"on_invalid_output": True, "confidence_threshold": None},
-        "latency_s": {"p50": cand["replay"]["p50_s"], "p95": cand["replay"]["p95_s"]},
-    }
-    limits = [
-        f"Trained on {data_summary['train']} examples ({data_summary['train_by_source']}); the teacher's labels are noisy.",
-        "Evaluated on a frozen hand-written set; live traffic may drift.",
-        "Outputs outside the label set are possible: parse them with skill.json and escalate when invalid.",
-    ]
-    version = reg.publish(
-        skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing,
-        skill_spec={**template_spec(skill.config), "base_model": skill.config.student.base_model},
-        model_card=lambda v: render_model_card(skill.name, v, skill.config.student.base_model, metrics, lineage,
-                                               data_summary, limits),
-        alias=skill.config.gates.publish_alias, reason=f"run {run_id}: every gate passed",
-    )
-    return {"version": version, "alias": skill.config.gates.publish_alias, "path": str(reg.path(skill.name, version))}
+    # routing.json from the eval gates (run folder) when present; skill.json from core.prompting.template_spec.
+    return publish_run(Registry(registry_root()), skill, run_id, runs_dir(skill.name) / run_id, adapter_dir,
+                       evaluation, decision, lineage, data_summary)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
@@ -220,7 +171,7 @@ def _champion(skill: str) -> tuple[int | None, str | None]:
     version = reg.aliases(skill).get("production")
     if version is None:
         return None, None
-    return version, str(reg.path(skill, version))
+    return version, str(reg.resolve(skill, version=version))  # a local folder, also for s3:// registries
 
 
 def _drops(rejected: list[Rejected]) -> dict[str, int]:
@@ -237,8 +188,15 @@ def _drops(rejected: list[Rejected]) -> dict[str, int]:
 @flow(name="distill-skill", flow_run_name="{params.skill}-{params.profile}")
 def distill_skill(params: RunParams) -> dict:
     """One run of the pipeline for one skill; returns the run summary."""
-    from eval_gates.gates import decide, regression_gate, replay_gate
-    from eval_gates.replay import load_traffic, replay_sample
+    from flows.locks import skill_lock
+
+    with skill_lock(params.skill):
+        return _distill(params)
+
+
+def _distill(params: RunParams) -> dict:
+    from eval_gates.replay import replay_items as sample_replay
+    from filters import commit_index
 
     t0 = time.time()
     skill = load_skill(params.skill, params.profile)
@@ -247,9 +205,13 @@ def distill_skill(params: RunParams) -> dict:
     run_dir = runs_dir(skill.name) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if params.seed is None:
-        params = params.model_copy(update={"seed": random.SystemRandom().randrange(2**31)})
-    replay_items = [r.as_example(skill.name) for r in
-                    replay_sample(load_traffic(skill.traffic_path(), cfg), cfg.gates.replay.sample, seed=0)]
+        # Re-running a run id (after a crash) reuses its seed, so the cached teacher answers and
+        # the training checkpoints match; a new run draws a fresh seed so it finds new inputs.
+        earlier = run_dir / "params.json"
+        seed = json.loads(earlier.read_text()).get("seed") if earlier.is_file() else None
+        params = params.model_copy(update={"seed": seed if seed is not None else random.SystemRandom().randrange(2**31)})
+    # The replay hold-out is drawn first: the contamination filter keeps it out of training.
+    replay_items, traffic = sample_replay(skill)
     write_json(run_dir / "params.json", params.model_dump())
 
     models = provision_models(skill)
@@ -257,13 +219,11 @@ def distill_skill(params: RunParams) -> dict:
     filtered = filter_candidates(skill, run_dir, replay_items)
     training = train(skill, models.student, run_dir)
     champion_version, champion_dir = _champion(skill.name)
-    evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items)
-
-    cand, champ = evaluation["candidate"], evaluation["champion"]
-    gates = [regression_gate(cfg.gates, cand["eval"], champ["eval"] if champ else None),
-             replay_gate(cfg.gates, cand["replay"], champ["replay"] if champ else None)]
-    decision = decide(gates)
-    write_json(run_dir / "decision.json", {**decision.to_dict(), "run_id": run_id, "champion_version": champion_version})
+    evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items,
+                          run_dir=run_dir)
+    decision = evaluation["decision"]  # every check with its value, bound and verdict
+    write_json(run_dir / "decision.json", {**decision, "data": evaluation.get("data"), "run_id": run_id,
+                                           "champion_version": champion_version})
     rejected = expansion["rejected"] + filtered["rejected"]
     write_jsonl(run_dir / "rejected.jsonl", (r.to_dict() for r in rejected))
     lineage = {
@@ -275,10 +235,12 @@ def distill_skill(params: RunParams) -> dict:
         "python": platform.python_version(),
     }
     published = None
-    if decision.promote:
-        published = publish(skill, run_id, training["result"]["adapter_dir"], evaluation, decision.to_dict(),
+    if decision["promote"]:
+        published = publish(skill, run_id, training["result"]["adapter_dir"], evaluation, decision,
                             lineage, training["pool"])
     pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
+    # The dedup index grows with the pool, at the same point: a run that fails earlier changes neither.
+    index_commit = commit_index(skill.name, cfg.filters, run_dir)
 
     summary = {
         "skill": skill.name, "profile": params.profile, "run_id": run_id, "run_dir": str(run_dir),
@@ -290,7 +252,7 @@ def distill_skill(params: RunParams) -> dict:
                     "prompt_tokens": expansion["prompt_tokens"]},
         "training": training["result"],
         "evaluation": evaluation,
-        "decision": decision.to_dict(),
+        "decision": decision,
         "champion_version": champion_version,
         "published": published,
         "seconds": round(time.time() - t0, 1),
@@ -310,17 +272,23 @@ def render_summary_md(s: dict) -> str:
     lines += [f"| {k} | {v} |" for k, v in s["counts"].items() if not isinstance(v, dict)]
     lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
-    lines += ["", "## Evaluation", "", "| model | eval accuracy | macro-F1 | replay agreement | invalid |", "|---|---|---|---|---|"]
+    metric = s["evaluation"].get("metric", "accuracy")
+    lines += ["", "## Evaluation", "", f"| model | eval {metric} | invalid | replay agreement | replay p50 s |",
+              "|---|---|---|---|---|"]
     for name, m in (("candidate", cand), ("production", champ)):
         if m:
-            lines.append(f"| {name} | {m['eval']['accuracy']:.3f} | {m['eval']['macro_f1']:.3f} | "
-                         f"{m['replay']['agreement']:.3f} | {m['eval']['invalid_rate']:.3f} |")
+            lines.append(f"| {name} | {_num(m['eval'].get(metric))} | {_num(m['eval'].get('invalid_rate'))} | "
+                         f"{_num(m['replay'].get('agreement'))} | {m['replay'].get('p50_s')} |")
     lines += ["", "## Gates", ""]
     for g in s["decision"]["gates"]:
         lines.append(f"- **{g['name']}**: {'pass' if g['passed'] else 'FAIL'} — " + "; ".join(g["reasons"]))
     lines += ["", f"Registry: {s['published']['path'] if s['published'] else 'unchanged'}",
               f"Run folder: {s['run_dir']}", f"Wall time: {s['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def _num(x) -> str:
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"
 
 
 def _artifact(summary: dict) -> None:

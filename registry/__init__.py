@@ -1,6 +1,9 @@
-"""Registry stage: immutable, numbered LoRA adapter versions with aliases and model cards."""
+"""Registry stage: immutable, numbered LoRA adapter versions with aliases and model cards,
+on a local folder or any fsspec URL, plus the consumer API (resolve, load, predict)."""
 
+from registry.consumer import Predictor, load, predict, resolve
 from registry.model_card import render_model_card
-from registry.store import Registry, RegistryError
+from registry.store import Registry, RegistryError, parse_ref, verify_folder
 
-__all__ = ["Registry", "RegistryError", "render_model_card"]
+__all__ = ["Predictor", "Registry", "RegistryError", "load", "parse_ref", "predict", "render_model_card", "resolve",
+           "verify_folder"]

@@ -93,7 +93,25 @@ def render_model_card(
         f'tokenizer = AutoTokenizer.from_pretrained("{base_model}")\n'
         f'model = PeftModel.from_pretrained(base, "<registry>/{skill}/versions/{version}")\n'
         "model.eval()\n"
-        "```"
+        "```\n\n"
+        "Or through the registry's consumer API, which downloads, checks the sha256 of every file, "
+        "formats inputs with `skill.json` and parses the answers:\n\n"
+        "```python\n"
+        "from registry import load, predict, resolve\n"
+        "\n"
+        f'folder = resolve("{skill}", alias="production")  # verified local folder\n'
+        f'model, tokenizer = load("{skill}")\n'
+        f'answers = predict("{skill}", ["..."])\n'
+        "```\n\n"
+        "### Serving with vLLM\n\n"
+        "The folder is a standard PEFT LoRA adapter, accepted as-is by vLLM's `--lora-modules NAME=PATH` "
+        "(`--max-lora-rank` must be at least `r` in `adapter_config.json`):\n\n"
+        "```bash\n"
+        f"vllm serve {base_model} --enable-lora --max-lora-rank 64 \\\n"
+        f"    --lora-modules {skill}=<registry>/{skill}/versions/{version}\n"
+        "```\n\n"
+        f'Requests then name the adapter as the model (`"model": "{skill}"`) and build the prompt with '
+        "`prompt_template` from `skill.json`."
     )
 
     data_rows = list(_flatten(summary))

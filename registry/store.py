@@ -6,14 +6,17 @@ Layout (the consumer contract)::
                                     adapter_config.json
                                     README.md        Hugging Face model card
                                     metrics.json     gate results
-                                    lineage.json     seeds hash, dataset hash, teacher, run id
+                                    lineage.json     seeds hash, dataset hash, teachers, run id, code revision
                                     routing.json     escalation threshold, expected quality, latency
-                                    skill.json       prompt template, labels, task type
+                                    skill.json       prompt template, output schema, task type, base model
                                     checksums.json   sha256 of every other file in the folder
     <registry>/<skill>/aliases.json                 {"production": N, "candidate": M}
     <registry>/<skill>/alias_history.jsonl          one line per alias move
 
-Guarantees:
+``Registry(root)`` is this tree on the local disk; ``Registry("s3://bucket/prefix")`` (any
+fsspec URL) returns a :class:`registry.remote.ObjectRegistry` with the same API.
+
+Guarantees (local disk):
 
 * A version folder is built in a hidden temporary folder inside ``<registry>/<skill>/``
   and made visible with a single ``os.rename``; an existing version is never
@@ -22,6 +25,8 @@ Guarantees:
 * Every writer of a skill holds an exclusive ``fcntl.flock`` on
   ``<registry>/<skill>/.lock``, so concurrent publishers (threads or processes)
   never get the same version number or lose an alias move.
+* Consumers get a version through :meth:`Registry.resolve` / :meth:`Registry.pull`, which
+  check the sha256 of every file against ``checksums.json`` and refuse a changed one.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.records import DataError, atomic_write_text, now_iso, read_jsonl, write_json
-from core.workdir import registry_root
+from core.records import atomic_write_text, now_iso, write_json
+from core.workdir import registry_root, work_dir
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 METADATA_FILES = ("metrics.json", "lineage.json", "routing.json", "skill.json")
@@ -51,8 +56,10 @@ VERSIONS_DIR = "versions"
 TMP_PREFIX = ".tmp-publish-"
 ACTIONS = ("publish", "promote", "rollback")
 PRODUCTION = "production"
+CACHE_DIR = "registry-cache"  # under DISTILL_HOME: local copies of versions pulled from remote storage
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
 
@@ -67,6 +74,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_url(location: str | Path) -> bool:
+    """True for fsspec URLs other than file:// (those are plain local folders)."""
+    m = _URL_RE.match(str(location))
+    return bool(m) and m.group(1).lower() not in ("file", "local")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,6 +115,17 @@ def _check_version(version: Any) -> int:
     return version
 
 
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """'SKILL' or 'SKILL@VERSION' -> (skill, version or None), with a clear error for a bad version."""
+    skill, at, ver = str(ref).partition("@")
+    _check_name("skill", skill)
+    if not at:
+        return skill, None
+    if not ver.isdigit() or int(ver) < 1:
+        raise RegistryError(f"invalid version in {ref!r}: write SKILL@N with N = 1, 2, 3, ...")
+    return skill, int(ver)
+
+
 def _json_text(label: str, obj: Any) -> str:
     if not isinstance(obj, dict):
         raise RegistryError(f"{label} must be a dict, got {type(obj).__name__}")
@@ -107,16 +135,138 @@ def _json_text(label: str, obj: Any) -> str:
         raise RegistryError(f"{label} is not JSON-serialisable ({e})") from None
 
 
-class Registry:
-    """A registry of LoRA adapters on the local filesystem (default: ``registry_root()``)."""
+def _parse_aliases(where: str, text: str) -> dict[str, int]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{where}: cannot read aliases ({e})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
+    ):
+        raise RegistryError(f"{where}: expected a flat mapping alias -> version number, got {data!r}")
+    return data
 
-    def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root if root is not None else registry_root()).expanduser().resolve()
+
+def _parse_history(where: str, text: str) -> list[dict[str, Any]]:
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RegistryError(f"{where}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise RegistryError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        out.append(obj)
+    return out
+
+
+def _check_checksums(where: str, text: str | None) -> dict[str, str]:
+    if text is None:
+        raise RegistryError(f"{where}: missing (the version is incomplete)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{where}: cannot read checksums ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise RegistryError(f"{where}: expected a mapping file name -> sha256")
+    for name in data:
+        if "/" in name or name.startswith(".") or name == CHECKSUMS_FILE:
+            raise RegistryError(f"{where}: bad file name {name!r} in checksums")
+    return data
+
+
+def verify_folder(folder: str | Path) -> dict[str, str]:
+    """Check a local version folder against its checksums.json (no file missing, extra or changed).
+
+    Returns the checksums; raises RegistryError naming the first bad file.
+    """
+    folder = Path(folder)
+    expected = _check_checksums(str(folder / CHECKSUMS_FILE),
+                                (folder / CHECKSUMS_FILE).read_text(encoding="utf-8")
+                                if (folder / CHECKSUMS_FILE).is_file() else None)
+    present = {p.name for p in folder.iterdir()} - {CHECKSUMS_FILE}
+    for name in sorted(present - set(expected)):
+        raise RegistryError(f"{folder / name}: file not listed in {CHECKSUMS_FILE} (version folder was modified)")
+    for name, digest in sorted(expected.items()):
+        f = folder / name
+        if not f.is_file():
+            raise RegistryError(f"{f}: listed in {CHECKSUMS_FILE} but missing")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise RegistryError(f"{f}: sha256 mismatch (expected {digest}, got {actual}); the file was changed")
+    return expected
+
+
+class Registry:
+    """A registry of LoRA adapters on the local filesystem (default: ``registry_root()``).
+
+    Given an fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``) the
+    constructor returns an :class:`registry.remote.ObjectRegistry` instead; extra keyword
+    arguments are fsspec storage options (e.g. ``endpoint_url`` for S3-compatible servers).
+    """
+
+    def __new__(cls, root: str | Path | None = None, **storage_options: Any):
+        if cls is Registry and is_url(root if root is not None else registry_root()):
+            from registry.remote import ObjectRegistry
+
+            return super().__new__(ObjectRegistry)
+        return super().__new__(cls)
+
+    def __init__(self, root: str | Path | None = None, **storage_options: Any) -> None:
+        root = str(root if root is not None else registry_root())
+        if root.startswith("file://"):
+            root = root[len("file://"):]
+        if storage_options:
+            raise RegistryError(f"storage options {sorted(storage_options)} only apply to URL registries, not {root}")
+        self.root = Path(root).expanduser().resolve()
 
     def __repr__(self) -> str:
-        return f"Registry({str(self.root)!r})"
+        return f"{type(self).__name__}({self.location!r})"
 
-    # ------------------------------------------------------------------ paths
+    @property
+    def location(self) -> str:
+        """Where the registry lives: a folder or a URL."""
+        return str(self.root)
+
+    # ------------------------------------------------------------------ storage primitives (local disk)
+    # `rel` paths are POSIX paths relative to the registry root: "<skill>/versions/3/README.md".
+
+    def _read_text(self, rel: str) -> str | None:
+        """Content of a file, None if it does not exist."""
+        try:
+            return (self.root / rel).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise RegistryError(f"{self.root / rel}: cannot read ({e})") from None
+
+    def _write_text(self, rel: str, text: str) -> None:
+        """Replace a file atomically (readers see the old or the new content)."""
+        atomic_write_text(self.root / rel, text)
+        os.chmod(self.root / rel, _FILE_MODE)
+
+    def _delete(self, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+
+    def _where(self, rel: str) -> str:
+        """A file's location for error messages."""
+        return str(self.root / rel)
+
+    def _version_names(self, skill: str, version: int) -> set[str]:
+        d = self._version_dir(skill, version)
+        return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+    def _file_digest(self, rel: str) -> str | None:
+        p = self.root / rel
+        return sha256_file(p) if p.is_file() else None
+
+    def _fetch(self, rel: str, dest: Path) -> None:
+        shutil.copyfile(self.root / rel, dest)
+
+    def _version_location(self, skill: str, version: int) -> Any:
+        return self._version_dir(skill, version)
 
     def _skill_dir(self, skill: str) -> Path:
         return self.root / _check_name("skill", skill)
@@ -142,52 +292,40 @@ class Registry:
             finally:
                 os.close(fd)
 
-    # ---------------------------------------------------------------- reading
-
     def _versions(self, skill: str) -> list[int]:
         d = self._versions_dir(skill)
         if not d.is_dir():
             return []
         return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
 
+    def _skill_names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return [p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)]
+
+    # ---------------------------------------------------------------- reading
+
     def _aliases(self, skill: str) -> dict[str, int]:
-        f = self._skill_dir(skill) / ALIASES_FILE
-        if not f.exists():
-            return {}
-        try:
-            data = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise RegistryError(f"{f}: cannot read aliases ({e})") from None
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in data.items()
-        ):
-            raise RegistryError(f"{f}: expected a flat mapping alias -> version number, got {data!r}")
-        return data
+        rel = f"{_check_name('skill', skill)}/{ALIASES_FILE}"
+        text = self._read_text(rel)
+        return {} if text is None else _parse_aliases(self._where(rel), text)
 
     def _history(self, skill: str) -> list[dict[str, Any]]:
-        f = self._skill_dir(skill) / HISTORY_FILE
-        if not f.exists():
-            return []
-        try:
-            return [obj for _, obj in read_jsonl(f)]
-        except DataError as e:
-            raise RegistryError(str(e)) from None
+        rel = f"{_check_name('skill', skill)}/{HISTORY_FILE}"
+        text = self._read_text(rel)
+        return [] if text is None else _parse_history(self._where(rel), text)
 
     def _require_skill(self, skill: str) -> list[int]:
         versions = self._versions(skill)
         if not versions:
             known = self.skills()
             hint = f"known skills: {', '.join(known)}" if known else "the registry is empty"
-            raise RegistryError(f"unknown skill {skill!r} in registry {self.root} ({hint})")
+            raise RegistryError(f"unknown skill {skill!r} in registry {self.location} ({hint})")
         return versions
 
     def skills(self) -> list[str]:
         """Skills with at least one published version, sorted by name."""
-        if not self.root.is_dir():
-            return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name) and self._versions(p.name)
-        )
+        return sorted(s for s in self._skill_names() if self._versions(s))
 
     def versions(self, skill: str) -> list[int]:
         """Published version numbers of `skill`, ascending ([] for a skill never published)."""
@@ -201,8 +339,8 @@ class Registry:
         """Every alias move of `skill`, oldest first."""
         return self._history(skill)
 
-    def path(self, skill: str, version: int | None = None, alias: str = PRODUCTION) -> Path:
-        """Folder of a version: `version` if given, else the version `alias` points at."""
+    def version_of(self, skill: str, version: int | None = None, alias: str = PRODUCTION) -> int:
+        """The version number `version` names (checked to exist), else the one `alias` points at."""
         versions = self._require_skill(skill)
         if version is None:
             aliases = self._aliases(skill)
@@ -214,54 +352,64 @@ class Registry:
             version = aliases[alias]
             if version not in versions:
                 raise RegistryError(f"alias {alias!r} of skill {skill!r} points at missing version {version}")
-        else:
-            version = _check_version(version)
-            if version not in versions:
-                raise RegistryError(f"skill {skill!r} has no version {version} (versions: {versions})")
-        return self._version_dir(skill, version)
+            return version
+        version = _check_version(version)
+        if version not in versions:
+            raise RegistryError(f"skill {skill!r} has no version {version} (versions: {versions})")
+        return version
+
+    def path(self, skill: str, version: int | None = None, alias: str = PRODUCTION) -> Any:
+        """Where a version lives (a local folder; a URL for remote storage): `version` if given,
+        else the version `alias` points at. Consumers wanting a verified local folder use resolve()."""
+        return self._version_location(skill, self.version_of(skill, version, alias))
+
+    def _load_json(self, skill: str, version: int, name: str) -> Any:
+        rel = f"{skill}/{VERSIONS_DIR}/{version}/{name}"
+        text = self._read_text(rel)
+        if text is None:
+            raise RegistryError(f"{self._where(rel)}: missing")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RegistryError(f"{self._where(rel)}: cannot read ({e})") from None
 
     def show(self, skill: str, version: int | None = None, alias: str = PRODUCTION) -> dict[str, Any]:
         """What a version is: number, aliases pointing at it, metrics, lineage, routing, skill spec."""
-        d = self.path(skill, version, alias)
-        n = int(d.name)
-
-        def load(name: str) -> Any:
-            try:
-                return json.loads((d / name).read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise RegistryError(f"{d / name}: cannot read ({e})") from None
-
+        n = self.version_of(skill, version, alias)
         return {
             "skill_name": skill,
             "version": n,
-            "path": str(d),
+            "path": str(self._version_location(skill, n)),
             "aliases": sorted(a for a, v in self._aliases(skill).items() if v == n),
-            "metrics": load("metrics.json"),
-            "lineage": load("lineage.json"),
-            "routing": load("routing.json"),
-            "skill": load("skill.json"),
+            "metrics": self._load_json(skill, n, "metrics.json"),
+            "lineage": self._load_json(skill, n, "lineage.json"),
+            "routing": self._load_json(skill, n, "routing.json"),
+            "skill": self._load_json(skill, n, "skill.json"),
         }
+
+    def _checksums(self, skill: str, version: int) -> dict[str, str]:
+        rel = f"{skill}/{VERSIONS_DIR}/{version}/{CHECKSUMS_FILE}"
+        return _check_checksums(self._where(rel), self._read_text(rel))
 
     def verify(self, skill: str, version: int) -> None:
         """Recompute sha256 of every file against checksums.json; raise RegistryError naming a bad file."""
-        d = self.path(skill, version)
-        cfile = d / CHECKSUMS_FILE
-        try:
-            expected = json.loads(cfile.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise RegistryError(f"{cfile}: cannot read checksums ({e})") from None
-        if not isinstance(expected, dict):
-            raise RegistryError(f"{cfile}: expected a mapping file name -> sha256")
-        present = {p.name for p in d.iterdir()} - {CHECKSUMS_FILE}
+        version = self.version_of(skill, version)
+        expected = self._checksums(skill, version)
+        base = f"{skill}/{VERSIONS_DIR}/{version}"
+        present = self._version_names(skill, version) - {CHECKSUMS_FILE}
         for name in sorted(present - set(expected)):
-            raise RegistryError(f"{d / name}: file not listed in {CHECKSUMS_FILE} (version folder was modified)")
+            raise RegistryError(
+                f"{self._where(f'{base}/{name}')}: file not listed in {CHECKSUMS_FILE} (version folder was modified)"
+            )
         for name, digest in sorted(expected.items()):
-            f = d / name
-            if not f.is_file():
-                raise RegistryError(f"{f}: listed in {CHECKSUMS_FILE} but missing")
-            actual = sha256_file(f)
+            actual = self._file_digest(f"{base}/{name}")
+            if actual is None:
+                raise RegistryError(f"{self._where(f'{base}/{name}')}: listed in {CHECKSUMS_FILE} but missing")
             if actual != digest:
-                raise RegistryError(f"{f}: sha256 mismatch (expected {digest}, got {actual}); the file was changed")
+                raise RegistryError(
+                    f"{self._where(f'{base}/{name}')}: sha256 mismatch (expected {digest}, got {actual}); "
+                    "the file was changed"
+                )
 
     def snapshot(self, skill: str) -> dict[str, str]:
         """{path relative to <registry>/<skill>: sha256} for every file except .lock ({} if absent)."""
@@ -276,7 +424,105 @@ class Registry:
             out[rel] = sha256_file(p)
         return out
 
+    # ---------------------------------------------------------------- consumers
+
+    def pull(self, skill: str, version: int | None = None, alias: str = PRODUCTION, *,
+             to: str | Path) -> Path:
+        """Copy a version into the new local folder `to`, checking every file's sha256 on the way.
+
+        Files are fetched into a temporary sibling folder that is renamed to `to` only once
+        every file matched ``checksums.json``; a corrupted or extra file raises RegistryError
+        and leaves nothing at `to`.
+        """
+        n = self.version_of(skill, version, alias)
+        to = Path(to).expanduser().resolve()
+        if to.exists() and (not to.is_dir() or any(to.iterdir())):
+            raise RegistryError(f"cannot pull {skill}@{n} into {to}: it exists and is not an empty folder")
+        to.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.pull-", dir=to.parent))
+        try:
+            self._pull_into(skill, n, tmp)
+            if to.exists():
+                to.rmdir()  # empty (checked above)
+            os.rename(tmp, to)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return to
+
+    def _pull_into(self, skill: str, version: int, dest: Path) -> None:
+        base = f"{skill}/{VERSIONS_DIR}/{version}"
+        checksums_text = self._read_text(f"{base}/{CHECKSUMS_FILE}")
+        expected = _check_checksums(self._where(f"{base}/{CHECKSUMS_FILE}"), checksums_text)
+        extra = self._version_names(skill, version) - set(expected) - {CHECKSUMS_FILE} - self._ignored_names()
+        if extra:
+            raise RegistryError(
+                f"{self._where(base)}: files not listed in {CHECKSUMS_FILE}: {', '.join(sorted(extra))}; refusing it"
+            )
+        for name, digest in sorted(expected.items()):
+            target = dest / name
+            try:
+                self._fetch(f"{base}/{name}", target)
+            except FileNotFoundError:
+                raise RegistryError(f"{self._where(f'{base}/{name}')}: listed in {CHECKSUMS_FILE} but missing") from None
+            actual = sha256_file(target)
+            if actual != digest:
+                raise RegistryError(
+                    f"{self._where(f'{base}/{name}')}: corrupted (sha256 {actual}, expected {digest}); "
+                    f"refusing {skill}@{version}, nothing was kept"
+                )
+            os.chmod(target, _FILE_MODE)
+        (dest / CHECKSUMS_FILE).write_text(checksums_text, encoding="utf-8")
+
+    def _ignored_names(self) -> set[str]:
+        return set()
+
+    def cache_dir(self) -> Path:
+        """Local copies of this registry's versions: <DISTILL_HOME>/registry-cache/<location key>/."""
+        key = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.location)[-60:].strip("_")
+        return work_dir() / CACHE_DIR / f"{key}-{sha256_bytes(self.location.encode())[:10]}"
+
+    def resolve(self, skill: str, alias: str = PRODUCTION, version: int | None = None) -> Path:
+        """A verified local folder holding the version `alias` (or `version`) names.
+
+        On the local disk that is the version folder itself (verified in place); on remote
+        storage the version is downloaded once into :meth:`cache_dir` and re-verified on
+        every call, so a corrupted cached file is dropped and fetched again.
+        """
+        n = self.version_of(skill, version, alias)
+        self.verify(skill, n)
+        return self._version_dir(skill, n)
+
     # ---------------------------------------------------------------- writing
+
+    def _publish_inputs(self, skill: str, adapter_dir: str | Path, metrics: dict, lineage: dict, routing: dict,
+                        skill_spec: dict, model_card: Any, alias: str | None) -> tuple[Path, dict[str, str]]:
+        """Check every argument before anything is written; returns the adapter folder and metadata texts."""
+        _check_name("skill", skill)
+        if alias is not None:
+            _check_name("alias", alias)
+        adapter_dir = Path(adapter_dir)
+        if not adapter_dir.is_dir():
+            raise RegistryError(f"adapter folder {adapter_dir} does not exist")
+        for name in ADAPTER_FILES:
+            if not (adapter_dir / name).is_file():
+                raise RegistryError(f"adapter folder {adapter_dir} has no {name} (missing file {adapter_dir / name})")
+        texts = {
+            "metrics.json": _json_text("metrics", metrics),
+            "lineage.json": _json_text("lineage", lineage),
+            "routing.json": _json_text("routing", routing),
+            "skill.json": _json_text("skill_spec", skill_spec),
+        }
+        if not (isinstance(model_card, str) or callable(model_card)):
+            raise RegistryError(f"model_card must be a string or a callable(version) -> str, got {type(model_card).__name__}")
+        return adapter_dir, texts
+
+    @staticmethod
+    def _render_card(model_card: str | Callable[[int], str], version: int) -> str:
+        card = model_card(version) if callable(model_card) else model_card
+        if not isinstance(card, str):
+            raise RegistryError(f"model_card callable returned {type(card).__name__}, expected str")
+        return card
 
     def publish(
         self,
@@ -297,24 +543,8 @@ class Registry:
         (so a card can name its own version without racing other publishers).
         Returns the new version number.
         """
-        _check_name("skill", skill)
-        if alias is not None:
-            _check_name("alias", alias)
-        adapter_dir = Path(adapter_dir)
-        if not adapter_dir.is_dir():
-            raise RegistryError(f"adapter folder {adapter_dir} does not exist")
-        for name in ADAPTER_FILES:
-            if not (adapter_dir / name).is_file():
-                raise RegistryError(f"adapter folder {adapter_dir} has no {name} (missing file {adapter_dir / name})")
-        texts = {
-            "metrics.json": _json_text("metrics", metrics),
-            "lineage.json": _json_text("lineage", lineage),
-            "routing.json": _json_text("routing", routing),
-            "skill.json": _json_text("skill_spec", skill_spec),
-        }
-        if not (isinstance(model_card, str) or callable(model_card)):
-            raise RegistryError(f"model_card must be a string or a callable(version) -> str, got {type(model_card).__name__}")
-
+        adapter_dir, texts = self._publish_inputs(skill, adapter_dir, metrics, lineage, routing, skill_spec,
+                                                  model_card, alias)
         with self._lock(skill):
             sdir = self._skill_dir(skill)
             self._remove_stale_temps(sdir)
@@ -330,10 +560,7 @@ class Registry:
                         os.fsync(f.fileno())
                 for name, text in texts.items():
                     atomic_write_text(tmp / name, text)
-                card = model_card(version) if callable(model_card) else model_card
-                if not isinstance(card, str):
-                    raise RegistryError(f"model_card callable returned {type(card).__name__}, expected str")
-                atomic_write_text(tmp / CARD_FILE, card)
+                atomic_write_text(tmp / CARD_FILE, self._render_card(model_card, version))
                 checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name != CHECKSUMS_FILE}
                 write_json(tmp / CHECKSUMS_FILE, checksums)
                 for p in tmp.iterdir():
@@ -365,16 +592,16 @@ class Registry:
                 except BaseException:
                     # The alias could not be moved: withdraw the version so the failed
                     # publish leaves nothing visible (no alias ever pointed at it).
-                    self._withdraw(sdir, target)
+                    self._withdraw(skill, version)
                     raise
             return version
 
     def promote(self, skill: str, version: int, reason: str = "") -> int:
         """Point production at `version` (which must exist and pass verify)."""
         version = _check_version(version)
+        _check_name("skill", skill)
         with self._lock(skill):
-            self._require_skill(skill)
-            self.path(skill, version)
+            self.version_of(skill, version)
             self.verify(skill, version)
             if self._aliases(skill).get(PRODUCTION) == version:
                 return version  # already there: no move, no history line
@@ -383,6 +610,7 @@ class Registry:
 
     def rollback(self, skill: str, reason: str = "") -> int:
         """Point production back where it was before its last move; returns that version."""
+        _check_name("skill", skill)
         with self._lock(skill):
             self._require_skill(skill)
             moves = [h for h in self._history(skill) if h.get("alias") == PRODUCTION]
@@ -401,7 +629,7 @@ class Registry:
                     f"skill {skill!r}: production had no version before its last move (to {current}), "
                     "nothing to roll back to"
                 )
-            self.path(skill, target)
+            self.version_of(skill, target)
             self.verify(skill, target)
             self._move_alias(skill, PRODUCTION, target, "rollback", reason)
         return target
@@ -413,13 +641,13 @@ class Registry:
         return (versions[-1] + 1) if versions else 1
 
     def _move_alias(self, skill: str, alias: str, version: int, action: str, reason: str) -> None:
-        """Point `alias` at `version` and append the move to the history (both atomic replaces)."""
+        """Point `alias` at `version` and append the move to the history (each file replaced atomically;
+        aliases.json is the commit point and is restored if the history cannot be written)."""
         assert action in ACTIONS
-        sdir = self._skill_dir(skill)
-        afile, hfile = sdir / ALIASES_FILE, sdir / HISTORY_FILE
-        aliases = self._aliases(skill)
-        old_aliases_text = afile.read_text(encoding="utf-8") if afile.exists() else None
-        old_history_text = hfile.read_text(encoding="utf-8") if hfile.exists() else ""
+        arel, hrel = f"{skill}/{ALIASES_FILE}", f"{skill}/{HISTORY_FILE}"
+        old_aliases_text = self._read_text(arel)
+        aliases = {} if old_aliases_text is None else _parse_aliases(self._where(arel), old_aliases_text)
+        old_history_text = self._read_text(hrel) or ""
         if old_history_text and not old_history_text.endswith("\n"):
             old_history_text += "\n"
         entry = {
@@ -431,23 +659,22 @@ class Registry:
             "reason": reason,
         }
         aliases[alias] = version
-        write_json(afile, aliases)
+        self._write_text(arel, json.dumps(aliases, indent=2, ensure_ascii=False) + "\n")
         try:
-            os.chmod(afile, _FILE_MODE)
-            atomic_write_text(hfile, old_history_text + json.dumps(entry, ensure_ascii=False) + "\n")
-            os.chmod(hfile, _FILE_MODE)
+            self._write_text(hrel, old_history_text + json.dumps(entry, ensure_ascii=False) + "\n")
         except BaseException:
             if old_aliases_text is None:
-                afile.unlink(missing_ok=True)
+                self._delete(arel)
             else:
-                atomic_write_text(afile, old_aliases_text)
+                self._write_text(arel, old_aliases_text)
             raise
 
-    def _withdraw(self, sdir: Path, target: Path) -> None:
+    def _withdraw(self, skill: str, version: int) -> None:
         """Hide a just-published version again (one rename) and delete it."""
+        sdir = self._skill_dir(skill)
         trash = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=sdir))
         try:
-            os.rename(target, trash / "v")
+            os.rename(self._version_dir(skill, version), trash / "v")
         finally:
             shutil.rmtree(trash, ignore_errors=True)
 

@@ -88,7 +88,7 @@ class LocalModel:
             )
             if temperature > 0:
                 gen_kwargs.update(temperature=temperature, top_p=0.95, top_k=0)
-                torch.manual_seed(seed * 100_003 + b)
+                torch.manual_seed((seed * 100_003 + b) % 2**63)  # run seeds go up to 2**31: keep it in int64
             else:
                 gen_kwargs.update(temperature=None, top_p=None, top_k=None)
             if stop_at_newline:
@@ -120,3 +120,34 @@ class LocalModel:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
+
+
+class LocalBackend:
+    """`LocalModel` behind the backend interface of `teachers.base` (batched, synchronous)."""
+
+    def __init__(self, model: "LocalModel", spec: str | None = None):
+        self.model = model
+        self.name = spec or model.name
+        self.spec = spec or model.name
+
+    def identity(self) -> dict:
+        return {"backend": "local", "model": self.spec}
+
+    def complete_requests(self, requests) -> list[Completion]:
+        """Requests that share decoding settings go through one batched `complete` call."""
+        # Per-request seeds are not a grouping key (that would make every batch one row): a batch
+        # samples from its first request's seed, so the same batch gives the same answers.
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_tokens, r.temperature, "\n" in r.stop), []).append(i)
+        out: list[Completion | None] = [None] * len(requests)
+        for (max_tokens, temperature, newline), idx in groups.items():
+            seed = requests[idx[0]].seed
+            prompts = [requests[i].prompt if requests[i].prompt is not None
+                       else "\n\n".join(c for _, c in requests[i].messages) for i in idx]
+            # Rows of one batch sample independently, so n samples of one prompt differ.
+            comps = self.model.complete(prompts, max_new_tokens=max_tokens, temperature=temperature,
+                                        batch_size=len(prompts), seed=seed, stop_at_newline=newline)
+            for i, c in zip(idx, comps):
+                out[i] = c
+        return out  # type: ignore[return-value]

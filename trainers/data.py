@@ -11,10 +11,10 @@ from core.records import Example
 
 @dataclass
 class TrainingPool:
-    train: list[Example]
+    train: list[Example]  # one epoch: the trainer visits every item once per epoch, in a fresh order
     val: list[Example]
     dropped_student: int  # examples refused by the collapse guard
-    human_share: float  # share of human examples in `train` after mixing
+    human_share: float  # share of human examples in `train` (so in every full epoch) after mixing
 
     def summary(self) -> dict:
         by_source: dict[str, int] = {}
@@ -28,29 +28,40 @@ def build_training_pool(seeds: list[Example], accepted: list[Example], human_sha
                         val_fraction: float = 0.1, seed: int = 0) -> TrainingPool:
     """Mix the whole accepted pool with the seeds for a fresh adapter.
 
-    Why: each run trains a new adapter from the base on everything accepted so far, not
-    on top of the last adapter, so errors do not compound run over run. The student's
-    own outputs never enter training (model collapse: a model trained on its own
-    samples loses the tails of the distribution), so `source == "student"` is refused
-    here whatever upstream did. Human seeds are the only ground truth; when teacher
-    data outnumbers them, they are repeated so that they keep at least `human_share`
-    of every epoch and the teacher's bias cannot drown them.
+    Why a fresh adapter on the whole pool: each run trains a new adapter from the base on
+    everything accepted so far, not on top of the last adapter, so teacher errors and
+    drift do not compound run over run, and any run can be reproduced from its data alone.
+
+    Why no student outputs: a model trained on its own samples loses the tails of the
+    distribution run after run (model collapse), so `source == "student"` is refused here
+    whatever upstream did.
+
+    Why a human floor: human seeds are the only ground truth. When teacher data outnumbers
+    them, they are repeated so that they make up at least `human_share` of the returned
+    list. That list is one epoch: the trainer's samplers (random or group-by-length) visit
+    every item exactly once per epoch, so the floor holds in every full epoch, not only
+    on average (tests/trainers/test_data.py checks the trainer's own sampler).
+    `human_share == 1` trains on human examples only.
     """
     rng = random.Random(seed)
     clean = [e for e in seeds + accepted if e.source != "student" and e.output is not None]
-    dropped = len(seeds) + len(accepted) - len(clean)
+    dropped = sum(e.source == "student" for e in seeds + accepted)
     human = [e for e in clean if e.source == "human"]
     other = [e for e in clean if e.source != "human"]
     rng.shuffle(human)
     rng.shuffle(other)
-    # Validation comes from the pool (never from the eval set), in proportion to each source.
-    n_val_h = max(1, round(len(human) * val_fraction)) if len(human) >= 10 else 0
+    # Validation comes from the pool (never from the eval set), in proportion to each source,
+    # so eval loss measures the same mix the adapter is trained on.
+    n_val_h = max(1, round(len(human) * val_fraction)) if len(human) >= 10 and val_fraction > 0 else 0
     n_val_o = round(len(other) * val_fraction) if len(other) >= 10 else 0
     val = human[:n_val_h] + other[:n_val_o]
     human, other = human[n_val_h:], other[n_val_o:]
+    if human_share >= 1:
+        other = []
     train_h = list(human)
     if other and human and human_share > 0:
-        need = math.ceil(human_share * len(other) / (1 - human_share)) if human_share < 1 else len(human)
+        # Smallest count of human items h with h / (h + len(other)) >= human_share.
+        need = math.ceil(human_share * len(other) / (1 - human_share))
         while len(train_h) < need:
             train_h += human[: need - len(train_h)]
     train = train_h + other

@@ -54,3 +54,96 @@ def test_clean_candidates_pass(ex):
     ]
     result = make_step(ex)(clean)
     assert result.kept == clean and not result.rejected
+
+
+def naive_overlap(cand_words, evals, ngram, min_ngram):
+    """The definition, spelled out: (eval id, n) of the longest, earliest eval gram inside the candidate."""
+    whole_max = min(ngram, min_ngram)
+    best = None
+    for eid, w in evals:
+        k = ngram if len(w) >= ngram else len(w)
+        if k < whole_max:
+            if cand_words == w:
+                best = best or (eid, k, 0)
+            continue
+        grams = {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
+        for i in range(len(cand_words) - k + 1):
+            if tuple(cand_words[i:i + k]) in grams:
+                if best is None or (-k, i) < (-best[1], best[2]):
+                    best = (eid, k, i)
+                break
+    return best and best[:2]
+
+
+def test_batched_ngram_check_equals_the_definition(ex):
+    import random
+
+    from filters.normalize import words
+
+    rng = random.Random(3)
+    vocab = [f"v{i}" for i in range(40)]
+    evals = [(f"e{i}", [rng.choice(vocab) for _ in range(rng.choice([3, 8, 10, 13, 20]))]) for i in range(40)]
+    cands = []
+    for i in range(300):
+        w = [rng.choice(vocab) for _ in range(rng.choice([2, 3, 9, 30]))]
+        if i % 3 == 0:  # plant a piece (or all) of an eval item
+            eid, ew = rng.choice(evals)
+            k = min(len(ew), 13)
+            j = rng.randrange(len(ew) - k + 1)
+            at = rng.randrange(len(w) + 1)
+            w = w[:at] + ew[j:j + k] + w[at:] if len(ew) >= 8 else ew
+        cands.append(ex(f"c{i}", " ".join(w)))
+    cfg = FilterConfig(near_dup_threshold=1.0)
+    step = Contamination({"eval": [ex(eid, " ".join(w)) for eid, w in evals]}, cfg)
+    hits = step._ngram_hits([words(c.input) for c in cands])
+    n_hits = 0
+    for c, hit in zip(cands, hits):
+        want = naive_overlap(words(c.input), evals, cfg.ngram, cfg.min_ngram)
+        if want is None:
+            assert hit is None
+        else:
+            n_hits += 1
+            # Several eval items can share a gram; the first one in the set wins, as in the definition.
+            assert hit is not None and hit["n"] == want[1]
+            assert " ".join(dict(evals)[hit["eval_id"]]).find(hit["ngram"]) >= 0
+    assert n_hits >= 100
+
+
+def test_external_eval_sets_are_loaded_and_checked(ex, tmp_path):
+    import json
+
+    import pytest
+
+    from core.skills import SkillConfig, SkillError
+    from filters import load_external_eval_sets
+
+    folder = tmp_path / "skill"
+    (folder / "bench").mkdir(parents=True)
+    rows = [{"id": "b1", "input": "the printer on floor three jams every single morning before nine"},
+            {"id": "b2", "input": {"request": "book a table for two", "tools": []}, "output": {"name": "book"}}]
+    (folder / "bench" / "mini.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = SkillConfig(name="t", task="classification", instruction="x", labels=["a", "b"],
+                      filters={"external_eval_sets": ["bench/mini.jsonl"]})
+    sets = load_external_eval_sets(cfg, folder)
+    assert [e.id for e in sets["bench/mini.jsonl"]] == ["b1", "b2"]
+    assert sets["bench/mini.jsonl"][1].input == '{"request":"book a table for two","tools":[]}'
+    step = Contamination.from_config(sets, FilterConfig())
+    (r,) = step([ex("c", "Again: the printer on floor three jams every single morning before nine!")]).rejected
+    assert (r.detail["eval_set"], r.detail["eval_id"]) == ("bench/mini.jsonl", "b1")
+
+    bad = SkillConfig(name="t", task="classification", instruction="x", labels=["a", "b"],
+                      filters={"external_eval_sets": ["bench/mini.jsonl", "nope.jsonl", "bench/broken.jsonl"]})
+    (folder / "bench" / "broken.jsonl").write_text('{"id": "z", "input": "fine"}\n{"id": "z", "input": "dup"}\n')
+    with pytest.raises(SkillError) as err:
+        load_external_eval_sets(bad, folder)
+    msg = str(err.value)
+    assert "filters.external_eval_sets[1]" in msg and "nope.jsonl does not exist" in msg
+    assert "broken.jsonl:2" in msg
+
+
+def test_near_copy_needs_exact_jaccard_confirmation(ex):
+    # Half the shingles shared: LSH tuned for recall may propose it; the exact Jaccard (< 0.7) keeps it.
+    base = "one two three four five six seven eight nine ten eleven twelve"
+    cand = "one two three four five six seven alpha beta gamma delta epsilon"
+    step = Contamination({"eval": [ex("e", base)]}, FilterConfig(ngram=13, min_ngram=13))
+    assert step([ex("c", cand)]).kept

@@ -38,7 +38,8 @@ def test_registry_commands(tmp_path, capsys):
 def test_skills_lists_and_validates(skill_root, capsys):
     assert main(["skills"]) == 0
     out = capsys.readouterr().out
-    assert "ticket-triage" in out and "ok" in out and "seeds=50" in out
+    row = next(line for line in out.splitlines() if line.startswith("ticket-triage "))
+    assert row.split() == ["ticket-triage", "classification", "50", "100", "40", "0", "3", "*", "*", "*", "ok"]
 
 
 def test_fresh_work_dir_gets_a_prefect_home(tmp_path, monkeypatch):

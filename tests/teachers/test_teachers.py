@@ -1,36 +1,40 @@
+"""Strategies on the local transformers backend (tiny random Gemma), config checks, the stage function."""
+
+import json
+import random
 import socket
 
 import pytest
 
-from core.skills import TeacherConfig, load_skill
-from teachers import make_teacher
-from teachers.expand import balanced_shots, label_inputs, new_inputs
-from teachers.local import LocalModel
-from teachers.openai_http import TeacherUnreachable
-
-
-@pytest.fixture()
-def skill(skill_root):
-    return load_skill("ticket-triage", profile="tiny", root=skill_root)
+from core.records import read_examples
+from core.skills import ExpansionConfig, SkillError, TeacherConfig, load_skill
+from teachers import open_teacher
+from teachers.base import TeacherUnreachable
+from teachers.client import ClientSettings, Teacher
+from teachers.local import LocalBackend, LocalModel
+from teachers.strategies import balanced_shots, label, run_expansion, self_instruct
 
 
 def test_every_request_ends_kept_or_rejected_with_lineage(skill, tiny_model_path):
-    teacher = LocalModel(tiny_model_path, name="tiny")
-    kept, rejected = new_inputs(skill, teacher, 6, seed=0)
+    teacher = Teacher(LocalBackend(LocalModel(tiny_model_path, name="tiny")), ClientSettings(batch_size=8),
+                      cache=None, name="tiny")
+    kept, rejected = self_instruct(skill, teacher, 6, seed=0)
     assert len(kept) + len(rejected) == 6
-    assert all(r.reason in {"truncated", "empty_generation"} for r in rejected)
-    for e in kept:
+    assert all(r.reason in {"truncated", "empty_generation", "empty_input"} for r in rejected)
+    for e in kept + [r.example for r in rejected]:
         assert e.source == "teacher" and e.teacher == "tiny" and len(e.parent_ids) == 3
-        assert {p for p in e.parent_ids} <= {s.id for s in skill.seeds}
-    # Labeling: every input comes out labeled with a valid label or rejected as unparseable.
-    inputs = [s for s in skill.eval_set[:5]]
-    labeled, bad = label_inputs(skill, teacher, inputs, seed=0)
+        assert set(e.parent_ids) <= {s.id for s in skill.seeds}
+        assert e.meta["strategy"] == "self_instruct"
+        # per-label shot cycling: every shot shares the example's seed label
+        assert {s.output for s in skill.seeds if s.id in e.parent_ids} == {e.meta["seed_label"]}
+    inputs = skill.eval_set[:5]
+    labeled, bad = label(skill, teacher, inputs, seed=0)
     assert len(labeled) + len(bad) == 5
     assert all(e.output in skill.config.labels for e in labeled)
     assert all(r.reason == "unparseable_answer" for r in bad)
 
 
-def test_generation_is_deterministic_for_a_seed(skill, tiny_model_path):
+def test_generation_is_deterministic_for_a_seed(tiny_model_path):
     teacher = LocalModel(tiny_model_path)
     a = teacher.complete(["Ticket: hello", "Ticket: my invoice"], max_new_tokens=6, temperature=0.9, seed=3)
     b = teacher.complete(["Ticket: hello", "Ticket: my invoice"], max_new_tokens=6, temperature=0.9, seed=3)
@@ -39,8 +43,6 @@ def test_generation_is_deterministic_for_a_seed(skill, tiny_model_path):
 
 
 def test_balanced_shots_cover_every_label(skill):
-    import random
-
     shots = balanced_shots(skill.seeds, 10, random.Random(0))
     assert len(shots) == 10
     assert {s.output for s in shots} == set(skill.config.labels)
@@ -52,4 +54,74 @@ def test_unreachable_http_teacher_fails_with_one_clear_error():
         port = s.getsockname()[1]
     cfg = TeacherConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{port}/v1")
     with pytest.raises(TeacherUnreachable, match=f"teacher unreachable at http://127.0.0.1:{port}/v1"):
-        make_teacher(cfg)
+        with open_teacher(cfg):
+            pass
+
+
+def test_config_errors_name_the_key_and_the_fix(skill_root):
+    with pytest.raises(ValueError, match="teacher.base_url is required"):
+        TeacherConfig(backend="openai", model="m")
+    with pytest.raises(ValueError, match="choose one answerer"):
+        ExpansionConfig(strategies=["self_instruct", "label", "self_consistency"])
+    with pytest.raises(ValueError, match="needs an input writer"):
+        ExpansionConfig(strategies=["label"])
+    path = skill_root / "ticket-triage" / "skill.yaml"
+    path.write_text(path.read_text() + "\nexpansion: {strategies: [rewrite]}\n")
+    with pytest.raises(SkillError, match="expansion.*needs an answerer"):
+        load_skill("ticket-triage", root=skill_root)
+
+
+def test_run_expansion_writes_records_and_accounting_and_a_rerun_is_free(skill, tiny_model_path, tmp_path):
+    cfg = TeacherConfig.model_validate({**skill.config.teacher.model_dump(),
+                                        "prices": {"prompt_per_1k": 1.0, "completion_per_1k": 2.0}})
+    run1, run2 = tmp_path / "r1", tmp_path / "r2"
+    run1.mkdir(), run2.mkdir()
+    with open_teacher(cfg, tiny_model_path) as t:
+        assert t.kind == "transformers"
+        res = run_expansion(skill, t, run1, seed=5)
+    acc = json.loads((run1 / "teacher_accounting.json").read_text())
+    assert acc["cache_hits"] == 0 and acc["sent"] == acc["requests"] > 0
+    assert acc["estimated_cost"] == pytest.approx(acc["prompt_tokens"] / 1000 + 2 * acc["completion_tokens"] / 1000)
+    assert acc["latency_p50_s"] is not None and acc["strategies"]["self_instruct"]["kept"] == res.inputs
+    written = read_examples(run1 / "generated.jsonl")
+    assert [e.id for e in written] == [e.id for e in res.examples]
+    for e in written:
+        assert e.confidence == (1.0 if e.output == e.meta["seed_label"] else 0.5)
+        assert e.meta["answer_strategy"] == "label" and e.teacher == cfg.model and e.parent_ids
+    # every self-instruct request is a kept input or a recorded drop
+    assert res.inputs + sum(r.stage == "generate_inputs" for r in res.rejected) == skill.config.expansion.target_examples
+    with open_teacher(cfg, tiny_model_path) as t:
+        res2 = run_expansion(skill, t, run2, seed=5)
+    acc2 = res2.accounting
+    assert acc2["sent"] == 0 and acc2["cache_hits"] == acc2["requests"] == acc["requests"]
+    assert [e.to_dict() | {"created_at": 0} for e in res2.examples] == [e.to_dict() | {"created_at": 0} for e in res.examples]
+
+
+def test_rewrite_strategy_keeps_lineage_and_drops_unchanged_copies(skill, fake_server):
+    def answer(prompt, body):
+        if prompt.endswith("Team:"):
+            return " billing"
+        source = prompt.split("\nTicket: ", 1)[1].split("\nRewritten ticket:")[0]
+        # every third rewrite comes back unchanged, the others reworded
+        return " " + source if body["seed"] % 3 == 0 else " Reworded: " + source.lower()
+
+    srv = fake_server(answer=answer)
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, max_retries=0, cache=False)
+    ec = skill.config.expansion.model_copy(update={"strategies": ["rewrite", "label"], "rewrite_examples": 6})
+    skill.config = skill.config.model_copy(update={"teacher": cfg, "expansion": ec})
+    with open_teacher(cfg) as t:
+        res = run_expansion(skill, t, None, seed=0)
+    assert res.requested == 6 and res.inputs == 4
+    assert [r.reason for r in res.rejected] == ["unchanged_rewrite"] * 2
+    seeds = {s.id: s for s in skill.seeds}
+    modes = []
+    for e in res.examples:
+        src = seeds[e.parent_ids[0]]
+        assert e.input == "Reworded: " + " ".join(src.input.split()).lower()
+        assert e.meta["strategy"] == "rewrite" and e.meta["seed_label"] == src.output
+        assert e.confidence == (1.0 if src.output == "billing" else 0.5) and e.output == "billing"
+        assert "source_input" not in e.meta
+        modes.append(e.meta["rewrite_mode"])
+    assert set(modes) == {"paraphrase", "harder"}
+    assert all("harder to handle" in b["prompt"] or "different words" in b["prompt"]
+               for b in srv.bodies if not b["prompt"].endswith("Team:"))

@@ -24,6 +24,35 @@ def test_humans_keep_their_share_and_val_is_disjoint():
     assert {e.source for e in pool.val} == {"human", "teacher"}
 
 
+def test_human_share_one_trains_on_humans_only_and_zero_adds_no_repeats():
+    seeds = [ex(i, "human") for i in range(12)]
+    accepted = [ex(i, "teacher") for i in range(40)]
+    only = build_training_pool(seeds, accepted, human_share=1.0)
+    assert only.train and {e.source for e in only.train} == {"human"}
+    none = build_training_pool(seeds, accepted, human_share=0.0)
+    assert len({e.id for e in none.train}) == len(none.train)  # no human repeated
+
+
+def test_floor_holds_in_every_epoch_of_the_trainers_samplers():
+    """The mixed list is one epoch; the samplers the trainer uses (group-by-length, random)
+    visit each item once per epoch, so every epoch (not just the average) keeps the floor."""
+    import torch
+    from torch.utils.data import RandomSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    seeds = [ex(i, "human") for i in range(11)]
+    accepted = [ex(i, "teacher") for i in range(70)]
+    pool = build_training_pool(seeds, accepted, human_share=0.35, val_fraction=0.1, seed=2)
+    lengths = [len(e.input) for e in pool.train]
+    for epoch in range(3):
+        g = torch.Generator().manual_seed(epoch)
+        for sampler in (LengthGroupedSampler(4, lengths=lengths, generator=g), RandomSampler(pool.train, generator=g)):
+            order = list(sampler)
+            assert sorted(order) == list(range(len(pool.train)))
+            share = sum(pool.train[i].source == "human" for i in order) / len(order)
+            assert share >= 0.35 - 1e-9
+
+
 def test_pool_is_reproducible():
     seeds = [ex(i, "human") for i in range(12)]
     accepted = [ex(i, "teacher") for i in range(12)]

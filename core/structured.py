@@ -1,0 +1,213 @@
+"""JSON helpers for structured skills (extraction, function calling).
+
+Plain functions with no skill config: canonical JSON text, lenient extraction of
+the first JSON object in model output, and the checks of OpenAI tool
+definitions, function calls and BFCL-style acceptable-value answers. Every check
+returns None when valid, else `(reason, detail)`: a snake_case reason that
+metrics and filters count, and a detail that names the key for people.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+Problem = tuple[str, str]  # (snake_case reason, human detail)
+
+# OpenAI's rule for function names.
+FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# "" in a list of acceptable values means "omitting the argument is also right" (BFCL).
+OMITTED = ""
+
+
+def canonical_json(obj: Any) -> str:
+    """The one text form of structured data (contract): compact, key order kept, UTF-8."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def loads_object(text: str) -> dict | None:
+    """`text` parsed as a JSON object, or None (not JSON, or not an object)."""
+    try:
+        obj = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def first_json_object(text: str, max_starts: int = 32) -> dict | None:
+    """The first `{...}` in `text` that parses as a JSON object, ignoring code fences and
+    any words around it; None when there is none. Tries at most `max_starts` braces."""
+    start = text.find("{")
+    tries = 0
+    while start != -1 and tries < max_starts:
+        try:
+            obj, _ = _DECODER.raw_decode(text, start)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            return obj
+        tries += 1
+        start = text.find("{", start + 1)
+    return None
+
+
+def schema_problem(schema: dict) -> str | None:
+    """Why `schema` is not a valid JSON Schema (Draft 2020-12), or None."""
+    if not isinstance(schema, dict):
+        return "must be a JSON Schema object (a mapping)"
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        return f"not a valid JSON Schema at {where}: {e.message}"
+    return None
+
+
+def _path(err) -> str:
+    return "/".join(str(p) for p in err.absolute_path) or "(root)"
+
+
+def value_problem(schema: dict, value: Any) -> Problem | None:
+    """The first way `value` violates `schema`: wrong_argument_type for a type mismatch,
+    schema_violation for anything else (enum, range, pattern, required...)."""
+    errors = sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    err = next((e for e in errors if e.validator == "type"), errors[0])
+    reason = "wrong_argument_type" if err.validator == "type" else "schema_violation"
+    return reason, f"{_path(err)}: {err.message}"
+
+
+def check_tool(tool: Any) -> Problem | None:
+    """An OpenAI tool definition: {"type": "function", "function": {"name", "description",
+    "parameters": JSON Schema of an object}}."""
+    if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+        return "invalid_tool", 'each tool must be {"type": "function", "function": {...}}'
+    fn = tool["function"]
+    name = fn.get("name")
+    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+        return "invalid_tool", f"function name {name!r} must be 1-64 letters, digits, '_', '.', '-'"
+    unknown = set(fn) - {"name", "description", "parameters", "strict"}
+    if unknown:
+        return "invalid_tool", f"function {name}: unknown key(s) {sorted(unknown)}"
+    if "description" in fn and not isinstance(fn["description"], str):
+        return "invalid_tool", f"function {name}: description must be a string"
+    params = fn.get("parameters", {"type": "object", "properties": {}})
+    bad = schema_problem(params)
+    if bad:
+        return "invalid_tool", f"function {name}: parameters {bad}"
+    if params.get("type") != "object":
+        return "invalid_tool", f"function {name}: parameters must have \"type\": \"object\""
+    props = params.get("properties", {})
+    missing = [r for r in params.get("required", []) if r not in props]
+    if missing:
+        return "invalid_tool", f"function {name}: required {missing} not among its properties"
+    return None
+
+
+def check_call_input(obj: Any) -> Problem | None:
+    """A function_call input: {"request": str, "tools": [tool, ...]} with unique names."""
+    if not isinstance(obj, dict):
+        return "invalid_json", 'input must be a JSON object {"request": ..., "tools": [...]}'
+    unknown = set(obj) - {"request", "tools"}
+    if unknown:
+        return "invalid_input", f"unknown key(s) {sorted(unknown)} in input; allowed: request, tools"
+    if not isinstance(obj.get("request"), str) or not obj["request"].strip():
+        return "missing_request", "input.request must be a non-empty string"
+    tools = obj.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return "missing_tools", "input.tools must be a non-empty list of tool definitions"
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        bad = check_tool(tool)
+        if bad:
+            return bad[0], f"tools[{i}]: {bad[1]}"
+        name = tool["function"]["name"]
+        if name in names:
+            return "duplicate_tool", f"tools[{i}]: function {name} is defined twice"
+        names.add(name)
+    return None
+
+
+def tools_by_name(input_obj: dict) -> dict[str, dict]:
+    """{function name: its parameters schema} for a valid function_call input."""
+    out = {}
+    for tool in input_obj.get("tools", []):
+        fn = tool["function"]
+        out[fn["name"]] = fn.get("parameters") or {"type": "object", "properties": {}}
+    return out
+
+
+def _call_shape(call: Any) -> Problem | None:
+    if not isinstance(call, dict):
+        return "invalid_json", 'a call must be a JSON object {"name": ..., "arguments": {...}}'
+    if set(call) != {"name", "arguments"}:
+        return "malformed_call", f'a call has exactly the keys "name" and "arguments", got {sorted(call)}'
+    if not isinstance(call["name"], str) or not call["name"]:
+        return "malformed_call", "name must be a non-empty string"
+    if not isinstance(call["arguments"], dict):
+        return "malformed_call", "arguments must be a JSON object"
+    return None
+
+
+def check_call(call: Any, input_obj: dict | None) -> Problem | None:
+    """A concrete call {"name", "arguments"}; with the input, checked against its tools:
+    unknown_function, unknown_argument, missing_required_argument, wrong_argument_type,
+    schema_violation (enum, range...)."""
+    bad = _call_shape(call)
+    if bad or input_obj is None:
+        return bad
+    tools = tools_by_name(input_obj)
+    if call["name"] not in tools:
+        return "unknown_function", f"{call['name']!r} is not among the tools {sorted(tools)}"
+    params = tools[call["name"]]
+    props = params.get("properties", {})
+    for arg in call["arguments"]:
+        if arg not in props:
+            return "unknown_argument", f"{call['name']}: no parameter {arg!r} (parameters: {sorted(props)})"
+    for req in params.get("required", []):
+        if req not in call["arguments"]:
+            return "missing_required_argument", f"{call['name']}: required argument {req!r} is missing"
+    for arg, value in call["arguments"].items():
+        bad = value_problem(props[arg], value)
+        if bad:
+            return bad[0], f"{call['name']}.{arg}: {bad[1]}"
+    return None
+
+
+def check_acceptable_call(gold: Any, input_obj: dict) -> Problem | None:
+    """An eval answer in acceptable-values form: {"name", "arguments": {arg: [value, ...]}};
+    "" in a list means the argument may be omitted (never for a required one)."""
+    bad = _call_shape(gold)
+    if bad:
+        return bad
+    tools = tools_by_name(input_obj)
+    if gold["name"] not in tools:
+        return "unknown_function", f"{gold['name']!r} is not among the tools {sorted(tools)}"
+    params = tools[gold["name"]]
+    props = params.get("properties", {})
+    for arg, values in gold["arguments"].items():
+        if arg not in props:
+            return "unknown_argument", f"{gold['name']}: no parameter {arg!r} (parameters: {sorted(props)})"
+        if not isinstance(values, list) or not values:
+            return "not_acceptable_values", (f"{gold['name']}.{arg}: eval answers list every acceptable value, "
+                                             f'e.g. ["celsius", ""]; got {values!r}')
+        for v in values:
+            if v == OMITTED:
+                continue
+            bad = value_problem(props[arg], v)
+            if bad:
+                return bad[0], f"{gold['name']}.{arg}: acceptable value {v!r}: {bad[1]}"
+    for req in params.get("required", []):
+        if req not in gold["arguments"]:
+            return "missing_required_argument", f"{gold['name']}: required argument {req!r} is missing"
+        if OMITTED in gold["arguments"][req]:
+            return "required_argument_omittable", f"{gold['name']}.{req}: a required argument cannot list \"\""
+    return None

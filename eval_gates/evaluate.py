@@ -1,0 +1,212 @@
+"""The evaluate stage as a plain function: candidate and production answer the same frozen eval
+items and the same replayed traffic; metrics, gates, routing profile and reports in the run folder.
+
+Model failures propagate (the run fails and nothing is published); a failure in scoring or in a
+gate is recorded and blocks promotion (fail closed) with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Callable, ContextManager, Sequence
+
+from core.prompting import format_prompt
+from core.records import Example, hash_examples, write_json, write_jsonl
+from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
+from eval_gates.gates import Decision, gate
+from eval_gates.routing import answer_logprobs, routing_threshold
+from eval_gates.tasks import TaskPlugin, get_task
+
+log = logging.getLogger("distill")
+
+# A generated text counts as "right" for routing when its chrF against the reference reaches this
+# (pass/fail tasks use their own item verdict); 0.6 chrF is a close paraphrase in practice.
+GENERATION_OK_CHRF = 0.6
+
+Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
+
+
+@contextlib.contextmanager
+def _no_progress(description: str, total: int | None):
+    yield lambda n=1, total=None: None
+
+
+def _correct(task: TaskPlugin, scores: dict) -> bool:
+    if task.name == "generation":
+        return scores["chrf"] >= GENERATION_OK_CHRF
+    return scores[task.primary] >= 1.0
+
+
+def _score_eval(task: TaskPlugin, items: Sequence[Example], preds: Sequence[str | None], metric: str) -> tuple[dict, list[dict]]:
+    try:
+        per_item = [task.score(e, p) for e, p in zip(items, preds)]
+        agg = task.aggregate(per_item, items, preds)
+        if any(metric not in s for s in per_item):
+            raise ValueError(f"gates.metric {metric!r} is not a per-item metric of task {task.name} "
+                             f"(per-item metrics: {', '.join(sorted(per_item[0])) if per_item else 'none'})")
+        agg["item_scores"] = {"metric": metric, "ids": [e.id for e in items], "values": [float(s[metric]) for s in per_item]}
+        return agg, per_item
+    except Exception as e:  # fail closed: the gate reads the error
+        log.exception("scoring the eval set failed")
+        return {"n": len(items), "error": f"scoring failed: {type(e).__name__}: {e}"}, []
+
+
+def _score_replay(task: TaskPlugin, items: Sequence[Example], preds, seconds_p: dict) -> tuple[dict, list[dict]]:
+    try:
+        per_item = [task.score(e, p) for e, p in zip(items, preds)]
+        n = len(items)
+        agree = [float(s[task.primary]) for s in per_item]
+        out = {"n": n, "agreement": round(sum(agree) / n, 4), "metric": task.primary,
+               "invalid_rate": round(1 - sum(s.get("valid", 1.0) for s in per_item) / n, 4), **seconds_p,
+               "item_scores": {"metric": task.primary, "ids": [e.id for e in items], "values": agree}}
+        return out, per_item
+    except Exception as e:
+        log.exception("scoring the replay sample failed")
+        return {"n": len(items), "error": f"scoring failed: {type(e).__name__}: {e}"}, []
+
+
+def run_dir_for(adapter_dir: str | Path) -> Path:
+    """The run folder an adapter was trained in (the nearest parent holding params.json)."""
+    p = Path(adapter_dir).resolve()
+    for parent in p.parents:
+        if (parent / "params.json").is_file():
+            return parent
+    return p.parent
+
+
+def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir: str | None,
+                       replay_items: list[Example], run_dir: str | Path, progress: Progress | None = None,
+                       traffic=None, load_model: Callable[[str, str], object] | None = None) -> dict:
+    """Evaluate the candidate (and production, when there is one), run the gates, write
+    eval_report.md, eval_comparison.png, eval_items.jsonl, decision.json and routing.json into run_dir.
+
+    Returns {"eval_items", "replay_items", "task", "metric", "data", "candidate": {"eval", "replay"},
+    "champion": {...} | None, "routing", "decision", "reports"}.
+    """
+    from eval_gates.report import write_reports
+
+    progress = progress or _no_progress
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = skill.config
+    task = get_task(cfg)
+    metric = cfg.gates.metric or task.primary
+    items = skill.eval_set[: cfg.gates.eval_limit] if cfg.gates.eval_limit else list(skill.eval_set)
+    if traffic is None:
+        try:
+            from eval_gates.replay import load_skill_traffic
+
+            traffic = load_skill_traffic(skill).summary()
+        except Exception as e:  # only for the record: the sample itself came from the flow
+            traffic = {"error": str(e)}
+    elif hasattr(traffic, "summary"):
+        traffic = traffic.summary()
+    data = {"eval_items": len(items), "eval_set_hash": hash_examples(items) if items else None,
+            "replay_items": len(replay_items), "replay_sample_hash": hash_examples(replay_items) if replay_items else None,
+            "replay_ids": [e.id for e in replay_items], "traffic": traffic}
+    out: dict = {"eval_items": len(items), "replay_items": len(replay_items), "task": task.name, "metric": metric,
+                 "data": data}
+    rows = {e.id: {"set": "eval", "id": e.id, "input": e.input, "gold": e.output} for e in items}
+    rrows = {e.id: {"set": "replay", "id": e.id, "input": e.input, "gold": e.output} for e in replay_items}
+    if load_model is None:
+        from teachers.local import LocalModel
+
+        def load_model(path, adapter):
+            return LocalModel(path, adapter_path=adapter, name=Path(adapter).name)
+
+    routing = None
+    for role, adapter in (("candidate", adapter_dir), ("champion", champion_dir)):
+        if adapter is None:
+            out[role] = None
+            continue
+        model = load_model(student_path, adapter)
+        if items:
+            with progress(f"eval: {role} on eval set", len(items)) as advance:
+                p = predict_mod.predict(model, cfg, [e.input for e in items], progress=advance)
+            ev, per_item = _score_eval(task, items, p.preds, metric)
+            ev["prompt_tokens_per_call"] = p.mean_prompt_tokens()
+            for e, pred, s in zip(items, p.preds, per_item or [{}] * len(items)):
+                rows[e.id][role] = pred
+                rows[e.id][f"{role}_score"] = s.get(metric)
+                rows[e.id][f"{role}_error"] = task.error(e, pred) if per_item else None
+        else:
+            ev = {"n": 0, "error": "no eval items (eval.jsonl is empty)"}
+        ev["data"] = {"n": len(items), "eval_set_hash": data["eval_set_hash"]}
+        if replay_items:
+            with progress(f"eval: {role} on replayed traffic", len(replay_items)) as advance:
+                r = predict_mod.predict(model, cfg, [e.input for e in replay_items], progress=advance)
+            rep, per_rep = _score_replay(task, replay_items, r.preds, r.latency())
+            for e, pred, s in zip(replay_items, r.preds, per_rep or [{}] * len(replay_items)):
+                rrows[e.id][role] = pred
+                rrows[e.id][f"{role}_agreement"] = s.get(task.primary)
+            if role == "candidate" and per_rep:
+                routing = _routing(task, cfg, model, replay_items, r, per_rep, ev, rep)
+        else:
+            rep = {"n": 0, "error": "the replay sample is empty: no accepted traffic to replay "
+                                    f"({(traffic or {}).get('source', cfg.gates.replay.source)})"}
+        rep["data"] = {"n": len(replay_items), "replay_sample_hash": data["replay_sample_hash"],
+                       "traffic_source": (traffic or {}).get("source"), "skipped": (traffic or {}).get("skipped")}
+        out[role] = {"eval": ev, "replay": rep}
+        del model
+    if routing is None:
+        routing = {"mode": "unavailable", "threshold": None,
+                   "error": "no replay results for the candidate: every request should escalate"}
+    routing.update(skill=skill.name, target_error_rate=cfg.routing.target_error_rate)
+    out["routing"] = routing
+    decision: Decision = gate(cfg.gates, out)
+    out["decision"] = decision.to_dict()
+    write_json(run_dir / "routing.json", routing)
+    write_json(run_dir / "decision.json", {**out["decision"], "data": data})
+    write_jsonl(run_dir / "eval_items.jsonl", list(rows.values()) + list(rrows.values()))
+    try:
+        out["reports"] = write_reports(out, skill, run_dir)
+    except Exception as e:  # a report is for people: never block the record for it
+        log.warning("could not write the eval report: %s", e)
+        out["reports"] = {"error": str(e)}
+    return out
+
+
+def _routing(task, cfg, model, items, r, per_rep, ev, rep) -> dict:
+    """Routing profile from the candidate's replay answers (teacher-forced confidences)."""
+    try:
+        t0 = time.time()
+        prompts = [format_prompt(cfg, e.input) for e in items]
+        conf = answer_logprobs(model.model, model.tokenizer, prompts, r.raw)
+        prof = routing_threshold(conf, [_correct(task, s) for s in per_rep], [bool(s.get("valid", 1.0)) for s in per_rep],
+                                 cfg.routing.target_error_rate)
+        d = prof.to_dict()
+        d.update({
+            "confidence": "mean token log-probability of the adapter's answer (natural log), teacher-forced",
+            "escalate_when": "output invalid, or confidence < threshold",
+            "confidences": [None if c is None else round(c, 5) for c in conf],
+            "seconds_to_score": round(time.time() - t0, 2),
+            # Keys the registry's consumers already read.
+            "expected_quality": {ev.get("primary", task.primary): ev.get(task.primary), "replay_agreement": rep["agreement"]},
+            "escalation": {"on_invalid_output": True, "confidence_threshold": d["threshold"]},
+            "latency_s": {"p50": rep.get("p50_s"), "p95": rep.get("p95_s")},
+        })
+        return d
+    except Exception as e:
+        log.exception("routing profile failed")
+        return {"mode": "unavailable", "threshold": None, "error": f"{type(e).__name__}: {e}"}
+
+
+def attach_artifacts(result: dict, skill_name: str) -> None:
+    """The eval report and the gate checks as Prefect artifacts of the current flow run (best effort)."""
+    try:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        key = f"{skill_name}-eval".lower()
+        path = (result.get("reports") or {}).get("markdown")
+        md = Path(path).read_text(encoding="utf-8") if path and Path(path).is_file() else None
+        if md:
+            create_markdown_artifact(md, key=f"{key}-report", description="Eval gates report")
+        rows = [{"gate": g["name"], "check": c["name"], "value": c["value"], "bound": c["bound"], "op": c["op"],
+                 "verdict": "pass" if c["passed"] else "FAIL"} for g in result["decision"]["gates"] for c in g["checks"]]
+        if rows:
+            create_table_artifact(rows, key=f"{key}-checks", description="Gate checks: value, bound, verdict")
+    except Exception as e:  # an artifact is a convenience; never fail a run for it
+        log.warning("could not attach the eval artifacts: %s", e)

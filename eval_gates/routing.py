@@ -1,0 +1,126 @@
+"""Routing profile: when should a request go to the large model instead of the adapter?
+
+Confidence of an answer = mean token log-probability of the answer the adapter wrote, computed
+with one teacher-forced forward pass of prompt + answer through the same model. The router keeps
+a request when the answer is valid and its confidence is at or above the threshold; otherwise it
+escalates. The threshold is the lowest one that holds the error rate on kept requests under the
+skill's target on the replayed traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+
+def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16,
+                    device: str | None = None) -> list[float | None]:
+    """Mean log-probability per answer token given its prompt (None for an empty answer)."""
+    import torch
+
+    device = device or next(model.parameters()).device
+    pairs = []
+    for prompt, answer in zip(prompts, answers):
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        pairs.append((p_ids, a_ids))
+    out: list[float | None] = [None] * len(pairs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for b in range(0, len(order), batch_size):
+        idx = [i for i in order[b : b + batch_size] if pairs[i][1]]
+        if not idx:
+            continue
+        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        keep = max(len(pairs[i][1]) for i in idx) + 1
+        # Left padding puts every answer at the end, so the LM head runs on the last `keep` positions
+        # only (not the whole prompt: with a 262k vocabulary that was most of the time); explicit
+        # position ids make the padded rows compute exactly what an unpadded row would.
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                           logits_to_keep=keep).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            a = pairs[i][1]
+            # Answer token t is predicted at kept position keep - len(a) - 1 + t.
+            pos = torch.arange(keep - len(a) - 1, keep - 1, device=logp.device)
+            out[i] = float(logp[row, pos, torch.tensor(a, device=logp.device)].mean())
+    return out
+
+
+@dataclass
+class RoutingProfile:
+    target_error_rate: float
+    n: int  # replayed requests
+    valid: int  # requests with a valid answer (the only ones a router can keep)
+    threshold: float | None  # keep when confidence >= threshold; None: escalate everything
+    mode: str  # "threshold" | "keep_all_valid" | "escalate_all"
+    kept: int
+    escalation_rate: float
+    kept_error_rate: float | None
+    kept_error_rate_upper: float | None  # high end of the exact (Clopper-Pearson) 95% interval: samples are small
+    error_rate_without_routing: float | None
+    curve: list[dict]  # threshold -> kept share, error rate on kept (for plots and re-tuning)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def routing_threshold(confidences: Sequence[float | None], correct: Sequence[bool], valid: Sequence[bool],
+                      target_error_rate: float) -> RoutingProfile:
+    """The lowest confidence threshold whose kept requests have an error rate <= target.
+
+    Invalid answers are always escalated (a router detects them). Among valid ones, sorted by
+    confidence, the kept set is the largest top-k (cut only between distinct confidences) whose
+    error rate is within the target.
+    """
+    n = len(correct)
+    items = sorted(((c, bool(ok)) for c, ok, v in zip(confidences, correct, valid) if v and c is not None),
+                   key=lambda x: -x[0])
+    errors_all = sum(not ok for _, ok in items)
+    best_k, curve, wrong = 0, [], 0
+    for k, (conf, ok) in enumerate(items, 1):
+        wrong += not ok
+        if k < len(items) and items[k][0] == conf:
+            continue  # ties: a threshold keeps all of them or none
+        rate = wrong / k
+        curve.append({"threshold": round(conf, 5), "kept": k, "kept_share": round(k / n, 4), "error_rate": round(rate, 4)})
+        if rate <= target_error_rate:
+            best_k = k
+    if best_k == 0:
+        threshold, mode, kept_wrong = None, "escalate_all", 0
+    else:
+        threshold = items[best_k - 1][0]
+        kept_wrong = sum(not ok for _, ok in items[:best_k])
+        mode = "keep_all_valid" if best_k == len(items) else "threshold"
+    upper = None
+    if best_k:
+        from scipy.stats import binomtest
+
+        upper = float(binomtest(kept_wrong, best_k).proportion_ci(0.95, method="exact").high)
+    return RoutingProfile(
+        target_error_rate=target_error_rate, n=n, valid=len(items),
+        threshold=None if threshold is None else round(threshold, 5), mode=mode, kept=best_k,
+        escalation_rate=round(1 - best_k / n, 4) if n else 1.0,
+        kept_error_rate=round(kept_wrong / best_k, 4) if best_k else None,
+        kept_error_rate_upper=None if upper is None else round(upper, 4),
+        error_rate_without_routing=round(1 - sum(ok for ok, v in zip(correct, valid) if v) / n, 4) if n else None,
+        curve=curve,
+    )
+
+
+def percentile(xs: Sequence[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = (len(s) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)

@@ -1,0 +1,132 @@
+"""The filter stage of a run, without Prefect: candidates in, accepted + audit out.
+
+`filter_stage` runs every step, writes `accepted.jsonl`, `filter_rejected.jsonl` (each drop
+with its stage, reason and the id it matched), `filter_stats.json` (counts per stage and
+reason) and the pending dedup signatures into the run folder. It never touches the
+persistent index: `commit_index(skill, cfg, run_dir)` does, at the end of a successful run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from core import structured
+from core.records import DataError, Example, Rejected, read_jsonl, write_examples, write_json, write_jsonl
+from core.skills import FilterConfig, Skill, SkillConfig, SkillError
+from filters.base import Step, run_filters
+from filters.contamination import Contamination
+from filters.dedup import ExactDedup, NearDedup
+from filters.index import DedupIndex, commit_index
+from filters.quality import MinConfidence, QualityFilter
+
+
+def dedup_text(cfg: SkillConfig) -> Callable[[str], str]:
+    """The text dedup and contamination compare: the request of a function call (its tool
+    definitions repeat across items and would make everything look alike), else the input."""
+    if cfg.task != "function_call":
+        return lambda s: s
+
+    def request(s: str) -> str:
+        obj = structured.loads_object(s)
+        return obj["request"] if obj and isinstance(obj.get("request"), str) else s
+    return request
+
+
+def load_external_eval_sets(cfg: SkillConfig, folder: Path) -> dict[str, list[Example]]:
+    """`filters.external_eval_sets`: JSONL files with id, input and optionally output, relative to
+    the skill folder. Every missing file and bad line is reported in one error."""
+    out: dict[str, list[Example]] = {}
+    problems: list[str] = []
+    for n, rel in enumerate(cfg.filters.external_eval_sets):
+        path = (folder / rel).resolve()
+        if not path.is_file():
+            problems.append(f"filters.external_eval_sets[{n}]: {path} does not exist (paths are relative to "
+                            f"{folder}); fix the path or remove the entry")
+            continue
+        items: list[Example] = []
+        seen: set[str] = set()
+        try:
+            for lineno, obj in read_jsonl(path):
+                where = f"{path}:{lineno}"
+                if not isinstance(obj.get("id"), (str, int)) or str(obj["id"]) in seen:
+                    problems.append(f"{where}: 'id' must be a unique string")
+                    continue
+                inp = obj.get("input")
+                if isinstance(inp, (dict, list)):
+                    inp = structured.canonical_json(inp)
+                if not isinstance(inp, str) or not inp.strip():
+                    problems.append(f"{where}: 'input' must be a non-empty string or a JSON object")
+                    continue
+                outp = obj.get("output")
+                if isinstance(outp, (dict, list)):
+                    outp = structured.canonical_json(outp)
+                seen.add(str(obj["id"]))
+                items.append(Example(id=str(obj["id"]), skill=cfg.name, input=inp,
+                                     output=outp if isinstance(outp, str) else None, source="human"))
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        out[rel] = items
+    if problems:
+        raise SkillError(f"{folder / 'skill.yaml'}: {len(problems)} problem(s) with external eval sets:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+    return out
+
+
+def eval_sets_for(skill: Skill, replay_items: Sequence[Example]) -> dict[str, list[Example]]:
+    """Every eval set the skill names: its regression set, the replay hold-out, external files."""
+    return {"eval": list(skill.eval_set), "replay": list(replay_items),
+            **load_external_eval_sets(skill.config, skill.folder)}
+
+
+def default_steps(cfg: FilterConfig, reference: list[Example], eval_sets: dict[str, list[Example]], *,
+                  skill: SkillConfig | None = None, labels: Sequence[str] | None = None,
+                  index: DedupIndex | None = None, text: Callable[[str], str] | None = None) -> list[Step]:
+    """The usual order: cheapest checks first, so costlier ones see fewer items. Near-dedup
+    runs last so only items that will be accepted join the index."""
+    text = text or (dedup_text(skill) if skill else (lambda s: s))
+    steps: list[Step] = [QualityFilter(cfg, skill, labels)]
+    if cfg.min_confidence > 0:
+        steps.append(MinConfidence(cfg.min_confidence))
+    steps += [
+        ExactDedup.from_config(reference, cfg),
+        Contamination.from_config(eval_sets, cfg, text),
+        NearDedup(index if index is not None else DedupIndex.in_memory(cfg, reference, text=text)),
+    ]
+    return steps
+
+
+@dataclass
+class FilterOutcome:
+    kept: list[Example]
+    rejected: list[Rejected]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def filter_stage(skill: Skill, candidates: list[Example], replay_items: Sequence[Example], pool: list[Example],
+                 run_dir: Path) -> FilterOutcome:
+    """Filter one run's candidates against seeds, the accepted pool and every eval set."""
+    cfg = skill.config
+    t0 = time.time()
+    text = dedup_text(cfg)
+    eval_sets = eval_sets_for(skill, replay_items)
+    index = DedupIndex.open(skill.name, cfg.filters, pool=pool, reference=skill.seeds, text=text)
+    steps = default_steps(cfg.filters, skill.seeds + pool, eval_sets, skill=cfg, index=index, text=text)
+    kept, rejected, stats = run_filters(candidates, steps)
+    index.write_pending(run_dir, keep_ids=[e.id for e in kept])
+    stats["eval_sets"] = {name: len(items) for name, items in eval_sets.items()}
+    stats["index"] = {"backend": "redis" if cfg.filters.redis_url else "local", "pool": len(pool),
+                      "rebuilt_from_pool": index.rebuilt, "lsh_bands": index.lsh.b, "lsh_rows": index.lsh.r,
+                      "pending": len(kept)}
+    stats["seconds"] = round(time.time() - t0, 3)
+    write_examples(run_dir / "accepted.jsonl", kept)
+    write_jsonl(run_dir / "filter_rejected.jsonl", (r.to_dict() for r in rejected))
+    write_json(run_dir / "filter_stats.json", stats)
+    return FilterOutcome(kept, rejected, stats)
+
+
+__all__ = ["FilterOutcome", "commit_index", "dedup_text", "default_steps", "eval_sets_for", "filter_stage",
+           "load_external_eval_sets"]

@@ -1,0 +1,68 @@
+"""Scheduled deployments: one per skill (cron and parameters from its skill.yaml) plus
+`refresh-all`, which runs every skill in turn.
+
+`distill serve` serves them from one local process; `prefect.yaml` declares the same
+deployments for `prefect deploy` onto work pools. A test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+from core.skills import list_skills, load_config, seeds_root
+from flows.pipeline import RunParams, distill_skill
+
+# One run per skill at a time; a run scheduled while one is going waits its turn instead of
+# being dropped (ENQUEUE). The flow also holds a per-skill file lock, for manual runs.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+REFRESH_ALL_CRON = "0 2 * * *"  # nightly, before the per-skill schedules of the examples
+
+
+@flow(name="refresh-all", log_prints=True)
+def refresh_all(profile: str = "default") -> dict:
+    """Run the pipeline for every skill, one after another; one skill failing does not stop the rest."""
+    log = get_run_logger()
+    results: dict[str, dict] = {}
+    for name in list_skills():
+        try:
+            s = distill_skill(RunParams(skill=name, profile=profile))
+            results[name] = {"ok": True, "promoted": s["decision"]["promote"], "run_id": s["run_id"]}
+        except Exception as e:  # recorded and reported; the next skill still runs
+            log.error("skill %s failed: %s", name, e)
+            results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    failed = [k for k, v in results.items() if not v["ok"]]
+    if failed:
+        raise RuntimeError(f"refresh-all: {len(failed)} skill(s) failed: {', '.join(failed)} ({results})")
+    return results
+
+
+def skill_deployment_specs(root: Path | None = None) -> list[dict]:
+    """What each deployment is: name, cron, parameters (read from the skill files)."""
+    root = root or seeds_root()
+    specs = []
+    for name in list_skills(root):
+        cfg = load_config(root / name)
+        specs.append({"name": name, "flow": "distill-skill", "cron": cfg.schedule.cron,
+                      "parameters": {"params": {"skill": name}}})
+    specs.append({"name": "refresh-all", "flow": "refresh-all", "cron": REFRESH_ALL_CRON, "parameters": {}})
+    return specs
+
+
+def build_deployments(root: Path | None = None) -> list:
+    out = []
+    for spec in skill_deployment_specs(root):
+        fl = distill_skill if spec["flow"] == "distill-skill" else refresh_all
+        out.append(fl.to_deployment(
+            name=spec["name"], cron=spec["cron"], parameters=spec["parameters"], concurrency_limit=ONE_AT_A_TIME,
+            tags=["distill", spec["name"]], description=f"Distillation pipeline: {spec['name']}"))
+    return out
+
+
+def serve(limit: int | None = 1) -> None:
+    """Serve every deployment from this process (blocks). `limit`: flow runs at once on this machine."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*build_deployments(), limit=limit)

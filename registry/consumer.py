@@ -1,0 +1,173 @@
+"""The consumer API: what a serving stack or router calls.
+
+    from registry import resolve, load, predict
+    folder = resolve("ticket-triage")                 # verified local folder of production
+    model, tokenizer = load("ticket-triage")          # ready PEFT model (safetensors only)
+    predict("ticket-triage", ["I was charged twice"]) # -> ["billing"]
+
+Formatting: the prompt is built by core.prompting.format_prompt on a SkillConfig rebuilt
+from the version's skill.json, i.e. the very function training and the eval gates use,
+so JSON tasks get their schema/tool rendering and parse_output's lenient, canonical
+parsing. If the installed code would render a different template than the one bundled
+in skill.json (the template changed since the adapter was trained), the bundled
+``prompt_template`` wins: its ``{input}`` is replaced (str.replace, so braces in an
+instruction or schema are safe) by the input on one line, as in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from registry.store import CHECKSUMS_FILE, PRODUCTION, Registry, RegistryError, verify_folder
+
+log = logging.getLogger("distill." + __name__)
+
+# Generated tokens per answer when skill.json does not say: labels need a few, compact JSON more.
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def _registry(registry: Registry | str | Path | None) -> Registry:
+    return registry if isinstance(registry, Registry) else Registry(registry)
+
+
+def resolve(skill: str, alias: str = PRODUCTION, *, version: int | None = None,
+            registry: Registry | str | Path | None = None) -> Path:
+    """A verified local folder for `skill` at `alias` (or `version`); see Registry.resolve."""
+    return _registry(registry).resolve(skill, alias=alias, version=version)
+
+
+def read_spec(folder: str | Path) -> dict[str, Any]:
+    """skill.json of a version folder, with a clear error when it is missing or not JSON."""
+    f = Path(folder) / "skill.json"
+    try:
+        spec = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RegistryError(f"{f}: missing; is {folder} a registry version folder?") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise RegistryError(f"{f}: cannot read ({e})") from None
+    if not isinstance(spec, dict):
+        raise RegistryError(f"{f}: expected a JSON object")
+    return spec
+
+
+def skill_config(spec: dict[str, Any], name: str = "registry-skill"):
+    """The SkillConfig a version was trained with, rebuilt from skill.json (unknown keys ignored)."""
+    from pydantic import ValidationError
+
+    from core.skills import SkillConfig
+
+    data = {k: v for k, v in spec.items() if k in SkillConfig.model_fields and k not in ("name", "profiles")}
+    if "task" not in data and "task_type" in spec:
+        data["task"] = spec["task_type"]
+    data.setdefault("instruction", spec.get("instruction") or "-")
+    try:
+        return SkillConfig.model_validate({"name": name, **data})
+    except ValidationError as e:
+        raise RegistryError(f"skill.json cannot be read as a skill config: {e}") from None
+
+
+def base_model_of(folder: str | Path) -> str:
+    """The base model spec: skill.json's base_model, else adapter_config.json's base_model_name_or_path."""
+    spec = read_spec(folder)
+    base = spec.get("base_model")
+    if not base:
+        try:
+            base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, json.JSONDecodeError):
+            base = None
+    if not base:
+        raise RegistryError(f"{folder}: neither skill.json nor adapter_config.json names the base model")
+    return str(base)
+
+
+def load_folder(folder: str | Path, base_model: str | None = None, dtype: Any = None):
+    """(PeftModel, tokenizer) from a verified version folder. Only safetensors and JSON are read:
+    the folder must match checksums.json (so no stray pickle can sit next to the adapter) and
+    both the base and the adapter are loaded with safetensors."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainers.base_model import load_tokenizer, resolve_model
+
+    folder = Path(folder)
+    if (folder / CHECKSUMS_FILE).is_file():
+        verify_folder(folder)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise RegistryError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are loaded)")
+    base = resolve_model(base_model or base_model_of(folder), "base_model")
+    model = AutoModelForCausalLM.from_pretrained(base, use_safetensors=True, dtype=dtype or torch.float32)
+    model = PeftModel.from_pretrained(model, str(folder), use_safetensors=True)
+    model.eval()
+    return model, load_tokenizer(base)
+
+
+def load(skill: str, alias: str = PRODUCTION, *, version: int | None = None, base_model: str | None = None,
+         registry: Registry | str | Path | None = None):
+    """A ready (PeftModel, tokenizer) for `skill` at `alias`; `base_model` overrides skill.json's."""
+    return load_folder(resolve(skill, alias, version=version, registry=registry), base_model)
+
+
+def build_prompt(spec: dict[str, Any], cfg, input: str) -> str:
+    """The training prompt for `input` (see the module docstring for the template choice)."""
+    from core.prompting import format_prompt, template_spec
+
+    bundled = spec.get("prompt_template")
+    if not bundled or template_spec(cfg).get("prompt_template") == bundled:
+        return format_prompt(cfg, input)
+    log.warning("skill.json's prompt template differs from the installed code's; using the bundled one")
+    return bundled.replace("{input}", " ".join(input.split()))
+
+
+class Predictor:
+    """A loaded version that answers inputs: the model, tokenizer, skill.json and its SkillConfig."""
+
+    def __init__(self, folder: str | Path, base_model: str | None = None):
+        self.folder = Path(folder)
+        self.spec = read_spec(self.folder)
+        self.cfg = skill_config(self.spec)
+        self.model, self.tokenizer = load_folder(self.folder, base_model)
+        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+
+    def prompts(self, inputs: Sequence[str]) -> list[str]:
+        return [build_prompt(self.spec, self.cfg, x) for x in inputs]
+
+    def generate(self, inputs: Sequence[str], max_new_tokens: int | None = None, batch_size: int = 8) -> list[str]:
+        """Greedy raw completions, cut at the bundled stop strings (a newline: answers are one line)."""
+        import torch
+
+        n_new = max_new_tokens or int(self.spec.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        stops = [s for s in self.spec.get("stop", ["\n"]) if s]
+        prompts = self.prompts(inputs)
+        out: list[str] = []
+        for b in range(0, len(prompts), batch_size):
+            enc = self.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True)
+            # The decoding the eval gates measured (teachers.local.LocalModel): greedy, stop at newline.
+            with torch.inference_mode():
+                gen = self.model.generate(**enc, max_new_tokens=n_new, do_sample=False, temperature=None,
+                                          top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
+                                          eos_token_id=self.tokenizer.eos_token_id,
+                                          **({"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}))
+            for row in gen[:, enc["input_ids"].shape[1]:]:
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                for s in stops:
+                    text = text.split(s)[0]
+                out.append(text)
+        return out
+
+    def __call__(self, inputs: Sequence[str], max_new_tokens: int | None = None) -> list[str | None]:
+        """Parsed answers (canonical text; None where the output is not a valid answer)."""
+        from core.prompting import parse_output
+
+        return [parse_output(self.cfg, t) for t in self.generate(inputs, max_new_tokens)]
+
+
+def predict(skill: str, inputs: Sequence[str], alias: str = PRODUCTION, *, version: int | None = None,
+            max_new_tokens: int | None = None, registry: Registry | str | Path | None = None) -> list[str | None]:
+    """Answers of `skill` at `alias` to `inputs`, formatted with its bundled skill.json and parsed."""
+    if isinstance(inputs, str):
+        raise RegistryError("predict takes a list of inputs, got a single string (wrap it in a list)")
+    return Predictor(resolve(skill, alias, version=version, registry=registry))(list(inputs), max_new_tokens)

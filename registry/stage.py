@@ -1,0 +1,81 @@
+"""The pipeline's publish stage as a plain function (the Prefect task only calls it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from registry.model_card import render_model_card
+from registry.store import Registry, RegistryError
+
+ROUTING_FILE = "routing.json"  # written into the run folder by the eval gates when they profile routing
+
+
+def _fallback_routing(cand: dict[str, Any]) -> dict[str, Any]:
+    """Routing hints from the candidate's evaluation when the gates wrote no routing.json."""
+    ev, rp = cand.get("eval", {}), cand.get("replay", {})
+    return {
+        "expected_accuracy": ev.get("accuracy"),
+        "replay_agreement": rp.get("agreement"),
+        # No calibrated confidence: route everything to the adapter, escalate invalid outputs.
+        "escalation": {"on_invalid_output": True, "confidence_threshold": None},
+        "latency_s": {"p50": rp.get("p50_s"), "p95": rp.get("p95_s")},
+    }
+
+
+def run_routing(run_dir: str | Path, cand: dict[str, Any]) -> dict[str, Any]:
+    """The run folder's routing.json when present (eval gates), else hints from the evaluation."""
+    f = Path(run_dir) / ROUTING_FILE
+    if not f.is_file():
+        return _fallback_routing(cand)
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RegistryError(f"{f}: cannot read the routing profile ({e})") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{f}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def skill_spec(cfg) -> dict[str, Any]:
+    """skill.json: the prompt template/labels/schema from core.prompting plus the base model."""
+    from core.prompting import template_spec
+
+    spec = dict(template_spec(cfg))
+    spec.setdefault("task_type", cfg.task)
+    schema = getattr(cfg, "output_schema", None)
+    if schema is not None and "output_schema" not in spec:
+        spec["output_schema"] = schema
+    spec["base_model"] = cfg.student.base_model
+    return spec
+
+
+def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_dir: str, evaluation: dict,
+                decision: dict, lineage: dict, data_summary: dict) -> dict[str, Any]:
+    """Publish a run's adapter with its metrics, lineage, routing, skill.json and model card.
+
+    Returns {"version", "alias", "path"} (path: the version folder, or its URL on remote storage).
+    """
+    cfg = skill.config
+    cand = evaluation["candidate"]
+    metrics = {"eval": cand["eval"], "replay": cand["replay"], "champion": evaluation.get("champion"),
+               "decision": decision}
+    routing = run_routing(run_dir, cand)
+    lineage = dict(lineage)
+    if "teachers" not in lineage and lineage.get("teacher"):
+        lineage["teachers"] = [lineage["teacher"]]
+    limits = [
+        f"Trained on {data_summary.get('train')} examples ({data_summary.get('train_by_source')}); "
+        "the teacher's labels are noisy.",
+        "Evaluated on a frozen hand-written set; live traffic may drift.",
+        "Invalid outputs are possible: parse them with skill.json and escalate when invalid.",
+    ]
+    base = cfg.student.base_model
+    alias = cfg.gates.publish_alias
+    version = reg.publish(
+        skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=skill_spec(cfg),
+        model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits),
+        alias=alias, reason=f"run {run_id}: every gate passed",
+    )
+    return {"version": version, "alias": alias, "path": str(reg.path(skill.name, version))}

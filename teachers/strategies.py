@@ -1,0 +1,423 @@
+"""Expansion strategies and the stage function `run_expansion`. Plain functions; flows/ wraps them.
+
+Input writers:
+  self_instruct  new inputs in the style of k sampled seeds (classification: shots of one
+                 label, cycling through the labels, so every label gets inputs; function_call:
+                 requests in the style of seeds that share one tool set, which the new input keeps)
+  rewrite        paraphrased or harder variants of seeds (or of this run's new inputs)
+Answerers (one of):
+  label            the teacher answers with few-shot seeds (greedy)
+  self_consistency n sampled answers; the majority answer is kept, its share is the confidence
+
+Every example records its teacher, `meta.strategy` (the input writer), `meta.answer_strategy`
+and `parent_ids` (the seeds it was shown or rewritten from). Every request ends as a kept
+example or a `Rejected` with its reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+from core import prompting
+from core.records import Example, Rejected, content_id, write_examples, write_json
+from core.skills import Skill, SkillConfig
+from teachers.base import Completion, Failure, Request
+from teachers.client import Teacher
+
+Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
+
+
+@contextlib.contextmanager
+def _no_progress(description: str, total: int | None):
+    yield lambda n=1, total=None: None
+
+
+# --- structured-output helpers (core.prompting, issue 9; guarded so a missing one degrades clearly) ---------------
+
+
+def _validate_output(cfg: SkillConfig, output: str, input: str | None) -> str | None:
+    fn = getattr(prompting, "validate_output", None)
+    if fn is not None:
+        return fn(cfg, output, input)
+    return None if cfg.task != "classification" or output in cfg.labels else "not_a_label"
+
+
+def _validate_input(cfg: SkillConfig, input: str) -> str | None:
+    fn = getattr(prompting, "validate_input", None)
+    return fn(cfg, input) if fn is not None else (None if input.strip() else "empty_input")
+
+
+def response_format_for(skill: Skill) -> str | None:
+    """The response_format payload (canonical JSON text) when structured output is on, else None."""
+    tc = skill.config.teacher
+    on = tc.structured_output if isinstance(tc.structured_output, bool) else tc.endpoint == "chat"
+    fn = getattr(prompting, "response_format", None)
+    if not on or fn is None:
+        return None
+    rf = fn(skill.config)
+    return json.dumps(rf, ensure_ascii=False, separators=(",", ":"), sort_keys=True) if rf else None
+
+
+def answer_max_tokens(cfg: SkillConfig) -> int:
+    # A label is a word or two; JSON answers and text need room.
+    return cfg.teacher.answer_max_tokens or (8 if cfg.task == "classification" else 256)
+
+
+# --- shots ----------------------------------------------------------------------------------------------------------
+
+
+def _by_label(seeds: list[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = {}
+    for s in seeds:
+        groups.setdefault(s.output or "", []).append(s)
+    return groups
+
+
+def balanced_shots(seeds: list[Example], k: int, rng: random.Random) -> list[Example]:
+    """k seeds spread evenly over the labels, in random order."""
+    groups = {lab: rng.sample(xs, len(xs)) for lab, xs in _by_label(seeds).items()}
+    shots: list[Example] = []
+    while len(shots) < min(k, len(seeds)):
+        for lab in sorted(groups):
+            if groups[lab] and len(shots) < k:
+                shots.append(groups[lab].pop())
+    rng.shuffle(shots)
+    return shots
+
+
+def _answer_shots(cfg: SkillConfig, seeds: list[Example], k: int, rng: random.Random) -> list[Example]:
+    if cfg.task == "classification":
+        return balanced_shots(seeds, k, rng)
+    return rng.sample(seeds, min(k, len(seeds)))
+
+
+def _style_groups(skill: Skill) -> list[tuple[str, list[Example]]]:
+    """Groups the style shots come from: one per label (classification), one per tool set
+    (function_call), or all seeds."""
+    cfg = skill.config
+    if cfg.task == "classification":
+        return sorted(_by_label(skill.seeds).items())
+    if cfg.task == "function_call":
+        groups: dict[str, list[Example]] = {}
+        for s in skill.seeds:
+            tools = json.loads(s.input).get("tools", [])
+            groups.setdefault(json.dumps(tools, ensure_ascii=False, separators=(",", ":")), []).append(s)
+        return sorted(groups.items())
+    return [("", list(skill.seeds))]
+
+
+def _shown_input(cfg: SkillConfig, input: str) -> str:
+    """The text of an input as shown to the teacher: a function call's request only."""
+    if cfg.task == "function_call":
+        return str(json.loads(input).get("request", ""))
+    return " ".join(input.split())
+
+
+def _build_input(cfg: SkillConfig, text: str, group_key: str) -> str:
+    if cfg.task == "function_call":
+        return json.dumps({"request": text, "tools": json.loads(group_key)}, ensure_ascii=False,
+                          separators=(",", ":"))
+    return text
+
+
+def style_prompt(skill: Skill, shots: list[Example]) -> str:
+    cfg = skill.config
+    name = cfg.input_name
+    lines = [f"Real examples of the {name.lower()}s we receive, one per line:", ""]
+    lines += [f"{name}: {_shown_input(cfg, s.input)}" for s in shots]
+    return "\n".join(lines) + f"\n{name}:"
+
+
+REWRITE_ASK = {
+    "paraphrase": "Rewrite the {name} below in different words: same request, same facts, a different customer voice.",
+    "harder": ("Rewrite the {name} below so it is harder to handle: indirect wording, an irrelevant detail, no "
+               "obvious keywords, while the request itself stays the same."),
+}
+
+
+def rewrite_prompt(skill: Skill, source: Example, mode: str) -> str:
+    cfg = skill.config
+    name = cfg.input_name.lower()
+    ask = REWRITE_ASK[mode].format(name=name)
+    keep = f" The right {cfg.output_name.lower()} stays: {source.output}." if cfg.task == "classification" and source.output else ""
+    return (f"{cfg.instruction.strip()}\n\n{ask}{keep} Write it on one line.\n\n"
+            f"{cfg.input_name}: {_shown_input(cfg, source.input)}\nRewritten {name}:")
+
+
+# --- input writers --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """One input-writing request and what the example records about it."""
+
+    request: Request
+    parents: list[str]
+    group_key: str
+    meta: dict[str, Any]
+
+
+def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str,
+                  advance: Callable[..., None]) -> tuple[list[Example], list[Rejected]]:
+    cfg = skill.config
+
+    def check(c: Completion, i: int) -> str | None:
+        text = " ".join(c.text.split())
+        if c.finish_reason == "length":
+            return "truncated"
+        if not text:
+            return "empty_generation"
+        return _validate_input(cfg, _build_input(cfg, text, plans[i].group_key))
+
+    outcomes = teacher.run([p.request for p in plans], validate=check, progress=advance)
+    kept: list[Example] = []
+    rejected: list[Rejected] = []
+    for plan, o in zip(plans, outcomes):
+        text = " ".join((o.text or "").split())
+        inp = _build_input(cfg, text, plan.group_key) if text else ""
+        meta = dict(plan.meta)
+        if isinstance(o, Completion):
+            meta.update(prompt_tokens=o.prompt_tokens, input_tokens=o.completion_tokens)
+        ex = Example(id=content_id(skill.name, inp), skill=skill.name, input=inp, output=None, source="teacher",
+                     teacher=teacher.name, parent_ids=list(plan.parents), meta=meta)
+        if isinstance(o, Failure):
+            detail = {"attempts": o.attempts}
+            if o.cause == "truncated":
+                detail["max_new_tokens"] = plan.request.max_tokens
+            if o.detail:
+                detail["error"] = o.detail
+            rejected.append(Rejected(ex, stage, o.cause, detail))
+            continue
+        bad = _validate_input(cfg, inp)
+        if bad is None and plan.meta.get("source_input") and " ".join(plan.meta["source_input"].split()).lower() == text.lower():
+            bad = "unchanged_rewrite"
+        if bad:
+            rejected.append(Rejected(ex, stage, bad, {"raw": o.text[:200]}))
+        else:
+            kept.append(ex)
+    return kept, rejected
+
+
+def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
+                  advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+    """New inputs in the style of `style_shots` seeds of one group (label / tool set), cycling the groups."""
+    tc = skill.config.teacher
+    rng = random.Random(seed)
+    groups = _style_groups(skill)
+    plans = []
+    for i in range(n):
+        key, pool = groups[i % len(groups)]
+        shots = rng.sample(pool, min(tc.style_shots, len(pool)))
+        meta: dict[str, Any] = {"strategy": "self_instruct"}
+        if skill.config.task == "classification":
+            meta["seed_label"] = key
+        req = Request(prompt=style_prompt(skill, shots), max_tokens=tc.max_new_tokens, temperature=tc.temperature,
+                      top_p=0.95, stop=("\n",), seed=(seed * 100_003 + i) % 2**31)
+        plans.append(_Plan(req, [s.id for s in shots], key, meta))
+    return _write_inputs(skill, teacher, plans, "generate_inputs", advance)
+
+
+def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed: int = 0,
+            advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+    """Paraphrased or harder variants of `sources`, the modes used in turn; the variant keeps
+    its source's tool set (function_call) and, for classification, its label as `seed_label`."""
+    cfg, ec = skill.config, skill.config.expansion
+    if not sources or n <= 0:
+        return [], []
+    rng = random.Random(seed + 7)
+    order = rng.sample(sources, len(sources))
+    plans = []
+    for i in range(n):
+        src = order[i % len(order)]
+        mode = ec.rewrite_modes[i % len(ec.rewrite_modes)]
+        meta: dict[str, Any] = {"strategy": "rewrite", "rewrite_mode": mode, "source_input": _shown_input(cfg, src.input)}
+        label = src.output if src.source == "human" else src.meta.get("seed_label")
+        if cfg.task == "classification" and label:
+            meta["seed_label"] = label
+        key = json.dumps(json.loads(src.input).get("tools", []), ensure_ascii=False, separators=(",", ":")) \
+            if cfg.task == "function_call" else ""
+        shown = Example(**{**src.to_dict(), "output": label})
+        req = Request(prompt=rewrite_prompt(skill, shown, mode), max_tokens=cfg.teacher.max_new_tokens,
+                      temperature=cfg.teacher.temperature, top_p=0.95, stop=("\n",),
+                      seed=(seed * 100_003 + 50_000 + i) % 2**31)
+        parents = [src.id] if src.source == "human" else list(src.parent_ids)
+        plans.append(_Plan(req, parents, key, meta))
+    kept, rejected = _write_inputs(skill, teacher, plans, "rewrite", advance)
+    for ex in kept + [r.example for r in rejected]:
+        ex.meta.pop("source_input", None)
+    return kept, rejected
+
+
+# --- answerers ------------------------------------------------------------------------------------------------------
+
+
+def _answer_prompts(skill: Skill, examples: list[Example], seed: int) -> tuple[list[str], list[list[str]]]:
+    cfg = skill.config
+    rng = random.Random(seed + 1)
+    prompts, shot_ids = [], []
+    for ex in examples:
+        shots = _answer_shots(cfg, skill.seeds, cfg.teacher.few_shot, rng)
+        prompts.append(prompting.format_prompt(cfg, ex.input, [(s.input, s.output) for s in shots]))
+        shot_ids.append([s.id for s in shots])
+    return prompts, shot_ids
+
+
+def _answer_check(cfg: SkillConfig, examples: list[Example]):
+    def check(c: Completion, i: int) -> str | None:
+        answer = prompting.parse_output(cfg, c.text)
+        if answer is None:
+            return "unparseable_answer"
+        return _validate_output(cfg, answer, examples[i].input)  # a call is checked against its own tools
+
+    return check
+
+
+def label(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0,
+          advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+    """The teacher answers each input with few-shot seeds (greedy); invalid answers are re-asked,
+    then dropped with their reason. Classification confidence: 1.0 when the answer agrees with
+    the label whose seeds inspired the input (`seed_label`), 0.5 when they split."""
+    cfg = skill.config
+    prompts, shot_ids = _answer_prompts(skill, examples, seed)
+    rf = response_format_for(skill)
+    reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=0.0, stop=("\n",), seed=seed,
+                    response_format=rf) for p in prompts]
+    outcomes = teacher.run(reqs, validate=_answer_check(cfg, examples), progress=advance)
+    kept: list[Example] = []
+    rejected: list[Rejected] = []
+    for ex, ids, o in zip(examples, shot_ids, outcomes):
+        answer = prompting.parse_output(cfg, o.text) if isinstance(o, Completion) else None
+        out = Example(id=content_id(skill.name, ex.input, answer), skill=ex.skill, input=ex.input, output=answer,
+                      source="teacher", teacher=teacher.name, parent_ids=list(dict.fromkeys(ex.parent_ids + ids)),
+                      created_at=ex.created_at,
+                      meta={**ex.meta, "answer_strategy": "label", "raw_answer": o.text,
+                            "label_prompt_tokens": o.prompt_tokens if isinstance(o, Completion) else 0})
+        if isinstance(o, Failure):
+            rejected.append(Rejected(out, "label", o.cause, {"raw": (o.text or "")[:200], "attempts": o.attempts,
+                                                             **({"error": o.detail} if o.detail else {})}))
+            continue
+        if "seed_label" in ex.meta:
+            out.confidence = 1.0 if answer == ex.meta["seed_label"] else 0.5
+        kept.append(out)
+    return kept, rejected
+
+
+def self_consistency(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0,
+                     advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+    """n sampled answers per input; the majority (valid) answer is kept with confidence = its
+    share of the n samples. An invalid sample is an abstention, not re-asked (the other samples
+    already cover for it)."""
+    cfg, ec = skill.config, skill.config.expansion
+    n = ec.self_consistency_samples
+    prompts, shot_ids = _answer_prompts(skill, examples, seed)
+    rf = response_format_for(skill)
+    reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=ec.self_consistency_temperature,
+                    top_p=1.0, stop=("\n",), seed=(seed * 1_000 + j) % 2**31, sample_index=j, response_format=rf)
+            for p in prompts for j in range(n)]
+    outcomes = teacher.run(reqs, validate=None, progress=advance)
+    kept: list[Example] = []
+    rejected: list[Rejected] = []
+    for k, (ex, ids) in enumerate(zip(examples, shot_ids)):
+        votes: list[str] = []
+        reasons: Counter = Counter()
+        raws = []
+        for o in outcomes[k * n : (k + 1) * n]:
+            if isinstance(o, Failure):
+                reasons[o.cause] += 1
+                continue
+            raws.append(o.text)
+            ans = prompting.parse_output(cfg, o.text)
+            bad = "unparseable_answer" if ans is None else _validate_output(cfg, ans, ex.input)
+            if bad:
+                reasons[bad] += 1
+            else:
+                votes.append(ans)
+        tally = Counter(votes).most_common()
+        answer = tally[0][0] if tally else None
+        meta = {**ex.meta, "answer_strategy": "self_consistency", "votes": dict(Counter(votes)),
+                "samples": n, "invalid_samples": dict(reasons)}
+        out = Example(id=content_id(skill.name, ex.input, answer), skill=ex.skill, input=ex.input, output=answer,
+                      source="teacher", teacher=teacher.name, parent_ids=list(dict.fromkeys(ex.parent_ids + ids)),
+                      created_at=ex.created_at, meta=meta)
+        if answer is None:
+            rejected.append(Rejected(out, "self_consistency", "no_valid_sample",
+                                     {"reasons": dict(reasons), "raw": [r[:100] for r in raws[:3]]}))
+            continue
+        if len(tally) > 1 and tally[1][1] == tally[0][1]:
+            rejected.append(Rejected(out, "self_consistency", "tied_vote", {"votes": dict(Counter(votes))}))
+            continue
+        out.confidence = round(tally[0][1] / n, 4)
+        if "seed_label" in ex.meta:
+            meta["seed_label_agrees"] = answer == ex.meta["seed_label"]
+        kept.append(out)
+    return kept, rejected
+
+
+# --- the stage ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExpansionResult:
+    examples: list[Example]  # answered, with confidence where a strategy gives one
+    rejected: list[Rejected]
+    inputs: int  # inputs the writers kept
+    requested: int  # inputs asked for (self_instruct target + rewrites)
+    teacher: str
+    accounting: dict[str, Any]
+    seconds: float
+    by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: int,
+                  progress: Progress | None = None) -> ExpansionResult:
+    """Write inputs (self_instruct, rewrite), answer them (label or self_consistency), write
+    generated.jsonl and teacher_accounting.json to `run_dir`, and return the result."""
+    progress = progress or _no_progress
+    cfg, ec = skill.config, skill.config.expansion
+    st = set(ec.strategies)
+    t0 = time.perf_counter()
+    inputs: list[Example] = []
+    rejected: list[Rejected] = []
+    by: dict[str, dict[str, int]] = {}
+    requested = 0
+    if "self_instruct" in st:
+        n = ec.target_examples
+        requested += n
+        with progress("teacher: new inputs", n) as advance:
+            k, r = self_instruct(skill, teacher, n, seed=seed, advance=advance)
+        inputs += k
+        rejected += r
+        by["self_instruct"] = {"kept": len(k), "dropped": len(r)}
+    if "rewrite" in st:
+        sources = inputs if ec.rewrite_source == "generated" else skill.seeds
+        n = ec.rewrite_examples if sources else 0
+        requested += n
+        with progress("teacher: rewrites", n) as advance:
+            k, r = rewrite(skill, teacher, sources, n, seed=seed, advance=advance)
+        inputs += k
+        rejected += r
+        by["rewrite"] = {"kept": len(k), "dropped": len(r)}
+    answerer = "self_consistency" if "self_consistency" in st else "label"
+    if answerer == "label":
+        with progress("teacher: labels", len(inputs)) as advance:
+            answered, r = label(skill, teacher, inputs, seed=seed, advance=advance)
+    else:
+        total = len(inputs) * ec.self_consistency_samples
+        with progress("teacher: self-consistency samples", total) as advance:
+            answered, r = self_consistency(skill, teacher, inputs, seed=seed, advance=advance)
+    rejected += r
+    by[answerer] = {"kept": len(answered), "dropped": len(r)}
+    accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested}
+    if run_dir is not None:
+        write_examples(Path(run_dir) / "generated.jsonl", answered)
+        write_json(Path(run_dir) / "teacher_accounting.json", accounting)
+    return ExpansionResult(examples=answered, rejected=rejected, inputs=len(inputs), requested=requested,
+                           teacher=teacher.name, accounting=accounting, seconds=round(time.perf_counter() - t0, 2),
+                           by_strategy=by)

@@ -1,0 +1,67 @@
+"""Deployments: prefect.yaml and `distill serve` agree with the skill files; one run per skill."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.skills import list_skills, load_config
+from flows.deployments import build_deployments, skill_deployment_specs
+from flows.locks import SkillBusy, skill_lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_has_one_deployment_per_skill_with_its_cron():
+    root = REPO / "seeds"
+    declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    for name in list_skills(root):
+        assert name in declared, f"prefect.yaml lacks a deployment for skill {name}"
+        d = declared[name]
+        assert d["entrypoint"] == "flows/pipeline.py:distill_skill"
+        assert d["parameters"] == {"params": {"skill": name}}
+        assert d["schedules"] == [{"cron": load_config(root / name).schedule.cron}]
+        assert d["concurrency_limit"]["limit"] == 1
+    assert declared["refresh-all"]["entrypoint"] == "flows/deployments.py:refresh_all"
+    assert set(declared) == set(list_skills(root)) | {"refresh-all"}
+
+
+def test_served_deployments_match_the_skill_files():
+    root = REPO / "seeds"
+    specs = {s["name"]: s for s in skill_deployment_specs(root)}
+    deps = {d.name: d for d in build_deployments(root)}
+    assert set(deps) == set(specs) == set(list_skills(root)) | {"refresh-all"}
+    tt = deps["ticket-triage"]
+    assert tt.parameters == {"params": {"skill": "ticket-triage"}}
+    assert tt.concurrency_limit == 1 and tt.concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert [s.schedule.cron for s in tt.schedules] == [load_config(root / "ticket-triage").schedule.cron]
+
+
+def _hold(home: str, started, release) -> None:
+    import os
+
+    os.environ["DISTILL_HOME"] = home
+    with skill_lock("ticket-triage"):
+        started.set()
+        release.wait(30)
+
+
+def test_one_run_per_skill_and_a_dead_holder_frees_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    ctx = mp.get_context("spawn")
+    started, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(str(tmp_path), started, release))
+    p.start()
+    assert started.wait(60)
+    with pytest.raises(SkillBusy, match="another run of skill 'ticket-triage' is in progress"):
+        with skill_lock("ticket-triage"):
+            pass
+    with skill_lock("other-skill"):  # other skills are not blocked
+        pass
+    p.kill()  # a crashed run: the kernel drops its lock
+    p.join(30)
+    with skill_lock("ticket-triage"):
+        pass

