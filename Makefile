@@ -26,6 +26,11 @@ test: install          ## the test suite (tiny random models, real components)
 
 bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/train_step.py --quick
+	$(BIN)/python benchmarks/train_throughput.py --quick
+	$(BIN)/python benchmarks/teacher_throughput.py --quick
+	$(BIN)/python benchmarks/dedup_throughput.py --quick
+	$(BIN)/python benchmarks/eval_gates.py --quick
+	$(BIN)/python benchmarks/registry_io.py --quick
 	$(BIN)/python benchmarks/skill_quality.py --quick
 
 clean:

@@ -21,6 +21,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="first 20 eval items only")
     ap.add_argument("--skill", default="ticket-triage")
     ap.add_argument("--adapter", default=None, help="adapter folder (default: the registry's production version)")
+    ap.add_argument("--local-server", default=None, choices=["auto", "llama_cpp", "transformers"],
+                    help="override teacher.local_server (how the embedded teacher is served)")
+    ap.add_argument("--no-base", action="store_true", help="skip the base model zero-shot")
     args = ap.parse_args()
     setup()
     from core.skills import load_skill
@@ -57,14 +60,17 @@ def main() -> None:
 
     out = {"benchmark": "skill_quality", "quick": args.quick, "skill": skill.name, "task": cfg.task,
            "metric": task.primary, "eval_items": len(items), "adapter": adapter}
-    base = LocalModel(base_path, name=cfg.student.base_model)
-    t0 = time.time()
-    p = predict(base, cfg, [e.input for e in items])
-    out["base_zero_shot"] = summarize(p.preds, p.prompt_tokens, time.time() - t0)
-    del base
+    out["base_zero_shot"] = None
+    if not args.no_base:
+        base = LocalModel(base_path, name=cfg.student.base_model)
+        t0 = time.time()
+        p = predict(base, cfg, [e.input for e in items])
+        out["base_zero_shot"] = summarize(p.preds, p.prompt_tokens, time.time() - t0)
+        del base
     # The teacher exactly as expansion uses it (same backend, shots and re-asks), without the cache:
     # eval answers are never stored where a later run could find them.
-    tcfg = cfg.teacher.model_copy(update={"cache": False})
+    tcfg = cfg.teacher.model_copy(update={"cache": False, **({"local_server": args.local_server}
+                                                              if args.local_server else {})})
     with open_teacher(tcfg, resolve_model(cfg.teacher.model) if cfg.teacher.backend == "local" else None) as teacher:
         t0 = time.time()
         unlabeled = [e.__class__(**{**e.__dict__, "output": None}) for e in items]

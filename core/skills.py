@@ -54,7 +54,7 @@ class TeacherConfig(_Strict):
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
     api_key_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the API key (instead of api_key_env).")
     local_server: Literal["auto", "llama_cpp", "transformers"] = Field(
-        "auto", description="How a local bundled:gemma-3-270m is served: auto = llama.cpp server when llama_cpp is installed (4-5x faster on CPU), else transformers.")
+        "auto", description="How a local bundled:gemma-3-270m is served. auto: the llama.cpp server when llama_cpp is installed, except on CPUs with AVX512-BF16/AMX, where batched bf16 transformers measured 1.6x (new inputs) and 2.3x (labels) faster (benchmarks/teacher_throughput.py --embedded); transformers otherwise.")
     structured_output: bool | Literal["auto"] = Field(
         "auto", description="Send the skill's output schema as response_format: true, false, or auto = only on the chat endpoint (completions servers vary). Answers are validated locally either way.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for HTTP teachers.")
@@ -104,6 +104,10 @@ class ExpansionConfig(_Strict):
         default_factory=lambda: ["paraphrase", "harder"], description="Rewrite prompts, used in turn.")
     rewrite_source: Literal["seeds", "generated"] = Field(
         "seeds", description="Rewrite human seeds, or the inputs self_instruct wrote in this run.")
+    new_function_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="function_call: share of self_instruct inputs where the teacher writes new "
+                                         "functions as well as the request (the rest reuse a seed's tool set), so the "
+                                         "student learns to read schemas it has never seen.")
 
     @model_validator(mode="after")
     def _strategies(self) -> "ExpansionConfig":

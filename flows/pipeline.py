@@ -249,8 +249,9 @@ def _distill(params: RunParams) -> dict:
                    "accepted": filtered["accepted"], "pool_after_run": pool_size, **training["pool"]},
         "drops": _drops(rejected),
         "teacher": {"model": expansion["teacher"], "seconds": expansion["seconds"],
-                    "prompt_tokens": expansion["prompt_tokens"]},
-        "training": training["result"],
+                    "prompt_tokens": expansion["prompt_tokens"], "accounting": expansion.get("accounting")},
+        "filters": {"stats": filtered.get("stats"), "index_commit": index_commit},
+        "training": {**training["result"], "record": training.get("record"), "loss_curve": training.get("loss_curve")},
         "evaluation": evaluation,
         "decision": decision,
         "champion_version": champion_version,
@@ -270,6 +271,14 @@ def render_summary_md(s: dict) -> str:
              f"**Decision: {'PROMOTED' if s['decision']['promote'] else 'REJECTED'}** — "
              + "; ".join(s["decision"]["reasons"]), "", "## Counts", "", "| stage | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["counts"].items() if not isinstance(v, dict)]
+    acc = (s.get("teacher") or {}).get("accounting") or {}
+    if acc:
+        lat = f"{acc.get('latency_p50_s')} / {acc.get('latency_p95_s')}"
+        lines += ["", "## Teacher", "", "| requests | cached | retries | failures | prompt tok | completion tok "
+                  "| latency p50 / p95 s | est. cost |", "|---|---|---|---|---|---|---|---|",
+                  f"| {acc.get('requests')} | {acc.get('cache_hits')} | {acc.get('retries')} | "
+                  f"{acc.get('failures') or 0} | {acc.get('prompt_tokens')} | {acc.get('completion_tokens')} | {lat} | "
+                  f"{acc.get('estimated_cost')} |"]
     lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
     metric = s["evaluation"].get("metric", "accuracy")

@@ -60,6 +60,14 @@ def settings_from_config(cfg: TeacherConfig) -> ClientSettings:
                           batch_size=cfg.batch_size)
 
 
+def _fast_bf16_cpu() -> bool:
+    import torch
+
+    from teachers.local import inference_dtype
+
+    return not torch.cuda.is_available() and inference_dtype("cpu") == torch.bfloat16
+
+
 def _use_llama_cpp(cfg: TeacherConfig) -> bool:
     from teachers.llama_server import BUNDLED_GGUF, llama_cpp_available
 
@@ -69,6 +77,10 @@ def _use_llama_cpp(cfg: TeacherConfig) -> bool:
         if cfg.local_server == "llama_cpp":
             raise TeacherError(f"teacher.local_server 'llama_cpp' serves only {BUNDLED_GGUF}; teacher.model is "
                                f"{cfg.model!r}: set local_server to auto or transformers")
+        return False
+    if cfg.local_server == "auto" and _fast_bf16_cpu():
+        # Measured on such a CPU (2 cores): batched bf16 generate() beat llama-cpp-python's server,
+        # which decodes one request at a time and cannot reuse a prefix across per-item few-shot prompts.
         return False
     if llama_cpp_available():
         return True
@@ -119,7 +131,8 @@ def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_pa
 
                 resolved_model = resolve_model(cfg.model, "teacher.model")
             why = "teacher.local_server is transformers" if cfg.local_server == "transformers" else (
-                "llama_cpp is not installed" if cfg.model == "bundled:gemma-3-270m" else "not the bundled GGUF")
+                "not the bundled GGUF" if cfg.model != "bundled:gemma-3-270m" else
+                "batched bf16 is faster than llama.cpp on this CPU" if _fast_bf16_cpu() else "llama_cpp is not installed")
             log.info("teacher %s: transformers in-process (%s)", cfg.model, why)
             model = LocalModel(resolved_model, name=cfg.model)
             yield Teacher(LocalBackend(model, cfg.model), settings, cache, prices, name=cfg.model, kind="transformers")

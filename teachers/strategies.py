@@ -120,11 +120,30 @@ def _shown_input(cfg: SkillConfig, input: str) -> str:
     return " ".join(input.split())
 
 
+# group_key of a function_call input the teacher writes whole (new tools and a new request).
+NEW_TOOLS = "<new-tools>"
+
+
 def _build_input(cfg: SkillConfig, text: str, group_key: str) -> str:
+    if cfg.task == "function_call" and group_key == NEW_TOOLS:
+        try:  # the teacher wrote the whole input: keep it canonical when it parses; validation says why not
+            return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+        except ValueError:
+            return text
     if cfg.task == "function_call":
         return json.dumps({"request": text, "tools": json.loads(group_key)}, ensure_ascii=False,
                           separators=(",", ":"))
     return text
+
+
+def new_tools_prompt(skill: Skill, shots: list[Example]) -> str:
+    """function_call: seeds shown whole (tools and request); the teacher writes one more line
+    with functions of its own, from another domain, and a request that needs one of them."""
+    lines = ["Each line is a JSON object: a user request and the functions (OpenAI tools format, JSON Schema "
+             "parameters) an assistant may call. Write one more line for a different domain, with new functions "
+             "and a new request that one of them answers.", ""]
+    lines += [" ".join(s.input.split()) for s in shots]
+    return "\n".join(lines) + "\n"
 
 
 def style_prompt(skill: Skill, shots: list[Example]) -> str:
@@ -212,13 +231,21 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     rng = random.Random(seed)
     groups = _style_groups(skill)
     plans = []
+    share = skill.config.expansion.new_function_share if skill.config.task == "function_call" else 0.0
+    n_new = round(n * share)
     for i in range(n):
-        key, pool = groups[i % len(groups)]
-        shots = rng.sample(pool, min(tc.style_shots, len(pool)))
         meta: dict[str, Any] = {"strategy": "self_instruct"}
+        if i < n_new:  # new functions too: shots from across the seeds, each shown whole
+            key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots, len(skill.seeds)))
+            prompt = new_tools_prompt(skill, shots)
+            meta["new_tools"] = True
+        else:
+            key, pool = groups[i % len(groups)]
+            shots = rng.sample(pool, min(tc.style_shots, len(pool)))
+            prompt = style_prompt(skill, shots)
         if skill.config.task == "classification":
             meta["seed_label"] = key
-        req = Request(prompt=style_prompt(skill, shots), max_tokens=tc.max_new_tokens, temperature=tc.temperature,
+        req = Request(prompt=prompt, max_tokens=tc.max_new_tokens, temperature=tc.temperature,
                       top_p=0.95, stop=("\n",), seed=(seed * 100_003 + i) % 2**31)
         plans.append(_Plan(req, [s.id for s in shots], key, meta))
     return _write_inputs(skill, teacher, plans, "generate_inputs", advance)

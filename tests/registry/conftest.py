@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import uuid
-from pathlib import Path
 
 import pytest
 

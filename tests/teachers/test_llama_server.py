@@ -53,8 +53,17 @@ def test_chat_endpoint_with_response_format_answers_only_labels(llama_url, skill
     assert all(json.loads(o.text) in skill.config.labels for o in out)  # the grammar allowed nothing else
 
 
+def test_auto_serving_picks_the_measured_faster_path():
+    from teachers import _fast_bf16_cpu, _use_llama_cpp
+
+    # llama.cpp where installed, except on bf16-capable CPUs, where batched transformers measured faster.
+    assert _use_llama_cpp(TeacherConfig()) is (not _fast_bf16_cpu())
+    assert _use_llama_cpp(TeacherConfig(local_server="llama_cpp")) is True
+    assert _use_llama_cpp(TeacherConfig(local_server="transformers")) is False
+
+
 def test_bundled_teacher_is_served_by_llama_cpp(tmp_path):
-    cfg = TeacherConfig()  # backend local, model bundled:gemma-3-270m, local_server auto
+    cfg = TeacherConfig(local_server="llama_cpp")  # backend local, model bundled:gemma-3-270m
     with open_teacher(cfg, cache_path=tmp_path / "c.sqlite", log_dir=tmp_path) as t:
         assert t.kind == "llama_cpp" and t.name == "bundled:gemma-3-270m"
         out = t.run([Request(prompt="Ticket: I was charged twice\nTeam:", max_tokens=4)])

@@ -125,3 +125,38 @@ def test_rewrite_strategy_keeps_lineage_and_drops_unchanged_copies(skill, fake_s
     assert set(modes) == {"paraphrase", "harder"}
     assert all("harder to handle" in b["prompt"] or "different words" in b["prompt"]
                for b in srv.bodies if not b["prompt"].endswith("Team:"))
+
+
+def test_function_call_self_instruct_asks_for_new_functions(fake_server, tmp_path):
+    """Half the tool-calling inputs come with functions the teacher wrote itself (issue 9)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    skill = load_skill("tool-calling", root=repo / "seeds")
+    new_input = {"request": "How many calories are in 200 g of rice?",
+                 "tools": [{"type": "function", "function": {
+                     "name": "nutrition_facts", "description": "Calories of a food portion.",
+                     "parameters": {"type": "object", "properties": {"food": {"type": "string"},
+                                                                     "grams": {"type": "number"}},
+                                    "required": ["food", "grams"]}}}]}
+
+    def answer(prompt: str, body: dict) -> str:
+        if prompt.startswith("Each line is a JSON object"):
+            return " " + json.dumps(new_input)
+        return " Please book a table for two tomorrow at 8pm"
+
+    srv = fake_server(answer=answer)
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, cache=False)
+    with open_teacher(cfg) as teacher:
+        kept, rejected = self_instruct(skill, teacher, 6, seed=0)
+    assert len(kept) + len(rejected) == 6
+    new = [e for e in kept if e.meta.get("new_tools")]
+    assert len(new) == 3  # expansion.new_function_share 0.5
+    seed_functions = {t["function"]["name"] for s in skill.seeds for t in json.loads(s.input)["tools"]}
+    for e in new:
+        tools = json.loads(e.input)["tools"]
+        assert [t["function"]["name"] for t in tools] == ["nutrition_facts"]
+        assert "nutrition_facts" not in seed_functions
+        assert len(e.parent_ids) == skill.config.teacher.style_shots
+    old = [e for e in kept if not e.meta.get("new_tools")]
+    assert old and all({t["function"]["name"] for t in json.loads(e.input)["tools"]} <= seed_functions for e in old)
