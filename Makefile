@@ -31,6 +31,7 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/dedup_throughput.py --quick
 	$(BIN)/python benchmarks/eval_gates.py --quick
 	$(BIN)/python benchmarks/registry_io.py --quick
+	$(BIN)/python benchmarks/flow_overhead.py --quick
 	$(BIN)/python benchmarks/skill_quality.py --quick
 
 clean:

@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--local-server", default=None, choices=["auto", "llama_cpp", "transformers"],
                     help="override teacher.local_server (how the embedded teacher is served)")
     ap.add_argument("--no-base", action="store_true", help="skip the base model zero-shot")
+    ap.add_argument("--no-adapter", action="store_true", help="skip the adapter (e.g. when the run already scored it)")
     args = ap.parse_args()
     setup()
     from core.skills import load_skill
@@ -42,7 +43,7 @@ def main() -> None:
     items = skill.eval_set[:20] if args.quick else skill.eval_set
     base_path = resolve_model(cfg.student.base_model)
     adapter = args.adapter
-    if adapter is None:
+    if adapter is None and not args.no_adapter:
         reg = Registry(registry_root())
         versions = reg.versions(skill.name) if skill.name in reg.skills() else []
         if versions:

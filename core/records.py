@@ -71,19 +71,30 @@ class Rejected:
         return {"stage": self.stage, "reason": self.reason, "detail": self.detail, "example": self.example.to_dict()}
 
 
+def parse_jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """(line number, object, None) for each non-blank line that is a JSON object, else
+    (line number, None, problem); never stops early, so a caller can report every bad line."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
+            continue
+        if not isinstance(obj, dict):
+            yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
+            continue
+        yield lineno, obj, None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        for lineno, obj, problem in parse_jsonl_lines(f):
+            if problem:
+                raise DataError(f"{path}:{lineno}: {problem}")
             yield lineno, obj
 
 

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core import structured
-from core.records import DataError, Example
+from core.records import DataError, Example, parse_jsonl_lines
 
 # classification: one label; extraction: a JSON object matching output_schema;
 # function_call: {"name", "arguments"} for one of the input's tools; generation: text.
@@ -486,18 +486,7 @@ _MAX_LISTED = 20  # problems listed in one exception; `distill skills` lists the
 def _json_lines(path: Path):
     """(line number, object or None, problem or None) for each non-blank line; never stops early."""
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"invalid JSON ({e.msg} at column {e.colno})"
-                continue
-            if not isinstance(obj, dict):
-                yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
-                continue
-            yield lineno, obj, None
+        yield from parse_jsonl_lines(f)
 
 
 def _json_text(cfg: SkillConfig, value: Any, key: str, json_ok: bool) -> tuple[str | None, str | None]:

@@ -15,18 +15,25 @@ def models_dir() -> Path:
     return work_dir() / "models"
 
 
+def _skill(name: str) -> str:
+    # A skill name becomes a folder name: refuse anything that could reach outside (../, /, ...).
+    from core.skills import check_skill_name
+
+    return check_skill_name(name)
+
+
 def runs_dir(skill: str) -> Path:
-    return work_dir() / "runs" / skill
+    return work_dir() / "runs" / _skill(skill)
 
 
 def pool_dir(skill: str) -> Path:
     """Every example a skill has ever accepted (the dedup reference and training pool)."""
-    return work_dir() / "pool" / skill
+    return work_dir() / "pool" / _skill(skill)
 
 
 def index_dir(skill: str) -> Path:
     """The skill's persistent dedup index (MinHash signatures of every accepted example)."""
-    return work_dir() / "index" / skill
+    return work_dir() / "index" / _skill(skill)
 
 
 def registry_root() -> str:

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.records import DataError, Example
+from core.records import DataError, Example, parse_jsonl_lines
 from core.skills import SkillConfig
 
 log = logging.getLogger("distill")
@@ -106,20 +106,14 @@ def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     out = TrafficLog(source=str(path))
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+        for lineno, obj, problem in parse_jsonl_lines(f):
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                if problem:
+                    raise ValueError(problem)
                 rec = parse_record(obj, cfg)
                 if rec.id in seen:
                     raise ValueError(f"duplicate id {rec.id!r}")
-            except json.JSONDecodeError as e:
-                out.skipped.append(Skipped(where, f"invalid JSON ({e.msg} at column {e.colno})"))
-                continue
             except ValueError as e:
                 out.skipped.append(Skipped(where, str(e)))
                 continue
@@ -226,8 +220,14 @@ def replay_sample(records: list[TrafficRecord], n: int, seed: int = 0, recent: i
     return sorted(random.Random(seed).sample(accepted, n), key=lambda r: (r.timestamp, r.id))
 
 
-def replay_items(skill) -> tuple[list[Example], TrafficLog]:
-    """The replay hold-out of a run (as Examples) and the log it was drawn from, per gates.replay."""
+def replay_items(skill, trained_ids: set[str] | frozenset[str] = frozenset()) -> tuple[list[Example], TrafficLog]:
+    """The replay hold-out of a run (as Examples) and the log it was drawn from, per gates.replay.
+
+    Traffic already in the training pool (`trained_ids`: traffic ids that continuous refresh
+    accepted in earlier runs) is never replayed: the gate would score the candidate on its own
+    training data. Items held out once stay out of the pool, so they remain replayable."""
     r = skill.config.gates.replay
     traffic = load_skill_traffic(skill)
-    return [t.as_example(skill.name) for t in replay_sample(traffic, r.sample, seed=r.seed, recent=r.recent)], traffic
+    eligible = TrafficLog([t for t in traffic if t.id not in trained_ids], source=traffic.source,
+                          skipped=traffic.skipped) if trained_ids else traffic
+    return [t.as_example(skill.name) for t in replay_sample(eligible, r.sample, seed=r.seed, recent=r.recent)], traffic

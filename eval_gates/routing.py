@@ -85,7 +85,6 @@ def routing_threshold(confidences: Sequence[float | None], correct: Sequence[boo
     n = len(correct)
     items = sorted(((c, bool(ok)) for c, ok, v in zip(confidences, correct, valid) if v and c is not None),
                    key=lambda x: -x[0])
-    errors_all = sum(not ok for _, ok in items)
     best_k, curve, wrong = 0, [], 0
     for k, (conf, ok) in enumerate(items, 1):
         wrong += not ok

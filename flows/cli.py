@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
     for spec in skill_deployment_specs():
         print(f"deployment {spec['flow']}/{spec['name']:20s} cron={spec['cron'] or '-'}")
     print("trigger one by hand: prefect deployment run 'distill-skill/<skill>'  (Ctrl-C stops serving)")
-    serve(limit=args.limit)
+    serve(limit=args.limit, teacher_slots=args.teacher_slots)
     return 0
 
 
@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("serve", help="serve the scheduled deployments (one per skill, plus refresh-all) locally")
     v.add_argument("--limit", type=int, default=1, help="flow runs at once in this process (default 1: 2 cores)")
+    v.add_argument("--teacher-slots", type=int, default=None,
+                   help="teacher expansions at once across all runs (global limit 'teacher-expansion'; "
+                        "default: keep the existing limit, or create it with 2)")
     v.set_defaults(fn=cmd_serve)
     g = sub.add_parser("registry", help="list, inspect, pull, promote and roll back published adapters")
     g.add_argument("action", choices=["list", "show", "path", "pull", "promote", "rollback"])

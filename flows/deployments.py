@@ -61,8 +61,16 @@ def build_deployments(root: Path | None = None) -> list:
     return out
 
 
-def serve(limit: int | None = 1) -> None:
-    """Serve every deployment from this process (blocks). `limit`: flow runs at once on this machine."""
+def serve(limit: int | None = 1, teacher_slots: int | None = None) -> None:
+    """Serve every deployment from this process (blocks). `limit`: flow runs at once on this machine.
+
+    First creates the global `teacher-expansion` concurrency limit when the API has none
+    (flows/limits.py; `teacher_slots` given: sets it to that), so scheduled runs share it."""
     from prefect import serve as prefect_serve
 
+    from flows.limits import TEACHER_EXPANSION_LIMIT, ensure_teacher_limit
+
+    slots = ensure_teacher_limit(teacher_slots)
+    print(f"global concurrency limit {TEACHER_EXPANSION_LIMIT!r}: {slots} teacher expansion(s) at once "
+          f"across all runs (change: prefect gcl update {TEACHER_EXPANSION_LIMIT} --limit N)", flush=True)
     prefect_serve(*build_deployments(), limit=limit)

@@ -22,6 +22,7 @@ from core.records import (Example, Rejected, hash_examples, read_examples, write
                           write_jsonl)
 from core.skills import Skill, load_skill
 from core.workdir import pool_dir, registry_root, runs_dir
+from flows.limits import network_failure, registry_failure
 from flows.progress import stage
 
 
@@ -64,14 +65,21 @@ def provision_models(skill: Skill) -> Models:
     return Models(teacher=teacher, student=student, student_revision=model_revision(student))
 
 
-@task(name="teacher-expansion", cache_policy=NO_CACHE)
+# Retries only where the network is (teacher endpoint, registry storage); the deterministic
+# stages (provision, filter, train, evaluate) would fail the same way again. A retried expansion
+# re-sends nothing already answered (durable response cache); per-request retries with backoff
+# and the endpoint's rpm/tpm budget live in the teacher client (teachers/client.py).
+@task(name="teacher-expansion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
+      retry_jitter_factor=0.5, retry_condition_fn=network_failure)
 def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int) -> dict:
     """The configured strategies (default: new inputs in the style of the seeds, then labels
     from the few-shot teacher); writes generated.jsonl and teacher_accounting.json."""
+    from flows.limits import teacher_expansion_slot
     from teachers import open_teacher
     from teachers.strategies import run_expansion
 
-    with open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir) as teacher:
+    # One slot of the global `teacher-expansion` limit across all runs (uncapped where the API has none).
+    with teacher_expansion_slot(), open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir) as teacher:
         res = run_expansion(skill, teacher, run_dir, seed, progress=stage)
     acc = res.accounting
     get_run_logger().info("teacher wrote %d inputs, answered %d, dropped %d; %d requests (%d cached, %d retries)",
@@ -99,6 +107,20 @@ def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) 
         get_run_logger().warning("dedup index of %s rebuilt from the accepted pool (%d examples)",
                                  skill.name, len(previous))
     return {"accepted": len(kept), "rejected": rejected, "stats": stats, "previous_pool": len(previous)}
+
+
+@task(name="traffic-refresh", cache_policy=NO_CACHE)
+def refresh_traffic(skill: Skill, run_dir: Path, replay_items: list[Example]) -> dict:
+    """Traffic that arrived since the last completed run -> seed candidates through the same filters
+    as teacher data; kept ones join this run's accepted.jsonl (trained on now, pooled at the end)."""
+    from flows.refresh import refresh_stage
+
+    with stage("traffic refresh", None):
+        out = refresh_stage(skill, run_dir, replay_items, _read_pool(skill.name)).summary()
+    get_run_logger().info("traffic refresh since %s: %d new records, %d candidates, kept %d; refused %d student "
+                          "outputs, %d not accepted", out["since"] or "the beginning", out["new_records"],
+                          out["candidates"], out["kept"], out["student_refused"], out["not_accepted"])
+    return out
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -137,7 +159,8 @@ def evaluate(skill: Skill, student_path: str, adapter_dir: str, champion_dir: st
     return out
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[10, 60], retry_jitter_factor=0.5,
+      retry_condition_fn=registry_failure)
 def publish(skill: Skill, run_id: str, adapter_dir: str, evaluation: dict, decision: dict, lineage: dict,
             data_summary: dict) -> dict:
     from registry import Registry
@@ -197,6 +220,7 @@ def distill_skill(params: RunParams) -> dict:
 def _distill(params: RunParams) -> dict:
     from eval_gates.replay import replay_items as sample_replay
     from filters import commit_index
+    from flows.refresh import commit_refresh, pool_growth
 
     t0 = time.time()
     skill = load_skill(params.skill, params.profile)
@@ -211,12 +235,14 @@ def _distill(params: RunParams) -> dict:
         seed = json.loads(earlier.read_text()).get("seed") if earlier.is_file() else None
         params = params.model_copy(update={"seed": seed if seed is not None else random.SystemRandom().randrange(2**31)})
     # The replay hold-out is drawn first: the contamination filter keeps it out of training.
-    replay_items, traffic = sample_replay(skill)
+    trained_traffic = {e.meta.get("traffic_id") for e in _read_pool(skill.name) if e.source == "traffic"}
+    replay_items, traffic = sample_replay(skill, trained_traffic - {None})
     write_json(run_dir / "params.json", params.model_dump())
 
     models = provision_models(skill)
     expansion = expand(skill, models.teacher, run_dir, params.seed)
     filtered = filter_candidates(skill, run_dir, replay_items)
+    refreshed = refresh_traffic(skill, run_dir, replay_items)
     training = train(skill, models.student, run_dir)
     champion_version, champion_dir = _champion(skill.name)
     evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items,
@@ -241,16 +267,21 @@ def _distill(params: RunParams) -> dict:
     pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
     # The dedup index grows with the pool, at the same point: a run that fails earlier changes neither.
     index_commit = commit_index(skill.name, cfg.filters, run_dir)
+    # The traffic watermark advances with the pool too: a failed run reads the same traffic again.
+    refreshed["commit"] = commit_refresh(skill.name, run_dir)
+    refreshed["pool"] = pool_growth(refreshed["pool_before"], _read_pool(skill.name))
 
     summary = {
         "skill": skill.name, "profile": params.profile, "run_id": run_id, "run_dir": str(run_dir),
         "counts": {"seeds": len(skill.seeds), "teacher_requested": expansion["requested"],
                    "teacher_generated": expansion["generated"], "teacher_labeled": expansion["labeled"],
-                   "accepted": filtered["accepted"], "pool_after_run": pool_size, **training["pool"]},
+                   "accepted": filtered["accepted"], "traffic_new": refreshed["new_records"],
+                   "traffic_accepted": refreshed["kept"], "pool_after_run": pool_size, **training["pool"]},
         "drops": _drops(rejected),
         "teacher": {"model": expansion["teacher"], "seconds": expansion["seconds"],
                     "prompt_tokens": expansion["prompt_tokens"], "accounting": expansion.get("accounting")},
         "filters": {"stats": filtered.get("stats"), "index_commit": index_commit},
+        "refresh": refreshed,
         "training": {**training["result"], "record": training.get("record"), "loss_curve": training.get("loss_curve")},
         "evaluation": evaluation,
         "decision": decision,
@@ -281,6 +312,7 @@ def render_summary_md(s: dict) -> str:
                   f"{acc.get('estimated_cost')} |"]
     lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
+    lines += _refresh_md(s.get("refresh"))
     metric = s["evaluation"].get("metric", "accuracy")
     lines += ["", "## Evaluation", "", f"| model | eval {metric} | invalid | replay agreement | replay p50 s |",
               "|---|---|---|---|---|"]
@@ -294,6 +326,21 @@ def render_summary_md(s: dict) -> str:
     lines += ["", f"Registry: {s['published']['path'] if s['published'] else 'unchanged'}",
               f"Run folder: {s['run_dir']}", f"Wall time: {s['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def _refresh_md(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    g = r.get("pool") or {}
+    out = ["", "## Continuous refresh", "",
+           f"Traffic since {r['since'] or 'the beginning'} until {r['until'] or '-'}: {r['new_records']} new records, "
+           f"{r['candidates']} candidates, {r['kept']} kept; refused {r['student_refused']} student outputs and "
+           f"{r['not_accepted']} not accepted.", "", "| pool by source | before | after |", "|---|---|---|"]
+    for src in sorted(set(g.get("before", {})) | set(g.get("after", {}))):
+        out.append(f"| {src} | {g['before'].get(src, 0)} | {g['after'].get(src, 0)} |")
+    out += ["", "| refresh stage/reason | n |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in r.get("drops", {}).items()] or ["| (none) | 0 |"]
+    return out
 
 
 def _num(x) -> str:

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.records import atomic_write_text, now_iso, write_json
+from core.records import atomic_write_text, now_iso, parse_jsonl_lines, write_json
 from core.workdir import registry_root, work_dir
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -149,15 +149,9 @@ def _parse_aliases(where: str, text: str) -> dict[str, int]:
 
 def _parse_history(where: str, text: str) -> list[dict[str, Any]]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RegistryError(f"{where}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise RegistryError(f"{where}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+    for lineno, obj, problem in parse_jsonl_lines(text.splitlines()):
+        if problem:
+            raise RegistryError(f"{where}:{lineno}: {problem}")
         out.append(obj)
     return out
 

@@ -44,7 +44,7 @@ class ClientSettings:
     invalid_retries: int = 2
     retry_temperature: float = 0.7
     batch_size: int = 16
-    flush_every: int = 16
+    flush_every: int = 1  # commit each answer as it arrives (WAL + synchronous=NORMAL: no fsync per commit)
 
 
 def _run_coro(coro):

@@ -407,7 +407,7 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
     """Write inputs (self_instruct, rewrite), answer them (label or self_consistency), write
     generated.jsonl and teacher_accounting.json to `run_dir`, and return the result."""
     progress = progress or _no_progress
-    cfg, ec = skill.config, skill.config.expansion
+    ec = skill.config.expansion
     st = set(ec.strategies)
     t0 = time.perf_counter()
     inputs: list[Example] = []

@@ -306,9 +306,13 @@ def _callbacks(fn: ProgressFn | None):
 
 
 def last_checkpoint(ckpt_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    """The newest complete checkpoint: a kill during a save leaves a folder without
+    trainer_state.json (written last), which must not be resumed from."""
+    if not ckpt_dir.is_dir():
+        return None
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            and p.name.split("-")[-1].isdigit()]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
 
 
 def _resume_point(ckpt_dir: Path, fingerprint: str, notes: list[str]) -> str | None:

@@ -335,3 +335,15 @@ def test_new_skill_refuses_bad_names_existing_folders_and_unknown_types(tmp_path
     assert e.value.code == 2
     with pytest.raises(SkillError, match="unknown task type"):
         create_skill("ok-name", "poetry", tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a/b", "/abs", "UPPER", "", "x" * 65])
+def test_work_dir_paths_refuse_names_that_escape(bad, tmp_path, monkeypatch):
+    from core.skills import SkillError
+    from core.workdir import index_dir, pool_dir, runs_dir
+
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    for fn in (runs_dir, pool_dir, index_dir):
+        with pytest.raises(SkillError):
+            fn(bad)
+    assert runs_dir("ticket-triage") == tmp_path / "runs" / "ticket-triage"

@@ -166,3 +166,21 @@ def test_postgresql_source(tmp_path, pg_engine):
     finally:
         t.drop(pg_engine)
     assert not sa.inspect(pg_engine).has_table(table)
+
+
+def test_traffic_already_trained_on_is_never_replayed(tmp_path):
+    """Continuous refresh adds accepted traffic to the pool; the replay gate must not score on it."""
+    from types import SimpleNamespace
+
+    from core.skills import load_config
+    from eval_gates.replay import replay_items
+
+    repo = Path(__file__).resolve().parents[2]
+    folder = repo / "seeds" / "ticket-triage"
+    skill = SimpleNamespace(config=load_config(folder), folder=folder, name="ticket-triage",
+                            traffic_path=lambda: folder / "traffic.jsonl")
+    first, traffic = replay_items(skill)
+    trained = {e.id for e in first[:10]}
+    again, _ = replay_items(skill, trained)
+    assert again and not trained & {e.id for e in again}
+    assert len(traffic) >= len(again)

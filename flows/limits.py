@@ -1,0 +1,108 @@
+"""Coarse caps shared by every run against one Prefect API, and which failures are worth a retry.
+
+`teacher-expansion` is a global concurrency limit: at most N teacher-expansion stages run
+at once across all runs and skills on the server. The per-endpoint request rate is not
+Prefect's job: the teacher client enforces teacher.rpm / teacher.tpm / teacher.max_in_flight
+per endpoint (teachers/limits.py), because Prefect's slot-decay rate limits delivered about
+0.6 calls/s against 5/s configured (../shared/PREFECT_NOTES.md).
+
+What happens at the start of a teacher-expansion task:
+- the limit exists on the API (created by `distill serve`, or by hand, README "Scheduled
+  runs"): one slot is taken with strict=True, so an API that cannot grant it fails the task
+  instead of silently running uncapped; the slot is held on a 60 s lease that the client
+  renews, so a SIGKILLed run frees it within a minute;
+- it does not exist (a manual `distill run` on the ephemeral API): strict=False, so Prefect
+  logs "Concurrency limits ['teacher-expansion'] do not exist - skipping acquisition" and
+  the stage runs uncapped (one line of ours says how to create it). A manual run never
+  fails for a missing limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger("distill.flows")
+
+TEACHER_EXPANSION_LIMIT = "teacher-expansion"
+# Two expansions at once keep a shared endpoint busy while a third run trains; more mostly
+# queue at the endpoint's own rpm/tpm budget. Change it on the server: `prefect gcl update`.
+TEACHER_EXPANSION_SLOTS = 2
+LEASE_S = 60.0  # the server's least lease; renewed every 45 s while the stage runs
+
+
+def limit_exists(name: str) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return True
+        except ObjectNotFound:
+            return False
+
+
+def ensure_teacher_limit(slots: int | None = None) -> int:
+    """Create the global `teacher-expansion` limit when missing (TEACHER_EXPANSION_SLOTS slots);
+    `slots` given: set it to that. An existing limit keeps the value a team set on the server.
+    Returns the limit now in force."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        if slots is not None:
+            client.upsert_global_concurrency_limit_by_name(TEACHER_EXPANSION_LIMIT, slots)
+            return slots
+        try:
+            return client.read_global_concurrency_limit_by_name(TEACHER_EXPANSION_LIMIT).limit
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=TEACHER_EXPANSION_LIMIT, limit=TEACHER_EXPANSION_SLOTS))
+            return TEACHER_EXPANSION_SLOTS
+
+
+@contextmanager
+def teacher_expansion_slot() -> Iterator[bool]:
+    """Hold one slot of the global teacher-expansion limit; yields whether a limit was enforced."""
+    from prefect.concurrency.sync import concurrency
+
+    exists = limit_exists(TEACHER_EXPANSION_LIMIT)
+    if not exists:
+        log.info("no global concurrency limit %r on this Prefect API: teacher expansion is not capped across "
+                 "runs (create it: `prefect gcl create %s --limit %d`, or `distill serve`)",
+                 TEACHER_EXPANSION_LIMIT, TEACHER_EXPANSION_LIMIT, TEACHER_EXPANSION_SLOTS)
+    with concurrency(TEACHER_EXPANSION_LIMIT, occupy=1, strict=exists, lease_duration=LEASE_S):
+        yield exists
+
+
+# --- retries -------------------------------------------------------------------------------------------------------
+
+
+def _failure(state):
+    try:
+        return state.result(raise_on_failure=False)
+    except Exception as e:  # the result could not be read: judge by that error
+        return e
+
+
+def network_failure(task, task_run, state) -> bool:
+    """retry_condition_fn of teacher-expansion: retry what a later attempt can fix (the endpoint
+    down, too many failed requests, a broken connection), never a bad key, config or data.
+    A retry costs little: every answer received is in the durable response cache."""
+    import httpx
+
+    from teachers.base import TeacherErrorRateExceeded, TeacherUnreachable
+
+    return isinstance(_failure(state), (TeacherUnreachable, TeacherErrorRateExceeded, httpx.TransportError,
+                                        ConnectionError, TimeoutError))
+
+
+def registry_failure(task, task_run, state) -> bool:
+    """retry_condition_fn of publish: storage errors (a remote registry wraps network errors in
+    RegistryError). A failed publish leaves no version visible, so retrying cannot duplicate one."""
+    from registry import RegistryError
+
+    return isinstance(_failure(state), (RegistryError, ConnectionError, TimeoutError))
