@@ -152,7 +152,8 @@ def cmd_run(args) -> int:
     _preflight(args.skill, args.profile)
     from flows.pipeline import RunParams, distill_skill
 
-    params = RunParams(skill=args.skill, profile=args.profile, seed=args.seed, run_id=args.run_id)
+    params = RunParams(skill=args.skill, profile=args.profile, seed=args.seed, run_id=args.run_id,
+                       stage_pool=args.stage_pool)
     import logging
 
     # Prefect configures the root logger at import; the pipeline's own logger gets its handler.
@@ -183,12 +184,17 @@ def cmd_run(args) -> int:
 
 def cmd_serve(args) -> int:
     """Serve every skill's scheduled deployment (and refresh-all) from this process until Ctrl-C."""
-    from flows.deployments import serve, skill_deployment_specs
+    from flows.deployments import serve, skill_deployment_specs, train_evaluate_specs
 
-    for spec in skill_deployment_specs():
+    specs = train_evaluate_specs() if args.train_evaluate_only else skill_deployment_specs()
+    for spec in specs:
         print(f"deployment {spec['flow']}/{spec['name']:20s} cron={spec['cron'] or '-'}")
+    if args.stage_pool:
+        print(f"training and evaluation go to train-evaluate/<skill> (stage_pool={args.stage_pool}); serve those "
+              f"on the training machine: distill serve --train-evaluate-only")
     print("trigger one by hand: prefect deployment run 'distill-skill/<skill>'  (Ctrl-C stops serving)")
-    serve(limit=args.limit, teacher_slots=args.teacher_slots)
+    serve(limit=args.limit, teacher_slots=args.teacher_slots, stage_pool=args.stage_pool,
+          train_evaluate_only=args.train_evaluate_only)
     return 0
 
 
@@ -252,12 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id", default=None, help="name of the run folder (default: a timestamp)")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    r.add_argument("--stage-pool", default=None,
+                   help="hand training + evaluation to the deployment train-evaluate/SKILL on this work pool "
+                        "(needs a Prefect server: PREFECT_API_URL)")
     r.set_defaults(fn=cmd_run)
     v = sub.add_parser("serve", help="serve the scheduled deployments (one per skill, plus refresh-all) locally")
     v.add_argument("--limit", type=int, default=1, help="flow runs at once in this process (default 1: 2 cores)")
     v.add_argument("--teacher-slots", type=int, default=None,
                    help="teacher expansions at once across all runs (global limit 'teacher-expansion'; "
                         "default: keep the existing limit, or create it with 2)")
+    mode = v.add_mutually_exclusive_group()
+    mode.add_argument("--stage-pool", default=None,
+                      help="scheduled runs hand training + evaluation to train-evaluate/<skill> (served elsewhere "
+                           "with --train-evaluate-only, or deployed on this work pool from prefect.yaml)")
+    mode.add_argument("--train-evaluate-only", action="store_true",
+                      help="serve only the train-evaluate deployments (run this on the GPU machine)")
     v.set_defaults(fn=cmd_serve)
     g = sub.add_parser("registry", help="list, inspect, pull, promote and roll back published adapters")
     g.add_argument("action", choices=["list", "show", "path", "pull", "promote", "rollback"])
@@ -281,11 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     from registry import RegistryError
     from teachers.base import TeacherError
     from flows.locks import SkillBusy
+    from flows.stages import StageHandOffError
     from trainers.base_model import ModelError
 
     try:
         return args.fn(args)
-    except (SkillError, DataError, ModelError, TeacherError, RegistryError, SkillBusy, ValueError, OSError) as e:
+    except (SkillError, DataError, ModelError, TeacherError, RegistryError, SkillBusy, StageHandOffError, ValueError,
+            OSError) as e:
         if os.environ.get("DISTILL_DEBUG"):
             raise  # the whole traceback, for bug reports
         return _fail(str(e).strip().splitlines()[0] if "\n" not in str(e) else str(e).strip())

@@ -22,13 +22,13 @@ REFRESH_ALL_CRON = "0 2 * * *"  # nightly, before the per-skill schedules of the
 
 
 @flow(name="refresh-all", log_prints=True)
-def refresh_all(profile: str = "default") -> dict:
+def refresh_all(profile: str = "default", stage_pool: str | None = None) -> dict:
     """Run the pipeline for every skill, one after another; one skill failing does not stop the rest."""
     log = get_run_logger()
     results: dict[str, dict] = {}
     for name in list_skills():
         try:
-            s = distill_skill(RunParams(skill=name, profile=profile))
+            s = distill_skill(RunParams(skill=name, profile=profile, stage_pool=stage_pool))
             results[name] = {"ok": True, "promoted": s["decision"]["promote"], "run_id": s["run_id"]}
         except Exception as e:  # recorded and reported; the next skill still runs
             log.error("skill %s failed: %s", name, e)
@@ -51,18 +51,40 @@ def skill_deployment_specs(root: Path | None = None) -> list[dict]:
     return specs
 
 
-def build_deployments(root: Path | None = None) -> list:
+def train_evaluate_specs(root: Path | None = None) -> list[dict]:
+    """One train-evaluate deployment per skill (no schedule: a distill-skill run with stage_pool starts it)."""
+    return [{"name": name, "flow": "train-evaluate", "cron": None, "parameters": {}}
+            for name in list_skills(root or seeds_root())]
+
+
+def build_deployments(root: Path | None = None, stage_pool: str | None = None,
+                      train_evaluate_only: bool = False) -> list:
+    """The scheduled deployments; `stage_pool`: their runs hand train + evaluate to train-evaluate/<skill>.
+    `train_evaluate_only`: instead, the train-evaluate deployments (served on the training machine)."""
+    from flows.stages import train_evaluate
+
+    if train_evaluate_only:
+        return [train_evaluate.to_deployment(name=spec["name"], tags=["distill", "train-evaluate", spec["name"]],
+                                             description=f"Training and evaluation for {spec['name']} (GPU)")
+                for spec in train_evaluate_specs(root)]
     out = []
     for spec in skill_deployment_specs(root):
         fl = distill_skill if spec["flow"] == "distill-skill" else refresh_all
+        params = spec["parameters"]
+        if stage_pool and spec["flow"] == "distill-skill":
+            params = {"params": {**params["params"], "stage_pool": stage_pool}}
+        elif stage_pool:
+            params = {**params, "stage_pool": stage_pool}
         out.append(fl.to_deployment(
-            name=spec["name"], cron=spec["cron"], parameters=spec["parameters"], concurrency_limit=ONE_AT_A_TIME,
+            name=spec["name"], cron=spec["cron"], parameters=params, concurrency_limit=ONE_AT_A_TIME,
             tags=["distill", spec["name"]], description=f"Distillation pipeline: {spec['name']}"))
     return out
 
 
-def serve(limit: int | None = 1, teacher_slots: int | None = None) -> None:
+def serve(limit: int | None = 1, teacher_slots: int | None = None, stage_pool: str | None = None,
+          train_evaluate_only: bool = False) -> None:
     """Serve every deployment from this process (blocks). `limit`: flow runs at once on this machine.
+    `stage_pool` / `train_evaluate_only`: see build_deployments.
 
     First creates the global `teacher-expansion` concurrency limit when the API has none
     (flows/limits.py; `teacher_slots` given: sets it to that), so scheduled runs share it."""
@@ -70,7 +92,8 @@ def serve(limit: int | None = 1, teacher_slots: int | None = None) -> None:
 
     from flows.limits import TEACHER_EXPANSION_LIMIT, ensure_teacher_limit
 
-    slots = ensure_teacher_limit(teacher_slots)
-    print(f"global concurrency limit {TEACHER_EXPANSION_LIMIT!r}: {slots} teacher expansion(s) at once "
-          f"across all runs (change: prefect gcl update {TEACHER_EXPANSION_LIMIT} --limit N)", flush=True)
-    prefect_serve(*build_deployments(), limit=limit)
+    if not train_evaluate_only:  # the training machine never runs teacher expansion
+        slots = ensure_teacher_limit(teacher_slots)
+        print(f"global concurrency limit {TEACHER_EXPANSION_LIMIT!r}: {slots} teacher expansion(s) at once "
+              f"across all runs (change: prefect gcl update {TEACHER_EXPANSION_LIMIT} --limit N)", flush=True)
+    prefect_serve(*build_deployments(stage_pool=stage_pool, train_evaluate_only=train_evaluate_only), limit=limit)

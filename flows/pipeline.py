@@ -35,6 +35,10 @@ class RunParams(BaseModel):
                              description="Seed for the teacher's sampling and shots; a fresh one per run when "
                                          "empty (recorded in params.json), so scheduled runs find new inputs.")
     run_id: str | None = Field(None, description="Run folder name; new timestamped id when empty.")
+    stage_pool: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                                   description="Work pool for training and evaluation (e.g. gpu-pool): when set, the "
+                                               "run hands both stages to the deployment train-evaluate/<skill> on "
+                                               "that pool and waits for it; empty: they run in this process.")
 
 
 @dataclass
@@ -243,10 +247,17 @@ def _distill(params: RunParams) -> dict:
     expansion = expand(skill, models.teacher, run_dir, params.seed)
     filtered = filter_candidates(skill, run_dir, replay_items)
     refreshed = refresh_traffic(skill, run_dir, replay_items)
-    training = train(skill, models.student, run_dir)
-    champion_version, champion_dir = _champion(skill.name)
-    evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items,
-                          run_dir=run_dir)
+    if params.stage_pool:
+        from flows.stages import hand_off_train_evaluate
+
+        champion_version, _ = _champion(skill.name)
+        training, evaluation = hand_off_train_evaluate(skill, params.profile, run_id, run_dir, params.stage_pool,
+                                                       champion_version, replay_items)
+    else:
+        training = train(skill, models.student, run_dir)
+        champion_version, champion_dir = _champion(skill.name)
+        evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items,
+                              run_dir=run_dir)
     decision = evaluation["decision"]  # every check with its value, bound and verdict
     write_json(run_dir / "decision.json", {**decision, "data": evaluation.get("data"), "run_id": run_id,
                                            "champion_version": champion_version})

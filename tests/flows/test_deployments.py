@@ -17,7 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_prefect_yaml_has_one_deployment_per_skill_with_its_cron():
     root = REPO / "seeds"
-    declared = {d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
+    all_declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    declared = {d["name"]: d for d in all_declared if d["entrypoint"] != "flows/stages.py:train_evaluate"}
+    # Training + evaluation on the GPU pool: one train-evaluate deployment per skill, no schedule.
+    gpu = {d["name"]: d for d in all_declared if d["entrypoint"] == "flows/stages.py:train_evaluate"}
+    assert set(gpu) == set(list_skills(root))
+    assert all(d["work_pool"]["name"] == "gpu-pool" and "schedules" not in d for d in gpu.values())
     for name in list_skills(root):
         assert name in declared, f"prefect.yaml lacks a deployment for skill {name}"
         d = declared[name]
@@ -38,6 +43,13 @@ def test_served_deployments_match_the_skill_files():
     assert tt.parameters == {"params": {"skill": "ticket-triage"}}
     assert tt.concurrency_limit == 1 and tt.concurrency_options.collision_strategy.value == "ENQUEUE"
     assert [s.schedule.cron for s in tt.schedules] == [load_config(root / "ticket-triage").schedule.cron]
+    # `distill serve --stage-pool gpu-pool`: the same deployments, handing training to train-evaluate/<skill>.
+    handing = {d.name: d for d in build_deployments(root, stage_pool="gpu-pool")}
+    assert handing["ticket-triage"].parameters == {"params": {"skill": "ticket-triage", "stage_pool": "gpu-pool"}}
+    assert handing["refresh-all"].parameters == {"stage_pool": "gpu-pool"}
+    # `distill serve --train-evaluate-only` (the GPU machine): one train-evaluate deployment per skill.
+    te = build_deployments(root, train_evaluate_only=True)
+    assert {d.name for d in te} == set(list_skills(root)) and {d.flow_name for d in te} == {"train-evaluate"}
 
 
 def _hold(home: str, started, release) -> None:
