@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,32 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.flows.conftest import free_port, stop_group
+
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 SERVER_START_S = 180  # migrations of a fresh database take most of it on 2 cores
 RUN_TIMEOUT_S = 420
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, SIGKILL what is left after 20 s."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _group_alive(pgid: int) -> bool:
@@ -98,7 +76,7 @@ def _wait_for(what: str, check, timeout: float, procs: list[tuple[subprocess.Pop
 def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_root, postgres_db, tmp_path):
     import httpx
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     procs: list[tuple[subprocess.Popen, Path]] = []
 
@@ -173,6 +151,6 @@ def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_
         print(f"\nprefect server on PostgreSQL: up in {started:.0f} s; whole test {time.time() - t0:.0f} s")
     finally:
         for p, _ in reversed(procs):
-            _stop(p)
+            stop_group(p)
         leftovers = [p.args for p, _ in procs if _group_alive(p.pid)]
         assert not leftovers, f"processes left running: {leftovers}"
