@@ -58,32 +58,15 @@ PROFILES = {
 
 
 def build_tiny_model(folder: Path) -> str:
-    """The tests' tiny model (tests/conftest.py): 2-layer random Gemma 3, BPE trained on the skill's data."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    """The tests' tiny model (tests/tiny_models.py), its tokenizer trained on the skill's data."""
+    from tests.tiny_models import build_tiny_model as build
 
     corpus = []
     for name in ("seeds.jsonl", "eval.jsonl"):
         for line in (REPO / "seeds" / SKILL / name).read_text().splitlines():
             obj = json.loads(line)
             corpus.append(f"Ticket: {obj['input']}\nTeam: {obj['output']}\n")
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1,
-                            special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>",
-                                  bos_token="<bos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-        sliding_window=128, layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    Gemma3ForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return str(build(folder, corpus))
 
 
 def skill_folder(root: Path, model: str, profile: dict) -> Path:

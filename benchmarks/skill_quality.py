@@ -76,10 +76,8 @@ def main() -> None:
         t0 = time.time()
         unlabeled = [e.__class__(**{**e.__dict__, "output": None}) for e in items]
         labeled, rejected = label(skill, teacher, unlabeled, seed=0)
-        by_id = {e.id: e.output for e in labeled}
-        # label() may give new ids; map back by input text
-        by_input = {e.input: e.output for e in labeled}
-        preds = [by_id.get(e.id, by_input.get(e.input)) for e in items]
+        by_input = {e.input: e.output for e in labeled}  # labeled examples get content ids: match by input
+        preds = [by_input.get(e.input) for e in items]
         report = teacher.report()
     out["teacher_few_shot"] = summarize(preds, [report.get("prompt_tokens", 0) / max(1, report.get("requests", 1))],
                                         time.time() - t0)

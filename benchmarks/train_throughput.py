@@ -25,27 +25,9 @@ from pathlib import Path
 
 from _common import REPO, emit, setup
 
+from tests.tiny_models import build_tiny_model  # the tests' 2-layer random Gemma 3
+
 MODES = {"qlora_nf4": ("lora", "nf4"), "lora": ("lora", "none"), "full_ft": ("full", "none")}
-
-
-def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
-    """A 2-layer random Gemma 3 with a byte-level BPE tokenizer (the shape tests/conftest.py uses)."""
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=600, min_frequency=1, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>",
-                                  bos_token="<bos>", unk_token="<unk>")
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-                           sliding_window=128, layer_types=["sliding_attention", "full_attention"],
-                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    Gemma3ForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def one_mode(args) -> None:

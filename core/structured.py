@@ -157,6 +157,14 @@ def _call_shape(call: Any) -> Problem | None:
     return None
 
 
+def _called_tool(call: dict, input_obj: dict) -> tuple[dict, Problem | None]:
+    """The JSON Schema parameters of the function `call` names, or unknown_function."""
+    tools = tools_by_name(input_obj)
+    if call["name"] not in tools:
+        return {}, ("unknown_function", f"{call['name']!r} is not among the tools {sorted(tools)}")
+    return tools[call["name"]], None
+
+
 def check_call(call: Any, input_obj: dict | None) -> Problem | None:
     """A concrete call {"name", "arguments"}; with the input, checked against its tools:
     unknown_function, unknown_argument, missing_required_argument, wrong_argument_type,
@@ -164,10 +172,9 @@ def check_call(call: Any, input_obj: dict | None) -> Problem | None:
     bad = _call_shape(call)
     if bad or input_obj is None:
         return bad
-    tools = tools_by_name(input_obj)
-    if call["name"] not in tools:
-        return "unknown_function", f"{call['name']!r} is not among the tools {sorted(tools)}"
-    params = tools[call["name"]]
+    params, bad = _called_tool(call, input_obj)
+    if bad:
+        return bad
     props = params.get("properties", {})
     for arg in call["arguments"]:
         if arg not in props:
@@ -188,10 +195,9 @@ def check_acceptable_call(gold: Any, input_obj: dict) -> Problem | None:
     bad = _call_shape(gold)
     if bad:
         return bad
-    tools = tools_by_name(input_obj)
-    if gold["name"] not in tools:
-        return "unknown_function", f"{gold['name']!r} is not among the tools {sorted(tools)}"
-    params = tools[gold["name"]]
+    params, bad = _called_tool(gold, input_obj)
+    if bad:
+        return bad
     props = params.get("properties", {})
     for arg, values in gold["arguments"].items():
         if arg not in props:

@@ -71,6 +71,17 @@ class Decision:
         return d
 
 
+def _cannot_run(gate: GateResult, check: str, label: str, cand: dict, empty: str) -> bool:
+    """Fail closed: scoring crashed, or there was nothing to score."""
+    if cand.get("error"):
+        gate.fail(check, f"{label} cannot run: {cand['error']}")
+        return True
+    if not cand.get("n"):
+        gate.fail(check, f"{label} cannot run: {empty}")
+        return True
+    return False
+
+
 def _slices_for(keys: dict[str, float], available: list[str]) -> dict[str, float]:
     """Expand '*' to every slice; explicit entries win."""
     out = {s: keys["*"] for s in available} if "*" in keys else {}
@@ -126,11 +137,7 @@ def _regression(gate: GateResult, cfg: GateConfig, cand: dict | None, champ: dic
         return
     gate.data = {"candidate": cand.get("data", {"n": cand.get("n")}),
                  "champion": champ.get("data", {"n": champ.get("n")}) if champ else None}
-    if cand.get("error"):
-        gate.fail("eval", f"regression gate cannot run: {cand['error']}")
-        return
-    if not cand.get("n"):
-        gate.fail("eval", "regression gate cannot run: no eval items")
+    if _cannot_run(gate, "eval", "regression gate", cand, "no eval items"):
         return
     for key, floor in cfg.floor.items():
         metric = cand.get("primary", key) if key == "primary" else key  # "primary": whatever the task's is
@@ -189,11 +196,7 @@ def _replay(gate: GateResult, cfg: GateConfig, cand: dict | None, champ: dict | 
         gate.fail("replay", "candidate was not replayed: replay gate cannot run")
         return
     gate.data = cand.get("data", {"n": cand.get("n")})
-    if cand.get("error"):
-        gate.fail("replay", f"replay gate cannot run: {cand['error']}")
-        return
-    if not cand.get("n"):
-        gate.fail("replay", "replay gate cannot run: the replay sample is empty (no accepted traffic)")
+    if _cannot_run(gate, "replay", "replay gate", cand, "the replay sample is empty (no accepted traffic)"):
         return
     agree, invalid = cand["agreement"], cand["invalid_rate"]
     gate.check("agreement", agree, r.min_agreement, ">=",

@@ -100,6 +100,22 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
                          reference_source=source, accepted=accepted)
 
 
+def _take(out: TrafficLog, seen: set[str], where: str, cfg: SkillConfig, obj: dict | None,
+          problem: str | None) -> None:
+    """Append a valid, new record to `out`, or record why it is skipped (never raises)."""
+    try:
+        if problem:
+            raise ValueError(problem)
+        rec = parse_record(obj, cfg)
+        if rec.id in seen:
+            raise ValueError(f"duplicate id {rec.id!r}")
+    except ValueError as e:
+        out.skipped.append(Skipped(where, str(e)))
+        return
+    seen.add(rec.id)
+    out.append(rec)
+
+
 def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     if not path.is_file():
         raise DataError(f"{path}: missing traffic log for skill {cfg.name} (gates.replay.source)")
@@ -107,18 +123,7 @@ def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     seen: set[str] = set()
     with path.open(encoding="utf-8") as f:
         for lineno, obj, problem in parse_jsonl_lines(f):
-            where = f"{path}:{lineno}"
-            try:
-                if problem:
-                    raise ValueError(problem)
-                rec = parse_record(obj, cfg)
-                if rec.id in seen:
-                    raise ValueError(f"duplicate id {rec.id!r}")
-            except ValueError as e:
-                out.skipped.append(Skipped(where, str(e)))
-                continue
-            seen.add(rec.id)
-            out.append(rec)
+            _take(out, seen, f"{path}:{lineno}", cfg, obj, problem)
     return out
 
 
@@ -165,20 +170,11 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
         obj = dict(row)
         ident = obj.get("id")
         where = f"{shown}#{r.table}:{ident if ident is not None else f'row {i}'}"
-        try:
-            if ident is None:
-                raise ValueError("'id' is null")
+        if ident is not None:
             obj["id"] = str(ident)
             ts = obj.get("timestamp")
             obj["timestamp"] = ts.isoformat() if isinstance(ts, datetime) else (str(ts) if ts is not None else None)
-            rec = parse_record(obj, cfg)
-            if rec.id in seen:
-                raise ValueError(f"duplicate id {rec.id!r}")
-        except ValueError as e:
-            out.skipped.append(Skipped(where, str(e)))
-            continue
-        seen.add(rec.id)
-        out.append(rec)
+        _take(out, seen, where, cfg, obj, "'id' is null" if ident is None else None)
     return out
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import free_port, stop_group
+from tests.flows.conftest import child_env, free_port, stop_group, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -53,26 +53,6 @@ def postgres_db():
         admin.close()
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}, **extra)
-    return env
-
-
-def _wait_for(what: str, check, timeout: float, procs: list[tuple[subprocess.Popen, Path]]) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p, log in procs:
-            if p.poll() is not None:
-                pytest.fail(f"{what}: process {p.args} exited with {p.returncode}:\n{log.read_text()[-4000:]}")
-        if check():
-            return
-        time.sleep(1)
-    logs = "\n".join(f"--- {p.args}\n{log.read_text()[-3000:]}" for p, log in procs)
-    pytest.fail(f"{what}: not within {timeout} s\n{logs}")
-
-
 def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_root, postgres_db, tmp_path):
     import httpx
 
@@ -90,7 +70,7 @@ def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_
     t0 = time.time()
     try:
         start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-              "server.log", _env(tmp_path, PREFECT_API_DATABASE_CONNECTION_URL=postgres_db,
+              "server.log", child_env(tmp_path / "prefect-home", PREFECT_API_DATABASE_CONNECTION_URL=postgres_db,
                                  PREFECT_UI_ENABLED="false", PREFECT_SERVER_API_HOST="127.0.0.1"))
 
         def healthy() -> bool:
@@ -99,7 +79,7 @@ def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_
             except httpx.HTTPError:
                 return False
 
-        _wait_for("prefect server start", healthy, SERVER_START_S, procs)
+        wait_for("prefect server start", healthy, SERVER_START_S, procs)
         started = time.time() - t0
         # The server really is on PostgreSQL (not the SQLite default): its tables are in our database.
         import psycopg
@@ -109,14 +89,14 @@ def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_
             tables = {r[0] for r in c.execute("select tablename from pg_tables where schemaname = 'public'")}
         assert {"flow", "deployment", "flow_run"} <= tables
 
-        client_env = _env(tmp_path, PREFECT_API_URL=api)
+        client_env = child_env(tmp_path / "prefect-home", PREFECT_API_URL=api)
         start([sys.executable, "-m", "flows.cli", "serve"], "serve.log", client_env)
 
         def deployed() -> bool:
             r = httpx.get(f"{api}/deployments/name/distill-skill/ticket-triage", timeout=5)
             return r.status_code == 200
 
-        _wait_for("distill serve registering its deployments", deployed, 120, procs)
+        wait_for("distill serve registering its deployments", deployed, 120, procs)
         # The tiny profile keeps the run short; everything else is the served deployment as scheduled.
         params = json.dumps({"params": {"skill": "ticket-triage", "profile": "tiny", "run_id": "served"}})
         p = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", "distill-skill/ticket-triage",
@@ -133,7 +113,7 @@ def test_served_deployment_runs_to_completion_on_a_postgres_backed_server(skill_
             state = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"] or {}
             return state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
-        _wait_for("the triggered flow run", finished, RUN_TIMEOUT_S, procs)
+        wait_for("the triggered flow run", finished, RUN_TIMEOUT_S, procs)
         serve_log = (tmp_path / "serve.log").read_text()
         assert state["type"] == "COMPLETED", f"{state}\n{serve_log[-6000:]}"
         # It ran the real pipeline: a run folder with its summary, a published version.
