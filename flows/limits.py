@@ -11,9 +11,8 @@ What happens at the start of a teacher-expansion task:
   runs"): one slot is taken with strict=True, so an API that cannot grant it fails the task
   instead of silently running uncapped; the slot is held on a 60 s lease that the client
   renews, so a SIGKILLed run frees it within a minute;
-- it does not exist (a manual `distill run` on the ephemeral API): strict=False, so Prefect
-  logs "Concurrency limits ['teacher-expansion'] do not exist - skipping acquisition" and
-  the stage runs uncapped (one line of ours says how to create it). A manual run never
+- it does not exist (a manual `distill run` on the ephemeral API): no slot is asked for and
+  the stage runs uncapped (one log line says how to create the limit). A manual run never
   fails for a missing limit.
 """
 
@@ -69,13 +68,15 @@ def teacher_expansion_slot() -> Iterator[bool]:
     """Hold one slot of the global teacher-expansion limit; yields whether a limit was enforced."""
     from prefect.concurrency.sync import concurrency
 
-    exists = limit_exists(TEACHER_EXPANSION_LIMIT)
-    if not exists:
+    if not limit_exists(TEACHER_EXPANSION_LIMIT):
+        # Looked up once: asking Prefect for a missing limit again would only repeat the lookup and warn.
         log.info("no global concurrency limit %r on this Prefect API: teacher expansion is not capped across "
                  "runs (create it: `prefect gcl create %s --limit %d`, or `distill serve`)",
                  TEACHER_EXPANSION_LIMIT, TEACHER_EXPANSION_LIMIT, TEACHER_EXPANSION_SLOTS)
-    with concurrency(TEACHER_EXPANSION_LIMIT, occupy=1, strict=exists, lease_duration=LEASE_S):
-        yield exists
+        yield False
+        return
+    with concurrency(TEACHER_EXPANSION_LIMIT, occupy=1, strict=True, lease_duration=LEASE_S):
+        yield True
 
 
 # --- retries -------------------------------------------------------------------------------------------------------
