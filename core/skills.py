@@ -76,6 +76,13 @@ class TeacherConfig(_Strict):
     temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature for new inputs.")
     max_new_tokens: int = Field(64, ge=4, le=1024, description="Longest generated input, in tokens.")
     batch_size: int = Field(16, ge=1, le=256, description="Prompts per generate() call (local transformers backend).")
+    shot_selection: Literal["random", "similar", "auto"] = Field(
+        "random", description="Labeling shots per item: random (balanced over labels), similar (the seeds most like the input by BM25, balanced over labels), or auto (the teacher audit measures both and the better one labels the run). Per-item shots defeat a server's prefix cache: the audit reports teacher time per option.")
+    calibration: Literal["none", "contextual", "auto"] = Field(
+        "auto", description="score answerer: divide label probabilities by the teacher's prior on content-free inputs (Zhao et al. 2021), none, or auto (the audit measures both and the better one is used).")
+    score_method: Literal["auto", "echo", "first_token"] = Field(
+        "auto", description="How an HTTP teacher scores labels: echo (completions with echo+logprobs: each label's full log-likelihood; vLLM, OpenAI legacy completions) or first_token (top-20 logprobs of the first answer token; chat endpoints too, needs labels with distinct first tokens). auto: first_token on chat endpoints and the embedded llama.cpp server (its echo logprobs sort the whole 262k vocabulary per prompt token: minutes a prompt), echo elsewhere. Local transformers always score the full label.")
+    calibration_shot_sets: int = Field(4, ge=1, le=256, description="Random shot sets the content-free prior is averaged over (3 content-free inputs each; the audit draws them per fold).")
 
     @model_validator(mode="after")
     def _url(self) -> "TeacherConfig":
@@ -89,14 +96,15 @@ class TeacherConfig(_Strict):
         return self
 
 
-Strategy = Literal["self_instruct", "label", "self_consistency", "rewrite"]
+Strategy = Literal["self_instruct", "label", "score", "self_consistency", "rewrite"]
+ANSWERERS = ("label", "score", "self_consistency")
 
 
 class ExpansionConfig(_Strict):
     target_examples: int = Field(64, ge=0, le=100_000, description="New inputs the teacher writes per run (self_instruct).")
     strategies: list[Strategy] = Field(
         default_factory=lambda: ["self_instruct", "label"],
-        description="Input writers (self_instruct, rewrite) and one answerer (label, or self_consistency: n samples, majority answer, agreement = confidence).")
+        description="Input writers (self_instruct, rewrite) and one answerer (default: score for classification, label otherwise): label (greedy few-shot answer), score (classification: labels ranked by the teacher's log-likelihood, probability = confidence) or self_consistency (n samples, majority answer, agreement = confidence).")
     self_consistency_samples: int = Field(5, ge=2, le=64, description="Samples per input for self_consistency (odd avoids ties).")
     self_consistency_temperature: float = Field(0.7, gt=0.0, le=2.0, description="Sampling temperature of self_consistency samples.")
     rewrite_examples: int = Field(16, ge=0, le=100_000, description="Variants the rewrite strategy writes per run.")
@@ -115,15 +123,24 @@ class ExpansionConfig(_Strict):
         problems = []
         if not st & {"self_instruct", "rewrite"}:
             problems.append("expansion.strategies needs an input writer: add self_instruct or rewrite")
-        if {"label", "self_consistency"} <= st:
-            problems.append("expansion.strategies: choose one answerer, label or self_consistency, not both")
-        elif not st & {"label", "self_consistency"}:
-            problems.append("expansion.strategies needs an answerer: add label or self_consistency")
+        answerers = sorted(st & set(ANSWERERS))
+        if len(answerers) > 1:
+            problems.append(f"expansion.strategies: choose one answerer, not {' and '.join(answerers)}")
+        elif not answerers:
+            problems.append("expansion.strategies needs an answerer: add label, score or self_consistency")
         if self.rewrite_source == "generated" and "rewrite" in st and "self_instruct" not in st:
             problems.append("expansion.rewrite_source 'generated' needs self_instruct in expansion.strategies")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+class AuditConfig(_Strict):
+    enabled: bool = Field(True, description="Score the teacher on the human seeds (k-fold) before expansion.")
+    folds: int = Field(5, ge=2, le=50, description="k: every seed is answered once, with shots only from the other folds.")
+    floor: float | None = Field(
+        None, ge=0.0, le=1.0, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run stops with the reason in decision.json. None: no floor.")
+    max_items: int | None = Field(None, ge=2, description="Audit at most this many seeds (stratified sample): bounds teacher cost on big seed sets.")
 
 
 class FilterConfig(_Strict):
@@ -135,6 +152,11 @@ class FilterConfig(_Strict):
     min_input_words: int = Field(3, ge=1, description="Inputs shorter than this are dropped as too_short.")
     max_input_words: int = Field(120, ge=1, description="Inputs longer than this are dropped as too_long.")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="Drop teacher examples whose confidence is below this.")
+    target_precision: float | None = Field(
+        None, gt=0.0, le=1.0, description="Per-label confidence thresholds chosen on the teacher audit so that audit items at or above them reach this precision; a label that cannot reach it keeps no teacher examples. None: off.")
+    threshold_min_support: int = Field(3, ge=1, description="Audit items at or above a threshold needed before its precision is trusted.")
+    max_label_distance: float | None = Field(
+        None, gt=0.0, le=1.0, description="Largest total-variation distance between the labels of accepted teacher examples and of the seeds; the least confident examples of over-represented labels are dropped until it holds (classification). None: off.")
     max_output_chars: int = Field(4000, ge=1, description="Outputs longer than this (characters) are dropped as output_too_long.")
     exact_dedup: Literal["input", "input_output"] = Field(
         "input", description="Exact duplicates by normalized input (one answer per question), or only when input and output both repeat.")
@@ -311,6 +333,7 @@ class SkillConfig(_Strict):
                           "optional for generation (then answers are JSON), absent for the other task types.")
     teacher: TeacherConfig = Field(TeacherConfig(), description="The large model that writes new inputs and answers them.")
     expansion: ExpansionConfig = Field(ExpansionConfig(), description="How many new examples each run asks for, and how.")
+    audit: AuditConfig = Field(AuditConfig(), description="The teacher audit on the seeds: its score per option, and the floor it must reach.")
     filters: FilterConfig = Field(FilterConfig(), description="Quality, dedup and eval-contamination filters on teacher data.")
     student: StudentConfig = Field(StudentConfig(), description="The small model fine-tuned per skill (QLoRA).")
     gates: GateConfig = Field(GateConfig(), description="When a new adapter may replace production: eval-set and traffic-replay gates.")
@@ -360,6 +383,23 @@ class SkillConfig(_Strict):
                 problems.append("output_schema: an extraction answer is a JSON object; set `type: object`")
         elif self.task in ("classification", "function_call") and self.output_schema is not None:
             problems.append(f"output_schema: not used by {self.task} skills; remove the key")
+        if self.task == "classification" and "strategies" not in self.expansion.model_fields_set:
+            # A closed label set is scored, not sampled: every answer is a label, with a probability.
+            self.expansion.strategies = [s if s != "label" else "score" for s in self.expansion.strategies]
+        if self.filters.target_precision is not None and not set(self.expansion.strategies) & {"score",
+                                                                                              "self_consistency"}:
+            problems.append("filters.target_precision: per-label thresholds need a confidence on every teacher "
+                            "answer; use the score (classification) or self_consistency answerer in "
+                            "expansion.strategies, or remove filters.target_precision")
+        if "score" in self.expansion.strategies:
+            if self.task != "classification":
+                problems.append(f"expansion.strategies: score ranks a closed label set (classification); use label "
+                                f"or self_consistency for {self.task}")
+            if self.teacher.endpoint == "chat" and self.teacher.score_method == "echo":
+                problems.append("teacher.score_method: echo needs prompt logprobs, which chat endpoints do not return; "
+                                "use score_method first_token (or auto), or teacher.endpoint: completions")
+        if self.filters.max_label_distance is not None and self.task != "classification":
+            problems.append("filters.max_label_distance: only classification skills have labels; remove the key")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -371,7 +411,8 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     # smoke: the whole pipeline on real parts in a few minutes (fewer items, a few training steps).
     "smoke": {
         "expansion": {"target_examples": 8},
-        "teacher": {"few_shot": 5, "style_shots": 3, "batch_size": 8, "max_new_tokens": 48},
+        "teacher": {"few_shot": 5, "style_shots": 3, "batch_size": 8, "max_new_tokens": 48, "calibration_shot_sets": 2},
+        "audit": {"max_items": 20, "folds": 4},
         "student": {"train": {"max_steps": 4, "batch_size": 4, "eval_steps": 4}},
         # Loose gates so the publish path runs too; the version gets the `candidate` alias,
         # never `production`, so a smoke adapter is never served nor used as the champion.

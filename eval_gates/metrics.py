@@ -6,13 +6,13 @@ from collections import Counter
 
 
 def classification_metrics(golds: list[str], preds: list[str | None], labels: list[str]) -> dict:
-    """Accuracy, macro-F1, per-label recall, invalid rate and confusion matrix (gold -> pred -> count)."""
+    """Accuracy, macro-F1, per-label recall and precision, invalid rate and confusion matrix (gold -> pred -> count)."""
     n = len(golds)
     correct = sum(g == p for g, p in zip(golds, preds))
     confusion: dict[str, Counter] = {lab: Counter() for lab in labels}
     for g, p in zip(golds, preds):
         confusion.setdefault(g, Counter())[p if p is not None else "<invalid>"] += 1
-    recall, f1 = {}, {}
+    recall, precision, f1 = {}, {}, {}
     for lab in labels:
         tp = confusion[lab][lab]
         gold_n = sum(confusion[lab].values())
@@ -20,6 +20,7 @@ def classification_metrics(golds: list[str], preds: list[str | None], labels: li
         r = tp / gold_n if gold_n else 0.0
         p = tp / pred_n if pred_n else 0.0
         recall[lab] = round(r, 4)
+        precision[lab] = round(p, 4)
         f1[lab] = 2 * p * r / (p + r) if p + r else 0.0
     return {
         "n": n,
@@ -27,6 +28,7 @@ def classification_metrics(golds: list[str], preds: list[str | None], labels: li
         "macro_f1": round(sum(f1.values()) / len(labels), 4) if labels else 0.0,
         "invalid_rate": round(sum(p is None for p in preds) / n, 4) if n else 0.0,
         "per_label_recall": recall,
+        "per_label_precision": precision,
         "predicted_distribution": dict(Counter(p if p is not None else "<invalid>" for p in preds)),
         "confusion": {g: dict(c) for g, c in confusion.items()},
     }

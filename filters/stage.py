@@ -8,7 +8,9 @@ persistent index: `commit_index(skill, cfg, run_dir)` does, at the end of a succ
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +19,7 @@ from core import structured
 from core.records import DataError, Example, Rejected, read_jsonl, write_examples, write_json, write_jsonl
 from core.skills import FilterConfig, Skill, SkillConfig, SkillError
 from filters.base import Step, run_filters
+from filters.confidence import LabelDistribution, LabelThresholds, distribution, label_thresholds, tv_distance
 from filters.contamination import Contamination
 from filters.dedup import ExactDedup, NearDedup
 from filters.index import DedupIndex, commit_index
@@ -100,6 +103,68 @@ def default_steps(cfg: FilterConfig, reference: list[Example], eval_sets: dict[s
 
 
 @dataclass
+class ConfidenceSteps:
+    """The audit-driven steps of a run (filters/confidence.py) and what they report."""
+
+    skill: Skill
+    audit: dict[str, Any] | None
+    thresholds: LabelThresholds | None = None
+    distribution: LabelDistribution | None = None
+    table: dict[str, dict[str, Any]] | None = None
+
+    def report(self, candidates: list[Example], kept: list[Example]) -> dict[str, Any]:
+        """Thresholds with what each kept, and the label distributions of seeds, generated and accepted data."""
+        cfg = self.skill.config
+        out: dict[str, Any] = {"target_precision": cfg.filters.target_precision}
+        if self.table is not None and self.thresholds is not None:
+            out["thresholds"] = {k: {**v, "kept": self.thresholds.kept_by_label.get(k, 0)}
+                                 for k, v in self.table.items()}
+        elif cfg.filters.target_precision is not None:
+            out["thresholds_skipped"] = ("no teacher audit in this run" if self.audit is None else
+                                         "the audit answers carry no confidence (answerer label)")
+        if cfg.task == "classification":
+            teacher_kept = [e.output for e in kept if e.source == "teacher" and e.output]
+            seeds = distribution([s.output for s in self.skill.seeds if s.output])
+            out["label_distribution"] = {
+                "seeds": _rounded(seeds),
+                "generated": _rounded(distribution([e.output for e in candidates if e.output])),
+                "accepted": _rounded(distribution(teacher_kept)),
+                "accepted_counts": dict(sorted(Counter(teacher_kept).items())),
+                "distance_generated": round(tv_distance(distribution([e.output for e in candidates if e.output]),
+                                                        seeds), 4) if candidates else None,
+                "distance_accepted": round(tv_distance(distribution(teacher_kept), seeds), 4) if teacher_kept else None,
+            }
+            if self.distribution is not None:
+                out["label_distribution"]["bound"] = self.distribution.report
+        return out
+
+
+def _rounded(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+def read_audit(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "teacher_audit.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def confidence_steps(skill: Skill, run_dir: Path) -> ConfidenceSteps:
+    """Per-label thresholds from this run's teacher audit (teacher_audit.json) and the label
+    distribution bound, as the skill's filters ask."""
+    fc, cfg = skill.config.filters, skill.config
+    out = ConfidenceSteps(skill, read_audit(run_dir))
+    classification = cfg.task == "classification"
+    if fc.target_precision is not None and out.audit is not None and any(
+            i.get("confidence") is not None for i in out.audit.get("items", [])):
+        out.table = label_thresholds(out.audit["items"], fc.target_precision, fc.threshold_min_support,
+                                     cfg.labels if classification else None)
+        out.thresholds = LabelThresholds(out.table, fc.target_precision, classification)
+    if fc.max_label_distance is not None and classification:
+        out.distribution = LabelDistribution([s.output for s in skill.seeds if s.output], fc.max_label_distance)
+    return out
+
+
+@dataclass
 class FilterOutcome:
     kept: list[Example]
     rejected: list[Rejected]
@@ -115,8 +180,14 @@ def filter_stage(skill: Skill, candidates: list[Example], replay_items: Sequence
     eval_sets = eval_sets_for(skill, replay_items)
     index = DedupIndex.open(skill.name, cfg.filters, pool=pool, reference=skill.seeds, text=text)
     steps = default_steps(cfg.filters, skill.seeds + pool, eval_sets, skill=cfg, index=index, text=text)
+    confidence = confidence_steps(skill, run_dir)
+    if confidence.thresholds is not None:
+        steps.insert(1, confidence.thresholds)  # right after the quality checks: cheap, and drops many
+    if confidence.distribution is not None:
+        steps.append(confidence.distribution)  # last: on what would otherwise be accepted
     kept, rejected, stats = run_filters(candidates, steps)
     index.write_pending(run_dir, keep_ids=[e.id for e in kept])
+    stats["confidence"] = confidence.report(candidates, kept)
     stats["eval_sets"] = {name: len(items) for name, items in eval_sets.items()}
     stats["index"] = {"backend": "redis" if cfg.filters.redis_url else "local", "pool": len(pool),
                       "rebuilt_from_pool": index.rebuilt, "lsh_bands": index.lsh.b, "lsh_rows": index.lsh.r,

@@ -124,17 +124,27 @@ def print_summary(s: dict) -> None:
         for k, v in s["drops"].items():
             d.add_row(k, str(v))
         con.print(d)
-    metric = s["evaluation"].get("metric", "accuracy")
-    e = Table(title="evaluation")
-    for col in ("model", f"eval {metric}", "invalid", "replay agreement", "p50 s"):
-        e.add_column(col)
     num = lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "n/a"  # noqa: E731
-    for name in ("candidate", "champion"):
-        m = s["evaluation"].get(name)
-        if m:
-            e.add_row(name, num(m["eval"].get(metric)), num(m["eval"].get("invalid_rate")),
-                      num(m["replay"].get("agreement")), str(m["replay"].get("p50_s")))
-    con.print(e)
+    audit = s.get("audit")
+    if audit:
+        a = Table(title=f"teacher audit ({audit['n']} seeds, {audit['folds']}-fold)")
+        for col in ("option", audit["metric"], "teacher s", ""):
+            a.add_column(col)
+        for o in audit["options"]:
+            a.add_row(o["option"], num(o["score"]), str(o["teacher_seconds"]),
+                      "used" if o["option"] == audit["chosen"] else "")
+        con.print(a)
+    if s.get("evaluation"):
+        metric = s["evaluation"].get("metric", "accuracy")
+        e = Table(title="evaluation")
+        for col in ("model", f"eval {metric}", "invalid", "replay agreement", "p50 s"):
+            e.add_column(col)
+        for name in ("candidate", "champion"):
+            m = s["evaluation"].get(name)
+            if m:
+                e.add_row(name, num(m["eval"].get(metric)), num(m["eval"].get("invalid_rate")),
+                          num(m["replay"].get("agreement")), str(m["replay"].get("p50_s")))
+        con.print(e)
     dec = s["decision"]
     con.print(f"[bold]{'PROMOTED' if dec['promote'] else 'REJECTED'}[/bold]: " + "; ".join(dec["reasons"]))
     for g in dec["gates"]:

@@ -69,22 +69,45 @@ def provision_models(skill: Skill) -> Models:
     return Models(teacher=teacher, student=student, student_revision=model_revision(student))
 
 
+@task(name="teacher-audit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
+      retry_jitter_factor=0.5, retry_condition_fn=network_failure)
+def audit_teacher(skill: Skill, teacher_path: str, run_dir: Path, seed: int) -> dict:
+    """The teacher answers the seeds k-fold under every open option (shots, calibration); the
+    best option labels this run; below audit.floor the run stops. Writes teacher_audit.json."""
+    from teachers import open_teacher
+    from teachers.audit import run_audit
+    from teachers.strategies import answerer
+
+    with open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir,
+                      scoring=answerer(skill.config) == "score") as teacher:
+        audit = run_audit(skill, teacher, seed, progress=stage)
+        audit["accounting"] = teacher.report()
+    write_json(run_dir / "teacher_audit.json", audit)
+    log = get_run_logger()
+    for o in audit["options"]:
+        log.info("audit %-26s %s %.3f  (teacher %.1f s, %d sent)", o["option"], audit["metric"], o["score"] or 0.0,
+                 o["teacher_seconds"], o["requests_sent"])
+    (log.info if audit["passed"] else log.warning)(audit["reason"])
+    return audit
+
+
 # Retries only where the network is (teacher endpoint, registry storage); the deterministic
 # stages (provision, filter, train, evaluate) would fail the same way again. A retried expansion
 # re-sends nothing already answered (durable response cache); per-request retries with backoff
 # and the endpoint's rpm/tpm budget live in the teacher client (teachers/client.py).
 @task(name="teacher-expansion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
       retry_jitter_factor=0.5, retry_condition_fn=network_failure)
-def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int) -> dict:
+def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int, choice: dict | None = None) -> dict:
     """The configured strategies (default: new inputs in the style of the seeds, then labels
     from the few-shot teacher); writes generated.jsonl and teacher_accounting.json."""
     from flows.limits import teacher_expansion_slot
     from teachers import open_teacher
-    from teachers.strategies import run_expansion
+    from teachers.strategies import answerer, run_expansion
 
     # One slot of the global `teacher-expansion` limit across all runs (uncapped where the API has none).
-    with teacher_expansion_slot(), open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir) as teacher:
-        res = run_expansion(skill, teacher, run_dir, seed, progress=stage)
+    with teacher_expansion_slot(), open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir,
+                                                scoring=answerer(skill.config) == "score") as teacher:
+        res = run_expansion(skill, teacher, run_dir, seed, progress=stage, choice=choice)
     acc = res.accounting
     get_run_logger().info("teacher wrote %d inputs, answered %d, dropped %d; %d requests (%d cached, %d retries)",
                           res.inputs, len(res.examples), len(res.rejected), acc["requests"], acc["cache_hits"],
@@ -244,7 +267,10 @@ def _distill(params: RunParams) -> dict:
     write_json(run_dir / "params.json", params.model_dump())
 
     models = provision_models(skill)
-    expansion = expand(skill, models.teacher, run_dir, params.seed)
+    audit = audit_teacher(skill, models.teacher, run_dir, params.seed) if cfg.audit.enabled else None
+    if audit is not None and not audit["passed"]:
+        return _refuse(skill, params, run_id, run_dir, audit, t0)
+    expansion = expand(skill, models.teacher, run_dir, params.seed, audit["use"] if audit else None)
     filtered = filter_candidates(skill, run_dir, replay_items)
     refreshed = refresh_traffic(skill, run_dir, replay_items)
     if params.stage_pool:
@@ -289,6 +315,7 @@ def _distill(params: RunParams) -> dict:
                    "accepted": filtered["accepted"], "traffic_new": refreshed["new_records"],
                    "traffic_accepted": refreshed["kept"], "pool_after_run": pool_size, **training["pool"]},
         "drops": _drops(rejected),
+        "audit": _audit_summary(audit),
         "teacher": {"model": expansion["teacher"], "seconds": expansion["seconds"],
                     "prompt_tokens": expansion["prompt_tokens"], "accounting": expansion.get("accounting")},
         "filters": {"stats": filtered.get("stats"), "index_commit": index_commit},
@@ -306,13 +333,38 @@ def _distill(params: RunParams) -> dict:
     return summary
 
 
+def _audit_summary(audit: dict | None) -> dict | None:
+    """The audit without its per-item answers (those stay in teacher_audit.json)."""
+    return None if audit is None else {k: v for k, v in audit.items() if k not in ("items", "accounting")}
+
+
+def _refuse(skill: Skill, params: RunParams, run_id: str, run_dir: Path, audit: dict, t0: float) -> dict:
+    """The teacher failed its audit: no expansion, no training, nothing published; the decision
+    record says why. The pool, the dedup index and the traffic watermark are untouched."""
+    gate = {"name": "teacher_audit", "passed": False, "reasons": [audit["reason"]],
+            "value": audit["score"], "bound": audit["floor"]}
+    decision = {"promote": False, "stage": "teacher_audit", "reasons": [audit["reason"]], "gates": [gate]}
+    write_json(run_dir / "decision.json", {**decision, "run_id": run_id, "champion_version": None})
+    summary = {
+        "skill": skill.name, "profile": params.profile, "run_id": run_id, "run_dir": str(run_dir),
+        "counts": {"seeds": len(skill.seeds), "audited_seeds": audit["n"]}, "drops": {},
+        "audit": _audit_summary(audit), "decision": decision, "evaluation": {}, "champion_version": None,
+        "published": None, "seconds": round(time.time() - t0, 1),
+    }
+    write_json(run_dir / "summary.json", summary)
+    (run_dir / "summary.md").write_text(render_summary_md(summary))
+    _artifact(summary)
+    get_run_logger().warning("run %s stopped before expansion: %s", run_id, audit["reason"])
+    return summary
+
+
 def render_summary_md(s: dict) -> str:
-    cand = s["evaluation"]["candidate"]
-    champ = s["evaluation"]["champion"]
+    ev = s.get("evaluation") or {}
     lines = [f"# {s['skill']} run {s['run_id']} ({s['profile']})", "",
              f"**Decision: {'PROMOTED' if s['decision']['promote'] else 'REJECTED'}** — "
              + "; ".join(s["decision"]["reasons"]), "", "## Counts", "", "| stage | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in s["counts"].items() if not isinstance(v, dict)]
+    lines += _audit_md(s.get("audit"))
     acc = (s.get("teacher") or {}).get("accounting") or {}
     if acc:
         lat = f"{acc.get('latency_p50_s')} / {acc.get('latency_p95_s')}"
@@ -321,22 +373,81 @@ def render_summary_md(s: dict) -> str:
                   f"| {acc.get('requests')} | {acc.get('cache_hits')} | {acc.get('retries')} | "
                   f"{acc.get('failures') or 0} | {acc.get('prompt_tokens')} | {acc.get('completion_tokens')} | {lat} | "
                   f"{acc.get('estimated_cost')} |"]
-    lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
+    lines += _confidence_md(((s.get("filters") or {}).get("stats") or {}).get("confidence"))
+    if "drops" in s and s.get("teacher"):
+        lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
     lines += _refresh_md(s.get("refresh"))
-    metric = s["evaluation"].get("metric", "accuracy")
-    lines += ["", "## Evaluation", "", f"| model | eval {metric} | invalid | replay agreement | replay p50 s |",
-              "|---|---|---|---|---|"]
-    for name, m in (("candidate", cand), ("production", champ)):
-        if m:
-            lines.append(f"| {name} | {_num(m['eval'].get(metric))} | {_num(m['eval'].get('invalid_rate'))} | "
-                         f"{_num(m['replay'].get('agreement'))} | {m['replay'].get('p50_s')} |")
+    if ev:
+        metric = ev.get("metric", "accuracy")
+        lines += ["", "## Evaluation", "", f"| model | eval {metric} | invalid | replay agreement | replay p50 s |",
+                  "|---|---|---|---|---|"]
+        for name, m in (("candidate", ev.get("candidate")), ("production", ev.get("champion"))):
+            if m:
+                lines.append(f"| {name} | {_num(m['eval'].get(metric))} | {_num(m['eval'].get('invalid_rate'))} | "
+                             f"{_num(m['replay'].get('agreement'))} | {m['replay'].get('p50_s')} |")
     lines += ["", "## Gates", ""]
     for g in s["decision"]["gates"]:
         lines.append(f"- **{g['name']}**: {'pass' if g['passed'] else 'FAIL'} — " + "; ".join(g["reasons"]))
     lines += ["", f"Registry: {s['published']['path'] if s['published'] else 'unchanged'}",
               f"Run folder: {s['run_dir']}", f"Wall time: {s['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def _audit_md(a: dict | None) -> list[str]:
+    if not a:
+        return []
+    out = ["", "## Teacher audit", "",
+           f"{a['n']} seeds, {a['folds']}-fold (each answered once with shots from the other folds), answerer "
+           f"`{a['answerer']}`. {a['reason']}.", "",
+           f"| option | {a['metric']} | invalid | teacher s | sent | |", "|---|---|---|---|---|---|"]
+    for o in a["options"]:
+        out.append(f"| {o['option']} | {_num(o['score'])} | {_num(o.get('invalid_rate'))} | {o['teacher_seconds']} | "
+                   f"{o['requests_sent']} | {'**used**' if o['option'] == a['chosen'] else ''} |")
+    best = next(o for o in a["options"] if o["option"] == a["chosen"])
+    if "per_label_precision" in best:
+        seeds = a.get("seed_distribution") or {}
+        out += ["", f"Per-label bias of the chosen option ({a['chosen']}):", "",
+                "| label | seeds | predicted | precision | recall |", "|---|---|---|---|---|"]
+        pred = best.get("predicted_distribution", {})
+        for lab in best["per_label_precision"]:
+            out.append(f"| {lab} | {seeds.get(lab, 0)} | {pred.get(lab, 0)} | {_num(best['per_label_precision'][lab])} "
+                       f"| {_num(best['per_label_recall'].get(lab))} |")
+        if pred.get("<invalid>"):
+            out.append(f"| (invalid) | 0 | {pred['<invalid>']} | | |")
+    return out
+
+
+def _confidence_md(c: dict | None) -> list[str]:
+    if not c:
+        return []
+    out = ["", "## Confidence and label balance", ""]
+    if c.get("thresholds"):
+        out += [f"Per-label thresholds from the audit, for precision >= {c['target_precision']}:", "",
+                "| label | threshold | audit precision | audit support | teacher examples kept |",
+                "|---|---|---|---|---|"]
+        for lab, t in c["thresholds"].items():
+            thr = _num(t["threshold"]) if t["reachable"] else "unreachable"
+            out.append(f"| {lab} | {thr} | {_num(t['precision'])} | {t['support']} | {t['kept']} |")
+    elif c.get("thresholds_skipped"):
+        out.append(f"Thresholds not applied: {c['thresholds_skipped']}.")
+    d = c.get("label_distribution")
+    if d:
+        labs = sorted(set(d["seeds"]) | set(d["generated"]) | set(d["accepted"]))
+        out += ["", "| label distribution | " + " | ".join(labs) + " | TV distance to seeds |",
+                "|---|" + "---|" * (len(labs) + 1)]
+        for name, dist_key, dkey in (("seeds", "seeds", None), ("generated", "generated", "distance_generated"),
+                                     ("accepted", "accepted", "distance_accepted")):
+            row = " | ".join(_num(d[dist_key].get(lab, 0.0)) for lab in labs)
+            out.append(f"| {name} | {row} | {_num(d.get(dkey)) if dkey else ''} |")
+        b = d.get("bound")
+        if b:
+            out.append("")
+            out.append(f"Bound: TV <= {b['max_distance']}: {b['distance_before']} -> {b['distance_after']} after "
+                       f"dropping {b['dropped']} least-confident examples of over-represented labels"
+                       + ("" if b["reached"] else " (not reachable by dropping: a label has too few teacher examples)")
+                       + ".")
+    return out
 
 
 def _refresh_md(r: dict | None) -> list[str]:

@@ -92,8 +92,9 @@ def _use_llama_cpp(cfg: TeacherConfig) -> bool:
 
 @contextlib.contextmanager
 def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_path: str | Path | None = None,
-                 log_dir: str | Path | None = None) -> Iterator[Teacher]:
-    """A ready `Teacher` for the config; servers it starts are stopped on exit."""
+                 log_dir: str | Path | None = None, scoring: bool = False) -> Iterator[Teacher]:
+    """A ready `Teacher` for the config; servers it starts are stopped on exit. `scoring`: the run
+    asks for label log-likelihoods (the embedded llama.cpp server then keeps all logits)."""
     from teachers.cache import ResponseCache
 
     settings = settings_from_config(cfg)
@@ -104,7 +105,7 @@ def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_pa
             from teachers.http import OpenAIBackend
 
             backend = OpenAIBackend(cfg.base_url or "", cfg.model, cfg.endpoint, resolve_api_key(cfg), cfg.timeout_s,
-                                    max_connections=cfg.max_in_flight, name=cfg.model)
+                                    max_connections=cfg.max_in_flight, name=cfg.model, score_method=cfg.score_method)
             backend.check()
             log.info("teacher %s: OpenAI-compatible %s endpoint at %s", cfg.model, cfg.endpoint, cfg.base_url)
             yield Teacher(backend, settings, cache, prices, name=cfg.model, kind="http")
@@ -116,10 +117,11 @@ def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_pa
 
             gguf = bundled_gguf()
             log_path = Path(log_dir) / "llama_server.log" if log_dir else None
-            with llama_server(gguf, log_path=log_path) as url:
+            with llama_server(gguf, log_path=log_path, logits_all=scoring) as url:
                 backend = OpenAIBackend(url, gguf.stem, "completions", None, cfg.timeout_s, name=cfg.model,
                                         max_connections=LLAMA_CPP_IN_FLIGHT, backend_label="llama_cpp",
-                                        identity={"backend": "llama_cpp", "model": f"sha256:{pkg.EXPECTED_SHA256}"})
+                                        identity={"backend": "llama_cpp", "model": f"sha256:{pkg.EXPECTED_SHA256}"},
+                                        score_method=cfg.score_method)
                 settings.max_in_flight = min(settings.max_in_flight, LLAMA_CPP_IN_FLIGHT)
                 log.info("teacher %s: served by llama.cpp at %s", cfg.model, url)
                 yield Teacher(backend, settings, cache, prices, name=cfg.model, kind="llama_cpp")

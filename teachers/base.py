@@ -66,6 +66,9 @@ class Request:
     seed: int = 0
     response_format: str | None = None  # canonical JSON text of the OpenAI response_format payload
     attempt: int = 0
+    # Scoring instead of sampling: the teacher returns each option's log-likelihood after the
+    # prompt (Completion.text is {"option": logprob, ...} as JSON) and writes nothing.
+    options: tuple[str, ...] | None = None
 
     def cache_key(self, identity: dict[str, Any]) -> str:
         """sha256 of who answers (backend, host, model) and everything that shapes the answer."""
@@ -73,6 +76,8 @@ class Request:
                    "temperature": self.temperature, "top_p": self.top_p, "stop": list(self.stop),
                    "sample": self.sample_index, "seed": self.seed, "response_format": self.response_format,
                    "attempt": self.attempt}
+        if self.options is not None:  # only scoring requests carry it, so earlier cache keys stay valid
+            payload["options"] = list(self.options)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def text_for_tokens(self) -> str:

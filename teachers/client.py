@@ -72,6 +72,8 @@ class Teacher:
         self._failed_total = self._run_failed = self._run_finished = 0
 
     def key(self, req: Request) -> str:
+        if req.options is not None:  # how an HTTP server was asked for scores changes them
+            return req.cache_key({**self._identity, "score_method": getattr(self.backend, "score_method", "forward")})
         return req.cache_key(self._identity)
 
     # --- public -----------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import random
 import threading
 from collections import Counter
@@ -93,6 +94,21 @@ class FakeOpenAIServer:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
                   else {"index": 0, "text": text, "finish_reason": "stop"})
+        if body.get("echo") and not chat and body.get("logprobs") is not None:
+            # Prompt logprobs (vLLM / OpenAI legacy completions): one token per word, logprob -len(word)/10.
+            toks = [(m.start(), m.group(0)) for m in re.finditer(r"\s*\S+", prompt)]
+            choice["text"] = prompt + text
+            choice["logprobs"] = {"tokens": [t for _, t in toks], "text_offset": [o for o, _ in toks],
+                                  "token_logprobs": [None] + [-len(t.strip()) / 10 for _, t in toks[1:]]}
+        elif body.get("logprobs"):  # first-token top logprobs, as OpenAI-compatible servers return them
+            first = (" " + text.split()[0]) if text.split() else " "
+            top = {first: -0.1, " the": -3.0, " a": -4.0}
+            if chat:
+                choice["logprobs"] = {"content": [{"token": first, "logprob": -0.1, "top_logprobs": [
+                    {"token": t, "logprob": v} for t, v in top.items()]}]}
+            else:
+                choice["logprobs"] = {"tokens": [first], "token_logprobs": [-0.1], "top_logprobs": [top],
+                                      "text_offset": [len(prompt)]}
         return web.Response(text=json.dumps({"id": "x", "object": "chat.completion" if chat else "text_completion",
                                              "model": body.get("model"), "choices": [choice], "usage": usage}),
                             content_type="application/json")

@@ -12,16 +12,32 @@ import email.utils
 import functools
 import json
 import logging
+import math
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
-from teachers.base import (Completion, FatalRequestError, Request, RetryableError, TeacherAuthError,
+from teachers.base import (Completion, FatalRequestError, Request, RetryableError, TeacherAuthError, TeacherError,
                            TeacherUnreachable)
 
 log = logging.getLogger("distill.teachers")
+
+TOP_LOGPROBS = 20  # the most OpenAI's chat endpoint returns
+
+
+def first_token_scores(top: dict[str, float], options: tuple[str, ...]) -> dict[str, float]:
+    """Each option's score from the first answer token's top logprobs (see OpenAIBackend._score)."""
+    floor = min(top.values()) - math.log(2)
+    out = {}
+    for opt in options:
+        # Tokens may come with or without the leading space the option starts with.
+        matches = [(len(t.strip()), lp) for t, lp in top.items()
+                   if t.strip() and (opt.startswith(t) or opt.lstrip().startswith(t.lstrip()))]
+        out[opt] = max(matches)[1] if matches else floor
+    return out
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -52,7 +68,8 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str, endpoint: str = "completions", api_key: str | None = None,
                  timeout_s: float = 60.0, max_connections: int = 64, name: str | None = None,
-                 backend_label: str = "openai", identity: dict[str, Any] | None = None):
+                 backend_label: str = "openai", identity: dict[str, Any] | None = None,
+                 score_method: str = "auto"):
         if endpoint not in ("completions", "chat"):
             raise ValueError(f"teacher.endpoint must be 'completions' or 'chat', got {endpoint!r}")
         self.base_url = base_url.rstrip("/")
@@ -68,6 +85,9 @@ class OpenAIBackend:
         self._clients: list[httpx.AsyncClient] = []
         self._rf_ok = True  # turned off when the server rejects response_format (answers are validated locally anyway)
         self._path = "/completions" if endpoint == "completions" else "/chat/completions"
+        if score_method == "auto":
+            score_method = "first_token" if endpoint == "chat" or backend_label == "llama_cpp" else "echo"
+        self.score_method = score_method
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend({self.base_url!r}, model={self.model!r}, endpoint={self.endpoint!r})"
@@ -133,11 +153,87 @@ class OpenAIBackend:
 
     async def send(self, req: Request) -> Completion:
         assert self._clients, "call open() first"
+        if req.options is not None:
+            return await self._score(req)
+        return await self._post(req, self.body(req), self._read_completion)
+
+    async def _score(self, req: Request) -> Completion:
+        """Each option's log-likelihood after the prompt.
+
+        echo: `echo` + `logprobs` on the completions endpoint return the logprob of every prompt
+        token; an option's are the tokens past the prompt's end (one request per option).
+        first_token: one request for the top-20 logprobs of the first answer token; an option
+        scores the logprob of the longest listed token it starts with, and an option absent
+        from the list gets an upper bound below the 20th (its true logprob is lower still)."""
+        prompt = req.prompt if req.prompt is not None else "\n\n".join(c for _, c in req.messages or ())
+        options = req.options or ()
+        if self.score_method == "first_token":
+            body = self.body(replace(req, max_tokens=1, stop=(), response_format=None, temperature=0.0))
+            if self.endpoint == "chat":
+                body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+            else:
+                body["logprobs"] = TOP_LOGPROBS
+            return await self._post(req, body, lambda data, t0: Completion(
+                text=json.dumps(first_token_scores(self._top_logprobs(data), options)), finish_reason="scored",
+                prompt_tokens=int((data.get("usage") or {}).get("prompt_tokens") or 0), completion_tokens=0,
+                seconds=time.perf_counter() - t0))
+        if self.endpoint != "completions":
+            raise FatalRequestError("scoring_needs_completions", "echo scoring needs the completions endpoint")
+        t0 = time.perf_counter()
+        scores, prompt_tokens = {}, 0
+        for opt in options:
+            body = {"model": self.model, "prompt": prompt + opt, "max_tokens": 1, "temperature": 0.0,
+                    "echo": True, "logprobs": 1}
+
+            def read(data: dict[str, Any], t0: float, start=len(prompt), end=len(prompt + opt)) -> Completion:
+                lp = data["choices"][0].get("logprobs") or {}
+                offsets, values = lp.get("text_offset"), lp.get("token_logprobs")
+                if not offsets or not values:
+                    raise TeacherError(f"teacher at {self.base_url} returned no prompt logprobs for echo+logprobs, "
+                                       "which the score answerer needs: set teacher.score_method: first_token, or "
+                                       "use the label or self_consistency answerer in expansion.strategies")
+                total = sum(v for o, v in zip(offsets, values) if start <= o < end and v is not None)
+                return Completion(text=str(total), finish_reason="scored",
+                                  prompt_tokens=int((data.get("usage") or {}).get("prompt_tokens") or 0),
+                                  completion_tokens=0, seconds=time.perf_counter() - t0)
+
+            c = await self._post(req, body, read)
+            scores[opt] = float(c.text)
+            prompt_tokens += c.prompt_tokens
+        return Completion(text=json.dumps(scores), finish_reason="scored", prompt_tokens=prompt_tokens,
+                          completion_tokens=0, seconds=time.perf_counter() - t0)
+
+    def _top_logprobs(self, data: dict[str, Any]) -> dict[str, float]:
+        lp = data["choices"][0].get("logprobs") or {}
+        if self.endpoint == "chat":
+            content = lp.get("content") or []
+            top = {t["token"]: float(t["logprob"]) for t in (content[0].get("top_logprobs") or [])} if content else {}
+        else:
+            tops = lp.get("top_logprobs") or []
+            top = {k: float(v) for k, v in (tops[0] or {}).items()} if tops else {}
+        if not top:
+            raise TeacherError(f"teacher at {self.base_url} returned no logprobs, which the score answerer needs: "
+                               "use the label or self_consistency answerer in expansion.strategies")
+        return top
+
+    def _read_completion(self, data: dict[str, Any], t0: float) -> Completion:
+        choice = data["choices"][0]
+        text = choice["text"] if self.endpoint == "completions" else choice["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError("text is not a string")
+        usage = data.get("usage") or {}
+        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0),
+                          seconds=time.perf_counter() - t0)
+
+    async def _post(self, req: Request, body: dict[str, Any], read) -> Completion:
+        """POST one body and classify what came back; `read(json, t0)` makes the Completion."""
         client = self._clients[self._next % len(self._clients)]
         self._next += 1
         t0 = time.perf_counter()
         try:
-            r = await client.post(self._path, json=self.body(req))
+            r = await client.post(self._path, json=body)
         except httpx.TimeoutException as e:
             raise RetryableError("timeout", detail=type(e).__name__) from None
         except httpx.TransportError as e:  # refused, reset, closed mid-response
@@ -159,15 +255,6 @@ class OpenAIBackend:
         if code >= 400:
             raise FatalRequestError(f"http_{code}", detail=r.text[:200])
         try:
-            data = r.json()
-            choice = data["choices"][0]
-            text = choice["text"] if self.endpoint == "completions" else choice["message"]["content"]
-            if not isinstance(text, str):
-                raise TypeError("text is not a string")
-            usage = data.get("usage") or {}
-            return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0),
-                              seconds=time.perf_counter() - t0)
+            return read(r.json(), t0)
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise RetryableError("malformed_response", detail=f"{type(e).__name__}: {str(e)[:100]}") from None

@@ -49,19 +49,20 @@ def free_port() -> int:
 @contextlib.contextmanager
 def llama_server(model_path: str | Path, n_ctx: int = 2048, n_batch: int = 512,
                  n_threads: int | None = None, startup_timeout_s: float = 120.0,
-                 log_path: str | Path | None = None) -> Iterator[str]:
+                 log_path: str | Path | None = None, logits_all: bool = False) -> Iterator[str]:
     """Start `python -m llama_cpp.server` on a free loopback port; yield its base URL (…/v1); stop it.
 
     n_ctx is the context per sequence: few-shot prompts are ~600 tokens, so 2048 leaves room.
     llama-cpp-python's server decodes one request at a time (it has no n_parallel, unlike
     llama.cpp's own llama-server), so the client keeps 2 in flight; n_batch 512 makes the
-    prefill of a whole prompt one pass.
+    prefill of a whole prompt one pass. `logits_all` keeps every prompt position's logits, which
+    echo+logprobs scoring (teachers/scoring.py) needs; it slows prefill, so only scoring runs ask.
     """
     port = free_port()
     threads = n_threads or max(1, os.cpu_count() or 1)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", str(n_ctx), "--n_batch", str(n_batch), "--n_threads", str(threads),
-           "--model_alias", Path(model_path).stem]
+           "--model_alias", Path(model_path).stem] + (["--logits_all", "true"] if logits_all else [])
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"

@@ -118,6 +118,48 @@ class LocalModel:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]
 
+    def score(self, prompt: str, options: Sequence[str]) -> Completion:
+        """The log-likelihood of each option after the prompt (text: {"option": logprob} as JSON).
+        One forward pass over the prompt; options longer than one token continue from its KV
+        cache in one small batch, so scoring costs about one prefill however many options."""
+        import json
+
+        import torch
+
+        tok = self.tokenizer
+        t0 = time.time()
+        p_ids = tok(prompt)["input_ids"]
+        conts = []
+        for o in options:
+            full = tok(prompt + o)["input_ids"]
+            # The prompt's tokens are a prefix of prompt+option when the option starts a new word
+            # (" billing" after "Team:"); otherwise the option is tokenized alone.
+            conts.append(full[len(p_ids):] if full[: len(p_ids)] == p_ids and len(full) > len(p_ids)
+                         else tok(o, add_special_tokens=False)["input_ids"])
+        with torch.inference_mode():
+            first = self.model(input_ids=torch.tensor([p_ids], device=self.device), use_cache=True, logits_to_keep=1)
+            lp0 = torch.log_softmax(first.logits[0, -1].float(), -1)
+            scores = [float(lp0[c[0]]) for c in conts]
+            multi = [i for i, c in enumerate(conts) if len(c) > 1]
+            if multi:
+                n, p_len = len(multi), len(p_ids)
+                t_len = max(len(conts[i]) - 1 for i in multi)
+                cache = first.past_key_values
+                cache.batch_repeat_interleave(n)
+                ids = torch.full((n, t_len), tok.pad_token_id, dtype=torch.long)
+                for r, i in enumerate(multi):
+                    ids[r, : len(conts[i]) - 1] = torch.tensor(conts[i][:-1])
+                # Right padding is harmless: a causal model's earlier positions never see it.
+                pos = torch.arange(p_len, p_len + t_len).unsqueeze(0).expand(n, t_len)
+                out = self.model(input_ids=ids.to(self.device), past_key_values=cache,
+                                 attention_mask=torch.ones(n, p_len + t_len, dtype=torch.long, device=self.device),
+                                 position_ids=pos.to(self.device), cache_position=pos[0].to(self.device))
+                lp = torch.log_softmax(out.logits.float(), -1)
+                for r, i in enumerate(multi):
+                    scores[i] += float(sum(lp[r, j, conts[i][j + 1]] for j in range(len(conts[i]) - 1)))
+        return Completion(text=json.dumps(dict(zip(options, scores))), finish_reason="scored",
+                          prompt_tokens=len(p_ids), completion_tokens=0, seconds=time.time() - t0)
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
@@ -137,17 +179,24 @@ class LocalBackend:
         """Requests that share decoding settings go through one batched `complete` call."""
         # Per-request seeds are not a grouping key (that would make every batch one row): a batch
         # samples from its first request's seed, so the same batch gives the same answers.
+        out: list[Completion | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
+            if r.options is not None:  # scoring, not sampling
+                out[i] = self.model.score(_prompt_text(r), r.options)
+                continue
             groups.setdefault((r.max_tokens, r.temperature, "\n" in r.stop), []).append(i)
-        out: list[Completion | None] = [None] * len(requests)
         for (max_tokens, temperature, newline), idx in groups.items():
             seed = requests[idx[0]].seed
-            prompts = [requests[i].prompt if requests[i].prompt is not None
-                       else "\n\n".join(c for _, c in requests[i].messages) for i in idx]
+            prompts = [_prompt_text(requests[i]) for i in idx]
             # Rows of one batch sample independently, so n samples of one prompt differ.
             comps = self.model.complete(prompts, max_new_tokens=max_tokens, temperature=temperature,
                                         batch_size=len(prompts), seed=seed, stop_at_newline=newline)
             for i, c in zip(idx, comps):
                 out[i] = c
         return out  # type: ignore[return-value]
+
+
+def _prompt_text(r) -> str:
+    """A request's prompt; chat messages joined by blank lines (a base model has no chat template)."""
+    return r.prompt if r.prompt is not None else "\n\n".join(c for _, c in r.messages)

@@ -7,6 +7,8 @@ Input writers:
   rewrite        paraphrased or harder variants of seeds (or of this run's new inputs)
 Answerers (one of):
   label            the teacher answers with few-shot seeds (greedy)
+  score            classification: the labels ranked by the teacher's log-likelihood, optionally
+                   calibrated (teachers/scoring.py); the label's probability is the confidence
   self_consistency n sampled answers; the majority answer is kept, its share is the confidence
 
 Every example records its teacher, `meta.strategy` (the input writer), `meta.answer_strategy`
@@ -30,6 +32,7 @@ from core.records import Example, Rejected, content_id, write_examples, write_js
 from core.skills import Skill, SkillConfig
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
+from teachers.shots import ShotPicker, balanced_shots  # noqa: F401 (balanced_shots: re-exported)
 
 Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
 
@@ -78,24 +81,6 @@ def _by_label(seeds: list[Example]) -> dict[str, list[Example]]:
     for s in seeds:
         groups.setdefault(s.output or "", []).append(s)
     return groups
-
-
-def balanced_shots(seeds: list[Example], k: int, rng: random.Random) -> list[Example]:
-    """k seeds spread evenly over the labels, in random order."""
-    groups = {lab: rng.sample(xs, len(xs)) for lab, xs in _by_label(seeds).items()}
-    shots: list[Example] = []
-    while len(shots) < min(k, len(seeds)):
-        for lab in sorted(groups):
-            if groups[lab] and len(shots) < k:
-                shots.append(groups[lab].pop())
-    rng.shuffle(shots)
-    return shots
-
-
-def _answer_shots(cfg: SkillConfig, seeds: list[Example], k: int, rng: random.Random) -> list[Example]:
-    if cfg.task == "classification":
-        return balanced_shots(seeds, k, rng)
-    return rng.sample(seeds, min(k, len(seeds)))
 
 
 def _style_groups(skill: Skill) -> list[tuple[str, list[Example]]]:
@@ -285,12 +270,22 @@ def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed
 # --- answerers ------------------------------------------------------------------------------------------------------
 
 
-def _answer_prompts(skill: Skill, examples: list[Example], seed: int) -> tuple[list[str], list[list[str]]]:
+def shot_picker(skill: Skill, mode: str | None = None, pool: list[Example] | None = None, seed: int = 0) -> ShotPicker:
+    """The labeling shots: `mode` (default teacher.shot_selection; auto means random until the
+    audit chose) from `pool` (default every seed)."""
     cfg = skill.config
-    rng = random.Random(seed + 1)
+    mode = mode or cfg.teacher.shot_selection
+    return ShotPicker(cfg, skill.seeds if pool is None else pool, cfg.teacher.few_shot,
+                      "random" if mode == "auto" else mode, seed)
+
+
+def _answer_prompts(skill: Skill, examples: list[Example], seed: int,
+                    picker: ShotPicker | None = None) -> tuple[list[str], list[list[str]]]:
+    cfg = skill.config
+    picker = picker or shot_picker(skill, seed=seed)
     prompts, shot_ids = [], []
     for ex in examples:
-        shots = _answer_shots(cfg, skill.seeds, cfg.teacher.few_shot, rng)
+        shots = picker.pick(ex.input)
         prompts.append(prompting.format_prompt(cfg, ex.input, [(s.input, s.output) for s in shots]))
         shot_ids.append([s.id for s in shots])
     return prompts, shot_ids
@@ -307,12 +302,13 @@ def _answer_check(cfg: SkillConfig, examples: list[Example]):
 
 
 def label(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0,
-          advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+          advance: Callable[..., None] = lambda *a, **k: None,
+          picker: ShotPicker | None = None) -> tuple[list[Example], list[Rejected]]:
     """The teacher answers each input with few-shot seeds (greedy); invalid answers are re-asked,
     then dropped with their reason. Classification confidence: 1.0 when the answer agrees with
     the label whose seeds inspired the input (`seed_label`), 0.5 when they split."""
     cfg = skill.config
-    prompts, shot_ids = _answer_prompts(skill, examples, seed)
+    prompts, shot_ids = _answer_prompts(skill, examples, seed, picker)
     rf = response_format_for(skill)
     reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=0.0, stop=("\n",), seed=seed,
                     response_format=rf) for p in prompts]
@@ -337,13 +333,14 @@ def label(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0
 
 
 def self_consistency(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0,
-                     advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+                     advance: Callable[..., None] = lambda *a, **k: None,
+                     picker: ShotPicker | None = None) -> tuple[list[Example], list[Rejected]]:
     """n sampled answers per input; the majority (valid) answer is kept with confidence = its
     share of the n samples. An invalid sample is an abstention, not re-asked (the other samples
     already cover for it)."""
     cfg, ec = skill.config, skill.config.expansion
     n = ec.self_consistency_samples
-    prompts, shot_ids = _answer_prompts(skill, examples, seed)
+    prompts, shot_ids = _answer_prompts(skill, examples, seed, picker)
     rf = response_format_for(skill)
     reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=ec.self_consistency_temperature,
                     top_p=1.0, stop=("\n",), seed=(seed * 1_000 + j) % 2**31, sample_index=j, response_format=rf)
@@ -387,6 +384,40 @@ def self_consistency(skill: Skill, teacher: Teacher, examples: list[Example], se
     return kept, rejected
 
 
+def score(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0,
+          advance: Callable[..., None] = lambda *a, **k: None, picker: ShotPicker | None = None,
+          prior: dict[str, float] | None = None) -> tuple[list[Example], list[Rejected]]:
+    """Classification: rank the labels by the teacher's log-likelihood (no sampling), divided by
+    `prior` (contextual calibration) when given. The answer is the most probable label and its
+    probability is the confidence; every label's probability is kept in `meta.label_probs`."""
+    from teachers.scoring import argmax, calibrate, run_scores, softmax
+
+    cfg = skill.config
+    prompts, shot_ids = _answer_prompts(skill, examples, seed, picker)
+    scores = run_scores(cfg, teacher, prompts, advance)
+    kept: list[Example] = []
+    rejected: list[Rejected] = []
+    for ex, ids, sc in zip(examples, shot_ids, scores):
+        meta = {**ex.meta, "answer_strategy": "score", "calibrated": prior is not None}
+        if isinstance(sc, Failure):
+            out = Example(id=content_id(skill.name, ex.input, None), skill=ex.skill, input=ex.input, output=None,
+                          source="teacher", teacher=teacher.name, parent_ids=list(dict.fromkeys(ex.parent_ids + ids)),
+                          created_at=ex.created_at, meta=meta)
+            rejected.append(Rejected(out, "score", sc.cause, {"attempts": sc.attempts,
+                                                              **({"error": sc.detail} if sc.detail else {})}))
+            continue
+        probs = calibrate(softmax(sc), prior)
+        answer = argmax(probs)
+        meta["label_probs"] = {k: round(v, 4) for k, v in probs.items()}
+        if "seed_label" in ex.meta:
+            meta["seed_label_agrees"] = answer == ex.meta["seed_label"]
+        kept.append(Example(id=content_id(skill.name, ex.input, answer), skill=ex.skill, input=ex.input,
+                            output=answer, source="teacher", teacher=teacher.name,
+                            parent_ids=list(dict.fromkeys(ex.parent_ids + ids)), created_at=ex.created_at,
+                            confidence=round(probs[answer], 4), meta=meta))
+    return kept, rejected
+
+
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
@@ -402,13 +433,24 @@ class ExpansionResult:
     by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def answerer(cfg: SkillConfig) -> str:
+    st = set(cfg.expansion.strategies)
+    return "self_consistency" if "self_consistency" in st else "score" if "score" in st else "label"
+
+
 def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: int,
-                  progress: Progress | None = None) -> ExpansionResult:
-    """Write inputs (self_instruct, rewrite), answer them (label or self_consistency), write
-    generated.jsonl and teacher_accounting.json to `run_dir`, and return the result."""
+                  progress: Progress | None = None, choice: dict[str, Any] | None = None) -> ExpansionResult:
+    """Write inputs (self_instruct, rewrite), answer them (label, score or self_consistency), write
+    generated.jsonl and teacher_accounting.json to `run_dir`, and return the result. `choice`
+    ({"shots": random|similar, "calibration": none|contextual}) is what the teacher audit picked;
+    without it the config's settings apply (auto: random shots, calibrated scores)."""
     progress = progress or _no_progress
     ec = skill.config.expansion
+    tc = skill.config.teacher
     st = set(ec.strategies)
+    choice = dict(choice or {})
+    shots = choice.get("shots") or ("random" if tc.shot_selection == "auto" else tc.shot_selection)
+    calibration = choice.get("calibration") or ("contextual" if tc.calibration == "auto" else tc.calibration)
     t0 = time.perf_counter()
     inputs: list[Example] = []
     rejected: list[Rejected] = []
@@ -431,17 +473,30 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         inputs += k
         rejected += r
         by["rewrite"] = {"kept": len(k), "dropped": len(r)}
-    answerer = "self_consistency" if "self_consistency" in st else "label"
-    if answerer == "label":
+    who = answerer(skill.config)
+    picker = shot_picker(skill, shots, seed=seed)
+    used: dict[str, Any] = {"answerer": who, "shots": shots}
+    if who == "label":
         with progress("teacher: labels", len(inputs)) as advance:
-            answered, r = label(skill, teacher, inputs, seed=seed, advance=advance)
+            answered, r = label(skill, teacher, inputs, seed=seed, advance=advance, picker=picker)
+    elif who == "score":
+        prior = None
+        used["calibration"] = calibration
+        if calibration == "contextual":
+            from teachers.scoring import content_free_prior
+
+            with progress("teacher: content-free prior", tc.calibration_shot_sets * 3) as advance:
+                prior = content_free_prior(skill.config, teacher, skill.seeds, seed, advance=advance)
+            used["prior"] = {k: round(v, 4) for k, v in prior.items()}
+        with progress("teacher: label scores", len(inputs)) as advance:
+            answered, r = score(skill, teacher, inputs, seed=seed, advance=advance, picker=picker, prior=prior)
     else:
         total = len(inputs) * ec.self_consistency_samples
         with progress("teacher: self-consistency samples", total) as advance:
-            answered, r = self_consistency(skill, teacher, inputs, seed=seed, advance=advance)
+            answered, r = self_consistency(skill, teacher, inputs, seed=seed, advance=advance, picker=picker)
     rejected += r
-    by[answerer] = {"kept": len(answered), "dropped": len(r)}
-    accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested}
+    by[who] = {"kept": len(answered), "dropped": len(r)}
+    accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested, "answering": used}
     if run_dir is not None:
         write_examples(Path(run_dir) / "generated.jsonl", answered)
         write_json(Path(run_dir) / "teacher_accounting.json", accounting)

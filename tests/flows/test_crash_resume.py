@@ -26,7 +26,9 @@ LABELS = ["billing", "bug", "feature_request", "account", "other"]
 RUN_ID, SEED = "crash", 7
 
 CRASH_PROFILE = {
-    "expansion": {"target_examples": 48},
+    # The fake server answers text, not logprobs: the label answerer, and no audit (tested elsewhere).
+    "expansion": {"target_examples": 48, "strategies": ["self_instruct", "label"]},
+    "audit": {"enabled": False}, "filters": {"target_precision": None, "max_label_distance": None},
     # 4 in flight at 0.25 s an answer: about 16 answers/s, so expansion lasts seconds, not milliseconds.
     "teacher": {"few_shot": 4, "style_shots": 3, "max_new_tokens": 24, "max_in_flight": 4},
     "student": {"quantization": "nf4", "lora": {"r": 4, "alpha": 8},

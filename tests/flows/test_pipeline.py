@@ -151,3 +151,68 @@ def test_cli_unreachable_teacher(skill_root):
     p = subprocess.run([sys.executable, "-m", "flows.cli", "run", "ticket-triage"], capture_output=True, text=True,
                        cwd=REPO)
     assert p.returncode == 2 and "teacher unreachable at http://127.0.0.1:9/v1" in p.stderr
+
+
+def _add_profile(skill_root, name, over):
+    import yaml
+
+    from core.skills import deep_merge
+
+    path = skill_root / "ticket-triage" / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["profiles"][name] = deep_merge(cfg["profiles"]["tiny"], over)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def test_a_teacher_below_the_audit_floor_is_refused_before_expansion(skill_root, prefect_harness):
+    """Issue 10: the k-fold audit on the seeds scores the (random, tiny) teacher below the floor:
+    no expansion, no training, nothing published; decision.json says why."""
+    from core.workdir import pool_dir
+    from registry import Registry
+
+    _add_profile(skill_root, "refused", {"audit": {"floor": 0.99, "folds": 3},
+                                         "expansion": {"strategies": ["self_instruct", "score"]},
+                                         "teacher": {"calibration_shot_sets": 1}})
+    s = _run("refused", "weak")
+    run_dir = Path(s["run_dir"])
+    assert s["decision"]["promote"] is False and s["decision"]["stage"] == "teacher_audit"
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert "< audit.floor 0.990" in decision["reasons"][0] and "expansion refused" in decision["reasons"][0]
+    assert decision["gates"][0]["name"] == "teacher_audit" and decision["gates"][0]["passed"] is False
+    audit = json.loads((run_dir / "teacher_audit.json").read_text())
+    assert audit["n"] == 50 and len(audit["items"]) == 50 and audit["score"] < 0.99
+    assert not (run_dir / "generated.jsonl").exists() and not (run_dir / "train").exists()
+    assert not (pool_dir("ticket-triage") / "accepted.jsonl").exists()
+    assert Registry().aliases("ticket-triage") == {}
+    md = (run_dir / "summary.md").read_text()
+    assert "## Teacher audit" in md and "REJECTED" in md
+
+
+def test_confidence_thresholds_and_label_balance_reach_the_summary(skill_root, prefect_harness):
+    """Issue 10: scored, calibrated labels; per-label thresholds from the audit; the label
+    distribution bound; all of it in summary.json and summary.md."""
+    _add_profile(skill_root, "scored", {
+        "expansion": {"strategies": ["self_instruct", "score"], "target_examples": 10},
+        "teacher": {"shot_selection": "auto", "calibration": "auto", "calibration_shot_sets": 1},
+        "audit": {"folds": 3},
+        "filters": {"min_confidence": 0.0, "target_precision": 0.05, "threshold_min_support": 1,
+                    "max_label_distance": 0.5}})
+    s = _run("scored", "scored")
+    run_dir = Path(s["run_dir"])
+    assert [o["option"] for o in s["audit"]["options"]] == [
+        "random shots, raw", "random shots, calibrated", "similar shots, raw", "similar shots, calibrated"]
+    # (The random tiny teacher writes few usable inputs; tests/teachers/test_audit.py checks the scored labels.)
+    gen = [json.loads(x) for x in (run_dir / "generated.jsonl").read_text().splitlines()]
+    assert all(g["meta"]["answer_strategy"] == "score" and 0 < g["confidence"] <= 1 for g in gen)
+    conf = s["filters"]["stats"]["confidence"]
+    assert set(conf["thresholds"]) == set(["billing", "bug", "feature_request", "account", "other"])
+    kept_by_threshold = sum(t["kept"] for t in conf["thresholds"].values())
+    dist = conf["label_distribution"]
+    assert sum(dist["accepted_counts"].values()) == s["counts"]["accepted"] <= kept_by_threshold
+    assert dist["bound"]["max_distance"] == 0.5 and set(dist["seeds"]) == set(conf["thresholds"])
+    used = json.loads((run_dir / "teacher_accounting.json").read_text())["answering"]
+    chosen = next(o for o in s["audit"]["options"] if o["option"] == s["audit"]["chosen"])
+    assert used["shots"] == chosen["shots"] and used["calibration"] == chosen["calibration"]
+    md = (run_dir / "summary.md").read_text()
+    for needle in ("## Teacher audit", "**used**", "## Confidence and label balance", "| accepted |", "| seeds |"):
+        assert needle in md, needle

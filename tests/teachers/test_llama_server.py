@@ -72,3 +72,22 @@ def test_bundled_teacher_is_served_by_llama_cpp(tmp_path):
     with open_teacher(cfg, cache_path=tmp_path / "c.sqlite") as t:  # the cache key survives the new port
         t.run([Request(prompt="Ticket: I was charged twice\nTeam:", max_tokens=4)])
         assert t.report()["cache_hits"] == 1 and t.report()["sent"] == 0
+
+
+def test_completions_logprobs_score_every_label(llama_url, skill):
+    """Issue 10: scoring over HTTP (echo + logprobs on the completions endpoint) against the real server."""
+    import math
+
+    from core import prompting
+    from teachers.scoring import argmax, run_scores, softmax
+
+    cfg = skill.config
+    billing = [s for s in skill.seeds if s.output == "billing"][:6]
+    prompt = prompting.format_prompt(cfg, "I was charged twice for my subscription this month",
+                                     [(s.input, s.output) for s in billing])
+    t = Teacher(OpenAIBackend(llama_url, "gemma", backend_label="llama_cpp"), ClientSettings(max_in_flight=2))
+    (scores, other) = run_scores(cfg, t, [prompt, prompt.replace("charged twice", "locked out of")])
+    assert set(scores) == set(cfg.labels)
+    assert all(math.isfinite(v) and v < 0 for v in scores.values())
+    assert argmax(softmax(scores)) == "billing"  # six billing shots and a billing ticket
+    assert scores != other and t.report()["sent"] == 2 and t.report()["prompt_tokens"] > 5 * 100
