@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 new inputs, 4 training steps, 20 eval items")
     ap.add_argument("--skill", default="ticket-triage")
     ap.add_argument("--target", type=int, default=200, help="new inputs the teacher writes")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="teacher seed (new inputs, shots); cached answers are reused")
+    ap.add_argument("--train-seed", type=int, default=None, help="student.train.seed (default: the skill's)")
     ap.add_argument("--variants", default="seeds_only,all_synthetic,confidence_filtered")
     args = ap.parse_args()
     setup()
@@ -53,7 +54,10 @@ def main() -> None:
     skill = load_skill(args.skill)
     quick = {"student": {"train": {"max_steps": 4, "eval_steps": 4}}, "audit": {"max_items": 15, "folds": 3},
              "teacher": {"calibration_shot_sets": 2}} if args.quick else {}
-    skill = variant(skill, deep_merge(quick, {"expansion": {"target_examples": 16 if args.quick else args.target}}))
+    over = {"expansion": {"target_examples": 16 if args.quick else args.target}}
+    if args.train_seed is not None:
+        over["student"] = {"train": {"seed": args.train_seed}}
+    skill = variant(skill, deep_merge(quick, over))
     cfg = skill.config
     task = get_task(cfg)
     items = skill.eval_set[:20] if args.quick else skill.eval_set
@@ -71,6 +75,7 @@ def main() -> None:
           f"in {teacher_seconds} s", flush=True)
 
     out = {"benchmark": "confidence_filter", "quick": args.quick, "skill": skill.name, "metric": task.primary,
+           "seed": args.seed, "train_seed": cfg.student.train.seed,
            "eval_items": len(items), "target": cfg.expansion.target_examples, "labeled": len(exp.examples),
            "teacher_seconds": teacher_seconds,
            "audit": None if audit is None else {k: audit[k] for k in ("score", "chosen", "n", "folds")},

@@ -139,8 +139,10 @@ class AuditConfig(_Strict):
     enabled: bool = Field(True, description="Score the teacher on the human seeds (k-fold) before expansion.")
     folds: int = Field(5, ge=2, le=50, description="k: every seed is answered once, with shots only from the other folds.")
     floor: float | None = Field(
-        None, ge=0.0, le=1.0, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run stops with the reason in decision.json. None: no floor.")
+        None, ge=0.0, le=1.0, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run refuses the teacher's data (audit.on_fail) with the reason in decision.json. None: no floor.")
     max_items: int | None = Field(None, ge=2, description="Audit at most this many seeds (stratified sample): bounds teacher cost on big seed sets.")
+    on_fail: Literal["stop", "skip_expansion"] = Field(
+        "stop", description="Below the floor: stop the run before expansion (nothing trained or published), or skip_expansion: train on the seeds, the accepted pool and new traffic without this run's teacher data (the gates still decide).")
 
 
 class FilterConfig(_Strict):

@@ -268,9 +268,11 @@ def _distill(params: RunParams) -> dict:
 
     models = provision_models(skill)
     audit = audit_teacher(skill, models.teacher, run_dir, params.seed) if cfg.audit.enabled else None
-    if audit is not None and not audit["passed"]:
+    refused = audit is not None and not audit["passed"]
+    if refused and cfg.audit.on_fail == "stop":
         return _refuse(skill, params, run_id, run_dir, audit, t0)
-    expansion = expand(skill, models.teacher, run_dir, params.seed, audit["use"] if audit else None)
+    expansion = (_no_expansion(skill, run_dir) if refused else
+                 expand(skill, models.teacher, run_dir, params.seed, audit["use"] if audit else None))
     filtered = filter_candidates(skill, run_dir, replay_items)
     refreshed = refresh_traffic(skill, run_dir, replay_items)
     if params.stage_pool:
@@ -285,6 +287,10 @@ def _distill(params: RunParams) -> dict:
         evaluation = evaluate(skill, models.student, training["result"]["adapter_dir"], champion_dir, replay_items,
                               run_dir=run_dir)
     decision = evaluation["decision"]  # every check with its value, bound and verdict
+    if refused:  # recorded beside the gates; it did not block (audit.on_fail: skip_expansion)
+        note = f"{audit['reason']}; trained without teacher data (audit.on_fail: skip_expansion)"
+        decision = {**decision, "gates": [*decision["gates"], {"name": "teacher_audit", "passed": False,
+                                                               "blocking": False, "reasons": [note]}]}
     write_json(run_dir / "decision.json", {**decision, "data": evaluation.get("data"), "run_id": run_id,
                                            "champion_version": champion_version})
     rejected = expansion["rejected"] + filtered["rejected"]
@@ -336,6 +342,14 @@ def _distill(params: RunParams) -> dict:
 def _audit_summary(audit: dict | None) -> dict | None:
     """The audit without its per-item answers (those stay in teacher_audit.json)."""
     return None if audit is None else {k: v for k, v in audit.items() if k not in ("items", "accounting")}
+
+
+def _no_expansion(skill: Skill, run_dir: Path) -> dict:
+    """The teacher failed its audit and audit.on_fail is skip_expansion: no teacher data this run."""
+    write_examples(run_dir / "generated.jsonl", [])
+    get_run_logger().warning("teacher expansion skipped: the teacher is below audit.floor")
+    return {"requested": 0, "generated": 0, "labeled": 0, "rejected": [], "teacher": skill.config.teacher.model,
+            "seconds": 0.0, "prompt_tokens": 0, "accounting": None}
 
 
 def _refuse(skill: Skill, params: RunParams, run_id: str, run_dir: Path, audit: dict, t0: float) -> dict:

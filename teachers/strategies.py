@@ -32,7 +32,7 @@ from core.records import Example, Rejected, content_id, write_examples, write_js
 from core.skills import Skill, SkillConfig
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
-from teachers.shots import ShotPicker, balanced_shots  # noqa: F401 (balanced_shots: re-exported)
+from teachers.shots import ShotPicker
 
 Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
 

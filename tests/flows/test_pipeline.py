@@ -216,3 +216,17 @@ def test_confidence_thresholds_and_label_balance_reach_the_summary(skill_root, p
     md = (run_dir / "summary.md").read_text()
     for needle in ("## Teacher audit", "**used**", "## Confidence and label balance", "| accepted |", "| seeds |"):
         assert needle in md, needle
+
+
+def test_skip_expansion_trains_without_the_refused_teachers_data(skill_root, prefect_harness):
+    """audit.on_fail: skip_expansion: below the floor the run still trains (seeds, pool, traffic),
+    sends no expansion request, and records the refusal beside the gates."""
+    _add_profile(skill_root, "skip", {"audit": {"floor": 0.99, "folds": 3, "on_fail": "skip_expansion"}})
+    s = _run("skip", "skip")
+    run_dir = Path(s["run_dir"])
+    assert s["counts"]["teacher_generated"] == 0 and (run_dir / "generated.jsonl").read_text() == ""
+    assert s["training"]["steps"] == 3 and s["counts"]["train"] + s["counts"]["val"] >= s["counts"]["seeds"]
+    gate = next(g for g in s["decision"]["gates"] if g["name"] == "teacher_audit")
+    assert gate["passed"] is False and gate["blocking"] is False and "skip_expansion" in gate["reasons"][0]
+    decision = json.loads((run_dir / "decision.json").read_text())
+    assert any(g["name"] == "teacher_audit" for g in decision["gates"])

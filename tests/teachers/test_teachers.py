@@ -12,7 +12,8 @@ from teachers import open_teacher
 from teachers.base import TeacherUnreachable
 from teachers.client import ClientSettings, Teacher
 from teachers.local import LocalBackend, LocalModel
-from teachers.strategies import balanced_shots, label, run_expansion, self_instruct
+from teachers.shots import balanced_shots
+from teachers.strategies import label, run_expansion, self_instruct
 
 
 def test_every_request_ends_kept_or_rejected_with_lineage(skill, tiny_model_path):
