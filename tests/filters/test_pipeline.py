@@ -67,6 +67,7 @@ def triage(tmp_path, monkeypatch):
     path = root / "ticket-triage" / "skill.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg["filters"]["external_eval_sets"] = ["bench.jsonl"]
+    cfg["filters"]["min_confidence"] = 1.0  # the quality steps under test; audit thresholds: tests/filters/test_confidence.py
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     (root / "ticket-triage" / "bench.jsonl").write_text(json.dumps(
         {"id": "bench-1", "input": "My invoice PDF for March shows the wrong company address and VAT number"}) + "\n")

@@ -174,7 +174,7 @@ def audit_seeds_of(sk):
 
 def test_audit_with_the_label_answerer_has_no_confidences(skill, tiny_model_path):
     sk = _with(skill, teacher={"shot_selection": "similar"}, audit={"folds": 3, "floor": None},
-               expansion={"strategies": ["self_instruct", "label"]})
+               expansion={"strategies": ["self_instruct", "label"]}, filters={"target_precision": None})
     audit = run_audit(sk, Teacher(LocalBackend(LocalModel(tiny_model_path))), seed=1)
     assert [o["option"] for o in audit["options"]] == ["similar shots"]
     assert audit["passed"] is True and "has no floor" in audit["reason"]

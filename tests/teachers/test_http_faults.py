@@ -114,7 +114,8 @@ def test_chat_endpoint_sends_messages_and_response_format(fake_server, skill, tm
     srv = fake_server(answer=lambda p, b: '"billing"' if p.endswith("Team:") else "a new ticket about my invoice")
     cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, endpoint="chat",
                         max_retries=0, **{"few_shot": 2, "style_shots": 2})
-    skill.config = skill.config.model_copy(update={"teacher": cfg})
+    ex = skill.config.expansion.model_copy(update={"strategies": ["self_instruct", "label"]})  # sampled answers
+    skill.config = skill.config.model_copy(update={"teacher": cfg, "expansion": ex})
     (tmp_path / "run").mkdir()
     with open_teacher(cfg, cache_path=tmp_path / "c.sqlite") as t:
         res = run_expansion(skill, t, tmp_path / "run", seed=0)

@@ -86,9 +86,11 @@ def test_run_expansion_writes_records_and_accounting_and_a_rerun_is_free(skill, 
     assert acc["latency_p50_s"] is not None and acc["strategies"]["self_instruct"]["kept"] == res.inputs
     written = read_examples(run1 / "generated.jsonl")
     assert [e.id for e in written] == [e.id for e in res.examples]
-    for e in written:
-        assert e.confidence == (1.0 if e.output == e.meta["seed_label"] else 0.5)
-        assert e.meta["answer_strategy"] == "label" and e.teacher == cfg.model and e.parent_ids
+    for e in written:  # ticket-triage scores labels: the confidence is the answer's calibrated probability
+        assert e.confidence == e.meta["label_probs"][e.output] == max(e.meta["label_probs"].values())
+        assert e.meta["answer_strategy"] == "score" and e.teacher == cfg.model and e.parent_ids
+    assert acc["answering"] == {"answerer": "score", "shots": "random", "calibration": "contextual",
+                                "prior": acc["answering"]["prior"]}
     # every self-instruct request is a kept input or a recorded drop
     assert res.inputs + sum(r.stage == "generate_inputs" for r in res.rejected) == skill.config.expansion.target_examples
     with open_teacher(cfg, tiny_model_path) as t:
