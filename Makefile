@@ -33,6 +33,8 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/registry_io.py --quick
 	$(BIN)/python benchmarks/flow_overhead.py --quick
 	$(BIN)/python benchmarks/skill_quality.py --quick
+	$(BIN)/python benchmarks/teacher_audit.py --quick
+	$(BIN)/python benchmarks/confidence_filter.py --quick
 
 clean:
 	rm -rf .distill .pytest_cache

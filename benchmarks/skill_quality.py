@@ -1,5 +1,6 @@
-"""The honest result for one skill: the base model zero-shot, the teacher few-shot (exactly as
-expansion labels inputs) and the published adapter zero-shot, scored with the skill's own metric
+"""The honest result for one skill: the base model zero-shot, the teacher few-shot (greedy
+sampled answers with random balanced shots, the `label` answerer; benchmarks/teacher_audit.py
+measures the scored, calibrated and similar-shot options) and the published adapter zero-shot, scored with the skill's own metric
 on its frozen eval set. Prints one JSON line last.
 
     python benchmarks/skill_quality.py [--skill ticket-triage] [--quick] [--adapter PATH]
@@ -33,7 +34,7 @@ def main() -> None:
     from eval_gates.tasks import get_task, score_items
     from registry import Registry
     from teachers import open_teacher
-    from teachers.strategies import label
+    from teachers.strategies import label, shot_picker
     from trainers.base_model import resolve_model
     from teachers.local import LocalModel
 
@@ -68,14 +69,14 @@ def main() -> None:
         p = predict(base, cfg, [e.input for e in items])
         out["base_zero_shot"] = summarize(p.preds, p.prompt_tokens, time.time() - t0)
         del base
-    # The teacher exactly as expansion uses it (same backend, shots and re-asks), without the cache:
+    # The teacher as the `label` answerer uses it (same backend, random shots and re-asks), without the cache:
     # eval answers are never stored where a later run could find them.
     tcfg = cfg.teacher.model_copy(update={"cache": False, **({"local_server": args.local_server}
                                                               if args.local_server else {})})
     with open_teacher(tcfg, resolve_model(cfg.teacher.model) if cfg.teacher.backend == "local" else None) as teacher:
         t0 = time.time()
         unlabeled = [e.__class__(**{**e.__dict__, "output": None}) for e in items]
-        labeled, rejected = label(skill, teacher, unlabeled, seed=0)
+        labeled, rejected = label(skill, teacher, unlabeled, seed=0, picker=shot_picker(skill, "random"))
         by_input = {e.input: e.output for e in labeled}  # labeled examples get content ids: match by input
         preds = [by_input.get(e.input) for e in items]
         report = teacher.report()
