@@ -26,7 +26,7 @@ from _common import emit, setup
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="16 new inputs, 4 training steps, 20 eval items")
+    ap.add_argument("--quick", action="store_true", help="8 new inputs, 2 training steps, 10 eval items (about 2 minutes: three model loads)")
     ap.add_argument("--skill", default="ticket-triage")
     ap.add_argument("--target", type=int, default=200, help="new inputs the teacher writes")
     ap.add_argument("--seed", type=int, default=0, help="teacher seed (new inputs, shots); cached answers are reused")
@@ -52,15 +52,15 @@ def main() -> None:
         return Skill(config=cfg, folder=base.folder, profile=base.profile, seeds=base.seeds, eval_set=base.eval_set)
 
     skill = load_skill(args.skill)
-    quick = {"student": {"train": {"max_steps": 4, "eval_steps": 4}}, "audit": {"max_items": 15, "folds": 3},
+    quick = {"student": {"train": {"max_steps": 2, "eval_steps": 2}}, "audit": {"max_items": 15, "folds": 3},
              "teacher": {"calibration_shot_sets": 2}} if args.quick else {}
-    over = {"expansion": {"target_examples": 16 if args.quick else args.target}}
+    over = {"expansion": {"target_examples": 8 if args.quick else args.target}}
     if args.train_seed is not None:
         over["student"] = {"train": {"seed": args.train_seed}}
     skill = variant(skill, deep_merge(quick, over))
     cfg = skill.config
     task = get_task(cfg)
-    items = skill.eval_set[:20] if args.quick else skill.eval_set
+    items = skill.eval_set[:10] if args.quick else skill.eval_set
     root = work_dir() / "bench" / "confidence_filter" / time.strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True, exist_ok=True)
     teacher_path = resolve_model(cfg.teacher.model) if cfg.teacher.backend == "local" else None

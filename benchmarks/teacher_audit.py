@@ -35,10 +35,11 @@ def main() -> None:
     skill = load_skill(args.skill)
     if skill.config.task != "classification":
         raise SystemExit(f"{args.skill}: the option grid (scoring, calibration) is for classification skills")
-    out = {"benchmark": "teacher_audit", "quick": args.quick, "skill": skill.name, "folds": args.folds,
+    out = {"benchmark": "teacher_audit", "quick": args.quick, "skill": skill.name, "folds": 3 if args.quick else args.folds,
            "few_shot": skill.config.teacher.few_shot, "options": {}}
     for who in ("score", "label"):
         over = {"expansion": {"strategies": ["self_instruct", who]},
+                "filters": {"target_precision": None},  # thresholds are not measured here (the label answerer has none)
                 "teacher": {"shot_selection": "auto", "calibration": "auto", "cache": False,
                             **({"calibration_shot_sets": 2} if args.quick else {}),
                             **({"local_server": args.local_server} if args.local_server else {})},
