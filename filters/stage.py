@@ -125,14 +125,13 @@ class ConfidenceSteps:
         if cfg.task == "classification":
             teacher_kept = [e.output for e in kept if e.source == "teacher" and e.output]
             seeds = distribution([s.output for s in self.skill.seeds if s.output])
+            generated = distribution([e.output for e in candidates if e.output])
+            accepted = distribution(teacher_kept)
             out["label_distribution"] = {
-                "seeds": _rounded(seeds),
-                "generated": _rounded(distribution([e.output for e in candidates if e.output])),
-                "accepted": _rounded(distribution(teacher_kept)),
+                "seeds": _rounded(seeds), "generated": _rounded(generated), "accepted": _rounded(accepted),
                 "accepted_counts": dict(sorted(Counter(teacher_kept).items())),
-                "distance_generated": round(tv_distance(distribution([e.output for e in candidates if e.output]),
-                                                        seeds), 4) if candidates else None,
-                "distance_accepted": round(tv_distance(distribution(teacher_kept), seeds), 4) if teacher_kept else None,
+                "distance_generated": round(tv_distance(generated, seeds), 4) if candidates else None,
+                "distance_accepted": round(tv_distance(accepted, seeds), 4) if teacher_kept else None,
             }
             if self.distribution is not None:
                 out["label_distribution"]["bound"] = self.distribution.report

@@ -333,10 +333,15 @@ def _distill(params: RunParams) -> dict:
         "published": published,
         "seconds": round(time.time() - t0, 1),
     }
+    _write_summary(run_dir, summary)
+    return summary
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    """summary.json, summary.md, and the same summary as the flow run's artifact."""
     write_json(run_dir / "summary.json", summary)
     (run_dir / "summary.md").write_text(render_summary_md(summary))
     _artifact(summary)
-    return summary
 
 
 def _audit_summary(audit: dict | None) -> dict | None:
@@ -365,9 +370,7 @@ def _refuse(skill: Skill, params: RunParams, run_id: str, run_dir: Path, audit: 
         "audit": _audit_summary(audit), "decision": decision, "evaluation": {}, "champion_version": None,
         "published": None, "seconds": round(time.time() - t0, 1),
     }
-    write_json(run_dir / "summary.json", summary)
-    (run_dir / "summary.md").write_text(render_summary_md(summary))
-    _artifact(summary)
+    _write_summary(run_dir, summary)
     get_run_logger().warning("run %s stopped before expansion: %s", run_id, audit["reason"])
     return summary
 

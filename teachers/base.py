@@ -80,6 +80,11 @@ class Request:
             payload["options"] = list(self.options)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
+    def prompt_text(self) -> str:
+        """The prompt for a completions endpoint or a local model: chat messages joined by blank
+        lines (a base model has no chat template)."""
+        return self.prompt if self.prompt is not None else "\n\n".join(c for _, c in self.messages or ())
+
     def text_for_tokens(self) -> str:
         return self.prompt if self.prompt is not None else "\n".join(c for _, c in (self.messages or ()))
 

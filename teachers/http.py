@@ -142,7 +142,7 @@ class OpenAIBackend:
             msgs = req.messages or (("user", req.prompt or ""),)
             body["messages"] = [{"role": r, "content": c} for r, c in msgs]
         else:
-            body["prompt"] = req.prompt if req.prompt is not None else "\n\n".join(c for _, c in req.messages or ())
+            body["prompt"] = req.prompt_text()
         if req.response_format and self._rf_ok:
             rf = json.loads(req.response_format)
             if self.backend_label == "llama_cpp" and rf.get("type") == "json_schema":
@@ -165,7 +165,7 @@ class OpenAIBackend:
         first_token: one request for the top-20 logprobs of the first answer token; an option
         scores the logprob of the longest listed token it starts with, and an option absent
         from the list gets an upper bound below the 20th (its true logprob is lower still)."""
-        prompt = req.prompt if req.prompt is not None else "\n\n".join(c for _, c in req.messages or ())
+        prompt = req.prompt_text()
         options = req.options or ()
         if self.score_method == "first_token":
             body = self.body(replace(req, max_tokens=1, stop=(), response_format=None, temperature=0.0))

@@ -183,20 +183,15 @@ class LocalBackend:
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             if r.options is not None:  # scoring, not sampling
-                out[i] = self.model.score(_prompt_text(r), r.options)
+                out[i] = self.model.score(r.prompt_text(), r.options)
                 continue
             groups.setdefault((r.max_tokens, r.temperature, "\n" in r.stop), []).append(i)
         for (max_tokens, temperature, newline), idx in groups.items():
             seed = requests[idx[0]].seed
-            prompts = [_prompt_text(requests[i]) for i in idx]
+            prompts = [requests[i].prompt_text() for i in idx]
             # Rows of one batch sample independently, so n samples of one prompt differ.
             comps = self.model.complete(prompts, max_new_tokens=max_tokens, temperature=temperature,
                                         batch_size=len(prompts), seed=seed, stop_at_newline=newline)
             for i, c in zip(idx, comps):
                 out[i] = c
         return out  # type: ignore[return-value]
-
-
-def _prompt_text(r) -> str:
-    """A request's prompt; chat messages joined by blank lines (a base model has no chat template)."""
-    return r.prompt if r.prompt is not None else "\n\n".join(c for _, c in r.messages)

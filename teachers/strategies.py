@@ -32,7 +32,7 @@ from core.records import Example, Rejected, content_id, write_examples, write_js
 from core.skills import Skill, SkillConfig
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
-from teachers.shots import ShotPicker
+from teachers.shots import ShotPicker, _by_label
 
 Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
 
@@ -74,13 +74,6 @@ def answer_max_tokens(cfg: SkillConfig) -> int:
 
 
 # --- shots ----------------------------------------------------------------------------------------------------------
-
-
-def _by_label(seeds: list[Example]) -> dict[str, list[Example]]:
-    groups: dict[str, list[Example]] = {}
-    for s in seeds:
-        groups.setdefault(s.output or "", []).append(s)
-    return groups
 
 
 def _style_groups(skill: Skill) -> list[tuple[str, list[Example]]]:
