@@ -38,7 +38,7 @@ def main() -> None:
     from core.skills import Skill, deep_merge, load_skill
     from core.workdir import work_dir
     from eval_gates.predict import predict
-    from eval_gates.tasks import get_task, score_items
+    from core.tasks import get_task, score_items
     from filters import filter_stage
     from teachers import open_teacher
     from teachers.audit import run_audit

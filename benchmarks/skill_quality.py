@@ -31,7 +31,7 @@ def main() -> None:
     from core.skills import load_skill
     from core.workdir import registry_root
     from eval_gates.predict import predict
-    from eval_gates.tasks import get_task, score_items
+    from core.tasks import get_task, score_items
     from registry import Registry
     from teachers import open_teacher
     from teachers.strategies import label, shot_picker

@@ -5,12 +5,9 @@ The template is plain text (the embedded Gemma 3 270M is a base model with no ch
 template), and is bundled with every published adapter in `skill.json` so
 consumers format inputs exactly as in training.
 
-Per task type (see the contract in the team brief):
-  classification  input: text;  answer: one of the labels
-  extraction      input: text;  answer: a JSON object matching `output_schema`
-  function_call   input: {"request", "tools"} as JSON;  answer: {"name", "arguments"}
-  generation      input: text;  answer: one line of text (JSON when `output_schema` is set)
-Answers are always one line (compact JSON for JSON tasks), so "\n" is the stop.
+What differs per task type (how an input and an answer are rendered, parsed and checked) is
+asked of the skill's task type (core/tasks/); this module holds what every type shares: the
+header, the prompt around the input, and skill.json's template. Answers are always one line (compact JSON for JSON tasks), so "\n" is the stop.
 Structured inputs and outputs are canonical JSON text (`core.structured.canonical_json`).
 """
 
@@ -21,7 +18,9 @@ import re
 from typing import Any, Sequence
 
 from core import structured
-from core.skills import SkillConfig
+from core.config import SkillConfig
+from core.tasks import get_task
+from core.tasks.base import one_line as _one_line
 
 # 1: classification only. 2: every task type; the classification prompt is unchanged.
 TEMPLATE_VERSION = 2
@@ -31,7 +30,7 @@ SKETCH_DESCRIPTION_CHARS = 40
 
 def is_json_task(cfg: SkillConfig) -> bool:
     """Whether answers are JSON (compact, one line) rather than a label or text."""
-    return cfg.task in ("extraction", "function_call") or (cfg.task == "generation" and cfg.output_schema is not None)
+    return get_task(cfg).json_output
 
 
 def _type_sketch(schema: Any) -> str:
@@ -83,29 +82,9 @@ def header(cfg: SkillConfig) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def format_tool(tool: dict) -> str:
-    """One tool on one line: name, description, parameters as compact JSON."""
-    fn = tool["function"]
-    desc = _one_line(fn.get("description") or "")
-    params = structured.canonical_json(fn.get("parameters") or {"type": "object", "properties": {}})
-    return f"- {fn['name']}: {desc + ' ' if desc else ''}Parameters: {params}"
-
-
-def _call_input(input: str) -> dict:
-    obj = structured.loads_object(input)
-    bad = structured.check_call_input(obj)
-    if bad:
-        raise ValueError(f"function_call input: {bad[1]} ({bad[0]}); input was {input[:120]!r}")
-    return obj
-
-
 def format_input(cfg: SkillConfig, input: str) -> str:
     """The input block of a prompt, up to and including the input line."""
-    if cfg.task == "function_call":
-        obj = _call_input(input)
-        tools = "\n".join(format_tool(t) for t in obj["tools"])
-        return f"Tools:\n{tools}\n{cfg.input_name}: {_one_line(obj['request'])}"
-    return f"{cfg.input_name}: {_one_line(input)}"
+    return get_task(cfg).format_input(input)
 
 
 def format_shot(cfg: SkillConfig, input: str, output: str) -> str:
@@ -120,85 +99,19 @@ def format_prompt(cfg: SkillConfig, input: str, shots: Sequence[tuple[str, str]]
 
 def format_completion(cfg: SkillConfig, output: str) -> str:
     """What the model is trained to write after the prompt (EOS is added by the trainer)."""
-    if cfg.task == "classification":
-        return f" {output}"
-    if is_json_task(cfg):
-        obj = _loads(output)
-        if obj is not None:
-            return " " + structured.canonical_json(obj)
-    return f" {_one_line(output)}"
-
-
-def _one_line(text: str) -> str:
-    # Inputs are shown on one line so the answer line is unambiguous.
-    return " ".join(text.split())
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _unwrap_call(obj: dict) -> dict:
-    """Common near-misses of a call: OpenAI's arguments-as-a-JSON-string, or a
-    {"function": {...}} / {"tool_calls": [...]} wrapper."""
-    if isinstance(obj.get("tool_calls"), list) and obj["tool_calls"] and isinstance(obj["tool_calls"][0], dict):
-        obj = obj["tool_calls"][0]
-    if isinstance(obj.get("function"), dict) and "name" in obj["function"]:
-        obj = obj["function"]
-    if isinstance(obj.get("arguments"), str):
-        args = structured.loads_object(obj["arguments"])
-        if args is not None:
-            obj = {**obj, "arguments": args}
-    return obj
+    return get_task(cfg).format_completion(output)
 
 
 def parse_output(cfg: SkillConfig, text: str) -> str | None:
     """Lenient parse (first line, case, punctuation, code fences; for JSON tasks the first
     JSON object anywhere in the text) into canonical text; None when nothing usable.
     Parsing does not judge the answer: see validate_output."""
-    if is_json_task(cfg):
-        obj = structured.first_json_object(text or "")
-        if obj is None:
-            return None
-        if cfg.task == "function_call":
-            obj = _unwrap_call(obj)
-        return structured.canonical_json(obj)
-    text = text.strip().strip("`").strip()
-    first = text.splitlines()[0].strip() if text else ""
-    if cfg.task == "classification":
-        token = re.sub(r"[^a-z0-9_\- ]", " ", first.lower()).strip()
-        token = token.replace(" ", "_") if token.replace(" ", "_") in cfg.labels else token
-        if token in cfg.labels:
-            return token
-        # Accept "billing." or "billing - because ..." but not a label buried mid-sentence.
-        head = token.split()[0] if token.split() else ""
-        return head if head in cfg.labels else None
-    return first or None
+    return get_task(cfg).parse_output(text)
 
 
 def output_problem(cfg: SkillConfig, output: str, input: str | None = None) -> structured.Problem | None:
     """validate_output with a human detail: (reason, detail) or None."""
-    if cfg.task == "classification":
-        return None if output in cfg.labels else ("not_a_label", f"{output!r} is not one of {cfg.labels}")
-    if not is_json_task(cfg):
-        return None if output.strip() else ("empty_output", "the answer is empty")
-    obj = _loads(output)
-    if obj is None:
-        return "invalid_json", "the answer is not valid JSON"
-    if cfg.task == "function_call":
-        input_obj = None
-        if input is not None:
-            input_obj = structured.loads_object(input)
-            if structured.check_call_input(input_obj):
-                return "invalid_input", "the input is not a valid function_call input"
-        return structured.check_call(obj, input_obj)
-    if cfg.task == "extraction" and not isinstance(obj, dict):
-        return "invalid_json", "the answer is not a JSON object"
-    bad = structured.value_problem(cfg.output_schema, obj)
-    return ("schema_violation", bad[1]) if bad else None
+    return get_task(cfg).output_problem(output, input)
 
 
 def validate_output(cfg: SkillConfig, output: str, input: str | None = None) -> str | None:
@@ -212,12 +125,7 @@ def validate_output(cfg: SkillConfig, output: str, input: str | None = None) -> 
 
 def input_problem(cfg: SkillConfig, input: str) -> structured.Problem | None:
     """validate_input with a human detail: (reason, detail) or None."""
-    if cfg.task == "function_call":
-        obj = structured.loads_object(input)
-        if obj is None:
-            return "invalid_json", 'the input is not a JSON object {"request": ..., "tools": [...]}'
-        return structured.check_call_input(obj)
-    return None if input.strip() else ("empty_input", "the input is empty")
+    return get_task(cfg).input_problem(input)
 
 
 def validate_input(cfg: SkillConfig, input: str) -> str | None:
@@ -227,12 +135,6 @@ def validate_input(cfg: SkillConfig, input: str) -> str | None:
     return bad[0] if bad else None
 
 
-def call_schema() -> dict:
-    """JSON Schema of a function call answer (the tools decide the arguments)."""
-    return {"type": "object", "properties": {"name": {"type": "string"}, "arguments": {"type": "object"}},
-            "required": ["name", "arguments"], "additionalProperties": False}
-
-
 def response_format(cfg: SkillConfig) -> dict | None:
     """An OpenAI `response_format` payload that constrains a teacher's answer, or None
     (plain-text generation). Classification: a JSON string among the labels (a quoted
@@ -240,29 +142,12 @@ def response_format(cfg: SkillConfig) -> dict | None:
     root, OpenAI's strict mode does not). `strict` only where the schema fits OpenAI's
     strict subset (every key required, no extra keys); otherwise the server treats it as
     a hint and validate_output checks the answer."""
-    if cfg.task == "classification":
-        schema, strict = {"type": "string", "enum": list(cfg.labels)}, True
-    elif cfg.task == "function_call":
-        schema, strict = call_schema(), False  # arguments differ per request: no fixed schema
-    elif cfg.output_schema is not None:
-        schema, strict = cfg.output_schema, _strict_ok(cfg.output_schema)
-    else:
+    got = get_task(cfg).answer_schema()
+    if got is None:
         return None
+    schema, strict = got
     name = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.name)[:64]
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
-
-
-def _strict_ok(schema: Any) -> bool:
-    if not isinstance(schema, dict):
-        return True
-    if schema.get("type") == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        if schema.get("additionalProperties") is not False or set(schema.get("required", [])) != set(props):
-            return False
-        return all(_strict_ok(s) for s in props.values())
-    if isinstance(schema.get("items"), dict):
-        return _strict_ok(schema["items"])
-    return True
 
 
 def _braces(text: str) -> str:
@@ -278,12 +163,9 @@ def template_spec(cfg: SkillConfig) -> dict:
     where tools is one `tool_template` line per tool joined by "\\n" (parameters as
     compact JSON, description omitted with its space when empty). The model writes
     `completion_prefix` then the answer and stops at `stop`."""
-    head = _braces(header(cfg))
-    if cfg.task == "function_call":
-        prompt = head + f"Tools:\n{{tools}}\n{_braces(cfg.input_name)}: {{request}}\n{_braces(cfg.output_name)}:"
-    else:
-        prompt = head + f"{_braces(cfg.input_name)}: {{input}}\n{_braces(cfg.output_name)}:"
-    spec = {
+    task = get_task(cfg)
+    prompt, extra = task.template_prompt(_braces(header(cfg)), _braces)
+    return {
         "template_version": TEMPLATE_VERSION,
         "task": cfg.task,
         "instruction": cfg.instruction,
@@ -291,12 +173,9 @@ def template_spec(cfg: SkillConfig) -> dict:
         "output_name": cfg.output_name,
         "labels": list(cfg.labels),
         "output_schema": cfg.output_schema,
-        "answer_format": "json" if is_json_task(cfg) else ("label" if cfg.task == "classification" else "text"),
+        "answer_format": task.answer_format,
         "prompt_template": prompt,
         "completion_prefix": " ",
         "stop": ["\n"],
+        **extra,
     }
-    if cfg.task == "function_call":
-        spec["tool_template"] = "- {name}: {description} Parameters: {parameters}"
-        spec["input_schema"] = {"request": "string", "tools": "list of OpenAI tool definitions"}
-    return spec

@@ -18,13 +18,9 @@ from core.records import Example, hash_examples, write_json, write_jsonl
 from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
 from eval_gates.gates import Decision, gate
 from eval_gates.routing import answer_logprobs, routing_threshold
-from eval_gates.tasks import TaskPlugin, get_task
+from core.tasks import TaskType, get_task
 
 log = logging.getLogger("distill")
-
-# A generated text counts as "right" for routing when its chrF against the reference reaches this
-# (pass/fail tasks use their own item verdict); 0.6 chrF is a close paraphrase in practice.
-GENERATION_OK_CHRF = 0.6
 
 Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
 
@@ -34,13 +30,11 @@ def _no_progress(description: str, total: int | None):
     yield lambda n=1, total=None: None
 
 
-def _correct(task: TaskPlugin, scores: dict) -> bool:
-    if task.name == "generation":
-        return scores["chrf"] >= GENERATION_OK_CHRF
-    return scores[task.primary] >= 1.0
+def _correct(task: TaskType, scores: dict) -> bool:
+    return task.is_correct(scores)  # pass/fail per item; generation: a close enough chrF
 
 
-def _score_eval(task: TaskPlugin, items: Sequence[Example], preds: Sequence[str | None], metric: str) -> tuple[dict, list[dict]]:
+def _score_eval(task: TaskType, items: Sequence[Example], preds: Sequence[str | None], metric: str) -> tuple[dict, list[dict]]:
     try:
         per_item = [task.score(e, p) for e, p in zip(items, preds)]
         agg = task.aggregate(per_item, items, preds)
@@ -54,7 +48,7 @@ def _score_eval(task: TaskPlugin, items: Sequence[Example], preds: Sequence[str 
         return {"n": len(items), "error": f"scoring failed: {type(e).__name__}: {e}"}, []
 
 
-def _score_replay(task: TaskPlugin, items: Sequence[Example], preds, seconds_p: dict) -> tuple[dict, list[dict]]:
+def _score_replay(task: TaskType, items: Sequence[Example], preds, seconds_p: dict) -> tuple[dict, list[dict]]:
     try:
         per_item = [task.score(e, p) for e, p in zip(items, preds)]
         n = len(items)

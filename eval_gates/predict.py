@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 from core.prompting import format_prompt, parse_output
 from core.skills import SkillConfig
+from core.tasks import get_task
 
 
 @dataclass
@@ -31,7 +32,7 @@ def answer_tokens(cfg: SkillConfig) -> int:
     """Longest generated answer: a label is a few tokens; a one-line JSON object or text needs more."""
     if cfg.gates.max_new_tokens:
         return cfg.gates.max_new_tokens
-    return 8 if cfg.task == "classification" else 160
+    return get_task(cfg).answer_tokens
 
 
 def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),

@@ -17,9 +17,9 @@ from typing import Any
 
 from core.records import DataError, Example, parse_jsonl_lines
 from core.skills import SkillConfig
+from core.tasks import get_task
 
 log = logging.getLogger("distill")
-JSON_TASKS = ("extraction", "function_call")
 
 
 @dataclass
@@ -87,14 +87,15 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
     for key in ("id", "timestamp"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")
-    # function_call requests are {"request", "tools"} objects; extraction requests are free text.
-    request = _canonical(obj.get("request"), "request", cfg.task == "function_call")
-    reference = _canonical(obj.get("reference"), "reference", cfg.task in JSON_TASKS)
+    # JSON fields (a function call's request, JSON answers) as canonical JSON text.
+    task = get_task(cfg)
+    request = _canonical(obj.get("request"), "request", task.json_input)
+    reference = _canonical(obj.get("reference"), "reference", task.json_output)
     accepted = _accepted(obj.get("accepted"))
     source = obj.get("reference_source", "unknown")
     if source not in ("llm", "human", "unknown"):
         raise ValueError("'reference_source' must be 'llm' or 'human'")
-    if cfg.task == "classification" and reference not in cfg.labels:
+    if task.one_label and reference not in cfg.labels:
         raise ValueError(f"reference {reference!r} is not one of the labels {cfg.labels}")
     return TrafficRecord(id=obj["id"], timestamp=obj["timestamp"], request=request, reference=reference,
                          reference_source=source, accepted=accepted)

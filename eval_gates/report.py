@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.records import atomic_write_text
+from core.tasks import get_task
 
 
 def _fmt(v) -> str:
@@ -48,7 +49,8 @@ def render_report(result: dict, skill) -> str:
     L.append("")
     cs, ps = (cand.get("eval") or {}).get("slices") or {}, (champ.get("eval") or {}).get("slices") or {}
     if cs:
-        name = "per-label recall" if result["task"] == "classification" else "per-slice " + result["metric"]
+        slice_name = get_task(skill.config).slice_name
+        name = slice_name if slice_name != "per-slice" else "per-slice " + result["metric"]
         L += [f"### {name}", "", "| slice | candidate | production |", "|---|---|---|"]
         L += [f"| {s} | {_fmt(v)} | {_fmt(ps.get(s))} |" for s, v in cs.items()] + [""]
     conf = (cand.get("eval") or {}).get("confusion")

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from core import structured
 from core.records import DataError, Example, Rejected, read_jsonl, write_examples, write_json, write_jsonl
 from core.skills import FilterConfig, Skill, SkillConfig, SkillError
+from core.tasks import get_task
 from filters.base import Step, run_filters
 from filters.confidence import LabelDistribution, LabelThresholds, distribution, label_thresholds, tv_distance
 from filters.contamination import Contamination
@@ -27,15 +28,9 @@ from filters.quality import MinConfidence, QualityFilter
 
 
 def dedup_text(cfg: SkillConfig) -> Callable[[str], str]:
-    """The text dedup and contamination compare: the request of a function call (its tool
-    definitions repeat across items and would make everything look alike), else the input."""
-    if cfg.task != "function_call":
-        return lambda s: s
-
-    def request(s: str) -> str:
-        obj = structured.loads_object(s)
-        return obj["request"] if obj and isinstance(obj.get("request"), str) else s
-    return request
+    """The text dedup and contamination compare: the task type's matching text (a function
+    call's request: its tool definitions repeat across items and would make everything alike)."""
+    return get_task(cfg).match_text
 
 
 def load_external_eval_sets(cfg: SkillConfig, folder: Path) -> dict[str, list[Example]]:
@@ -122,7 +117,7 @@ class ConfidenceSteps:
         elif cfg.filters.target_precision is not None:
             out["thresholds_skipped"] = ("no teacher audit in this run" if self.audit is None else
                                          "the audit answers carry no confidence (answerer label)")
-        if cfg.task == "classification":
+        if get_task(cfg).one_label:
             teacher_kept = [e.output for e in kept if e.source == "teacher" and e.output]
             seeds = distribution([s.output for s in self.skill.seeds if s.output])
             generated = distribution([e.output for e in candidates if e.output])
@@ -152,7 +147,7 @@ def confidence_steps(skill: Skill, run_dir: Path) -> ConfidenceSteps:
     distribution bound, as the skill's filters ask."""
     fc, cfg = skill.config.filters, skill.config
     out = ConfidenceSteps(skill, read_audit(run_dir))
-    classification = cfg.task == "classification"
+    classification = get_task(cfg).one_label
     if fc.target_precision is not None and out.audit is not None and any(
             i.get("confidence") is not None for i in out.audit.get("items", [])):
         out.table = label_thresholds(out.audit["items"], fc.target_precision, fc.threshold_min_support,

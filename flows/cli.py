@@ -76,7 +76,8 @@ def cmd_skills(args) -> int:
 
 
 def cmd_new_skill(args) -> int:
-    from core.skills import create_skill, seeds_root
+    from core.scaffold import create_skill
+    from core.skills import seeds_root
 
     folder = create_skill(args.name, args.task, seeds_root())
     print(f"created {folder}/ (skill.yaml, empty seeds.jsonl, eval.jsonl, traffic.jsonl)")
@@ -250,7 +251,7 @@ def cmd_registry(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.skills import TASK_TYPES
+    from core.tasks import task_names
 
     p = argparse.ArgumentParser(prog="distill", description="Continuous synthetic-data distillation pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("new-skill", help="create seeds/NAME/ with a commented skill.yaml and empty data files")
     n.add_argument("name", help="lowercase letters, digits and '-' (the folder name)")
     n.add_argument("--type", dest="task", required=True,
-                   choices=TASK_TYPES, help="task type")
+                   choices=task_names(), help="task type (one file per type in core/tasks/)")
     n.set_defaults(fn=cmd_new_skill)
     r = sub.add_parser("run", help="run the pipeline once for one skill")
     r.add_argument("skill")

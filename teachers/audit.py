@@ -2,7 +2,7 @@
 
 Before any expansion the teacher answers the human seeds, k-fold: each seed is answered
 once, with shots drawn only from the other folds, and scored with the skill's own metric
-(eval_gates.tasks). Every option the config leaves open is measured on the same folds:
+(core/tasks/). Every option the config leaves open is measured on the same folds:
 random vs similar shots (`teacher.shot_selection: auto`), raw vs contextually calibrated
 label scores (`teacher.calibration: auto`, score answerer). The best option labels the run;
 its per-item confidences set the per-label thresholds (filters/confidence.py); a score below
@@ -21,6 +21,7 @@ from typing import Any
 
 from core.records import Example
 from core.skills import Skill, SkillConfig
+from core.tasks import get_task
 from teachers.base import Failure
 from teachers.client import Teacher
 from teachers.strategies import Progress, _no_progress, answerer, label, self_consistency, shot_picker
@@ -49,7 +50,7 @@ def audit_seeds(skill: Skill, seed: int) -> list[Example]:
         return seeds
     rng = random.Random(seed + 31)
     order = rng.sample(seeds, len(seeds))
-    if skill.config.task == "classification":  # round-robin over labels keeps their shares
+    if get_task(skill.config).one_label:  # round-robin over labels keeps their shares
         groups: dict[str, list[Example]] = {}
         for s in order:
             groups.setdefault(s.output or "", []).append(s)
@@ -61,7 +62,7 @@ def make_folds(cfg: SkillConfig, seeds: list[Example], k: int, seed: int) -> lis
     """k folds; classification folds are stratified (each label dealt round-robin)."""
     rng = random.Random(seed + 29)
     order = rng.sample(seeds, len(seeds))
-    if cfg.task == "classification":
+    if get_task(cfg).one_label:
         order.sort(key=lambda s: s.output or "")  # stable: shuffled within each label
     folds: list[list[Example]] = [[] for _ in range(min(k, len(seeds)))]
     for i, s in enumerate(order):
@@ -114,21 +115,18 @@ def _answer_fold(skill: Skill, teacher: Teacher, who: str, fold: list[Example], 
 
 
 def _summarize(cfg: SkillConfig, seeds: list[Example], items: list[AuditItem]) -> dict[str, Any]:
-    from eval_gates.tasks import get_task
-
     task = get_task(cfg)
     preds = [i.prediction for i in items]
     agg = task.aggregate([task.score(e, p) for e, p in zip(seeds, preds)], seeds, preds)
     out: dict[str, Any] = {"score": agg.get(task.primary), "invalid_rate": agg.get("invalid_rate")}
-    if cfg.task == "classification":
-        out.update({k: agg[k] for k in ("macro_f1", "per_label_precision", "per_label_recall",
-                                        "predicted_distribution", "confusion") if k in agg})
+    # The label tables, where the task type's metrics have them (per-label bias of the teacher).
+    out.update({k: agg[k] for k in ("macro_f1", "per_label_precision", "per_label_recall",
+                                    "predicted_distribution", "confusion") if k in agg})
     return out
 
 
 def run_audit(skill: Skill, teacher: Teacher, seed: int, progress: Progress | None = None) -> dict[str, Any]:
     """Score every open option on the seeds (k-fold); choose the best; check the floor."""
-    from eval_gates.tasks import get_task
     from teachers.scoring import argmax, calibrate, content_free_prior, softmax
 
     progress = progress or _no_progress
@@ -194,7 +192,7 @@ def run_audit(skill: Skill, teacher: Teacher, seed: int, progress: Progress | No
         "metric": metric, "n": len(seeds), "folds": len(folds), "answerer": who, "options": results,
         "chosen": best["option"], "use": {"shots": best["shots"], "calibration": best["calibration"]},
         "score": best["score"], "floor": floor, "passed": passed, "reason": reason,
-        "seed_distribution": dict(Counter(s.output for s in seeds)) if cfg.task == "classification" else None,
+        "seed_distribution": dict(Counter(s.output for s in seeds)) if task.one_label else None,
         "items": [i.to_dict() for i in all_items[best["option"]]],
         "seconds": round(time.perf_counter() - t_start, 2),
     }

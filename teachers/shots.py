@@ -11,13 +11,13 @@ help; the audit reports teacher time per option for that reason.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from typing import Literal
 
 from core.records import Example
 from core.skills import SkillConfig
+from core.tasks import get_task
 
 ShotMode = Literal["random", "similar"]
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -43,13 +43,8 @@ def balanced_shots(seeds: list[Example], k: int, rng: random.Random) -> list[Exa
 
 
 def similarity_text(cfg: SkillConfig, input: str) -> str:
-    """What similarity is measured on: a function call's request, else the input."""
-    if cfg.task == "function_call":
-        try:
-            return str(json.loads(input).get("request", ""))
-        except (ValueError, AttributeError):
-            return input
-    return input
+    """What similarity is measured on: the task type's matching text (a function call's request)."""
+    return get_task(cfg).match_text(input)
 
 
 def tokens(text: str) -> list[str]:
@@ -63,6 +58,7 @@ class ShotPicker:
         if mode not in ("random", "similar"):
             raise ValueError(f"shot mode must be 'random' or 'similar', got {mode!r}")
         self.cfg, self.pool, self.k, self.mode = cfg, list(pool), k, mode
+        self.one_label = get_task(cfg).one_label  # shots balanced over the labels
         self.rng = random.Random(seed + 1)
         self.bm25 = None
         if mode == "similar" and self.pool:
@@ -75,7 +71,7 @@ class ShotPicker:
         if self.k <= 0 or not self.pool:
             return []
         if self.mode == "random":
-            if self.cfg.task == "classification":
+            if self.one_label:
                 return balanced_shots(self.pool, self.k, self.rng)
             return self.rng.sample(self.pool, min(self.k, len(self.pool)))
         scores = self.bm25.get_scores(tokens(similarity_text(self.cfg, input)))
@@ -83,7 +79,7 @@ class ShotPicker:
         jitter = {id(s): self.rng.random() for s in self.pool}
         ranked = sorted(range(len(self.pool)), key=lambda i: (-scores[i], jitter[id(self.pool[i])]))
         ranked = [i for i in ranked if self.pool[i].input != input]  # never the input itself
-        if self.cfg.task == "classification":
+        if self.one_label:
             per_label: dict[str, list[int]] = {}
             for i in ranked:
                 per_label.setdefault(self.pool[i].output or "", []).append(i)

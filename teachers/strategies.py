@@ -30,9 +30,11 @@ from typing import Any, Callable, ContextManager
 from core import prompting
 from core.records import Example, Rejected, content_id, write_examples, write_json
 from core.skills import Skill, SkillConfig
+from core.tasks import get_task
+from core.tasks.base import NEW_TOOLS
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
-from teachers.shots import ShotPicker, _by_label
+from teachers.shots import ShotPicker
 
 Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
 
@@ -42,86 +44,57 @@ def _no_progress(description: str, total: int | None):
     yield lambda n=1, total=None: None
 
 
-# --- structured-output helpers (core.prompting, issue 9; guarded so a missing one degrades clearly) ---------------
+# --- answer checks and limits --------------------------------------------------------------------------------------
 
 
 def _validate_output(cfg: SkillConfig, output: str, input: str | None) -> str | None:
-    fn = getattr(prompting, "validate_output", None)
-    if fn is not None:
-        return fn(cfg, output, input)
-    return None if cfg.task != "classification" or output in cfg.labels else "not_a_label"
+    return prompting.validate_output(cfg, output, input)
 
 
 def _validate_input(cfg: SkillConfig, input: str) -> str | None:
-    fn = getattr(prompting, "validate_input", None)
-    return fn(cfg, input) if fn is not None else (None if input.strip() else "empty_input")
+    return prompting.validate_input(cfg, input)
 
 
 def response_format_for(skill: Skill) -> str | None:
     """The response_format payload (canonical JSON text) when structured output is on, else None."""
     tc = skill.config.teacher
     on = tc.structured_output if isinstance(tc.structured_output, bool) else tc.endpoint == "chat"
-    fn = getattr(prompting, "response_format", None)
-    if not on or fn is None:
+    if not on:
         return None
-    rf = fn(skill.config)
+    rf = prompting.response_format(skill.config)
     return json.dumps(rf, ensure_ascii=False, separators=(",", ":"), sort_keys=True) if rf else None
 
 
 def answer_max_tokens(cfg: SkillConfig) -> int:
-    # A label is a word or two; JSON answers and text need room.
-    return cfg.teacher.answer_max_tokens or (8 if cfg.task == "classification" else 256)
+    # A label is a word or two; JSON answers and text need room (the task type says how much).
+    return cfg.teacher.answer_max_tokens or get_task(cfg).teacher_answer_tokens
 
 
 # --- shots ----------------------------------------------------------------------------------------------------------
 
 
 def _style_groups(skill: Skill) -> list[tuple[str, list[Example]]]:
-    """Groups the style shots come from: one per label (classification), one per tool set
-    (function_call), or all seeds."""
-    cfg = skill.config
-    if cfg.task == "classification":
-        return sorted(_by_label(skill.seeds).items())
-    if cfg.task == "function_call":
-        groups: dict[str, list[Example]] = {}
-        for s in skill.seeds:
-            tools = json.loads(s.input).get("tools", [])
-            groups.setdefault(json.dumps(tools, ensure_ascii=False, separators=(",", ":")), []).append(s)
-        return sorted(groups.items())
-    return [("", list(skill.seeds))]
+    """Groups the style shots come from, by the task type's group key (one per label for
+    classification, one per tool set for function calls, else all seeds), sorted by key."""
+    task = get_task(skill.config)
+    groups: dict[str, list[Example]] = {}
+    for s in skill.seeds:
+        groups.setdefault(task.group_key(s), []).append(s)
+    return sorted(groups.items())
 
 
 def _shown_input(cfg: SkillConfig, input: str) -> str:
-    """The text of an input as shown to the teacher: a function call's request only."""
-    if cfg.task == "function_call":
-        return str(json.loads(input).get("request", ""))
-    return " ".join(input.split())
-
-
-# group_key of a function_call input the teacher writes whole (new tools and a new request).
-NEW_TOOLS = "<new-tools>"
+    """The text of an input as shown to the teacher (a function call's request only)."""
+    return get_task(cfg).shown_input(input)
 
 
 def _build_input(cfg: SkillConfig, text: str, group_key: str) -> str:
-    if cfg.task == "function_call" and group_key == NEW_TOOLS:
-        try:  # the teacher wrote the whole input: keep it canonical when it parses; validation says why not
-            return json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
-        except ValueError:
-            return text
-    if cfg.task == "function_call":
-        return json.dumps({"request": text, "tools": json.loads(group_key)}, ensure_ascii=False,
-                          separators=(",", ":"))
-    return text
+    return get_task(cfg).build_input(text, group_key)
 
 
 def new_tools_prompt(skill: Skill, shots: list[Example]) -> str:
-    """function_call: seeds shown whole (tools and request); the teacher writes one more line
-    with functions of its own, from another domain, and a request that needs one of them."""
-    lines = ["Each line is a JSON object: a user request and the functions (OpenAI tools format, JSON Schema "
-             "parameters) an assistant may call. Write one more line for a different domain, with new functions "
-             "and a new request that one of them answers.", ""]
-    lines += [" ".join(s.input.split()) for s in shots]
-    return "\n".join(lines) + "\n"
+    """The prompt asking for a whole new input with functions of the teacher's own (function calls)."""
+    return get_task(skill.config).new_tools_prompt(shots)
 
 
 def style_prompt(skill: Skill, shots: list[Example]) -> str:
@@ -143,7 +116,7 @@ def rewrite_prompt(skill: Skill, source: Example, mode: str) -> str:
     cfg = skill.config
     name = cfg.input_name.lower()
     ask = REWRITE_ASK[mode].format(name=name)
-    keep = f" The right {cfg.output_name.lower()} stays: {source.output}." if cfg.task == "classification" and source.output else ""
+    keep = get_task(cfg).rewrite_hint(source.output)
     return (f"{cfg.instruction.strip()}\n\n{ask}{keep} Write it on one line.\n\n"
             f"{cfg.input_name}: {_shown_input(cfg, source.input)}\nRewritten {name}:")
 
@@ -209,7 +182,8 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     rng = random.Random(seed)
     groups = _style_groups(skill)
     plans = []
-    share = skill.config.expansion.new_function_share if skill.config.task == "function_call" else 0.0
+    task = get_task(skill.config)
+    share = task.new_tools_share()
     n_new = round(n * share)
     for i in range(n):
         meta: dict[str, Any] = {"strategy": "self_instruct"}
@@ -221,7 +195,7 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
             key, pool = groups[i % len(groups)]
             shots = rng.sample(pool, min(tc.style_shots, len(pool)))
             prompt = style_prompt(skill, shots)
-        if skill.config.task == "classification":
+        if task.one_label:
             meta["seed_label"] = key
         req = Request(prompt=prompt, max_tokens=tc.max_new_tokens, temperature=tc.temperature,
                       top_p=0.95, stop=("\n",), seed=(seed * 100_003 + i) % 2**31)
@@ -234,6 +208,7 @@ def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed
     """Paraphrased or harder variants of `sources`, the modes used in turn; the variant keeps
     its source's tool set (function_call) and, for classification, its label as `seed_label`."""
     cfg, ec = skill.config, skill.config.expansion
+    task = get_task(cfg)
     if not sources or n <= 0:
         return [], []
     rng = random.Random(seed + 7)
@@ -244,10 +219,9 @@ def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed
         mode = ec.rewrite_modes[i % len(ec.rewrite_modes)]
         meta: dict[str, Any] = {"strategy": "rewrite", "rewrite_mode": mode, "source_input": _shown_input(cfg, src.input)}
         label = src.output if src.source == "human" else src.meta.get("seed_label")
-        if cfg.task == "classification" and label:
+        if task.one_label and label:
             meta["seed_label"] = label
-        key = json.dumps(json.loads(src.input).get("tools", []), ensure_ascii=False, separators=(",", ":")) \
-            if cfg.task == "function_call" else ""
+        key = task.group_key(src)  # the variant keeps its source's group (a function call's tools)
         shown = Example(**{**src.to_dict(), "output": label})
         req = Request(prompt=rewrite_prompt(skill, shown, mode), max_tokens=cfg.teacher.max_new_tokens,
                       temperature=cfg.teacher.temperature, top_p=0.95, stop=("\n",),

@@ -9,9 +9,11 @@ import pytest
 import yaml
 
 from core.records import DataError
-from core.skills import (TASK_TYPES, SkillConfig, SkillError, check_skill_name, create_skill, load_config,
+from core.scaffold import create_skill
+from core.skills import (SkillConfig, SkillError, check_skill_name, load_config,
                          load_examples, load_skill, skill_dir, validate_all)
 from core.structured import canonical_json
+from core.tasks import BUILTIN, task_names
 from tests.core.skillkit import EXTRACT_SCHEMA, SEND, WEATHER, call_input, config, make_skill, rows, traffic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,8 +64,8 @@ def _errors(cfg: dict) -> str:
 
 
 def test_every_task_type_has_a_valid_minimal_config():
-    assert set(TASK_TYPES) == {"classification", "extraction", "function_call", "generation"}
-    for task in TASK_TYPES:
+    assert set(BUILTIN) == {"classification", "extraction", "function_call", "generation"} <= set(task_names())
+    for task in BUILTIN:
         assert SkillConfig.model_validate(config(task)).task == task
 
 
@@ -72,7 +74,7 @@ def test_per_task_config_rules():
     assert "set `type: object`" in _errors(config("extraction", output_schema={"type": "array"}))
     assert "not a valid JSON Schema at properties/a/type" in _errors(
         config("extraction", output_schema={"type": "object", "properties": {"a": {"type": "strng"}}}))
-    assert "only classification skills have labels" in _errors(config("function_call", labels=["a", "b"]))
+    assert "only classification (and other label) skills have labels" in _errors(config("function_call", labels=["a", "b"]))
     assert "not used by function_call" in _errors(config("function_call", output_schema=EXTRACT_SCHEMA))
     assert "not used by classification" in _errors(config("classification", output_schema=EXTRACT_SCHEMA))
     assert "at least 2 labels" in _errors(config("classification", labels=["a"]))
@@ -90,7 +92,7 @@ def test_several_config_problems_come_in_one_message(tmp_path):
 
 # ---- data per task type ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("task", TASK_TYPES)
+@pytest.mark.parametrize("task", BUILTIN)
 def test_valid_data_loads_for_every_task_type(tmp_path, task):
     make_skill(tmp_path, task)
     s = load_skill(config(task)["name"], root=tmp_path)
@@ -279,7 +281,7 @@ def test_distill_skills_with_no_skills(tmp_path, monkeypatch, capsys):
     assert "no skills found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("task", TASK_TYPES)
+@pytest.mark.parametrize("task", task_names())
 def test_new_skill_writes_a_commented_file_that_loads_back(tmp_path, task):
     folder = create_skill(f"new-{task.replace('_', '-')}", task, tmp_path)
     text = (folder / "skill.yaml").read_text()

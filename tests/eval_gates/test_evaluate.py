@@ -79,13 +79,13 @@ def test_same_adapter_as_champion_is_a_zero_difference(skill_root, tiny_model_pa
 
 
 def test_a_scoring_crash_and_empty_traffic_block_promotion(skill_root, tiny_model_path, adapters, tmp_path, monkeypatch):
-    import eval_gates.tasks
+    import core.tasks.classification
 
     def broken(self, example, prediction):
         raise KeyError("injected scoring failure")
 
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
-    monkeypatch.setattr(eval_gates.tasks.Classification, "score", broken)
+    monkeypatch.setattr(core.tasks.classification.Classification, "score", broken)
     out = evaluate_candidate(skill, tiny_model_path, adapters[0], None, [], tmp_path)
     d = out["decision"]
     assert d["promote"] is False

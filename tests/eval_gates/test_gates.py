@@ -6,7 +6,7 @@ from scipy.stats import binomtest
 
 from core.skills import GateConfig, ReplayConfig
 from eval_gates.gates import decide, gate, regression_gate, replay_gate
-from eval_gates.metrics import classification_metrics
+from core.tasks.classification import classification_metrics
 from eval_gates.stats import paired_interval
 
 

@@ -28,7 +28,12 @@ def test_completions_labels_are_greedy_deterministic_and_counted(llama_url, skil
     items = skill.eval_set[:3]
     runs = []
     for _ in range(2):  # no cache: both runs really hit the server
-        t = Teacher(OpenAIBackend(llama_url, "gemma", backend_label="llama_cpp"), ClientSettings(max_in_flight=2,
+        # llama-cpp-python reuses the previous prompt's KV prefix, and a different split of the same
+        # prompt gives slightly different Q4 logits: start both runs from the same server state, one
+        # request at a time (greedy answers are deterministic given the state, not across states).
+        Teacher(OpenAIBackend(llama_url, "gemma", backend_label="llama_cpp")).run(
+            [Request(prompt="Reset.", max_tokens=1, temperature=0.0)])
+        t = Teacher(OpenAIBackend(llama_url, "gemma", backend_label="llama_cpp"), ClientSettings(max_in_flight=1,
                                                                                                invalid_retries=0))
         kept, rejected = label(skill, t, items, seed=0)
         assert len(kept) + len(rejected) == 3

@@ -6,7 +6,9 @@ import pytest
 
 from core.records import Example
 from core.skills import SkillConfig
-from eval_gates.tasks import _chrf, ast_check, chrf, corpus_chrf, get_task, score_items
+from core.tasks import get_task, score_items
+from core.tasks.function_call import ast_check
+from core.tasks.generation import _chrf, chrf, corpus_chrf
 
 
 def cj(obj) -> str:
@@ -132,7 +134,7 @@ def test_unknown_task_type_names_it():
     class Cfg:
         task = "ranking"
 
-    with pytest.raises(ValueError, match="no metric plug-in for task type 'ranking'"):
+    with pytest.raises(ValueError, match="unknown task type 'ranking'; known: classification"):
         get_task(Cfg())
 
 

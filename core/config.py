@@ -1,0 +1,436 @@
+"""The skill file's schema: one pydantic model per block, each field with its default and help.
+
+Defaults live here, each with a one-line why. Cross-key rules that depend on the task type are
+asked of the task type (core/tasks/); everything else is checked here. Loading and validating a
+skill's files is core/skills.py; `distill new-skill`'s scaffolding is core/scaffold.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core import structured
+
+# Lowercase letters, digits and dashes: a name is a path component in seeds/, the work dir
+# and the registry, so it can never hold '/', '..', a drive or a hidden-file dot.
+SKILL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class SkillError(ValueError):
+    """A skill cannot be loaded; the message says what to fix."""
+
+
+def skill_name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a skill name, or None."""
+    if not isinstance(name, str) or not SKILL_NAME_RE.match(name):
+        return (f"skill name {name!r} is not allowed: use 1-64 lowercase letters, digits and '-', "
+                f"starting with a letter or digit (e.g. ticket-triage)")
+    return None
+
+
+def check_skill_name(name: Any) -> str:
+    """`name` if it is a valid skill name, else SkillError. Call it before using a name in a path."""
+    problem = skill_name_problem(name)
+    if problem:
+        raise SkillError(problem)
+    return name
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PriceTable(_Strict):
+    prompt_per_1k: float = Field(0.0, ge=0.0, description="Price of 1,000 prompt tokens (any currency; the local default is free).")
+    completion_per_1k: float = Field(0.0, ge=0.0, description="Price of 1,000 completion tokens.")
+
+
+class TeacherConfig(_Strict):
+    backend: Literal["local", "openai"] = Field("local", description="'local' (llama.cpp server or transformers, in-process) or 'openai' (any OpenAI-compatible server).")
+    model: str = Field("bundled:gemma-3-270m", description="Model id, local path, or bundled:gemma-3-270m; the served model name for 'openai'.")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (backend 'openai').")
+    endpoint: Literal["completions", "chat"] = Field("completions", description="'completions' (base models, llama.cpp, vLLM) or 'chat' (/chat/completions, instruct APIs).")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
+    api_key_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the API key (instead of api_key_env).")
+    local_server: Literal["auto", "llama_cpp", "transformers"] = Field(
+        "auto", description="How a local bundled:gemma-3-270m is served. auto: the llama.cpp server when llama_cpp is installed, except on CPUs with AVX512-BF16/AMX, where batched bf16 transformers measured 1.6x (new inputs) and 2.3x (labels) faster (benchmarks/teacher_throughput.py --embedded); transformers otherwise.")
+    structured_output: bool | Literal["auto"] = Field(
+        "auto", description="Send the skill's output schema as response_format: true, false, or auto = only on the chat endpoint (completions servers vary). Answers are validated locally either way.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for HTTP teachers.")
+    max_in_flight: int = Field(16, ge=1, le=1024, description="Most HTTP requests in flight; the adaptive limit (halved on 429, +1 after a run of successes) stays below it.")
+    rpm: int | None = Field(None, ge=1, description="Requests-per-minute budget enforced by the client (None: no budget).")
+    tpm: int | None = Field(None, ge=1, description="Tokens-per-minute budget (prompt + completion) enforced by the client (None: no budget).")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries per request on 429, 5xx, timeouts and broken connections (exponential backoff with jitter).")
+    backoff_base_s: float = Field(0.5, gt=0, le=60, description="First retry waits about this long (x0.5-1.5 jitter), doubling each time.")
+    backoff_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between retries (Retry-After may ask for more).")
+    max_error_rate: float = Field(0.2, ge=0.0, le=1.0, description="Stop the run (TeacherErrorRateExceeded) when more requests than this share fail after retries.")
+    error_rate_min_requests: int = Field(20, ge=1, description="Finished requests before the error rate is checked mid-run (it is always checked at the end).")
+    invalid_retries: int = Field(2, ge=0, le=10, description="Re-asks of an answer that does not parse or fails the output schema before it is dropped.")
+    retry_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Least temperature of a re-ask (a greedy re-ask would repeat the same answer).")
+    answer_max_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer when labeling; None: 8 for classification (one label), 256 otherwise.")
+    cache: bool = Field(True, description="Durable response cache in <work dir>/cache/teacher.sqlite: a re-run sends no cached request.")
+    prices: PriceTable | None = Field(None, description="Prices for the cost estimate in teacher_accounting.json, e.g. {prompt_per_1k: 0.15, completion_per_1k: 0.6}.")
+    few_shot: int = Field(8, ge=0, le=64, description="Seed examples shown in each labeling prompt.")
+    style_shots: int = Field(6, ge=1, le=64, description="Seed inputs shown when asking for new inputs.")
+    temperature: float = Field(0.9, ge=0.0, le=2.0, description="Sampling temperature for new inputs.")
+    max_new_tokens: int = Field(64, ge=4, le=1024, description="Longest generated input, in tokens.")
+    batch_size: int = Field(16, ge=1, le=256, description="Prompts per generate() call (local transformers backend).")
+    shot_selection: Literal["random", "similar", "auto"] = Field(
+        "random", description="Labeling shots per item: random (balanced over labels), similar (the seeds most like the input by BM25, balanced over labels), or auto (the teacher audit measures both and the better one labels the run). Per-item shots defeat a server's prefix cache: the audit reports teacher time per option.")
+    calibration: Literal["none", "contextual", "auto"] = Field(
+        "auto", description="score answerer: divide label probabilities by the teacher's prior on content-free inputs (Zhao et al. 2021), none, or auto (the audit measures both and the better one is used).")
+    score_method: Literal["auto", "echo", "first_token"] = Field(
+        "auto", description="How an HTTP teacher scores labels: echo (completions with echo+logprobs: each label's full log-likelihood; vLLM, OpenAI legacy completions) or first_token (top-20 logprobs of the first answer token; chat endpoints too, needs labels with distinct first tokens). auto: first_token on chat endpoints and the embedded llama.cpp server (its echo logprobs sort the whole 262k vocabulary per prompt token: minutes a prompt), echo elsewhere. Local transformers always score the full label.")
+    calibration_shot_sets: int = Field(4, ge=1, le=256, description="Random shot sets the content-free prior is averaged over (3 content-free inputs each; the audit draws them per fold).")
+
+    @model_validator(mode="after")
+    def _url(self) -> "TeacherConfig":
+        problems = []
+        if self.backend == "openai" and not self.base_url:
+            problems.append("teacher.base_url is required when teacher.backend is 'openai' (e.g. http://127.0.0.1:8080/v1)")
+        if self.api_key_env and self.api_key_secret:
+            problems.append("teacher.api_key_env and teacher.api_key_secret: give one of them, not both")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+Strategy = Literal["self_instruct", "label", "score", "self_consistency", "rewrite"]
+ANSWERERS = ("label", "score", "self_consistency")
+
+
+class ExpansionConfig(_Strict):
+    target_examples: int = Field(64, ge=0, le=100_000, description="New inputs the teacher writes per run (self_instruct).")
+    strategies: list[Strategy] = Field(
+        default_factory=lambda: ["self_instruct", "label"],
+        description="Input writers (self_instruct, rewrite) and one answerer (default: score for classification, label otherwise): label (greedy few-shot answer), score (classification: labels ranked by the teacher's log-likelihood, probability = confidence) or self_consistency (n samples, majority answer, agreement = confidence).")
+    self_consistency_samples: int = Field(5, ge=2, le=64, description="Samples per input for self_consistency (odd avoids ties).")
+    self_consistency_temperature: float = Field(0.7, gt=0.0, le=2.0, description="Sampling temperature of self_consistency samples.")
+    rewrite_examples: int = Field(16, ge=0, le=100_000, description="Variants the rewrite strategy writes per run.")
+    rewrite_modes: list[Literal["paraphrase", "harder"]] = Field(
+        default_factory=lambda: ["paraphrase", "harder"], description="Rewrite prompts, used in turn.")
+    rewrite_source: Literal["seeds", "generated"] = Field(
+        "seeds", description="Rewrite human seeds, or the inputs self_instruct wrote in this run.")
+    new_function_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="function_call: share of self_instruct inputs where the teacher writes new "
+                                         "functions as well as the request (the rest reuse a seed's tool set), so the "
+                                         "student learns to read schemas it has never seen.")
+
+    @model_validator(mode="after")
+    def _strategies(self) -> "ExpansionConfig":
+        st = set(self.strategies)
+        problems = []
+        if not st & {"self_instruct", "rewrite"}:
+            problems.append("expansion.strategies needs an input writer: add self_instruct or rewrite")
+        answerers = sorted(st & set(ANSWERERS))
+        if len(answerers) > 1:
+            problems.append(f"expansion.strategies: choose one answerer, not {' and '.join(answerers)}")
+        elif not answerers:
+            problems.append("expansion.strategies needs an answerer: add label, score or self_consistency")
+        if self.rewrite_source == "generated" and "rewrite" in st and "self_instruct" not in st:
+            problems.append("expansion.rewrite_source 'generated' needs self_instruct in expansion.strategies")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class AuditConfig(_Strict):
+    enabled: bool = Field(True, description="Score the teacher on the human seeds (k-fold) before expansion.")
+    folds: int = Field(5, ge=2, le=50, description="k: every seed is answered once, with shots only from the other folds.")
+    floor: float | None = Field(
+        None, ge=0.0, le=1.0, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run refuses the teacher's data (audit.on_fail) with the reason in decision.json. None: no floor.")
+    max_items: int | None = Field(None, ge=2, description="Audit at most this many seeds (stratified sample): bounds teacher cost on big seed sets.")
+    on_fail: Literal["stop", "skip_expansion"] = Field(
+        "stop", description="Below the floor: stop the run before expansion (nothing trained or published), or skip_expansion: train on the seeds, the accepted pool and new traffic without this run's teacher data (the gates still decide).")
+
+
+class FilterConfig(_Strict):
+    near_dup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="MinHash Jaccard above which two inputs are near-duplicates.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+    shingle: int = Field(3, ge=1, le=16, description="Word n-gram size for MinHash shingles.")
+    ngram: int = Field(13, ge=3, le=64, description="n-gram size for the contamination check.")
+    min_ngram: int = Field(8, ge=2, le=64, description="Shorter eval items use n-grams of their own length, down to this.")
+    min_input_words: int = Field(3, ge=1, description="Inputs shorter than this are dropped as too_short.")
+    max_input_words: int = Field(120, ge=1, description="Inputs longer than this are dropped as too_long.")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="Drop teacher examples whose confidence is below this.")
+    target_precision: float | None = Field(
+        None, gt=0.0, le=1.0, description="Per-label confidence thresholds chosen on the teacher audit so that audit items at or above them reach this precision; a label that cannot reach it keeps no teacher examples. None: off.")
+    threshold_min_support: int = Field(3, ge=1, description="Audit items at or above a threshold needed before its precision is trusted.")
+    max_label_distance: float | None = Field(
+        None, gt=0.0, le=1.0, description="Largest total-variation distance between the labels of accepted teacher examples and of the seeds; the least confident examples of over-represented labels are dropped until it holds (classification). None: off.")
+    max_output_chars: int = Field(4000, ge=1, description="Outputs longer than this (characters) are dropped as output_too_long.")
+    exact_dedup: Literal["input", "input_output"] = Field(
+        "input", description="Exact duplicates by normalized input (one answer per question), or only when input and output both repeat.")
+    minhash_seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (recorded in the dedup index manifest).")
+    # Recall-leaning LSH: every hit is re-checked with the Jaccard estimate, so a false positive costs one comparison.
+    lsh_weights: tuple[float, float] = Field(
+        (0.1, 0.9), description="(false positive, false negative) weights datasketch uses to pick LSH bands/rows; sum 1.0.")
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db: keep the dedup index in Redis (shared by workers) instead of DISTILL_HOME/index.")
+    external_eval_sets: list[str] = Field(
+        default_factory=list, description="Extra eval/benchmark JSONL files (id, input, optional output), relative to the skill folder; nothing overlapping them is trained on.")
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS),
+        description="Case-insensitive regexes; an OUTPUT matching one is dropped as refusal (inputs may say 'I cannot log in').")
+    boilerplate_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BOILERPLATE_PATTERNS),
+        description="Case-insensitive regexes; an input or output matching one is dropped as boilerplate (chat filler).")
+
+    @field_validator("lsh_weights")
+    @classmethod
+    def _weights(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) < 0 or abs(sum(v) - 1.0) > 1e-9:
+            raise ValueError("lsh_weights: two non-negative numbers summing to 1.0, e.g. [0.1, 0.9]")
+        return v
+
+    @field_validator("refusal_patterns", "boilerplate_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        bad = []
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                bad.append(f"{p!r} ({e})")
+        if bad:
+            raise ValueError("not a valid regex: " + "; ".join(bad))
+        return v
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> "FilterConfig":
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram ({self.min_ngram}) must not exceed ngram ({self.ngram})")
+        return self
+
+
+# Teacher refusals that must not become training targets.
+DEFAULT_REFUSAL_PATTERNS = (
+    r"\bas an ai\b", r"\bas a language model\b", r"^\s*i(?: a|')m (?:sorry|unable)\b",
+    r"\bi (?:cannot|can't|can not|am unable to) (?:help|assist|provide|comply|fulfil)",
+)
+# Chat filler a teacher wraps around what it was asked for ("Sure! Here is a ticket: ...").
+DEFAULT_BOILERPLATE_PATTERNS = (
+    r"^\s*(?:sure|certainly|of course|absolutely)\b[!,.]?\s*here(?:'s| is| are)\b",
+    r"^\s*here(?:'s| is| are) (?:a|an|the|some|your) (?:new |another )?(?:example|ticket|input|response)s?\b",
+    r"\bi hope this helps\b",
+)
+
+
+class LoraConfigModel(_Strict):
+    # Defaults follow the QLoRA paper's recipe for small models: adapters on every linear
+    # layer matter more than a large rank; alpha = 2r keeps the update scale stable across r.
+    r: int = Field(16, ge=1, le=512, description="LoRA rank (16: enough for one narrow skill; higher rarely helps).")
+    alpha: int = Field(32, ge=1, le=1024, description="LoRA scaling alpha (2 x r: the usual, rank-independent update size).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input (0.05: light regularization for small data).")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names, or 'all-linear' (every linear layer but the LM head, as in QLoRA).")
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(2.0, gt=0, le=100, description="Passes over the training pool (2: small pools overfit beyond ~3).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Examples per device step (8: fits a CPU and any GPU for a 270M model).")
+    grad_accum: int = Field(1, ge=1, le=1024, description="Steps accumulated per optimizer step (effective batch = batch_size x grad_accum).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate, cosine decay (2e-4: the QLoRA default for LoRA adapters).")
+    max_length: int = Field(256, ge=16, le=32768, description="Longest prompt + answer in tokens; longer ones are truncated.")
+    packing: bool = Field(False, description="Pack several examples per sequence (best-fit); off: short classification "
+                                             "examples waste little padding once grouped by length.")
+    prompt_format: Literal["skill_template", "chat_template"] = Field(
+        "skill_template", description="'skill_template': the skill's plain-text prompt (works for base models, the one "
+                                      "consumers get in skill.json); 'chat_template': the base tokenizer's chat template "
+                                      "(only for models that have one).")
+    human_share: float = Field(0.3, ge=0.0, le=1.0, description="Least share of human examples in every epoch (1.0: humans only).")
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the pool held out for validation (per source; "
+                                                                  "sources with fewer than 10 examples keep all of theirs).")
+    eval_steps: int | None = Field(None, ge=1, description="Validate every N steps (default: ~4 times a run, at least once an epoch).")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: eval_steps); with a validation "
+                                                           "split it must be a multiple of eval_steps (the best one is kept).")
+    early_stopping_patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better eval loss (0: never).")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="'auto': eager on CPU, flash_attention_2 on CUDA when installed, else sdpa.")
+    answer_only_logits: bool = Field(True, description="LM-head logits only where the loss is taken (same loss, ~5x faster on CPU).")
+    full_determinism: bool = Field(False, description="Deterministic torch kernels on CUDA too (slower there; CPU runs are "
+                                                      "always deterministic).")
+    seed: int = Field(0, description="Seed for python, numpy, torch, data order and the validation split.")
+
+    @model_validator(mode="after")
+    def _steps(self) -> "TrainConfig":
+        if self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ValueError(f"student.train.save_steps ({self.save_steps}) must be a multiple of "
+                             f"student.train.eval_steps ({self.eval_steps}) so the best checkpoint can be kept")
+        return self
+
+
+class StudentConfig(_Strict):
+    base_model: str = Field("bundled:gemma-3-270m", description="Model id, local path, or bundled:gemma-3-270m.")
+    quantization: Literal["nf4", "none"] = Field(
+        "nf4", description="'nf4': QLoRA (4-bit base, double quantization; plain LoRA is used where bitsandbytes "
+                           "cannot quantize, and the run record says so); 'none': plain LoRA on a full-precision base.")
+    lora: LoraConfigModel = LoraConfigModel()
+    train: TrainConfig = TrainConfig()
+
+
+class TrafficColumns(_Strict):
+    """Column names of a SQL traffic table (gates.replay.source: sql)."""
+
+    id: str = Field("id", description="Unique request id.")
+    request: str = Field("request", description="The request (text, or canonical JSON text for JSON skills).")
+    reference: str = Field("reference", description="The reference answer (the large model's, or a person's correction).")
+    accepted: str = Field("accepted", description="Whether the reference was accepted (boolean, or 0/1).")
+    created_at: str = Field("created_at", description="When the request was served (orders 'recent').")
+    reference_source: str | None = Field(None, description="Optional column: 'llm' or 'human'; unset: 'unknown'.")
+
+
+class ReplayConfig(_Strict):
+    source: str = Field("traffic.jsonl", description="Traffic log: a JSONL file inside the skill folder, or 'sql' for a table read through SQLAlchemy (url, table, columns).")
+    url: str | None = Field(None, description="SQLAlchemy URL of the traffic database (source: sql); default sqlite:///<skill folder>/traffic.db.")
+    table: str = Field("traffic", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="Traffic table (source: sql).")
+    columns: TrafficColumns = Field(default_factory=TrafficColumns, description="Column names of the traffic table (source: sql).")
+    sample: int = Field(40, ge=1, description="Requests replayed per run (sampled reproducibly).")
+    recent: int | None = Field(1000, ge=1, description="Sample among the most recent N accepted requests (None: all of them).")
+    seed: int = Field(0, ge=0, description="Seed of the replay sample (same seed, same traffic: same sample).")
+    min_agreement: float = Field(0.4, ge=0.0, le=1.0, description="Least agreement with accepted references.")
+    max_invalid_rate: float = Field(0.2, ge=0.0, le=1.0, description="Most outputs that do not parse.")
+    max_p95_latency_s: float | None = Field(None, gt=0, description="Largest tolerated p95 latency per request in seconds (None: not gated).")
+
+
+class GateConfig(_Strict):
+    enforce_floor: bool = Field(True, description="False only in smoke runs: floors are measured and recorded but "
+                                                  "do not block (smoke versions get the candidate alias, never production).")
+    floor: dict[str, float] = Field(default_factory=lambda: {"primary": 0.4}, description="Absolute floors per metric (metric names of the task type: accuracy, macro_f1, field_f1, ast_accuracy, chrf ...; 'primary': the task type's primary metric).")
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="Largest tolerated drop against production: the lower bound of the paired confidence interval on (candidate - production) must lie above -margin. Size it to the eval set: with 100 items and a few disagreements the interval is about +-0.05.")
+    metric: str | None = Field(None, description="Per-item metric compared against production (default: the task type's primary metric).")
+    ci_method: Literal["auto", "bootstrap", "mcnemar"] = Field("auto", description="Paired interval: exact McNemar (conditional binomial) for pass/fail metrics, paired bootstrap otherwise ('auto').")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Confidence level of the paired interval (two-sided).")
+    resamples: int = Field(2000, ge=100, le=100_000, description="Paired bootstrap resamples.")
+    seed: int = Field(0, ge=0, description="Bootstrap seed: the same data gives the same decision.")
+    slice_floor: dict[str, float] = Field(default_factory=dict, description="Absolute floor per label/slice on its recall (classification) or primary metric; '*' applies to every slice.")
+    slice_max_drop: dict[str, float] = Field(default_factory=dict, description="Largest tolerated drop per label/slice against production; '*' applies to every slice.")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer generated in evaluation (default: 8 for classification, 160 otherwise).")
+    eval_limit: int | None = Field(None, ge=1, description="Score only the first N eval items (smoke runs).")
+    publish_alias: Literal["production", "candidate"] = Field(
+        "production", description="Alias a version that passes every gate gets; smoke runs publish as candidate.")
+    replay: ReplayConfig = ReplayConfig()
+
+
+class RoutingConfig(_Strict):
+    target_error_rate: float = Field(0.05, gt=0.0, lt=1.0, description="Largest error rate tolerated on the requests the adapter keeps; below the confidence threshold that achieves it, requests escalate to the large model.")
+
+
+class ScheduleConfig(_Strict):
+    cron: str | None = None
+
+
+class SkillConfig(_Strict):
+    name: str = Field(description="The skill's name: the folder name under seeds/ (lowercase letters, digits, '-').")
+    task: str = Field(description="The task type: classification | extraction | function_call | generation, or any "
+                                  "type registered in core/tasks/ (`distill new-skill --help` lists them).")
+    instruction: str = Field(min_length=1, description="The first line of every prompt: what the model must do.")
+    input_name: str = Field("Input", min_length=1, description="Label before the input in prompts.")
+    output_name: str = Field("Output", min_length=1, description="Label before the answer in prompts.")
+    labels: list[str] = Field(default_factory=list, description="The answers a classification skill may give (2 or more); "
+                                                                "other task types have none.")
+    output_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema (Draft 2020-12) of the answer: required for extraction (an object schema), "
+                          "optional for generation (then answers are JSON), absent for the other task types.")
+    teacher: TeacherConfig = Field(TeacherConfig(), description="The large model that writes new inputs and answers them.")
+    expansion: ExpansionConfig = Field(ExpansionConfig(), description="How many new examples each run asks for, and how.")
+    audit: AuditConfig = Field(AuditConfig(), description="The teacher audit on the seeds: its score per option, and the floor it must reach.")
+    filters: FilterConfig = Field(FilterConfig(), description="Quality, dedup and eval-contamination filters on teacher data.")
+    student: StudentConfig = Field(StudentConfig(), description="The small model fine-tuned per skill (QLoRA).")
+    gates: GateConfig = Field(GateConfig(), description="When a new adapter may replace production: eval-set and traffic-replay gates.")
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="When the pipeline runs on its own.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="What the router needs: the error rate to hold on kept requests.")
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides, e.g. smoke.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        problem = skill_name_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("input_name", "output_name")
+    @classmethod
+    def _prompt_label(cls, v: str) -> str:
+        if "\n" in v or ":" in v:
+            raise ValueError("one line without ':' (it is written as 'NAME: ...' in prompts)")
+        return v
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if v is None else structured.schema_problem(v)
+        if problem:
+            raise ValueError(f"{problem}; fix the schema (https://json-schema.org/draft/2020-12)")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        from core.tasks import task_names
+
+        if v not in task_names():
+            raise ValueError(f"unknown task type {v!r}; choose one of: {', '.join(task_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _per_task(self) -> "SkillConfig":
+        from core.tasks import task_class
+
+        task = task_class(self.task)
+        problems = task.config_problems(self)  # every cross-key problem in one message
+        if "strategies" not in self.expansion.model_fields_set and task.default_answerer != "label":
+            self.expansion.strategies = [s if s != "label" else task.default_answerer for s in self.expansion.strategies]
+        if self.filters.target_precision is not None and not set(self.expansion.strategies) & {"score",
+                                                                                              "self_consistency"}:
+            problems.append("filters.target_precision: per-label thresholds need a confidence on every teacher "
+                            "answer; use the score (classification) or self_consistency answerer in "
+                            "expansion.strategies, or remove filters.target_precision")
+        if "score" in self.expansion.strategies:
+            if not task.one_label:
+                problems.append(f"expansion.strategies: score ranks a closed label set (classification); use label "
+                                f"or self_consistency for {self.task}")
+            if self.teacher.endpoint == "chat" and self.teacher.score_method == "echo":
+                problems.append("teacher.score_method: echo needs prompt logprobs, which chat endpoints do not return; "
+                                "use score_method first_token (or auto), or teacher.endpoint: completions")
+        if self.filters.max_label_distance is not None and not task.one_label:
+            problems.append("filters.max_label_distance: only classification skills have labels; remove the key")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+# Built-in profiles, deep-merged over the skill file; a skill may redefine them under `profiles:`.
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # smoke: the whole pipeline on real parts in a few minutes (fewer items, a few training steps).
+    "smoke": {
+        "expansion": {"target_examples": 8},
+        "teacher": {"few_shot": 5, "style_shots": 3, "batch_size": 8, "max_new_tokens": 48, "calibration_shot_sets": 2},
+        "audit": {"max_items": 20, "folds": 4},
+        "student": {"train": {"max_steps": 4, "batch_size": 4, "eval_steps": 4}},
+        # Loose gates so the publish path runs too; the version gets the `candidate` alias,
+        # never `production`, so a smoke adapter is never served nor used as the champion.
+        "gates": {"eval_limit": 16, "replay": {"sample": 8, "min_agreement": 0.0, "max_invalid_rate": 1.0},
+                  "enforce_floor": False, "margin": 1.0, "publish_alias": "candidate"},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+

@@ -1,0 +1,125 @@
+"""classification: the input is text; the answer is exactly one of the skill's `labels`."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from core.records import Example
+from core.tasks.base import INVALID, TaskType, labels_problems, register
+
+
+def classification_metrics(golds: list[str], preds: list[str | None], labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-label recall and precision, invalid rate and confusion matrix
+    (gold -> pred -> count) over whole lists; None predictions count as invalid."""
+    n = len(golds)
+    correct = sum(g == p for g, p in zip(golds, preds))
+    confusion: dict[str, Counter] = {lab: Counter() for lab in labels}
+    for g, p in zip(golds, preds):
+        confusion.setdefault(g, Counter())[p if p is not None else INVALID] += 1
+    recall, precision, f1 = {}, {}, {}
+    for lab in labels:
+        tp = confusion[lab][lab]
+        gold_n = sum(confusion[lab].values())
+        pred_n = sum(c[lab] for c in confusion.values())
+        r = tp / gold_n if gold_n else 0.0
+        p = tp / pred_n if pred_n else 0.0
+        recall[lab] = round(r, 4)
+        precision[lab] = round(p, 4)
+        f1[lab] = 2 * p * r / (p + r) if p + r else 0.0
+    return {
+        "n": n,
+        "accuracy": round(correct / n, 4) if n else 0.0,
+        "macro_f1": round(sum(f1.values()) / len(labels), 4) if labels else 0.0,
+        "invalid_rate": round(sum(p is None for p in preds) / n, 4) if n else 0.0,
+        "per_label_recall": recall,
+        "per_label_precision": precision,
+        "predicted_distribution": dict(Counter(p if p is not None else INVALID for p in preds)),
+        "confusion": {g: dict(c) for g, c in confusion.items()},
+    }
+
+
+@register
+class Classification(TaskType):
+    name, primary = "classification", "accuracy"
+    one_label = True
+    # A closed label set is scored, not sampled: every answer is a label, with a probability.
+    default_answerer = "score"
+    answer_tokens = 8  # a label is a few tokens
+    teacher_answer_tokens = 8
+    answer_format = "label"
+    slice_name = "per-label recall"
+    scaffold = {
+        "instruction": "Classify the input into exactly one of the labels.",
+        "input_name": "Input", "output_name": "Label", "labels": ["label_a", "label_b"],
+        "floor": {"accuracy": 0.4},
+        "example": {"id": "seed-001", "input": "the text to classify", "output": "label_a"},
+    }
+
+    @classmethod
+    def config_problems(cls, cfg):
+        out = labels_problems(cfg, required=True)
+        if cfg.output_schema is not None:
+            out.append(f"output_schema: not used by {cfg.task} skills; remove the key")
+        return out
+
+    # --- prompts and answers -------------------------------------------------------------------------------------
+
+    def format_completion(self, output):
+        return f" {output}"
+
+    def parse_output(self, text):
+        text = (text or "").strip().strip("`").strip()
+        first = text.splitlines()[0].strip() if text else ""
+        labels = self.cfg.labels
+        token = re.sub(r"[^a-z0-9_\- ]", " ", first.lower()).strip()
+        token = token.replace(" ", "_") if token.replace(" ", "_") in labels else token
+        if token in labels:
+            return token
+        # Accept "billing." or "billing - because ..." but not a label buried mid-sentence.
+        head = token.split()[0] if token.split() else ""
+        return head if head in labels else None
+
+    def output_problem(self, output, input=None):
+        labels = self.cfg.labels
+        return None if output in labels else ("not_a_label", f"{output!r} is not one of {labels}")
+
+    def example_problem(self, input, output, kind):
+        bad = self.input_problem(input)
+        if bad:
+            return f"input: {bad[0]}: {bad[1]}"
+        return None if output in self.cfg.labels else f"output {output!r} is not one of the labels {self.cfg.labels}"
+
+    def answer_schema(self, input=None):
+        # A JSON string among the labels (a quoted label, which parse_output accepts).
+        return {"type": "string", "enum": list(self.cfg.labels)}, True
+
+    # --- teacher -------------------------------------------------------------------------------------------------
+
+    def group_key(self, example):
+        return example.output or ""  # new inputs are written in the style of one label's seeds
+
+    def rewrite_hint(self, output):
+        return f" The right {self.cfg.output_name.lower()} stays: {output}." if output else ""
+
+    # --- metric --------------------------------------------------------------------------------------------------
+
+    def score(self, example: Example, prediction):
+        valid = prediction is not None and prediction in self.cfg.labels
+        return {"accuracy": float(valid and prediction == example.output), "valid": float(valid)}
+
+    def error(self, example, prediction):
+        if prediction is None or prediction not in self.cfg.labels:
+            return "invalid_output"
+        return None if prediction == example.output else f"{example.output} -> {prediction}"
+
+    def slice_of(self, example):
+        return example.output  # per-label recall: the gold label is the slice
+
+    def aggregate(self, per_item, examples, predictions):
+        preds = [p if p in self.cfg.labels else None for p in predictions]
+        m = classification_metrics([e.output for e in examples], preds, self.cfg.labels)
+        m["primary"] = self.primary
+        m["slices"] = dict(m["per_label_recall"])
+        m["errors"] = self.error_counts(examples, predictions)
+        return m
