@@ -297,6 +297,7 @@ class ReplayConfig(_Strict):
     min_agreement: float = Field(0.4, ge=0.0, le=1.0, description="Least agreement with accepted references.")
     max_invalid_rate: float = Field(0.2, ge=0.0, le=1.0, description="Most outputs that do not parse.")
     max_p95_latency_s: float | None = Field(None, gt=0, description="Largest tolerated p95 latency per request in seconds (None: not gated).")
+    settle_window_days: float = Field(14.0, ge=0.0, le=3650.0, description="Continuous refresh: a request not yet accepted when a run first sees it is looked at again by later runs for this many days (a reviewer may accept or correct it later); 0: never.")
 
 
 class GateConfig(_Strict):

@@ -27,6 +27,20 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def parse_instant(value: Any) -> datetime | None:
+    """A timestamp as an aware UTC datetime, or None when it is not one. Accepts ISO-8601 text
+    (a trailing Z too) and datetimes; naive ones are read as UTC (documented contract).
+    Timestamps are compared as instants, never as strings: "10:00+05:00" is before "06:00Z"."""
+    if isinstance(value, datetime):
+        ts = value
+    else:
+        try:
+            ts = datetime.fromisoformat(str(value).strip())
+        except (TypeError, ValueError):
+            return None
+    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+
+
 def content_id(skill: str, input: Any, output: Any = None) -> str:
     """A stable id from content, so a re-run produces the same ids."""
     payload = json.dumps([skill, input, output], sort_keys=True, ensure_ascii=False)
@@ -71,10 +85,36 @@ class Rejected:
         return {"stage": self.stage, "reason": self.reason, "detail": self.detail, "example": self.example.to_dict()}
 
 
-def parse_jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+# A JSONL file is split on "\n" only: json.dumps(ensure_ascii=False) writes U+2028, U+2029, U+0085
+# and other characters str.splitlines() breaks on raw inside strings. Each line is decoded on its own,
+# so one line with invalid UTF-8 costs that line, named, and a UTF-8 byte-order mark costs nothing.
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _decode_line(lineno: int, line: str | bytes) -> tuple[str | None, str | None]:
+    if isinstance(line, str):
+        return (line.removeprefix("\ufeff") if lineno == 1 else line), None
+    if lineno == 1:
+        if line.startswith(_UTF16_BOMS):
+            return None, "the file is UTF-16 (byte-order mark); save it as UTF-8"
+        line = line.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return line.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return None, f"invalid UTF-8 (byte 0x{line[e.start]:02X} at byte {e.start + 1} of the line); save the file as UTF-8"
+
+
+def parse_jsonl_lines(lines: Iterable[str | bytes]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, object, None) for each non-blank line that is a JSON object, else
-    (line number, None, problem); never stops early, so a caller can report every bad line."""
-    for lineno, line in enumerate(lines, 1):
+    (line number, None, problem); never stops early, so a caller can report every bad line.
+    `lines` are str or raw bytes (decoded per line, see `iter_jsonl`); a BOM on line 1 is ignored."""
+    for lineno, raw in enumerate(lines, 1):
+        line, problem = _decode_line(lineno, raw)
+        if problem:
+            yield lineno, None, problem
+            if lineno == 1 and isinstance(raw, bytes) and raw.startswith(_UTF16_BOMS):
+                return  # every later line of a UTF-16 file is garbage too: one problem says it
+            continue
         if not line.strip():
             continue
         try:
@@ -88,14 +128,26 @@ def parse_jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any
         yield lineno, obj, None
 
 
+def split_jsonl(text: str | bytes) -> list:
+    """The lines of a whole JSONL text, split on "\n" only (never str.splitlines)."""
+    return text.split(b"\n" if isinstance(text, bytes) else "\n")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """parse_jsonl_lines over a file read as bytes, streamed line by line (binary files split on
+    b"\n" only), so invalid UTF-8 or an odd separator never stops the read."""
+    with Path(path).open("rb") as f:
+        yield from parse_jsonl_lines(f)
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
+    """Yield (line number, object) for each non-blank line; a bad line raises DataError naming
+    file and line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, obj, problem in parse_jsonl_lines(f):
-            if problem:
-                raise DataError(f"{path}:{lineno}: {problem}")
-            yield lineno, obj
+    for lineno, obj, problem in iter_jsonl(path):
+        if problem:
+            raise DataError(f"{path}:{lineno}: {problem}")
+        yield lineno, obj
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

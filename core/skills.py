@@ -25,8 +25,9 @@ from core.config import (  # noqa: F401  (re-exported: the schema is imported fr
     ExpansionConfig, FilterConfig, GateConfig, LoraConfigModel, PriceTable, ReplayConfig, RoutingConfig,
     ScheduleConfig, SkillConfig, SkillError, StudentConfig, TeacherConfig, TrafficColumns, TrainConfig,
     check_skill_name, deep_merge, skill_name_problem)
-from core.records import DataError, Example, parse_jsonl_lines
+from core.records import DataError, Example, iter_jsonl
 from core.tasks import get_task, task_names
+from core.text import normalize
 
 
 def __getattr__(name: str):
@@ -119,8 +120,7 @@ _MAX_LISTED = 20  # problems listed in one exception; `distill skills` lists the
 
 def _json_lines(path: Path):
     """(line number, object or None, problem or None) for each non-blank line; never stops early."""
-    with path.open(encoding="utf-8") as f:
-        yield from parse_jsonl_lines(f)
+    yield from iter_jsonl(path)
 
 
 def _json_text(cfg: SkillConfig, value: Any, key: str, json_ok: bool) -> tuple[str | None, str | None]:
@@ -216,7 +216,7 @@ def load_examples(path: Path, cfg: SkillConfig, kind: str) -> list[Example]:
 def input_key(cfg: SkillConfig, input: str) -> str:
     """The normalized text two inputs are compared by (seeds/eval overlap): the task type's
     matching text (a function call's request: the same request with other tools is the same item)."""
-    return " ".join(get_task(cfg).match_text(input).lower().split())
+    return normalize(get_task(cfg).match_text(input))  # the filters' normalizer: one notion of "same text"
 
 
 def _cross_problems(cfg: SkillConfig, seeds: list[tuple[int, Example]], seeds_path: Path,

@@ -41,20 +41,42 @@ def loads_object(text: str) -> dict | None:
 _DECODER = json.JSONDecoder()
 
 
+def _top_level_braces(text: str):
+    """Positions of the "{" that open a top-level object: a brace inside an object that is still
+    open (or inside one of its strings) is nested, never a candidate of its own."""
+    depth, in_str, esc = 0, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"' and depth:
+            in_str = True
+        elif ch == "{":
+            if depth == 0:
+                yield i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+
+
 def first_json_object(text: str, max_starts: int = 32) -> dict | None:
-    """The first `{...}` in `text` that parses as a JSON object, ignoring code fences and
-    any words around it; None when there is none. Tries at most `max_starts` braces."""
-    start = text.find("{")
-    tries = 0
-    while start != -1 and tries < max_starts:
+    """The first top-level `{...}` in `text` that parses as a JSON object, ignoring code fences
+    and any words around it; None when there is none. A broken outer object is not rescued by an
+    object nested in it (`{"a": 1, "b": {"c": 2}, "d": 4` gives None, not {"c": 2}). Tries at
+    most `max_starts` braces."""
+    for tries, start in enumerate(_top_level_braces(text)):
+        if tries >= max_starts:
+            break
         try:
             obj, _ = _DECODER.raw_decode(text, start)
         except ValueError:
-            obj = None
+            continue
         if isinstance(obj, dict):
             return obj
-        tries += 1
-        start = text.find("{", start + 1)
     return None
 
 

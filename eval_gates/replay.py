@@ -3,6 +3,11 @@
 A malformed line or row is skipped, never fatal: it is counted and recorded with where it is
 (file:line, or url#table:id) and why, so one bad log line cannot stop the gate, and an empty
 sample fails the gate closed instead.
+
+Time: timestamps are parsed and compared as instants (naive ones are UTC), never as strings; a
+record whose timestamp is not a time is skipped with that reason. Duplicate ids resolve one way
+on every source: the newest copy wins (a later copy is a correction; on equal timestamps, the
+later line of a JSONL file), and the older copy is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.records import DataError, Example, parse_jsonl_lines
+from core.records import DataError, Example, iter_jsonl, parse_instant
 from core.skills import SkillConfig
 from core.tasks import get_task
 
@@ -30,6 +35,11 @@ class TrafficRecord:
     reference: str
     reference_source: str  # "llm" (the large model's answer), "human" (a person's correction) or "unknown"
     accepted: bool
+
+    @property
+    def instant(self) -> datetime:
+        """The timestamp as an aware UTC datetime (validated when the record was read)."""
+        return parse_instant(self.timestamp)
 
     def as_example(self, skill: str) -> Example:
         return Example(id=self.id, skill=skill, input=self.request, output=self.reference, source="traffic",
@@ -87,6 +97,8 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
     for key in ("id", "timestamp"):
         if not isinstance(obj.get(key), str) or not obj[key].strip():
             raise ValueError(f"'{key}' must be a non-empty string")
+    if parse_instant(obj["timestamp"]) is None:
+        raise ValueError(f"'timestamp' {obj['timestamp'][:40]!r} is not an ISO-8601 time (e.g. 2026-11-20T10:00:00Z)")
     # JSON fields (a function call's request, JSON answers) as canonical JSON text.
     task = get_task(cfg)
     request = _canonical(obj.get("request"), "request", task.json_input)
@@ -101,19 +113,28 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
                          reference_source=source, accepted=accepted)
 
 
-def _take(out: TrafficLog, seen: set[str], where: str, cfg: SkillConfig, obj: dict | None,
+def _take(out: TrafficLog, seen: dict[str, tuple[int, str]], where: str, cfg: SkillConfig, obj: dict | None,
           problem: str | None) -> None:
-    """Append a valid, new record to `out`, or record why it is skipped (never raises)."""
+    """Append a valid record to `out`, or record why it is skipped (never raises). Of two records
+    with one id the newer stays (equal times: the one read later); the other is skipped."""
     try:
         if problem:
             raise ValueError(problem)
         rec = parse_record(obj, cfg)
-        if rec.id in seen:
-            raise ValueError(f"duplicate id {rec.id!r}")
     except ValueError as e:
         out.skipped.append(Skipped(where, str(e)))
         return
-    seen.add(rec.id)
+    if rec.id in seen:
+        pos, first_where = seen[rec.id]
+        old = out[pos]
+        if rec.instant >= old.instant:
+            out[pos] = rec
+            seen[rec.id] = (pos, where)
+            out.skipped.append(Skipped(first_where, f"duplicate id {rec.id!r}: superseded by the newer copy at {where}"))
+        else:
+            out.skipped.append(Skipped(where, f"duplicate id {rec.id!r}: older than the copy at {first_where}"))
+        return
+    seen[rec.id] = (len(out), where)
     out.append(rec)
 
 
@@ -121,10 +142,9 @@ def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     if not path.is_file():
         raise DataError(f"{path}: missing traffic log for skill {cfg.name} (gates.replay.source)")
     out = TrafficLog(source=str(path))
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, obj, problem in parse_jsonl_lines(f):
-            _take(out, seen, f"{path}:{lineno}", cfg, obj, problem)
+    seen: dict[str, tuple[int, str]] = {}
+    for lineno, obj, problem in iter_jsonl(path):
+        _take(out, seen, f"{path}:{lineno}", cfg, obj, problem)
     return out
 
 
@@ -156,9 +176,12 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
             if missing:
                 raise DataError(f"{shown}#{r.table}: no column(s) {', '.join(missing)}; columns are "
                                 f"{', '.join(table.c.keys())} (set gates.replay.columns)")
-            query = sa.select(*(table.c[c].label(k) for k, c in wanted.items())).order_by(table.c[cols.created_at].desc())
-            if r.recent:
+            created = table.c[cols.created_at]
+            # NULLs last on every engine (PostgreSQL sorts them first in descending order, SQLite last).
+            query = sa.select(*(table.c[c].label(k) for k, c in wanted.items())).order_by(created.desc().nulls_last())
+            if r.recent and isinstance(created.type, sa.DateTime):
                 # Malformed and rejected rows are skipped after the query: read a margin beyond `recent`.
+                # Text timestamps ("...+05:00") do not sort as instants in SQL: those tables are read whole.
                 query = query.limit(r.recent * 4)
             rows = conn.execute(query).mappings().all()
     except sa.exc.OperationalError as e:
@@ -166,7 +189,7 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
     finally:
         engine.dispose()
     out = TrafficLog(source=f"{shown}#{r.table}")
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, str]] = {}
     for i, row in enumerate(rows, 1):
         obj = dict(row)
         ident = obj.get("id")
@@ -174,7 +197,9 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
         if ident is not None:
             obj["id"] = str(ident)
             ts = obj.get("timestamp")
-            obj["timestamp"] = ts.isoformat() if isinstance(ts, datetime) else (str(ts) if ts is not None else None)
+            # A naive DATETIME column is read as UTC, like a naive ISO timestamp in a JSONL log.
+            obj["timestamp"] = parse_instant(ts).isoformat() if isinstance(ts, datetime) else \
+                (str(ts) if ts is not None else None)
         _take(out, seen, where, cfg, obj, "'id' is null" if ident is None else None)
     return out
 
@@ -209,12 +234,12 @@ def replay_sample(records: list[TrafficRecord], n: int, seed: int = 0, recent: i
     Only accepted references (the large model's answer a person let stand, or a
     person's correction) count as ground truth; rejected answers are not.
     """
-    accepted = sorted((r for r in records if r.accepted), key=lambda r: (r.timestamp, r.id))
+    accepted = sorted((r for r in records if r.accepted), key=lambda r: (r.instant, r.id))
     if recent:
         accepted = accepted[-recent:]
     if len(accepted) <= n:
         return accepted
-    return sorted(random.Random(seed).sample(accepted, n), key=lambda r: (r.timestamp, r.id))
+    return sorted(random.Random(seed).sample(accepted, n), key=lambda r: (r.instant, r.id))
 
 
 def replay_items(skill, trained_ids: set[str] | frozenset[str] = frozenset()) -> tuple[list[Example], TrafficLog]:

@@ -74,11 +74,20 @@ class IndexSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    CODE_FIELDS = ("normalizer_version", "hash_function")  # computed by the code, not chosen in skill.yaml
+
+    def code_changed(self, stored: dict[str, Any]) -> list[str]:
+        """The code-computed fields (normalizer, hash) that differ: the index is rebuilt from the pool."""
+        return [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in self.to_dict().items()
+                if k in self.CODE_FIELDS and stored.get(k) != v]
+
     def check(self, stored: dict[str, Any], where: str, reset_hint: str) -> None:
-        """Raise IndexMismatch naming every field that differs and how to fix it."""
+        """Raise IndexMismatch naming every config field that differs and how to fix it."""
         config_key = {"num_perm": "filters.num_perm", "seed": "filters.minhash_seed", "shingle": "filters.shingle"}
         problems = []
         for name, want in self.to_dict().items():
+            if name in self.CODE_FIELDS:
+                continue
             have = stored.get(name)
             if have != want:
                 fix = (f"set {config_key[name]}: {have!r} in skill.yaml to keep the index" if name in config_key
@@ -375,12 +384,15 @@ class DedupIndex:
         index = cls(skill, cfg, open_store(skill, cfg), text)
         store = index.store
         stored = store.read_manifest()
+        changed: list[str] = []
         if stored is not None:
             index.spec.check(stored, store.where(), store.reset_hint())
+            changed = index.spec.code_changed(stored)
         pool_ids = [e.id for e in pool]
         have = store.ids() if stored is not None else None
-        if have is None or set(have) != set(pool_ids):
+        if have is None or changed or set(have) != set(pool_ids):
             why = ("no index yet" if have is None else
+                   f"built by other code ({', '.join(changed)})" if changed else
                    f"index has {len(have)} ids, pool has {len(set(pool_ids))} ({len(set(have) - set(pool_ids))} not in "
                    f"the pool, {len(set(pool_ids) - set(have))} missing)")
             # A fresh skill (no index, empty pool) is the normal first run, not news.

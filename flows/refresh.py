@@ -21,6 +21,13 @@ Plain functions, no Prefect (the `traffic-refresh` task in flows/pipeline.py wra
 5. The new watermark is written to the run folder; `commit_refresh` moves it next to the
    pool only when the run completes, so a failed run reads the same traffic again next time.
 
+Time: the watermark never passes the run's read time. A record stamped in the future (a
+skewed clock, or a poisoned `2099-01-01` row) is reported as `future_timestamp` and neither
+consumed nor allowed to move the watermark; it is read again by later runs. Late decisions:
+a record seen while not yet accepted is remembered (`pending` in the watermark, with its
+timestamp) for `gates.replay.settle_window_days`; a later run that finds it accepted (a
+reviewer settled it, or feedback corrected it) takes it then, once.
+
 Human share: traffic examples keep `source="traffic"` and count as NON-human for the
 training pool's human floor (trainers.data.build_training_pool), even when a person
 corrected the reference. The floor protects the curated seed set, the only examples whose
@@ -36,11 +43,11 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from core.records import Example, Rejected, now_iso, read_examples, write_examples, write_json, write_jsonl
+from core.records import Example, Rejected, iter_jsonl, now_iso, parse_instant, read_examples, write_examples, write_json, write_jsonl
 from core.skills import Skill
 from core.workdir import pool_dir
 from eval_gates.replay import TrafficLog, TrafficRecord, load_traffic
@@ -57,21 +64,17 @@ STAGE = "refresh"
 # --- the watermark ------------------------------------------------------------------------------------------------
 
 
-def parse_timestamp(value: str) -> datetime | None:
-    """An ISO-8601 timestamp as an aware datetime (naive ones are UTC), or None when it is not one."""
-    try:
-        ts = datetime.fromisoformat(value.strip())
-    except (AttributeError, ValueError):
-        return None
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+parse_timestamp = parse_instant  # the one timestamp reader (core.records)
 
 
 @dataclass
 class Watermark:
-    """The newest traffic timestamp consumed, and the ids consumed at exactly that timestamp."""
+    """The newest traffic timestamp consumed, the ids consumed at exactly that timestamp, and the
+    records seen before they were accepted ({id: timestamp}), which a later run may still take."""
 
     timestamp: str | None = None
     ids_at_timestamp: list[str] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)
 
     def is_new(self, ts: datetime, ident: str) -> bool:
         if self.timestamp is None:
@@ -90,17 +93,17 @@ class Watermark:
         ids = sorted({i for ts, i in seen if ts == newest})
         if mark is not None and mark == newest:
             ids = sorted(set(ids) | set(self.ids_at_timestamp))
-        return Watermark(newest.isoformat(), ids)
+        return Watermark(newest.isoformat(), ids, dict(self.pending))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"timestamp": self.timestamp, "ids_at_timestamp": self.ids_at_timestamp}
+        return {"timestamp": self.timestamp, "ids_at_timestamp": self.ids_at_timestamp, "pending": self.pending}
 
 
 def read_watermark(path: Path) -> Watermark:
     if not path.is_file():
         return Watermark()
     obj = json.loads(path.read_text())
-    return Watermark(obj.get("timestamp"), list(obj.get("ids_at_timestamp") or []))
+    return Watermark(obj.get("timestamp"), list(obj.get("ids_at_timestamp") or []), dict(obj.get("pending") or {}))
 
 
 def committed_watermark(skill: str) -> Watermark:
@@ -145,14 +148,9 @@ def student_records(skill: Skill) -> Iterator[tuple[str, str, str]]:
     r = skill.config.gates.replay
     if r.source != "sql":
         path = skill.traffic_path()
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(obj, dict) and str(obj.get("reference_source", "")).lower() in STUDENT_SOURCES:
-                    yield str(obj.get("id")), str(obj.get("timestamp")), f"{path}:{lineno}"
+        for lineno, obj, _ in iter_jsonl(path):  # bad lines are reported by the traffic reader
+            if obj is not None and str(obj.get("reference_source", "")).lower() in STUDENT_SOURCES:
+                yield str(obj.get("id")), str(obj.get("timestamp")), f"{path}:{lineno}"
         return
     if not r.columns.reference_source:
         return
@@ -237,19 +235,37 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
     rejected: list[Rejected] = []
     seen: list[tuple[datetime, str]] = []
     candidates: list[Example] = []
-    new_records = not_accepted = bad_time = 0
-    for rec in sorted(log, key=lambda r: (r.timestamp, r.id)):
+    new_records = not_accepted = bad_time = future = settled_late = 0
+    read_time = datetime.now(timezone.utc)
+    horizon = read_time - timedelta(days=cfg.gates.replay.settle_window_days)
+    pending = {i: t for i, t in mark.pending.items() if (parse_timestamp(t) or read_time) >= horizon}
+    for rec in sorted(log, key=lambda r: (parse_timestamp(r.timestamp) or read_time, r.id)):
         ts = parse_timestamp(rec.timestamp)
         if ts is None:
             bad_time += 1  # cannot be placed against the watermark: never consumed, never advances it
             rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "invalid_timestamp", log.source, rec))
             continue
+        if ts > read_time:
+            future += 1  # reported, not consumed: the watermark never passes the read time
+            rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "future_timestamp", log.source, rec))
+            continue
         if not mark.is_new(ts, rec.id):
+            if rec.id in pending and rec.accepted:  # settled after an earlier run first saw it
+                pending.pop(rec.id)
+                settled_late += 1
+                if rec.reference_source.lower() in STUDENT_SOURCES:
+                    rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "student_output", log.source, rec))
+                elif rec.id in holdout:
+                    rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "in_replay_holdout", log.source, rec))
+                else:
+                    candidates.append(traffic_example(skill.name, rec, log.source))
             continue
         new_records += 1
         seen.append((ts, rec.id))
         if not rec.accepted:
             not_accepted += 1
+            if ts >= horizon:
+                pending[rec.id] = rec.timestamp  # a reviewer may accept it later
             rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "not_accepted", log.source, rec))
         elif rec.reference_source.lower() in STUDENT_SOURCES:  # the reader refuses these today; kept as a guard
             rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "student_output", log.source, rec))
@@ -283,11 +299,14 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
     write_examples(accepted_path, run_accepted + kept)
 
     new_mark = mark.advanced(seen)
+    new_mark.pending = dict(sorted(pending.items()))
     write_json(run_dir / WATERMARK_FILE, new_mark.to_dict())
     stats = {"log": log.source, "since": mark.timestamp, "until": new_mark.timestamp, "log_records": len(log),
              "new_records": new_records, "not_accepted": not_accepted,
              "student_refused": sum(r.reason == "student_output" for r in rejected),
-             "invalid_timestamp": bad_time, "candidates": len(candidates),
+             "invalid_timestamp": bad_time, "future_timestamp": future, "settled_late": settled_late,
+             "pending": len(pending), "read_time": read_time.isoformat(timespec="seconds"),
+             "candidates": len(candidates),
              # Lines/rows the reader skipped, other than the student's (those are refused by name above).
              "malformed_in_log": max(0, len(log.skipped) - len(students)), "filters": filter_stats,
              "pool_before": by_source(pool), "seconds": round(time.time() - t0, 3)}

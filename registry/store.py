@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core.records import atomic_write_text, now_iso, parse_jsonl_lines, write_json
+from core.records import atomic_write_text, now_iso, parse_jsonl_lines, split_jsonl, write_json
 from core.workdir import registry_root, work_dir
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -149,7 +149,7 @@ def _parse_aliases(where: str, text: str) -> dict[str, int]:
 
 def _parse_history(where: str, text: str) -> list[dict[str, Any]]:
     out = []
-    for lineno, obj, problem in parse_jsonl_lines(text.splitlines()):
+    for lineno, obj, problem in parse_jsonl_lines(split_jsonl(text)):  # \n only: U+2028 may sit in a reason
         if problem:
             raise RegistryError(f"{where}:{lineno}: {problem}")
         out.append(obj)

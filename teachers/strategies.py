@@ -258,8 +258,15 @@ def _answer_prompts(skill: Skill, examples: list[Example], seed: int,
     return prompts, shot_ids
 
 
+def _cut(cfg: SkillConfig, c: Completion) -> bool:
+    """An answer stopped by the token limit that does not hold a whole answer (finish_reason length)."""
+    return c.finish_reason == "length" and not get_task(cfg).whole_despite_cut(c.text)
+
+
 def _answer_check(cfg: SkillConfig, examples: list[Example]):
     def check(c: Completion, i: int) -> str | None:
+        if _cut(cfg, c):
+            return "truncated"  # re-asked, then dropped as truncated (as the input writers do)
         answer = prompting.parse_output(cfg, c.text)
         if answer is None:
             return "unparseable_answer"
@@ -325,7 +332,8 @@ def self_consistency(skill: Skill, teacher: Teacher, examples: list[Example], se
                 continue
             raws.append(o.text)
             ans = prompting.parse_output(cfg, o.text)
-            bad = "unparseable_answer" if ans is None else _validate_output(cfg, ans, ex.input)
+            bad = "truncated" if _cut(cfg, o) else \
+                "unparseable_answer" if ans is None else _validate_output(cfg, ans, ex.input)
             if bad:
                 reasons[bad] += 1
             else:

@@ -140,6 +140,11 @@ class TaskType:
         """(snake_case reason, detail) when `input` is not a valid input, else None."""
         return None if input.strip() else ("empty_input", "the input is empty")
 
+    def whole_despite_cut(self, raw: str) -> bool:
+        """Whether an answer cut at the token limit (finish_reason "length") still holds a whole
+        answer; by default never (a cut JSON object or sentence is not an answer)."""
+        return False
+
     def example_problem(self, input: str, output: str, kind: str) -> str | None:
         """The check of one seeds (`kind` "seeds") or eval ("eval") row; a message, or None."""
         bad = self.input_problem(input)

@@ -80,6 +80,12 @@ class Classification(TaskType):
         head = token.split()[0] if token.split() else ""
         return head if head in labels else None
 
+    def whole_despite_cut(self, raw):
+        # "billing - because the card was ..." cut mid-explanation still names a whole label: the
+        # label is followed by more words. A label cut mid-word ("feature_re") is not.
+        words = (raw or "").strip().split()
+        return len(words) > 1 and self.parse_output(raw) is not None
+
     def output_problem(self, output, input=None):
         labels = self.cfg.labels
         return None if output in labels else ("not_a_label", f"{output!r} is not one of {labels}")

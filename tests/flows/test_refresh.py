@@ -36,15 +36,15 @@ def _teacher(skill, text="Where can I change the currency that my invoices are p
 def test_refresh_keeps_new_accepted_traffic_and_refuses_what_must_not_train(skill_root, tmp_path):
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
     _append(skill_root,
-            _rec("new-fresh", "2026-12-01T10:00:00Z", FRESH),
-            _rec("new-human", "2026-12-01T10:05:00Z", "I was charged twice for the same seat this month, "
+            _rec("new-fresh", "2026-11-21T10:00:00Z", FRESH),
+            _rec("new-human", "2026-11-21T10:05:00Z", "I was charged twice for the same seat this month, "
                  "please refund one of the two charges on card ending 4242", "billing", source="human"),
-            _rec("new-student", "2026-12-01T10:06:00Z", "Export to CSV drops every column after the twentieth "
+            _rec("new-student", "2026-11-21T10:06:00Z", "Export to CSV drops every column after the twentieth "
                  "one in the quarterly report", source="student"),
-            _rec("new-rejected", "2026-12-01T10:07:00Z", "Please add a keyboard shortcut for archiving a "
+            _rec("new-rejected", "2026-11-21T10:07:00Z", "Please add a keyboard shortcut for archiving a "
                  "whole board at once", "bug", accepted=False),
-            _rec("new-evalcopy", "2026-12-01T10:08:00Z", skill.eval_set[0].input, skill.eval_set[0].output),
-            _rec("new-seedcopy", "2026-12-01T10:09:00Z", skill.seeds[0].input, skill.seeds[0].output))
+            _rec("new-evalcopy", "2026-11-21T10:08:00Z", skill.eval_set[0].input, skill.eval_set[0].output),
+            _rec("new-seedcopy", "2026-11-21T10:09:00Z", skill.seeds[0].input, skill.seeds[0].output))
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)  # traffic is read from disk each time
     replay, traffic = sample_replay(skill)
     holdout = {e.id for e in replay}
@@ -72,7 +72,7 @@ def test_refresh_keeps_new_accepted_traffic_and_refuses_what_must_not_train(skil
     # Lineage: traffic id and where the reference came from; never a student source.
     e = kept["new-human"]
     assert e.source == "traffic" and e.id == "traffic:new-human" and e.meta["reference_source"] == "human"
-    assert e.meta["traffic_timestamp"] == "2026-12-01T10:05:00Z" and e.meta["traffic_log"].endswith("traffic.jsonl")
+    assert e.meta["traffic_timestamp"] == "2026-11-21T10:05:00Z" and e.meta["traffic_log"].endswith("traffic.jsonl")
     # The run's accepted.jsonl now holds the teacher example and the kept traffic; the dedup
     # signatures of both are pending for commit_index.
     assert [x.id for x in read_examples(run_dir / "accepted.jsonl")] == [teacher.id] + [x.id for x in out.kept]
@@ -89,19 +89,19 @@ def test_refresh_keeps_new_accepted_traffic_and_refuses_what_must_not_train(skil
     assert len(read_examples(run_dir / "accepted.jsonl")) == 1 + len(out.kept)
 
     # After the run completes, only what arrived later is read.
-    assert commit_refresh(skill.name, run_dir) == {"committed": True, "watermark": "2026-12-01T10:09:00+00:00"}
+    assert commit_refresh(skill.name, run_dir) == {"committed": True, "watermark": "2026-11-21T10:09:00+00:00"}
     pool = read_examples(run_dir / "accepted.jsonl")
     _append(skill_root,
-            _rec("same-second", "2026-12-01T10:09:00Z", "My calendar sync with the mobile app duplicates every "
+            _rec("same-second", "2026-11-21T10:09:00Z", "My calendar sync with the mobile app duplicates every "
                  "recurring meeting twice since Monday"),
-            _rec("later", "2026-12-02T08:00:00+00:00", "Could you please add two-factor login with hardware "
+            _rec("later", "2026-11-22T08:00:00+00:00", "Could you please add two-factor login with hardware "
                  "security keys for the admin accounts", "feature_request"),
-            _rec("late-fresh-copy", "2026-12-02T09:00:00Z", FRESH))
+            _rec("late-fresh-copy", "2026-11-22T09:00:00Z", FRESH))
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
     run2 = tmp_path / "run2"
     out2 = refresh_stage(skill, run2, replay, pool=pool)
     s2 = out2.summary()
-    assert s2["since"] == "2026-12-01T10:09:00+00:00" and s2["new_records"] == 3
+    assert s2["since"] == "2026-11-21T10:09:00+00:00" and s2["new_records"] == 3
     assert {e.meta["traffic_id"] for e in out2.kept} == {"same-second", "later"}
     assert [(r.reason, r.detail.get("matched_in")) for r in out2.rejected] == [("exact_duplicate", None)]
     assert s2["pool_before"] == {"teacher": 1, "traffic": len(out.kept)}
@@ -149,7 +149,7 @@ def test_sql_traffic_refuses_student_rows_by_name(tmp_path):
                  sa.Column("request", sa.Text), sa.Column("reference", sa.Text), sa.Column("accepted", sa.Boolean),
                  sa.Column("created_at", sa.DateTime), sa.Column("origin", sa.Text))
     t.create(engine)
-    now = datetime(2026, 12, 1, 12, 0)
+    now = datetime(2026, 11, 21, 12, 0)
     topics = ["invoice total is wrong", "app crashes on launch", "please add dark mode", "cannot reset password",
               "question about your office hours", "refund for the annual plan", "sync fails with error 500",
               "export to pdf feature"]
@@ -195,7 +195,7 @@ def test_flow_trains_on_refreshed_traffic_and_commits_only_when_the_run_complete
     assert committed.timestamp == r["until"] and r["commit"]["committed"] is True
 
     # A run that fails after the refresh stage leaves the watermark and the pool as they were.
-    _append(skill_root, _rec("after-1", "2027-01-01T00:00:00Z", FRESH))
+    _append(skill_root, _rec("after-1", "2026-11-25T00:00:00Z", FRESH))
     pool_bytes = (pool_dir("ticket-triage") / "accepted.jsonl").read_bytes()
 
     def broken(*a, **k):
@@ -208,4 +208,4 @@ def test_flow_trains_on_refreshed_traffic_and_commits_only_when_the_run_complete
     assert (pool_dir("ticket-triage") / "accepted.jsonl").read_bytes() == pool_bytes
     pending = json.loads((pool_dir("ticket-triage").parent.parent / "runs" / "ticket-triage" / "refresh-2"
                           / WATERMARK_FILE).read_text())
-    assert pending["timestamp"] == "2027-01-01T00:00:00+00:00"
+    assert pending["timestamp"] == "2026-11-25T00:00:00+00:00"
