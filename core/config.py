@@ -274,6 +274,15 @@ class StudentConfig(_Strict):
     lora: LoraConfigModel = LoraConfigModel()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _servable(self) -> "StudentConfig":
+        from core.lora_serving import target_modules_problem
+
+        problem = target_modules_problem(self.lora.target_modules, self.lora.r)
+        if problem:
+            raise ValueError(f"student.lora.{problem}")
+        return self
+
 
 class TrafficColumns(_Strict):
     """Column names of a SQL traffic table (gates.replay.source: sql)."""
@@ -304,6 +313,7 @@ class GateConfig(_Strict):
     enforce_floor: bool = Field(True, description="False only in smoke runs: floors are measured and recorded but "
                                                   "do not block (smoke versions get the candidate alias, never production).")
     floor: dict[str, float] = Field(default_factory=lambda: {"primary": 0.4}, description="Absolute floors per metric (metric names of the task type: accuracy, macro_f1, field_f1, ast_accuracy, chrf ...; 'primary': the task type's primary metric).")
+    min_paired_items: int = Field(20, ge=1, description="Fewest eval items scored by both candidate and production; below it the comparison with production fails closed (an interval on one item says nothing).")
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Largest tolerated drop against production: the lower bound of the paired confidence interval on (candidate - production) must lie above -margin. Size it to the eval set: with 100 items and a few disagreements the interval is about +-0.05.")
     metric: str | None = Field(None, description="Per-item metric compared against production (default: the task type's primary metric).")
     ci_method: Literal["auto", "bootstrap", "mcnemar"] = Field("auto", description="Paired interval: exact McNemar (conditional binomial) for pass/fail metrics, paired bootstrap otherwise ('auto').")
@@ -419,7 +429,8 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
         "student": {"train": {"max_steps": 4, "batch_size": 4, "eval_steps": 4}},
         # Loose gates so the publish path runs too; the version gets the `candidate` alias,
         # never `production`, so a smoke adapter is never served nor used as the champion.
-        "gates": {"eval_limit": 16, "replay": {"sample": 8, "min_agreement": 0.0, "max_invalid_rate": 1.0},
+        "gates": {"eval_limit": 16, "min_paired_items": 1,
+                  "replay": {"sample": 8, "min_agreement": 0.0, "max_invalid_rate": 1.0},
                   "enforce_floor": False, "margin": 1.0, "publish_alias": "candidate"},
     },
 }

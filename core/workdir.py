@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
+
+# A run id becomes one folder name under runs/<skill>/: one safe path part.
+RUN_ID_RULE = ("1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit "
+               "(one folder name: no '/', no '..', not absolute)")
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def work_dir() -> Path:
@@ -24,6 +31,26 @@ def _skill(name: str) -> str:
 
 def runs_dir(skill: str) -> Path:
     return work_dir() / "runs" / _skill(skill)
+
+
+def run_id_problem(run_id: Any) -> str | None:
+    """Why `run_id` cannot name a run folder, or None."""
+    if isinstance(run_id, str) and _RUN_ID_RE.match(run_id):
+        return None
+    return f"run id {run_id!r} is not allowed: use {RUN_ID_RULE}"
+
+
+def check_run_id(run_id: Any) -> str:
+    """`run_id` if it is one safe path part, else ValueError naming the rule."""
+    problem = run_id_problem(run_id)
+    if problem:
+        raise ValueError(problem)
+    return run_id
+
+
+def run_dir(skill: str, run_id: str) -> Path:
+    """<work dir>/runs/<skill>/<run id>; ValueError for a run id that is not one safe path part."""
+    return runs_dir(skill) / check_run_id(run_id)
 
 
 def pool_dir(skill: str) -> Path:

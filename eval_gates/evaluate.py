@@ -15,10 +15,10 @@ from typing import Callable, ContextManager, Sequence
 
 from core.prompting import format_prompt
 from core.records import Example, hash_examples, write_json, write_jsonl
+from core.tasks import TaskType, get_task
 from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
 from eval_gates.gates import Decision, gate
-from eval_gates.routing import answer_logprobs, routing_threshold
-from core.tasks import TaskType, get_task
+from eval_gates.routing import answer_logprobs, routing_threshold, usable
 
 log = logging.getLogger("distill")
 
@@ -60,6 +60,23 @@ def _score_replay(task: TaskType, items: Sequence[Example], preds, seconds_p: di
     except Exception as e:
         log.exception("scoring the replay sample failed")
         return {"n": len(items), "error": f"scoring failed: {type(e).__name__}: {e}"}, []
+
+
+def champion_base(champion_dir: str | Path, default: str) -> str:
+    """The loadable base model the production version was trained on: its skill.json base_model
+    (else adapter_config.json's base_model_name_or_path), resolved like the student's. `default`
+    (this run's student) only for a folder that names no base. Raises ModelError when that base
+    cannot be found: production is never scored on a base it was not trained on."""
+    from registry.consumer import base_model_of
+    from registry.store import RegistryError
+    from trainers.base_model import resolve_model
+
+    try:
+        spec = base_model_of(champion_dir)
+    except RegistryError:
+        log.warning("%s names no base model: scoring it on this run's student base %s", champion_dir, default)
+        return default
+    return resolve_model(spec, f"base_model of the production version ({champion_dir})")
 
 
 def run_dir_for(adapter_dir: str | Path) -> Path:
@@ -112,11 +129,15 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
             return LocalModel(path, adapter_path=adapter, name=Path(adapter).name)
 
     routing = None
+    # Each adapter on the base it was trained on: production on the base its own version names
+    # (student.base_model may have changed since), the candidate on this run's student.
+    bases = {"candidate": student_path, "champion": champion_base(champion_dir, student_path) if champion_dir else None}
+    data["base_models"] = bases
     for role, adapter in (("candidate", adapter_dir), ("champion", champion_dir)):
         if adapter is None:
             out[role] = None
             continue
-        model = load_model(student_path, adapter)
+        model = load_model(bases[role], adapter)
         if items:
             with progress(f"eval: {role} on eval set", len(items)) as advance:
                 p = predict_mod.predict(model, cfg, [e.input for e in items], progress=advance)
@@ -175,7 +196,8 @@ def _routing(task, cfg, model, items, r, per_rep, ev, rep) -> dict:
         d.update({
             "confidence": "mean token log-probability of the adapter's answer (natural log), teacher-forced",
             "escalate_when": "output invalid, or confidence < threshold",
-            "confidences": [None if c is None else round(c, 5) for c in conf],
+            # Exact values (the threshold is one of them); None where there is no finite confidence.
+            "confidences": [c if usable(c) else None for c in conf],
             "seconds_to_score": round(time.time() - t0, 2),
             # Keys the registry's consumers already read.
             "expected_quality": {ev.get("primary", task.primary): ev.get(task.primary), "replay_agreement": rep["agreement"]},

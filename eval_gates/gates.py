@@ -89,13 +89,41 @@ def _slices_for(keys: dict[str, float], available: list[str]) -> dict[str, float
     return out
 
 
+# Fewer paired items than this and no interval means anything (one item gives a zero-width one):
+# the comparison with production fails closed. GateConfig.min_paired_items overrides it.
+MIN_PAIRED_ITEMS = 20
+
+
+def min_paired_items(cfg: GateConfig) -> int:
+    """gates.min_paired_items (default MIN_PAIRED_ITEMS); at least 1."""
+    value = getattr(cfg, "min_paired_items", None)
+    return max(1, int(value)) if isinstance(value, int) and not isinstance(value, bool) else MIN_PAIRED_ITEMS
+
+
+def _too_few(gate: GateResult, cfg: GateConfig, metric: str, n: int) -> bool:
+    """Fail closed when the comparison with production rests on fewer than min_paired_items items."""
+    need = min_paired_items(cfg)
+    if n >= need:
+        return False
+    gate.checks.append(Check(f"paired:{metric}", float(n), float(need), ">=", False,
+                             f"{metric}: only {n} paired item(s) with production, fewer than gates.min_paired_items="
+                             f"{need}: an interval on so few items says nothing, so the candidate is not promoted "
+                             "(score more eval items, or lower gates.min_paired_items)", {"n": n}))
+    gate.reasons.append(gate.checks[-1].reason)
+    gate.passed = False
+    return True
+
+
 def _paired(gate: GateResult, cfg: GateConfig, metric: str, cand: dict, champ: dict, margin: float) -> None:
-    """Lower bound of the paired interval on (candidate - champion) must lie above -margin."""
+    """Lower bound of the paired interval on (candidate - champion) must lie above -margin, over at least
+    min_paired_items items."""
     ci_c, ci_p = cand.get("item_scores"), champ.get("item_scores")
     if not ci_c or not ci_p:
         c, p = cand.get(metric), champ.get(metric)
         if c is None or p is None:
             gate.fail(f"paired:{metric}", f"{metric}: not measured for both models: cannot compare with production")
+            return
+        if _too_few(gate, cfg, metric, min(int(cand.get("n") or 0), int(champ.get("n") or 0))):
             return
         gate.check(f"point:{metric}", c - p, -margin, ">=",
                    f"{metric} {c:.3f} vs production {p:.3f}: no drop beyond the margin {margin:.3f} (no per-item scores)",
@@ -108,6 +136,8 @@ def _paired(gate: GateResult, cfg: GateConfig, metric: str, cand: dict, champ: d
     metric = ci_c["metric"]
     if list(ci_c["ids"]) != list(ci_p["ids"]):
         gate.fail(f"paired:{metric}", "candidate and production did not answer the same items: no paired comparison")
+        return
+    if _too_few(gate, cfg, metric, len(ci_c["values"])):
         return
     iv = paired_interval(ci_c["values"], ci_p["values"], method=cfg.ci_method, confidence=cfg.confidence,
                          resamples=cfg.resamples, seed=cfg.seed)

@@ -56,6 +56,11 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     return out
 
 
+def usable(confidence: float | None) -> bool:
+    """A confidence a router can compare with a threshold: a finite number (not None, NaN or +-inf)."""
+    return isinstance(confidence, (int, float)) and not isinstance(confidence, bool) and math.isfinite(confidence)
+
+
 @dataclass
 class RoutingProfile:
     target_error_rate: float
@@ -78,12 +83,17 @@ def routing_threshold(confidences: Sequence[float | None], correct: Sequence[boo
                       target_error_rate: float) -> RoutingProfile:
     """The lowest confidence threshold whose kept requests have an error rate <= target.
 
-    Invalid answers are always escalated (a router detects them). Among valid ones, sorted by
+    Invalid answers are always escalated (a router detects them), and so are answers without a
+    finite confidence (None, NaN, +-inf: a router cannot compare them). Among the rest, sorted by
     confidence, the kept set is the largest top-k (cut only between distinct confidences) whose
     error rate is within the target.
+
+    The published threshold (and every curve threshold) is the exact confidence of the last kept
+    answer, never rounded: a router keeping ``confidence >= threshold`` keeps exactly ``kept``
+    of these requests (rounding -0.099998 to -0.1 would keep one more).
     """
     n = len(correct)
-    items = sorted(((c, bool(ok)) for c, ok, v in zip(confidences, correct, valid) if v and c is not None),
+    items = sorted(((float(c), bool(ok)) for c, ok, v in zip(confidences, correct, valid) if v and usable(c)),
                    key=lambda x: -x[0])
     best_k, curve, wrong = 0, [], 0
     for k, (conf, ok) in enumerate(items, 1):
@@ -91,7 +101,7 @@ def routing_threshold(confidences: Sequence[float | None], correct: Sequence[boo
         if k < len(items) and items[k][0] == conf:
             continue  # ties: a threshold keeps all of them or none
         rate = wrong / k
-        curve.append({"threshold": round(conf, 5), "kept": k, "kept_share": round(k / n, 4), "error_rate": round(rate, 4)})
+        curve.append({"threshold": conf, "kept": k, "kept_share": round(k / n, 4), "error_rate": round(rate, 4)})
         if rate <= target_error_rate:
             best_k = k
     if best_k == 0:
@@ -107,7 +117,7 @@ def routing_threshold(confidences: Sequence[float | None], correct: Sequence[boo
         upper = float(binomtest(kept_wrong, best_k).proportion_ci(0.95, method="exact").high)
     return RoutingProfile(
         target_error_rate=target_error_rate, n=n, valid=len(items),
-        threshold=None if threshold is None else round(threshold, 5), mode=mode, kept=best_k,
+        threshold=threshold, mode=mode, kept=best_k,
         escalation_rate=round(1 - best_k / n, 4) if n else 1.0,
         kept_error_rate=round(kept_wrong / best_k, 4) if best_k else None,
         kept_error_rate_upper=None if upper is None else round(upper, 4),

@@ -13,6 +13,7 @@ labels most tickets `account`) must not teach its bias by volume.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any, Sequence
 
@@ -22,6 +23,10 @@ from filters.base import ExampleFilter, FilterResult
 ALL = "*"  # the one group of skills without labels
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def label_thresholds(items: Sequence[dict[str, Any]], target: float, min_support: int,
                      labels: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """{group: {threshold, precision, support, reachable}} from audit items (prediction,
@@ -29,8 +34,8 @@ def label_thresholds(items: Sequence[dict[str, Any]], target: float, min_support
     the mean item score of audit answers in the group with confidence >= t."""
     groups: dict[str, list[tuple[float, float]]] = {lab: [] for lab in labels or ()}
     for it in items:
-        if it.get("prediction") is None or it.get("confidence") is None:
-            continue
+        if it.get("prediction") is None or not _finite(it.get("confidence")):
+            continue  # no comparable confidence (None, NaN, inf): it cannot vouch for a threshold
         key = it["prediction"] if labels else ALL
         groups.setdefault(key, []).append((float(it["confidence"]), float(it["score"])))
     out: dict[str, dict[str, Any]] = {}
@@ -69,7 +74,7 @@ class LabelThresholds(ExampleFilter):
         if t is None or not t["reachable"]:
             return "label_precision_unreachable", {"label": key, "target_precision": self.target,
                                                    "audit_precision": (t or {}).get("precision")}
-        if ex.confidence is None or ex.confidence < t["threshold"]:
+        if not _finite(ex.confidence) or ex.confidence < t["threshold"]:  # NaN < t is False: check it first
             return "below_label_threshold", {"label": key, "confidence": ex.confidence, "threshold": t["threshold"]}
         self.kept_by_label[key] += 1
         return None

@@ -240,7 +240,9 @@ def cmd_registry(args) -> int:
     elif args.action == "promote":
         if args.version is None:
             return _fail("promote needs a VERSION: distill registry promote SKILL VERSION")
-        if not args.version.isdigit() or int(args.version) < 1:
+        from registry.store import is_version_name
+
+        if not is_version_name(args.version):
             return _fail(f"invalid VERSION {args.version!r}: versions are integers 1, 2, 3, ...")
         reg.promote(skill, int(args.version), reason=args.reason)
         print(f"{skill}: production -> {int(args.version)}")

@@ -102,8 +102,11 @@ def network_failure(task, task_run, state) -> bool:
 
 
 def registry_failure(task, task_run, state) -> bool:
-    """retry_condition_fn of publish: storage errors (a remote registry wraps network errors in
-    RegistryError). A failed publish leaves no version visible, so retrying cannot duplicate one."""
-    from registry import RegistryError
+    """retry_condition_fn of publish: only what a later attempt can fix (storage unreachable, a timeout,
+    throttling, the lock held by another publisher: registry.store.is_transient). A bad routing profile,
+    metrics that are not JSON, a corrupted version, a denied access fail at once. A retry never
+    duplicates a version: a publish of a run id that already has one returns it."""
+    from registry.store import is_transient
 
-    return isinstance(_failure(state), (RegistryError, ConnectionError, TimeoutError))
+    failure = _failure(state)
+    return isinstance(failure, BaseException) and is_transient(failure)

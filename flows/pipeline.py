@@ -16,12 +16,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from core.records import (Example, Rejected, hash_examples, read_examples, write_examples, write_json,
                           write_jsonl)
 from core.skills import Skill, load_skill
-from core.workdir import pool_dir, registry_root, runs_dir
+from core.workdir import check_run_id, pool_dir, registry_root, run_dir as run_folder
 from flows.limits import network_failure, registry_failure
 from flows.progress import stage
 
@@ -39,6 +39,11 @@ class RunParams(BaseModel):
                                    description="Work pool for training and evaluation (e.g. gpu-pool): when set, the "
                                                "run hands both stages to the deployment train-evaluate/<skill> on "
                                                "that pool and waits for it; empty: they run in this process.")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        return None if v is None else check_run_id(v)
 
 
 @dataclass
@@ -194,7 +199,7 @@ def publish(skill: Skill, run_id: str, adapter_dir: str, evaluation: dict, decis
     from registry.stage import publish_run
 
     # routing.json from the eval gates (run folder) when present; skill.json from core.prompting.template_spec.
-    return publish_run(Registry(registry_root()), skill, run_id, runs_dir(skill.name) / run_id, adapter_dir,
+    return publish_run(Registry(registry_root()), skill, run_id, run_folder(skill.name, run_id), adapter_dir,
                        evaluation, decision, lineage, data_summary)
 
 
@@ -253,7 +258,7 @@ def _distill(params: RunParams) -> dict:
     skill = load_skill(params.skill, params.profile)
     cfg = skill.config
     run_id = params.run_id or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir(skill.name) / run_id
+    run_dir = run_folder(skill.name, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     if params.seed is None:
         # Re-running a run id (after a crash) reuses its seed, so the cached teacher answers and

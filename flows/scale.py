@@ -19,11 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from core.records import Example, read_examples
 from core.skills import Skill, load_skill
-from core.workdir import runs_dir
+from core.workdir import check_run_id, run_dir as run_folder
 
 # One thread per worker process: the tasks run torch/tokenizers, which use the cores themselves.
 DASK_DEFAULTS = {"processes": True, "threads_per_worker": 1}
@@ -34,7 +34,12 @@ class Shard(BaseModel):
 
     skill: str = Field(description="Skill folder name under seeds/.", pattern=r"^[A-Za-z0-9_-]+$")
     profile: str = Field("default", description="Named overrides from the skill file.")
-    run_id: str = Field(description="Run folder name (one per shard).", pattern=r"^[A-Za-z0-9_.-]+$")
+    run_id: str = Field(description="Run folder name (one per shard).")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str) -> str:
+        return check_run_id(v)
     seed: int = Field(ge=0, le=2**31 - 1, description="Teacher sampling seed; shards of one skill use different ones.")
 
 
@@ -44,7 +49,7 @@ def prepare(shard: Shard) -> tuple[Skill, str, Path, list[Example]]:
     from flows.pipeline import _read_pool, provision_models
 
     skill = load_skill(shard.skill, shard.profile)
-    run_dir = runs_dir(skill.name) / shard.run_id
+    run_dir = run_folder(skill.name, shard.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     trained = {e.meta.get("traffic_id") for e in _read_pool(skill.name) if e.source == "traffic"}
     replay, _ = sample_replay(skill, trained - {None})
@@ -83,6 +88,6 @@ def commit_shard(shard: Shard) -> dict:
     from flows.pipeline import _append_pool
 
     skill = load_skill(shard.skill, shard.profile)
-    run_dir = runs_dir(skill.name) / shard.run_id
+    run_dir = run_folder(skill.name, shard.run_id)
     pool = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
     return {"pool": pool, "index": commit_index(skill.name, skill.config.filters, run_dir)}

@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from core.records import Example, read_examples, write_examples, write_json
 from core.skills import Skill, load_skill
-from core.workdir import registry_root, runs_dir
+from core.workdir import check_run_id, registry_root, run_dir as run_folder
 
 FLOW_NAME = "train-evaluate"
 GPU_POOL = "gpu-pool"  # the pool prefect.yaml puts train-evaluate on; README "Scale-out"
@@ -35,10 +35,14 @@ class StageParams(BaseModel):
 
     skill: str = Field(description="Skill folder name under seeds/.", pattern=r"^[A-Za-z0-9_-]+$")
     profile: str = Field("default", description="Named overrides from the skill file (the main run's).")
-    run_id: str = Field(description="Run folder (under the shared work dir) that the main run filled.",
-                        pattern=r"^[A-Za-z0-9_.-]+$")
+    run_id: str = Field(description="Run folder (under the shared work dir) that the main run filled.")
     champion_version: int | None = Field(None, ge=1, description="Production version the main run compares "
                                                                  "against (read once, by the main run).")
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str) -> str:
+        return check_run_id(v)
 
 
 def deployment_name(skill: str) -> str:
@@ -52,7 +56,7 @@ def train_evaluate(params: StageParams) -> dict:
     from trainers.base_model import resolve_model
 
     skill = load_skill(params.skill, params.profile)
-    run_dir = runs_dir(skill.name) / params.run_id
+    run_dir = run_folder(skill.name, params.run_id)
     missing = [f for f in ("accepted.jsonl", REPLAY_FILE) if not (run_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir}: no {', '.join(missing)}; train-evaluate reads the run folder that the "

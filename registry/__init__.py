@@ -3,7 +3,7 @@ on a local folder or any fsspec URL, plus the consumer API (resolve, load, predi
 
 from registry.consumer import Predictor, load, predict, resolve
 from registry.model_card import render_model_card
-from registry.store import Registry, RegistryError, parse_ref, verify_folder
+from registry.store import Registry, RegistryError, RegistryUnavailable, parse_ref, verify_folder
 
-__all__ = ["Predictor", "Registry", "RegistryError", "load", "parse_ref", "predict", "render_model_card", "resolve",
+__all__ = ["Predictor", "Registry", "RegistryError", "RegistryUnavailable", "load", "parse_ref", "predict", "render_model_card", "resolve",
            "verify_folder"]

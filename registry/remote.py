@@ -14,25 +14,41 @@ the guarantees are kept without rename or flock:
   writers that both believe they hold the lock cannot both get N. ``.claim`` stays for
   good (pull and verify ignore it), so a number is never claimed twice, even when the
   claimant died (then its other files are removed).
-* **Lock.** ``<skill>/.lock`` is a lease object created with the same exclusive create;
-  a lease older than ``LOCK_LEASE_S`` (a dead holder) is taken over with a
-  compare-and-swap (``PUT`` with ``If-Match: <etag>``), so two breakers cannot both win.
+* **Lock.** ``<skill>/.lock`` is a lease object, never deleted: it is taken with an exclusive
+  create, or with a compare-and-swap of a released lease (``PUT`` with ``If-Match: <etag>``), and
+  released by a compare-and-swap back to a released lease, so a holder can never delete or
+  overwrite another holder's lease. A lease that was not released (a dead holder) is broken only
+  after the waiter has seen the very same lease object for ``LOCK_LEASE_S`` on its own monotonic
+  clock: no comparison of clocks between hosts. A holder stops before each commit step (the
+  version's marker, an alias move) once it has held the lock for half a lease, so a broken lease
+  and its old holder never overlap, whatever the hosts' clocks say.
+* **Preconditions per store.** S3: ``If-None-Match: *`` / ``If-Match: <etag>``. ``memory://``: the
+  store lives in this process, so one process-wide mutex makes create and compare-and-swap exact.
+  Other stores (``gs://``, ``az://``, ...): this code has no tested precondition for them, so
+  publish, promote and rollback are refused (:class:`RegistryError` saying so) unless the registry is
+  opened with ``single_writer=True`` (or ``DISTILL_REGISTRY_SINGLE_WRITER=1``): the operator's
+  promise that one publisher at a time writes it. Reading works everywhere.
 * **Atomic alias moves.** One object ``PUT`` replaces ``aliases.json`` (readers see the
   old or the new content); alias writers hold the lock.
 * **Leftovers.** Staging prefixes and unmarked claimed versions older than
   ``ABANDONED_AFTER_S`` are removed by the next publisher.
 
-Limits: backends other than S3 get the exclusive create fsspec offers them (exact for
-``memory://``; best-effort check-then-write elsewhere), and lease expiry compares the
-writer's clock with the time stored in the lease, so hosts need roughly synced clocks.
+* **Verified before an alias moves.** A publish re-reads the version it just committed and checks
+  every file's sha256 before pointing an alias at it; promote and rollback do the same.
+* **One version per run.** A publish whose ``lineage.run_id`` already has a version returns that
+  version; errors after the commit point (staging clean-up, lock release) are logged, not raised.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
+import re
+import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -40,18 +56,25 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from registry.store import (ADAPTER_FILES, CARD_FILE, CHECKSUMS_FILE, LOCK_FILE,
-                            PRODUCTION, VERSIONS_DIR, Registry, RegistryError, _check_name, sha256_bytes,
-                            sha256_file, verify_folder)
+                            PRODUCTION, VERSIONS_DIR, Registry, RegistryError, RegistryUnavailable, _check_name,
+                            is_skill_name, is_version_name, sha256_bytes, sha256_file, storage_error, verify_folder)
+
+log = logging.getLogger("distill." + __name__)
 
 STAGING_DIR = ".staging"
 CLAIM_FILE = ".claim"
 # A publisher holds the lock for seconds (uploads happen before it is taken); 5 minutes means
-# only a dead holder's lease is ever broken.
+# only a dead holder's lease is ever broken. A waiter breaks a lease only after seeing the same
+# lease object this long (its own monotonic clock); a holder commits nothing after half of it.
 LOCK_LEASE_S = 300.0
 # How long a publisher waits for the lock before giving up with a clear error.
 LOCK_WAIT_S = 600.0
 # Staging uploads / claimed-but-unmarked versions older than this belong to a dead publisher.
 ABANDONED_AFTER_S = 3600.0
+SINGLE_WRITER_ENV = "DISTILL_REGISTRY_SINGLE_WRITER"
+_STAGING_TOKEN_RE = re.compile(r"^([0-9]{1,12})-.")
+# memory:// lives in this process: one mutex makes its create-if-absent and compare-and-swap exact.
+_MEMORY_GUARD = threading.Lock()
 
 
 def _precondition_failed(e: BaseException) -> bool:
@@ -60,27 +83,51 @@ def _precondition_failed(e: BaseException) -> bool:
                                               and "condition" in str(e).lower())
 
 
+def _lease(data: bytes) -> dict[str, Any]:
+    try:
+        lease = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return lease if isinstance(lease, dict) else {}
+
+
+class _NoGuard:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
 class ObjectRegistry(Registry):
     """The registry on any fsspec filesystem; built by ``Registry("s3://bucket/prefix")``."""
 
-    def __init__(self, root: str | Path | None = None, **storage_options: Any) -> None:
+    def __init__(self, root: str | Path | None = None, *, single_writer: bool | None = None,
+                 **storage_options: Any) -> None:
         import fsspec
 
         from core.workdir import registry_root
 
+        if single_writer is None:
+            single_writer = os.environ.get(SINGLE_WRITER_ENV, "") not in ("", "0")
+        self.single_writer = bool(single_writer)
+        self._tls = threading.local()  # the leases this thread holds: {skill: (owner, monotonic time taken)}
         url = str(root if root is not None else registry_root()).rstrip("/")
         # skip_instance_cache: a fresh client per Registry, so no stale listing cache is shared.
         self.fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
         self.url = url
         self.base = path.rstrip("/")
         self.root = None  # no local folder: see location / cache_dir()
-        self.s3 = "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.s3 = "s3" in protocols
+        # How this store makes create-if-absent and compare-and-swap exact (None: it cannot here).
+        self.preconditions = "s3" if self.s3 else "memory" if "memory" in protocols else None
         if self.s3:
             bucket = self.base.split("/", 1)[0]
             try:
                 exists = self.fs.exists(bucket)
             except Exception as e:  # wrong endpoint, no credentials: say so once, clearly
-                raise RegistryError(f"registry {url}: cannot reach the bucket {bucket!r} ({e})") from None
+                raise storage_error(f"registry {url}", f"reach the bucket {bucket!r}", e) from None
             if not exists:
                 raise RegistryError(f"registry {url}: bucket {bucket!r} does not exist (create it first)")
 
@@ -105,7 +152,7 @@ class ObjectRegistry(Registry):
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as e:
-            raise RegistryError(f"{self._where(rel)}: cannot read ({e})") from None
+            raise storage_error(self._where(rel), "read", e) from None
 
     def _write_text(self, rel: str, text: str) -> None:
         self.fs.pipe_file(self._p(rel), text.encode("utf-8"))  # one PUT: atomic for readers
@@ -117,19 +164,75 @@ class ObjectRegistry(Registry):
             pass
 
     def _create(self, rel: str, data: bytes) -> bool:
-        """Create `rel` only if it does not exist (S3: If-None-Match: *); False when it already did."""
+        """Create `rel` only if it does not exist; False when it already did.
+
+        S3: ``If-None-Match: *``; memory://: under the process-wide mutex; other stores only with
+        ``single_writer`` (a check, then a write)."""
+        path = self._p(rel)
+        if self.preconditions == "memory":
+            with _MEMORY_GUARD:
+                if self.fs.exists(path):
+                    return False
+                self.fs.pipe_file(path, data)
+                return True
+        if self.preconditions is None:
+            self._require_exclusion("create " + self._where(rel))
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, data)
+            return True
         try:
-            self.fs.pipe_file(self._p(rel), data, mode="create")
+            self.fs.pipe_file(path, data, mode="create")
             return True
         except (FileExistsError, OSError) as e:
             if _precondition_failed(e):
                 return False
             raise
-        except (NotImplementedError, TypeError, ValueError):  # a backend without exclusive create
-            if self.fs.exists(self._p(rel)):
+
+    def _token(self, rel: str) -> tuple[str, bytes] | None:
+        """(version token, content) of `rel`, None when absent: S3's ETag; elsewhere the content's sha256
+        (every lease body carries a fresh nonce, so equal content means the same write)."""
+        path = self._p(rel)
+        try:
+            if self.preconditions == "s3":
+                self.fs.invalidate_cache()
+                etag = self.fs.info(path).get("ETag")
+                data = self.fs.cat_file(path)
+                return (etag or sha256_bytes(data)), data
+            data = self.fs.cat_file(path)
+            return sha256_bytes(data), data
+        except FileNotFoundError:
+            return None
+
+    def _replace_if(self, rel: str, token: str, data: bytes) -> bool:
+        """Write `data` to `rel` only if it still is the version `token` names (compare-and-swap)."""
+        path = self._p(rel)
+        if self.preconditions == "s3":
+            try:
+                self.fs.pipe_file(path, data, IfMatch=token)
+                return True
+            except OSError as e:
+                if _precondition_failed(e) or isinstance(e, FileNotFoundError):
+                    return False
+                raise
+        guard = _MEMORY_GUARD if self.preconditions == "memory" else _NoGuard()
+        if self.preconditions is None:
+            self._require_exclusion("replace " + self._where(rel))
+        with guard:
+            current = self._token(rel)
+            if current is None or current[0] != token:
                 return False
-            self.fs.pipe_file(self._p(rel), data)
+            self.fs.pipe_file(path, data)
             return True
+
+    def _require_exclusion(self, what: str) -> None:
+        if self.preconditions is None and not self.single_writer:
+            raise RegistryError(
+                f"registry {self.url}: cannot {what}: this store ({self.fs.protocol}) has no conditional write this "
+                "registry can use (S3 If-None-Match/If-Match; memory://), so two publishers could both take the "
+                f"lock. Open it with single_writer=True (or {SINGLE_WRITER_ENV}=1) only if one publisher at a "
+                "time writes it; reading needs neither"
+            )
 
     def _find(self, rel: str) -> list[str]:
         """Every file under `rel`, as paths relative to the registry root (fresh listing)."""
@@ -169,7 +272,7 @@ class ObjectRegistry(Registry):
         base = f"{skill}/{VERSIONS_DIR}/"
         for rel in self._find(base.rstrip("/")):
             num, _, name = rel[len(base):].partition("/")
-            if num.isdigit() and num[0] != "0" and name and "/" not in name:
+            if is_version_name(num) and name and "/" not in name:
                 out.setdefault(int(num), set()).add(name)
         return out
 
@@ -184,7 +287,8 @@ class ObjectRegistry(Registry):
         except FileNotFoundError:
             return []
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
-        return [n for n in names if n and not n.startswith(".")]
+        # Folder markers (`x_$folder$`), stray files and odd names are not skills: skipped, not fatal.
+        return [n for n in names if is_skill_name(n)]
 
     def snapshot(self, skill: str) -> dict[str, str]:
         """{path relative to <registry>/<skill>: sha256} for every object except the lock."""
@@ -227,51 +331,79 @@ class ObjectRegistry(Registry):
 
     @contextmanager
     def _lock(self, skill: str) -> Iterator[None]:
+        """Hold ``<skill>/.lock`` (see the module docstring); raises RegistryUnavailable after LOCK_WAIT_S."""
         rel = f"{_check_name('skill', skill)}/{LOCK_FILE}"
+        self._require_exclusion(f"lock skill {skill!r}")
         owner = uuid.uuid4().hex
+        body = json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                           "taken_at": time.time()}).encode()
         deadline = time.monotonic() + LOCK_WAIT_S
+        watched: tuple[str, float] | None = None  # (token of the lease seen, monotonic time first seen)
         delay = 0.02
         while True:
-            body = json.dumps({"owner": owner, "expires": time.time() + LOCK_LEASE_S}).encode()
             if self._create(rel, body):
                 break
-            if self._take_over_expired(rel, body):
-                break
+            current = self._token(rel)
+            if current is not None:
+                token, lease = current[0], _lease(current[1])
+                now = time.monotonic()
+                if lease.get("released"):
+                    if self._replace_if(rel, token, body):
+                        break
+                elif watched is None or watched[0] != token:
+                    watched = (token, now)
+                elif now - watched[1] >= LOCK_LEASE_S:
+                    log.warning("%s: breaking the lease of %s (unchanged for %.0f s: its holder is gone)",
+                                self._where(rel), lease.get("owner"), now - watched[1])
+                    if self._replace_if(rel, token, body):
+                        break
             if time.monotonic() > deadline:
-                raise RegistryError(f"{self._where(rel)}: could not get the skill's lock in {LOCK_WAIT_S:.0f} s "
-                                    "(another publisher holds it)")
+                raise RegistryUnavailable(f"{self._where(rel)}: could not get the skill's lock in {LOCK_WAIT_S:.0f} s "
+                                          "(another publisher holds it)")
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
+        held = self._held()
+        held[skill] = (owner, time.monotonic())
         try:
             yield
         finally:
-            # Delete the lease only while it is still ours (it may have been broken as expired).
-            text = self._read_text(rel)
-            if text is not None and json.loads(text).get("owner") == owner:
-                self._delete(rel)
+            held.pop(skill, None)
+            try:
+                self._release(rel, owner)
+            except Exception as e:  # after a commit: log it; a lease left behind is broken after LOCK_LEASE_S
+                log.warning("%s: could not release the lock (%s: %s); it will be broken after %.0f s",
+                            self._where(rel), type(e).__name__, e, LOCK_LEASE_S)
 
-    def _take_over_expired(self, rel: str, body: bytes) -> bool:
-        path = self._p(rel)
-        try:
-            self.fs.invalidate_cache()
-            etag = self.fs.info(path).get("ETag")
-            lease = json.loads(self.fs.cat_file(path))
-        except FileNotFoundError:
-            return False  # released meanwhile: the next create attempt gets it
-        except json.JSONDecodeError:
-            lease = {}
-        if float(lease.get("expires", 0)) > time.time():
-            return False
-        if self.s3 and etag:
-            try:  # compare-and-swap: only one breaker replaces the lease it saw
-                self.fs.pipe_file(path, body, IfMatch=etag)
-                return True
-            except OSError as e:
-                if _precondition_failed(e) or isinstance(e, FileNotFoundError):
-                    return False
-                raise
-        self._delete(rel)  # no CAS on this backend: delete and race on the exclusive create
-        return self._create(rel, body)
+    def _held(self) -> dict[str, tuple[str, float]]:
+        if not hasattr(self._tls, "held"):
+            self._tls.held = {}
+        return self._tls.held
+
+    def _release(self, rel: str, owner: str) -> None:
+        """Swap our lease for a released one; a lease that is no longer ours is left alone."""
+        current = self._token(rel)
+        if current is None or _lease(current[1]).get("owner") != owner:
+            log.warning("%s: the lock was broken while held (another publisher took it)", self._where(rel))
+            return
+        released = json.dumps({"released": True, "owner": None, "nonce": uuid.uuid4().hex,
+                               "released_at": time.time()}).encode()
+        if not self._replace_if(rel, current[0], released):
+            log.warning("%s: the lock was broken while held (another publisher took it)", self._where(rel))
+
+    def _fence(self, skill: str, step: str) -> None:
+        """Refuse a commit step unless this thread holds the skill's lease, for less than half of it."""
+        owner, taken = self._held().get(skill, (None, 0.0))
+        if owner is None:
+            raise RegistryError(f"skill {skill!r}: {step} without holding the lock")
+        held_s = time.monotonic() - taken
+        if held_s > LOCK_LEASE_S / 2:
+            raise RegistryUnavailable(
+                f"skill {skill!r}: held the lock for {held_s:.1f} s, more than half its lease "
+                f"({LOCK_LEASE_S:g} s): stopping before {step}, since a waiter may break the lease now"
+            )
+        current = self._token(f"{skill}/{LOCK_FILE}")
+        if current is None or _lease(current[1]).get("owner") != owner:
+            raise RegistryUnavailable(f"skill {skill!r}: the lock was taken over: stopping before {step}")
 
     # ------------------------------------------------------------------ publish
 
@@ -284,11 +416,12 @@ class ObjectRegistry(Registry):
         now = time.time()
         staging: dict[str, list[str]] = {}
         for rel in self._find(f"{skill}/{STAGING_DIR}"):
-            token = rel.split("/")[2]
-            staging.setdefault(token, []).append(rel)
+            parts = rel.split("/")
+            if len(parts) > 3:  # <skill>/.staging/<token>/<file>; anything else is not ours
+                staging.setdefault(parts[2], []).append(rel)
         for token, rels in staging.items():
-            started = token.split("-", 1)[0]
-            if started.isdigit() and now - int(started) > ABANDONED_AFTER_S:
+            m = _STAGING_TOKEN_RE.match(token)
+            if m and now - int(m.group(1)) > ABANDONED_AFTER_S:
                 self.fs.rm([self._p(r) for r in rels])
         for n, names in self._version_files(skill).items():
             if CHECKSUMS_FILE in names or names == {CLAIM_FILE}:
@@ -316,6 +449,12 @@ class ObjectRegistry(Registry):
     ) -> int:
         adapter_dir, texts = self._publish_inputs(skill, adapter_dir, metrics, lineage, routing, skill_spec,
                                                   model_card, alias)
+        self._require_exclusion(f"publish {skill!r}")
+        run_id = lineage.get("run_id")
+        existing = self.published_run(skill, run_id)  # checked again under the lock
+        if existing is not None:
+            log.info("%s run %s is already published as version %d: not publishing it again", skill, run_id, existing)
+            return existing
         staging = f"{skill}/{STAGING_DIR}/{int(time.time())}-{uuid.uuid4().hex}"
         checksums: dict[str, str] = {}
         try:
@@ -327,20 +466,35 @@ class ObjectRegistry(Registry):
                 checksums[name] = sha256_bytes(data)
                 self.fs.pipe_file(self._p(f"{staging}/{name}"), data)
             with self._lock(skill):
+                existing = self.published_run(skill, run_id)
+                if existing is not None:
+                    log.info("%s run %s is already published as version %d: not publishing it again",
+                             skill, run_id, existing)
+                    return existing
                 self._clean_abandoned(skill)
                 version = self._commit(skill, staging, checksums, model_card)
                 if alias is not None:
                     try:
+                        self.verify(skill, version)  # an alias only ever points at a version that verifies
                         self._move_alias(skill, alias, version, "publish", reason)
                     except BaseException:
                         self._withdraw(skill, version)
                         raise
                 return version
         finally:
+            # After the commit point nothing may fail the publish (a retry would publish again):
+            # a staging upload left behind is removed by a later publisher (ABANDONED_AFTER_S).
             try:
                 self.fs.rm(self._p(staging), recursive=True)
             except FileNotFoundError:
                 pass
+            except Exception as e:
+                log.warning("%s: could not remove the staging upload (%s: %s); a later publish removes it",
+                            self._where(staging), type(e).__name__, e)
+
+    def _move_alias(self, skill: str, alias: str, version: int, action: str, reason: str) -> None:
+        self._fence(skill, f"moving alias {alias!r}")
+        super()._move_alias(skill, alias, version, action, reason)
 
     def _commit(self, skill: str, staging: str, checksums: dict[str, str],
                 model_card: str | Callable[[int], str]) -> int:
@@ -360,6 +514,7 @@ class ObjectRegistry(Registry):
                 if name != CARD_FILE:
                     self.fs.copy(self._p(f"{staging}/{name}"), self._p(f"{vrel}/{name}"))
             marker = (json.dumps(dict(sorted(checksums.items())), indent=2) + "\n").encode()
+            self._fence(skill, f"making version {version} visible")
             if not self._create(f"{vrel}/{CHECKSUMS_FILE}", marker):  # the step that makes it visible
                 raise RegistryError(f"version {version} of skill {skill!r} was completed by another writer")
         except BaseException:

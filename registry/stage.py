@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.model_card import render_model_card
+from registry.serving import serving_info
 from registry.store import Registry, RegistryError
 
 ROUTING_FILE = "routing.json"  # written into the run folder by the eval gates when they profile routing
@@ -73,9 +74,11 @@ def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_
     ]
     base = cfg.student.base_model
     alias = cfg.gates.publish_alias
+    serving = serving_info(adapter_dir)  # the card's vLLM command fits this adapter (or says why none does)
     version = reg.publish(
         skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=skill_spec(cfg),
-        model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits),
+        model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits, serving),
         alias=alias, reason=f"run {run_id}: every gate passed",
     )
-    return {"version": version, "alias": alias, "path": str(reg.path(skill.name, version))}
+    # No storage call after the commit: a transient error here would make the task retry a done publish.
+    return {"version": version, "alias": alias, "path": str(reg.version_location(skill.name, version))}

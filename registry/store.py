@@ -31,9 +31,11 @@ Guarantees (local disk):
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -59,13 +61,68 @@ PRODUCTION = "production"
 CACHE_DIR = "registry-cache"  # under DISTILL_HOME: local copies of versions pulled from remote storage
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Version numbers as written in paths and refs: ASCII digits, no leading zero ("²".isdigit() is True,
+# and int("٣") is 3: neither is a version folder name).
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 _URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+log = logging.getLogger("distill." + __name__)
+
 _FILE_MODE = 0o644
 _DIR_MODE = 0o755
 
 
 class RegistryError(Exception):
-    """A registry operation cannot be done; the message says which skill/version/file and why."""
+    """A registry operation cannot be done; the message says which skill/version/file and why.
+
+    Retrying does not help (bad arguments, data or config, a corrupted version) unless the error
+    is a :class:`RegistryUnavailable`."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The storage could not be reached or answered with a transient error (network, throttling,
+    the lock held by another publisher): the same call may succeed later."""
+
+
+_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                     errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+# Network errors of the storage clients that are not OSError subclasses (botocore, aiohttp, requests).
+_TRANSIENT_NAMES = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                    "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ServerTimeoutError",
+                    "ConnectionError", "Timeout", "SlowDown", "Throttling")
+
+
+def is_transient(e: BaseException) -> bool:
+    """True when a later attempt of the same storage call may succeed: a broken or refused
+    connection, a timeout, throttling, a 5xx mapped to EIO/EAGAIN, or a :class:`RegistryUnavailable`.
+    False for everything a retry would hit again: missing objects, denied access, bad data or config
+    (every other :class:`RegistryError`)."""
+    if isinstance(e, RegistryUnavailable):
+        return True
+    if isinstance(e, RegistryError):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+        return True
+    return any(n in c.__name__ for c in type(e).__mro__ for n in _TRANSIENT_NAMES)
+
+
+def storage_error(where: str, action: str, e: BaseException) -> RegistryError:
+    """`e` from the storage as a RegistryError naming the object; RegistryUnavailable when transient."""
+    cls = RegistryUnavailable if is_transient(e) else RegistryError
+    return cls(f"{where}: cannot {action} ({type(e).__name__}: {e})")
+
+
+def is_version_name(name: Any) -> bool:
+    """True for the folder names of versions: ASCII digits without a leading zero ("3", not "03", "²")."""
+    return isinstance(name, str) and bool(_VERSION_RE.match(name))
+
+
+def is_skill_name(name: Any) -> bool:
+    """True for names the registry accepts as a skill (letters, digits, '_', '-', '.', not starting with '.' or '-')."""
+    return isinstance(name, str) and bool(_NAME_RE.match(name))
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -108,7 +165,7 @@ def _check_name(kind: str, name: Any) -> str:
 
 
 def _check_version(version: Any) -> int:
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and is_version_name(version):
         version = int(version)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RegistryError(f"invalid version {version!r}: versions are integers 1, 2, 3, ...")
@@ -121,7 +178,7 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     _check_name("skill", skill)
     if not at:
         return skill, None
-    if not ver.isdigit() or int(ver) < 1:
+    if not is_version_name(ver):
         raise RegistryError(f"invalid version in {ref!r}: write SKILL@N with N = 1, 2, 3, ...")
     return skill, int(ver)
 
@@ -290,12 +347,12 @@ class Registry:
         d = self._versions_dir(skill)
         if not d.is_dir():
             return []
-        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0")
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and is_version_name(p.name))
 
     def _skill_names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return [p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)]
+        return [p.name for p in self.root.iterdir() if p.is_dir() and is_skill_name(p.name)]
 
     # ---------------------------------------------------------------- reading
 
@@ -539,7 +596,13 @@ class Registry:
         """
         adapter_dir, texts = self._publish_inputs(skill, adapter_dir, metrics, lineage, routing, skill_spec,
                                                   model_card, alias)
+        run_id = lineage.get("run_id")
         with self._lock(skill):
+            existing = self.published_run(skill, run_id)
+            if existing is not None:
+                log.info("%s run %s is already published as version %d: not publishing it again",
+                         skill, run_id, existing)
+                return existing
             sdir = self._skill_dir(skill)
             self._remove_stale_temps(sdir)
             version = self._next_version(skill)
@@ -582,6 +645,7 @@ class Registry:
 
             if alias is not None:
                 try:
+                    self.verify(skill, version)  # an alias only ever points at a version that verifies
                     self._move_alias(skill, alias, version, "publish", reason)
                 except BaseException:
                     # The alias could not be moved: withdraw the version so the failed
@@ -589,6 +653,28 @@ class Registry:
                     self._withdraw(skill, version)
                     raise
             return version
+
+    def published_run(self, skill: str, run_id: Any) -> int | None:
+        """The version whose lineage.json names `run_id` (the newest such), else None.
+
+        A run publishes at most once: a publish retried after its commit point, or a run resumed
+        after a kill between publish and the pool append, gets this version back instead of a copy.
+        A version whose lineage cannot be read is skipped (it is not this run's to claim)."""
+        if not isinstance(run_id, str) or not run_id:
+            return None
+        for version in reversed(self._versions(skill)):
+            text = self._read_text(f"{skill}/{VERSIONS_DIR}/{version}/lineage.json")
+            try:
+                lineage = json.loads(text) if text is not None else None
+            except json.JSONDecodeError:
+                continue
+            if isinstance(lineage, dict) and lineage.get("run_id") == run_id:
+                return version
+        return None
+
+    def version_location(self, skill: str, version: int) -> Any:
+        """Where `version` of `skill` lives (folder or URL), computed without touching storage."""
+        return self._version_location(_check_name("skill", skill), _check_version(version))
 
     def promote(self, skill: str, version: int, reason: str = "") -> int:
         """Point production at `version` (which must exist and pass verify)."""

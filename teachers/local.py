@@ -20,16 +20,25 @@ class Completion:
     seconds: float  # wall time of the batch it was in, divided by the batch size
 
 
+def pick_inference_dtype(device: str, cuda_bf16: bool, cpu_fast_bf16: bool) -> str:
+    """"bfloat16" where the hardware has it, else "float32"; never "float16": Gemma 3's activations
+    overflow float16's range (inf/NaN logits), as the trainer's choose_device also knows.
+
+    device: "cuda" or "cpu"; cuda_bf16: torch.cuda.is_bf16_supported(); cpu_fast_bf16: the CPU has
+    AVX512-BF16/AMX (bf16 prefill measured 3.4x, decoding 1.4x faster than float32 there)."""
+    if device == "cuda":
+        return "bfloat16" if cuda_bf16 else "float32"
+    return "bfloat16" if cpu_fast_bf16 else "float32"
+
+
 def inference_dtype(device: str):
-    """bf16 where the hardware has it: generation reads every weight per token, so half the
-    bytes is faster; on a CPU with AVX512-BF16/AMX, bf16 prefill measured 3.4x faster and decoding
-    1.4x faster than float32 (Gemma 3 270M, 2 cores). float32 elsewhere."""
+    """The torch dtype of pick_inference_dtype for this machine: bf16 where the hardware has it
+    (generation reads every weight per token, so half the bytes is faster), float32 elsewhere."""
     import torch
 
-    if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return torch.bfloat16 if fast_bf16 else torch.float32
+    return getattr(torch, pick_inference_dtype(device, cuda_bf16, fast_bf16))
 
 
 class LocalModel:

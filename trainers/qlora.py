@@ -205,7 +205,10 @@ def data_fingerprint(cfg: SkillConfig, train: list[Example], val: list[Example],
         h.update(b"|")
     h.update(json.dumps(cfg.student.model_dump(), sort_keys=True, default=str).encode())
     h.update(json.dumps([cfg.name, cfg.instruction, cfg.input_name, cfg.output_name, cfg.labels]).encode())
-    h.update(f"{model_path}|{method}".encode())
+    # The base's weights, not only its path: new weights behind the same path start fresh.
+    from trainers.base_model import weights_fingerprint
+
+    h.update(f"{model_path}|{weights_fingerprint(model_path)}|{method}".encode())
     return h.hexdigest()
 
 
@@ -336,7 +339,13 @@ def _resume_point(ckpt_dir: Path, fingerprint: str, notes: list[str]) -> str | N
 
 
 def base_model_id(spec: str) -> str:
-    """What adapter_config.json names as base: the configured spec; local paths made absolute."""
+    """What adapter_config.json names as base (what AutoPeftModelForCausalLM and serving stacks load):
+    a bundled model's upstream Hub id (google/gemma-3-270m), a Hub id as is, local paths made absolute.
+    skill.json keeps the spec itself, which names the exact weights trained on."""
+    from trainers.base_model import BUNDLED_UPSTREAM
+
+    if spec in BUNDLED_UPSTREAM:
+        return BUNDLED_UPSTREAM[spec]
     path = Path(spec).expanduser()
     return str(path.resolve()) if not spec.startswith("bundled:") and path.exists() else spec
 

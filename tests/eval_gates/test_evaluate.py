@@ -32,18 +32,19 @@ def adapters(tiny_model_path, tmp_path_factory):
 
 def test_candidate_vs_champion_writes_record_routing_and_reports(skill_root, tiny_model_path, adapters, tmp_path):
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    skill.config.gates.eval_limit = 20  # gates.min_paired_items: fewer paired items fail closed
     items, traffic = replay_items(skill)
     run = tmp_path / "run"
     out = evaluate_candidate(skill, tiny_model_path, adapters[0], adapters[1], items, run, traffic=traffic)
     cand, champ = out["candidate"], out["champion"]
-    assert cand["eval"]["n"] == champ["eval"]["n"] == 10 and cand["replay"]["n"] == champ["replay"]["n"] == 6
+    assert cand["eval"]["n"] == champ["eval"]["n"] == 20 and cand["replay"]["n"] == champ["replay"]["n"] == 6
     assert cand["eval"]["item_scores"]["ids"] == champ["eval"]["item_scores"]["ids"]
     assert {"accuracy", "macro_f1", "invalid_rate", "per_label_recall", "confusion"} <= set(cand["eval"])
     assert {"agreement", "invalid_rate", "p50_s", "p95_s"} <= set(cand["replay"])
     # The decision names every check with value, bound and verdict, and the data it ran on.
     d = json.loads((run / "decision.json").read_text())
     assert d == {**out["decision"], "data": d["data"]}
-    assert d["data"]["eval_items"] == 10 and len(d["data"]["eval_set_hash"]) == 64
+    assert d["data"]["eval_items"] == 20 and len(d["data"]["eval_set_hash"]) == 64
     assert d["data"]["replay_ids"] == [e.id for e in items] and d["data"]["traffic"]["records"] == len(traffic)
     names = [c["name"] for g in d["gates"] for c in g["checks"]]
     assert "floor:accuracy" in names and "paired:accuracy" in names and "agreement_vs_production" in names
@@ -61,7 +62,7 @@ def test_candidate_vs_champion_writes_record_routing_and_reports(skill_root, tin
     assert "**Decision: PROMOTE**" in md and "Confusion matrix" in md and "paired:accuracy" in md
     assert (run / "eval_comparison.png").read_bytes()[:4] == b"\x89PNG"
     rows = [json.loads(x) for x in (run / "eval_items.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and all("candidate" in x and "champion" in x for x in rows)
+    assert len(rows) == 26 and all("candidate" in x and "champion" in x for x in rows)
     # The flow body calls the gates itself on the returned dicts: same decision.
     from eval_gates.gates import decide, regression_gate, replay_gate
 
@@ -72,6 +73,7 @@ def test_candidate_vs_champion_writes_record_routing_and_reports(skill_root, tin
 
 def test_same_adapter_as_champion_is_a_zero_difference(skill_root, tiny_model_path, adapters, tmp_path):
     skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    skill.config.gates.eval_limit = 20
     items, _ = replay_items(skill)
     out = evaluate_candidate(skill, tiny_model_path, adapters[0], adapters[0], items, tmp_path)
     paired = next(c for g in out["decision"]["gates"] for c in g["checks"] if c["name"] == "paired:accuracy")
@@ -149,3 +151,44 @@ def test_json_task_skill_end_to_end(tiny_model_path, adapters, tmp_path):
     assert out["candidate"]["replay"]["n"] == 3 and out["routing"]["n"] == 3
     md = (tmp_path / "eval_report.md").read_text()
     assert "Errors (candidate)" in md and "paired:ast_accuracy" in md and "Confusion matrix" not in md
+
+
+def test_too_few_paired_items_block_promotion(skill_root, tiny_model_path, adapters, tmp_path):
+    """Issue 16 item 7: the tiny profile scores 10 eval items, under the default minimum of 20."""
+    skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    items, _ = replay_items(skill)
+    out = evaluate_candidate(skill, tiny_model_path, adapters[0], adapters[0], items, tmp_path)
+    assert out["decision"]["promote"] is False
+    assert "only 10 paired item(s) with production, fewer than gates.min_paired_items=20" in out["decision"]["reasons"][0]
+
+
+def test_production_is_scored_on_the_base_its_own_version_names(skill_root, tiny_model_path, adapters, tmp_path):
+    """Issue 16 item 10: student.base_model changed since production was published."""
+    import shutil
+
+    from teachers.local import LocalModel
+
+    old_base = tmp_path / "old-base"
+    shutil.copytree(tiny_model_path, old_base)
+    champion = tmp_path / "champion"
+    shutil.copytree(adapters[1], champion)
+    (champion / "skill.json").write_text(json.dumps({"task_type": "classification", "base_model": str(old_base)}))
+    loaded = []
+
+    def load_model(path, adapter):
+        loaded.append((path, adapter))
+        return LocalModel(path, adapter_path=adapter)
+
+    skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    items, _ = replay_items(skill)
+    out = evaluate_candidate(skill, tiny_model_path, adapters[0], str(champion), items, tmp_path / "run",
+                             load_model=load_model)
+    assert loaded == [(tiny_model_path, adapters[0]), (str(old_base.resolve()), str(champion))]
+    assert out["data"]["base_models"] == {"candidate": tiny_model_path, "champion": str(old_base.resolve())}
+    # A production version whose base is gone fails the run with the reason, instead of a wrong score.
+    (champion / "skill.json").write_text(json.dumps({"base_model": str(tmp_path / "gone")}))
+    from trainers.base_model import ModelError
+
+    with pytest.raises(ModelError, match="production version"):
+        evaluate_candidate(skill, tiny_model_path, adapters[0], str(champion), items, tmp_path / "run2",
+                           load_model=load_model)

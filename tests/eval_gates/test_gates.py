@@ -5,8 +5,8 @@ import pytest
 from scipy.stats import binomtest
 
 from core.skills import GateConfig, ReplayConfig
-from eval_gates.gates import decide, gate, regression_gate, replay_gate
 from core.tasks.classification import classification_metrics
+from eval_gates.gates import MIN_PAIRED_ITEMS, decide, gate, min_paired_items, regression_gate, replay_gate
 from eval_gates.stats import paired_interval
 
 
@@ -130,9 +130,9 @@ def test_a_gate_that_cannot_run_blocks_promotion(cand, champ, why):
 
 
 def test_a_gate_that_crashes_fails_closed_instead_of_raising():
-    broken = ev([1, 0, 1])
-    broken["item_scores"]["values"] = ["not", "a", "number"]
-    r = regression_gate(GateConfig(floor={"accuracy": 0.0}), broken, ev([1, 0, 1]))
+    broken = ev([1, 0, 1] * 7)
+    broken["item_scores"]["values"] = ["not", "a", "number"] * 7
+    r = regression_gate(GateConfig(floor={"accuracy": 0.0}), broken, ev([1, 0, 1] * 7))
     assert not r.passed and r.reasons[-1].startswith("regression gate could not run: ValueError")
     assert not decide([r]).promote and not decide([]).promote
 
@@ -162,3 +162,42 @@ def test_gate_runs_both_and_records_the_data():
     assert rec["gates"][1]["data"] == {"n": 20, "replay_sample_hash": "abc"}
     assert "item_scores" not in rec["gates"][0]["candidate"]  # the record keeps numbers, not series
     assert all({"name", "value", "bound", "op", "passed", "reason"} <= set(c) for x in rec["gates"] for c in x["checks"])
+
+
+# --- issue 16, item 7: no confidence from one item --------------------------------------------------
+
+
+def test_one_paired_item_fails_closed_however_small_the_difference():
+    """Bootstrap on one item gave a zero-width interval [-0.05, -0.05] above -margin: promoted."""
+    g = GateConfig(floor={"chrf": 0.0}, margin=0.1)
+    r = regression_gate(g, ev([0.50], "chrf"), ev([0.55], "chrf"))
+    assert not r.passed
+    check = next(c for c in r.checks if c.name == "paired:chrf")
+    assert (check.value, check.bound, check.passed) == (1.0, 20.0, False)
+    assert "only 1 paired item(s) with production, fewer than gates.min_paired_items=20" in check.reason
+    assert not decide([r, replay_gate(g, rp(), rp())]).promote
+
+
+@pytest.mark.parametrize("cand,champ,metric", [
+    ([0.5] * 5, [0.55] * 5, "chrf"),  # a few items with identical differences: zero-width again
+    ([1] * 19, [1] * 19, "accuracy"),  # McNemar with no discordant pair: [0, 0]
+    ([0] + [1] * 18, [1] * 19, "accuracy"),
+])
+def test_fewer_paired_items_than_the_minimum_fail_closed(cand, champ, metric):
+    r = regression_gate(GateConfig(floor={metric: 0.0}, margin=0.5), ev(cand, metric), ev(champ, metric))
+    assert not r.passed and any(f"only {len(cand)} paired item(s)" in x for x in r.reasons), r.reasons
+
+
+def test_the_minimum_applies_without_per_item_scores_and_is_configurable():
+    point = {"n": 3, "accuracy": 0.9}
+    r = regression_gate(GateConfig(floor={"accuracy": 0.0}, margin=0.5), point, {"n": 3, "accuracy": 0.9})
+    assert not r.passed and any("only 3 paired item(s)" in x for x in r.reasons)
+    enough = regression_gate(GateConfig(floor={"accuracy": 0.0}, margin=0.5), ev([1] * 20), ev([1] * 20))
+    assert enough.passed, enough.reasons
+
+    class Cfg(GateConfig):  # the field core/skills.py's GateConfig gets (gates.min_paired_items)
+        min_paired_items: int = 3
+
+    assert min_paired_items(Cfg()) == 3 and min_paired_items(GateConfig()) == MIN_PAIRED_ITEMS == 20
+    assert regression_gate(Cfg(floor={"accuracy": 0.0}, margin=0.5), ev([1, 1, 1]), ev([1, 1, 1])).passed
+    assert not regression_gate(Cfg(floor={"accuracy": 0.0}, margin=0.5), ev([1, 1]), ev([1, 1])).passed

@@ -48,3 +48,43 @@ def test_answer_logprobs_match_a_plain_forward_pass(tiny_model_path):
         want = sum(logp[len(p_ids) - 1 + j, t].item() for j, t in enumerate(a_ids)) / len(a_ids)
         assert value == pytest.approx(want, abs=1e-4) and value < 0
     assert answer_logprobs(model, tok, prompts, ["", " billing"], batch_size=1)[0] is None
+
+
+def test_published_threshold_keeps_exactly_the_profiled_requests():
+    """Rounded after the cut, -0.099996 became -0.1 and a router kept the wrong -0.099998 too."""
+    conf, correct = [-0.099996, -0.099998], [True, False]
+    p = routing_threshold(conf, correct, [True, True], target_error_rate=0.05)
+    assert p.kept == 1 and p.threshold == -0.099996
+    assert sum(c >= p.threshold for c in conf) == p.kept
+    for point in p.curve:  # every curve point is a threshold a router can use as is
+        assert sum(c >= point["threshold"] for c in conf) == point["kept"]
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        xs = [round(-rng.random() / 10, 6) for _ in range(30)]
+        ok = [rng.random() < 0.8 for _ in xs]
+        q = routing_threshold(xs, ok, [True] * 30, 0.1)
+        assert q.threshold is None or sum(c >= q.threshold for c in xs) == q.kept
+
+
+def test_nan_and_infinite_confidences_escalate_and_the_profile_stays_json():
+    import json
+    import math
+
+    conf = [-0.1, math.nan, -0.2, math.inf, -math.inf, None]
+    p = routing_threshold(conf, [True] * 6, [True] * 6, target_error_rate=0.05)
+    assert p.valid == 2 and p.kept == 2 and p.threshold == -0.2 and p.escalation_rate == round(4 / 6, 4)
+    json.dumps(p.to_dict(), allow_nan=False)  # the registry refuses NaN: nothing non-finite is published
+
+
+def test_label_thresholds_ignore_and_drop_nan_confidences():
+    import math
+
+    from core.records import Example
+    from filters.confidence import LabelThresholds, label_thresholds
+
+    items = [{"prediction": "a", "confidence": c, "score": 1.0} for c in (0.9, 0.8, math.nan)]
+    t = label_thresholds(items, target=0.9, min_support=1, labels=["a"])
+    assert t["a"]["threshold"] == 0.8 and t["a"]["support"] == 2
+    f = LabelThresholds(t, 0.9, classification=True)
+    ex = Example(id="1", skill="s", input="x", output="a", source="teacher", confidence=math.nan)
+    assert f.check(ex)[0] == "below_label_threshold"

@@ -53,3 +53,46 @@ def test_fresh_work_dir_gets_a_prefect_home(tmp_path, monkeypatch):
 
     assert os.environ["PREFECT_HOME"] == str(tmp_path / "new" / ".distill" / "prefect")
     assert (tmp_path / "new" / ".distill" / "prefect").is_dir()
+
+
+# --- issue 16, item 5: a run id is one safe path part ----------------------------------------------
+
+BAD_RUN_IDS = ["../../../x", "/tmp/abs", "a/b", "..", ".", ".hidden", "", "a\\b", "a\x00b", "run\n2", "-rf",
+               "é", "x" * 129]
+
+
+def test_distill_run_refuses_a_run_id_that_is_not_one_path_part(skill_root, tmp_path, monkeypatch, capsys):
+    import os
+
+    work = tmp_path / "deep" / "work"
+    monkeypatch.setenv("DISTILL_HOME", str(work))
+    for bad in ("../../../x", "/tmp/abs-run", "a/b", ".."):
+        assert main(["run", "ticket-triage", "--run-id", bad, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "run id" in err and "one folder name" in err, err
+    # runs/ticket-triage/../../../x would be <tmp>/deep/x: nothing was written anywhere.
+    assert not list(tmp_path.rglob("params.json")) and not (tmp_path / "deep" / "x").exists()
+    assert not os.path.exists("/tmp/abs-run") and not (work / "runs").exists()
+
+
+def test_every_model_that_takes_a_run_id_refuses_unsafe_ones():
+    import pytest
+    from pydantic import ValidationError
+
+    from core.workdir import check_run_id, run_dir, runs_dir
+    from flows.pipeline import RunParams
+    from flows.scale import Shard
+    from flows.stages import StageParams
+
+    for bad in BAD_RUN_IDS:
+        for build in (lambda r: RunParams(skill="ticket-triage", run_id=r),
+                      lambda r: StageParams(skill="ticket-triage", run_id=r),
+                      lambda r: Shard(skill="ticket-triage", run_id=r, seed=1)):
+            with pytest.raises(ValidationError, match="one folder name"):
+                build(bad)
+        with pytest.raises(ValueError, match="one folder name"):
+            run_dir("ticket-triage", bad)
+    for good in ("20250101-030000", "r1", "a.b_c-d", "x" * 128):
+        assert check_run_id(good) == good
+        assert run_dir("ticket-triage", good).parent == runs_dir("ticket-triage")
+        assert RunParams(skill="ticket-triage", run_id=good).run_id == good

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from registry import Registry, RegistryError
+from registry import Registry, RegistryError, RegistryUnavailable
 from registry import remote as remote_mod
 from registry.remote import ObjectRegistry
 
@@ -29,7 +29,9 @@ def make_adapter(tmp_path: Path, name: str = "adapter", payload: bytes = b"weigh
 def publish_args(**kw) -> dict:
     args = dict(
         metrics={"accuracy": 0.9},
-        lineage={"seeds_hash": "s", "dataset_hash": "d", "teachers": ["t"], "run_id": "r", "code_revision": "abc"},
+        # A fresh run id per publish: a run id that already has a version gets that version back.
+        lineage={"seeds_hash": "s", "dataset_hash": "d", "teachers": ["t"], "run_id": uuid.uuid4().hex,
+                 "code_revision": "abc"},
         routing={"escalation_threshold": 0.6},
         skill_spec={"prompt_template": "Classify: {input}", "labels": ["a", "b"], "task": "classification"},
         model_card=lambda v: f"---\nlibrary_name: peft\n---\n# v{v}\n",
@@ -200,17 +202,119 @@ def test_an_existing_version_is_never_overwritten(url, adapter, tmp_path, monkey
     assert reg.resolve(SKILL).joinpath("adapter_model.safetensors").read_bytes() == b"weights-v1"
 
 
-def test_expired_lock_of_a_dead_holder_is_taken_over(url, adapter, monkeypatch):
+def test_lease_of_a_dead_holder_is_broken_after_a_lease_of_watching(url, adapter, monkeypatch):
     reg = Registry(url)
     lock = f"{reg.base}/{SKILL}/.lock"
     reg.fs.pipe_file(lock, json.dumps({"owner": "dead", "expires": time.time() - 1}).encode())
+    monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 2.0)  # a commit on the test server must fit in half of it
+    t0 = time.monotonic()
     assert reg.publish(SKILL, adapter, **publish_args()) == 1
-    assert not reg.fs.exists(lock)
-    # a live lease is waited for, then reported
+    assert time.monotonic() - t0 >= 2.0  # watched for a whole lease first, on this host's own clock
+    # The lease object stays, released; the next publisher takes it at once.
+    assert json.loads(reg.fs.cat_file(lock))["released"] is True
+    t0 = time.monotonic()
+    assert reg.publish(SKILL, adapter, **publish_args()) == 2
+    assert time.monotonic() - t0 < 2.0
+    # A held lease is waited for, then reported (transient: the publish task may retry it).
     reg.fs.pipe_file(lock, json.dumps({"owner": "alive", "expires": time.time() + 60}).encode())
+    monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 60.0)
     monkeypatch.setattr(remote_mod, "LOCK_WAIT_S", 0.3)
-    with pytest.raises(RegistryError, match="could not get the skill's lock"):
+    with pytest.raises(RegistryUnavailable, match="could not get the skill's lock"):
         reg.promote(SKILL, 1)
+
+
+def _contend(url: str, n: int, hold_s: float, stats: dict, skew_s: float = 0.0) -> None:
+    """n threads, each with its own Registry, take the lock once; stats: most holders at once, entries."""
+    import threading
+
+    guard = threading.Lock()
+
+    def worker():
+        reg = Registry(url)
+        with reg._lock(SKILL):
+            with guard:
+                stats["inside"] += 1
+                stats["max"] = max(stats["max"], stats["inside"])
+                stats["entries"] += 1
+            time.sleep(hold_s)
+            with guard:
+                stats["inside"] -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
+def test_at_most_one_holder_when_many_find_an_expired_lease(url, monkeypatch):
+    """Without compare-and-swap (the old memory:// path) two breakers both deleted and re-created it."""
+    reg = Registry(url)
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/.lock", json.dumps({"owner": "dead", "expires": 0}).encode())
+    monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 0.2)
+    stats = {"inside": 0, "max": 0, "entries": 0}
+    _contend(url, 6, 0.05, stats)
+    assert stats == {"inside": 0, "max": 1, "entries": 6}
+
+
+def test_clock_skew_between_hosts_never_breaks_a_live_lease(url, monkeypatch):
+    """A waiter whose wall clock runs a day ahead must not take a lease its holder still uses."""
+    import threading
+
+    monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 1.0)
+    holder = Registry(url)
+    inside, overlap = threading.Event(), []
+
+    def hold():
+        with holder._lock(SKILL):
+            inside.set()
+            time.sleep(0.6)
+            overlap.append("holder-left")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    inside.wait(10)
+    # This host's wall clock is a day ahead (only the registry's view of it: S3 request signing keeps its own).
+    skewed = type("SkewedTime", (), {"time": staticmethod(lambda: time.time() + 86400),
+                                     "monotonic": staticmethod(time.monotonic), "sleep": staticmethod(time.sleep)})
+    monkeypatch.setattr(remote_mod, "time", skewed)
+    with Registry(url)._lock(SKILL):
+        overlap.append("waiter-entered")
+    t.join(10)
+    assert overlap == ["holder-left", "waiter-entered"]
+
+
+def test_a_holder_too_slow_for_its_lease_commits_nothing(url, adapter, tmp_path, monkeypatch):
+    """A paused publisher (past half its lease) stops before the marker: production stays verified."""
+    reg = Registry(url)
+    assert reg.publish(SKILL, adapter, **publish_args()) == 1
+    before = reg.snapshot(SKILL)
+    monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 0.4)
+    monkeypatch.setattr(ObjectRegistry, "_clean_abandoned", lambda self, skill: time.sleep(0.3))
+    with pytest.raises(RegistryUnavailable, match="more than half its lease"):
+        reg.publish(SKILL, make_adapter(tmp_path, "a2", b"weights-v2"), **publish_args())
+    after = reg.snapshot(SKILL)
+    assert {k: v for k, v in after.items() if not k.startswith("versions/2/")} == before
+    assert reg.versions(SKILL) == [1] and reg.aliases(SKILL) == {"production": 1}
+    reg.verify(SKILL, reg.aliases(SKILL)["production"])
+
+
+def test_a_store_without_preconditions_refuses_writers_unless_single_writer(tmp_path, adapter, monkeypatch):
+    """gs://, az:// and other stores take this path: refused, not raced; reads still work."""
+    url = f"memory://reg-{uuid.uuid4().hex[:8]}/adapters"
+    Registry(url).publish(SKILL, adapter, **publish_args())
+    reg = Registry(url)
+    reg.preconditions = None  # what a store this code has no tested conditional write for gets
+    with pytest.raises(RegistryError, match="no conditional write"):
+        reg.publish(SKILL, adapter, **publish_args())
+    with pytest.raises(RegistryError, match="single_writer=True"):
+        reg.promote(SKILL, 1)
+    assert reg.versions(SKILL) == [1] and reg.aliases(SKILL) == {"production": 1}
+    one = Registry(url, single_writer=True)
+    one.preconditions = None
+    assert one.publish(SKILL, adapter, **publish_args()) == 2
+    monkeypatch.setenv(remote_mod.SINGLE_WRITER_ENV, "1")
+    assert Registry(url).single_writer is True
 
 
 def test_two_processes_publishing_to_s3_concurrently(s3_url, adapter, monkeypatch):

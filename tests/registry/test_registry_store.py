@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -31,10 +32,14 @@ def make_adapter(tmp_path: Path, name: str = "adapter", payload: bytes = b"weigh
     return d
 
 
+_RUN_IDS = itertools.count(1)
+
+
 def publish(reg: Registry, adapter: Path, skill: str = SKILL, **kw):
     args = dict(
         metrics={"accuracy": 0.9, "gates": {"regression": {"passed": True}}},
-        lineage={"seeds_hash": "s", "dataset_hash": "d", "teacher": "t", "run_id": "r"},
+        # A fresh run id per publish: a run id that already has a version gets that version back.
+        lineage={"seeds_hash": "s", "dataset_hash": "d", "teacher": "t", "run_id": f"r{next(_RUN_IDS)}"},
         routing={"escalation_threshold": 0.6, "expected_quality": 0.9, "latency_ms": 12},
         skill_spec={"prompt_template": "Classify: {input}", "labels": ["a", "b"], "task_type": "classification"},
         model_card="---\nbase_model: base\nlibrary_name: peft\n---\n# card\n",
@@ -398,7 +403,7 @@ def test_show_describes_a_version(reg, adapter):
     assert info["version"] == 1
     assert info["aliases"] == ["production"]
     assert info["metrics"]["accuracy"] == 0.9
-    assert info["lineage"]["run_id"] == "r"
+    assert info["lineage"]["run_id"].startswith("r") and info["lineage"]["seeds_hash"] == "s"
     assert info["routing"]["latency_ms"] == 12
     assert info["skill"]["labels"] == ["a", "b"]
     info2 = reg.show(SKILL, alias="candidate")

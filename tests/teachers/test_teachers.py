@@ -163,3 +163,21 @@ def test_function_call_self_instruct_asks_for_new_functions(fake_server, tmp_pat
         assert len(e.parent_ids) == skill.config.teacher.style_shots
     old = [e for e in kept if not e.meta.get("new_tools")]
     assert old and all({t["function"]["name"] for t in json.loads(e.input)["tools"]} <= seed_functions for e in old)
+
+
+@pytest.mark.parametrize("device,cuda_bf16,cpu_bf16,expected", [
+    ("cuda", True, False, "bfloat16"),
+    ("cuda", False, False, "float32"),  # a GPU without bf16: float16 overflows Gemma 3's activations
+    ("cuda", False, True, "float32"),
+    ("cpu", False, True, "bfloat16"),
+    ("cpu", False, False, "float32"),
+])
+def test_inference_never_picks_float16(device, cuda_bf16, cpu_bf16, expected):
+    """Issue 16 item 14: the same rule as the trainer's choose_device."""
+    from teachers.local import inference_dtype, pick_inference_dtype
+    from trainers.qlora import choose_device
+
+    assert pick_inference_dtype(device, cuda_bf16, cpu_bf16) == expected
+    if device == "cuda":
+        assert expected == choose_device(True, cuda_bf16, False).compute_dtype
+    assert str(inference_dtype("cpu")).split(".")[-1] in ("bfloat16", "float32")

@@ -211,3 +211,46 @@ def test_save_steps_must_be_a_multiple_of_eval_steps(skill_root):
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(SkillError, match=r"save_steps \(6\) must be a multiple of student.train.eval_steps \(4\)"):
         load_skill("ticket-triage", root=skill_root)
+
+
+# --- issue 16, item 16: resume only onto the same base ----------------------------------------------
+
+
+def _replace_weights_keeping_size_and_mtime(folder: Path) -> None:
+    """New weights behind the same path: same shapes, same file size, same mtime (rsync -a, cp -p)."""
+    import os
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "model.safetensors"
+    st = f.stat()
+    tensors = load_file(str(f))
+    torch.manual_seed(123)
+    save_file({k: v + torch.randn_like(v) * 0.5 for k, v in tensors.items()}, str(f), metadata={"format": "pt"})
+    assert f.stat().st_size == st.st_size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_new_weights_behind_the_same_path_start_fresh(skill, tiny_model_path, tmp_path):
+    from trainers.base_model import weights_fingerprint
+    from trainers.qlora import train_adapter
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_path, base)
+    cfg = _cfg(skill, max_steps=2, eval_steps=1)
+    train_adapter(str(base), cfg, skill.seeds[:8], [], tmp_path / "run")
+    same = train_adapter(str(base), cfg, skill.seeds[:8], [], tmp_path / "run")
+    assert same.resumed_from == "checkpoint-2"  # same data, config and base: the finished run is resumed
+    before = weights_fingerprint(str(base))
+    _replace_weights_keeping_size_and_mtime(base)
+    assert weights_fingerprint(str(base)) != before
+    res = train_adapter(str(base), cfg, skill.seeds[:8], [], tmp_path / "run")
+    assert res.resumed_from is None and any("starting fresh" in n for n in res.notes)
+    assert [h["step"] for h in res.log_history if "loss" in h] == [1, 2]
+
+
+def test_weights_fingerprint_of_a_hub_id_not_cached_names_the_id():
+    from trainers.base_model import weights_fingerprint
+
+    assert weights_fingerprint("no-such-org/no-such-model-xyz") == "id:no-such-org/no-such-model-xyz"
