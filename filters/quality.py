@@ -70,3 +70,33 @@ class MinConfidence(ExampleFilter):
         if ex.confidence is not None and ex.confidence < self.min_confidence:
             return "low_confidence", {"confidence": ex.confidence, "min_confidence": self.min_confidence}
         return None
+
+
+class FitsMaxLength(ExampleFilter):
+    """Drops an example the trainer could not fit into `student.train.max_length` tokens with its
+    whole answer and end token, even with its input cut (reason too_long): the same rule and the
+    same tokenizer as trainers.qlora.fit_to_max_length, so the filter report and the train record
+    agree. An example that fits once its input is cut passes (the trainer cuts it)."""
+
+    name = "max_length"
+
+    def __init__(self, skill: SkillConfig, tokenizer) -> None:
+        self.skill, self.tokenizer = skill, tokenizer
+        self.max_length = skill.student.train.max_length
+
+    @classmethod
+    def for_student(cls, skill: SkillConfig) -> "FitsMaxLength":
+        from trainers.base_model import load_tokenizer, resolve_model
+
+        return cls(skill, load_tokenizer(resolve_model(skill.student.base_model, "student.base_model")))
+
+    def check(self, ex: Example) -> tuple[str, dict[str, Any]] | None:
+        from trainers.qlora import fit_to_max_length
+
+        if ex.output is None:
+            return None
+        fitted = fit_to_max_length(self.skill, self.tokenizer, [ex], self.max_length)
+        if fitted.too_long:
+            return "too_long", {"tokens": fitted.too_long[0]["tokens"], "max_length": self.max_length,
+                                "key": "student.train.max_length"}
+        return None

@@ -166,8 +166,9 @@ class FilterOutcome:
 
 
 def filter_stage(skill: Skill, candidates: list[Example], replay_items: Sequence[Example], pool: list[Example],
-                 run_dir: Path) -> FilterOutcome:
-    """Filter one run's candidates against seeds, the accepted pool and every eval set."""
+                 run_dir: Path, fits: Step | None = None) -> FilterOutcome:
+    """Filter one run's candidates against seeds, the accepted pool and every eval set. `fits`
+    (filters.quality.FitsMaxLength, from the flow) drops what the trainer could not fit."""
     cfg = skill.config
     t0 = time.time()
     text = dedup_text(cfg)
@@ -175,6 +176,8 @@ def filter_stage(skill: Skill, candidates: list[Example], replay_items: Sequence
     index = DedupIndex.open(skill.name, cfg.filters, pool=pool, reference=skill.seeds, text=text)
     steps = default_steps(cfg.filters, skill.seeds + pool, eval_sets, skill=cfg, index=index, text=text)
     confidence = confidence_steps(skill, run_dir)
+    if fits is not None:
+        steps.insert(1, fits)
     if confidence.thresholds is not None:
         steps.insert(1, confidence.thresholds)  # right after the quality checks: cheap, and drops many
     if confidence.distribution is not None:

@@ -128,11 +128,13 @@ def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) 
     and contamination against every eval set. The persistent dedup index is not touched here:
     `filters.commit_index` appends this run's signatures next to the pool append."""
     from filters import filter_stage
+    from filters.quality import FitsMaxLength
 
     candidates = read_examples(run_dir / "generated.jsonl")
     previous = _read_pool(skill.name)
     with stage("filters", len(candidates)) as advance:
-        out = filter_stage(skill, candidates, replay_items, previous, run_dir)
+        out = filter_stage(skill, candidates, replay_items, previous, run_dir,
+                           fits=FitsMaxLength.for_student(skill.config))
         advance(len(candidates))
     kept, rejected, stats = out.kept, out.rejected, out.stats
     if stats["index"]["rebuilt_from_pool"]:
@@ -145,10 +147,12 @@ def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) 
 def refresh_traffic(skill: Skill, run_dir: Path, replay_items: list[Example]) -> dict:
     """Traffic that arrived since the last completed run -> seed candidates through the same filters
     as teacher data; kept ones join this run's accepted.jsonl (trained on now, pooled at the end)."""
+    from filters.quality import FitsMaxLength
     from flows.refresh import refresh_stage
 
     with stage("traffic refresh", None):
-        out = refresh_stage(skill, run_dir, replay_items, _read_pool(skill.name)).summary()
+        out = refresh_stage(skill, run_dir, replay_items, _read_pool(skill.name),
+                            fits=FitsMaxLength.for_student(skill.config)).summary()
     get_run_logger().info("traffic refresh since %s: %d new records, %d candidates, kept %d; refused %d student "
                           "outputs, %d not accepted", out["since"] or "the beginning", out["new_records"],
                           out["candidates"], out["kept"], out["student_refused"], out["not_accepted"])

@@ -217,7 +217,7 @@ def _refusal(skill: str, ident: str, ts: str, reason: str, where: str, rec: Traf
 
 
 def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], pool: list[Example],
-                  traffic: TrafficLog | None = None) -> RefreshOutcome:
+                  traffic: TrafficLog | None = None, fits=None) -> RefreshOutcome:
     """Turn the traffic that arrived since the committed watermark into filtered seed candidates.
 
     Writes into `run_dir`: accepted.jsonl (this run's teacher examples plus the kept traffic),
@@ -293,6 +293,8 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
         index.run.add([e.id for e in run_accepted], index.signatures(run_accepted))
     steps = default_steps(cfg.filters, skill.seeds + pool + run_accepted, eval_sets, skill=cfg, index=index,
                           text=text)
+    if fits is not None:  # what the trainer could not fit into student.train.max_length (too_long)
+        steps.insert(1, fits)
     kept, dropped, filter_stats = run_filters(candidates, steps)
     rejected += dropped
     index.write_pending(run_dir, keep_ids=[e.id for e in run_accepted] + [e.id for e in kept])

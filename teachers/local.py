@@ -51,6 +51,7 @@ class LocalModel:
         from trainers.base_model import load_tokenizer
 
         self.name = name or (f"{model_path}+{adapter_path}" if adapter_path else model_path)
+        self.model_path, self.adapter_path = model_path, adapter_path
         self.tokenizer = load_tokenizer(model_path)  # adapters do not change the vocabulary
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,7 +183,14 @@ class LocalBackend:
         self.spec = spec or model.name
 
     def identity(self) -> dict:
-        return {"backend": "local", "model": self.spec}
+        """What makes an answer differ: the model spec and the content of the weights behind it (a
+        path or hub id names a place, not weights: new weights there must not reuse old answers)."""
+        from trainers.base_model import weights_fingerprint
+
+        ident = {"backend": "local", "model": self.spec, "weights": weights_fingerprint(self.model.model_path)}
+        if self.model.adapter_path:
+            ident["adapter"] = weights_fingerprint(self.model.adapter_path)
+        return ident
 
     def complete_requests(self, requests) -> list[Completion]:
         """Requests that share decoding settings go through one batched `complete` call."""

@@ -9,6 +9,7 @@ Any Hugging Face model id or local path is accepted in its place.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
@@ -83,9 +84,8 @@ def weights_fingerprint(resolved: str) -> str:
     """sha256 over the name and content of every file that defines a base model (weights, config,
     tokenizer): a local folder's files, or a Hub id's cached snapshot. Replacing the weights behind a
     path (even with the same size and mtime) changes it. A Hub id not in the local cache gives
-    "id:<id>" (nothing is downloaded here)."""
-    import hashlib
-
+    "id:<id>" (nothing is downloaded here). Hashed once per process and file state (size, mtime,
+    ctime, inode: a replaced file changes its ctime even when size and mtime are forged)."""
     folder = Path(resolved).expanduser()
     if not folder.is_dir():
         try:
@@ -94,9 +94,21 @@ def weights_fingerprint(resolved: str) -> str:
             folder = Path(snapshot_download(resolved, local_files_only=True))
         except Exception:
             return f"id:{resolved}"
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts)
+    state = tuple((f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                  for f in files for st in [f.stat()])
+    return _hash_files(str(folder), state)
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_files(folder: str, state: tuple) -> str:
+    import hashlib
+
+    root = Path(folder)
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and ".cache" not in p.relative_to(folder).parts):
-        h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+    for rel, *_ in state:
+        f = root / rel
+        h.update(rel.encode() + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 22):
                 h.update(block)

@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -194,6 +194,61 @@ def to_prompt_completion(cfg: SkillConfig, examples: list[Example]) -> list[dict
                  "completion": [{"role": "assistant", "content": format_completion(cfg, e.output).strip()}]}
                 for e in examples]
     return [{"prompt": format_prompt(cfg, e.input), "completion": format_completion(cfg, e.output)} for e in examples]
+
+
+def sequence_tokens(tokenizer, record: dict) -> int:
+    """Tokens of one trl prompt-completion record as trl's SFTTrainer builds it: prompt + completion
+    + the EOS token for text records, the chat template over both turns for conversational ones."""
+    if isinstance(record["prompt"], list):
+        return len(tokenizer.apply_chat_template(record["prompt"] + record["completion"], tokenize=True))
+    completion = record["completion"]
+    if not completion.endswith(tokenizer.eos_token):
+        completion += tokenizer.eos_token
+    return len(tokenizer(record["prompt"] + completion)["input_ids"])
+
+
+@dataclass
+class Fitted:
+    """Examples made to fit `student.train.max_length`, and what that cost."""
+
+    examples: list[Example]
+    input_truncated: list[str] = field(default_factory=list)  # ids whose input was cut (the answer is whole)
+    too_long: list[dict] = field(default_factory=list)  # {"id", "tokens", "max_length"}: dropped
+
+    def report(self) -> dict:
+        return {"input_truncated": len(self.input_truncated), "too_long": len(self.too_long),
+                "too_long_examples": self.too_long[:20]}
+
+
+def fit_to_max_length(cfg: SkillConfig, tokenizer, examples: list[Example], max_length: int) -> Fitted:
+    """Every example as trained holds its whole answer and the end token within `max_length` tokens.
+
+    An example that is too long is cut on the input side only (the first words of a text input are
+    kept, as many as fit), when its answer still fits whole; otherwise, and for JSON inputs (a
+    function call's tools cannot be cut), it is dropped with reason `too_long`. trl would otherwise
+    cut the answer (a broken JSON object without the end token) or drop the row silently."""
+    from core.tasks import get_task
+
+    task = get_task(cfg)
+    out = Fitted([])
+    for e in examples:
+        n = sequence_tokens(tokenizer, to_prompt_completion(cfg, [e])[0])
+        if n <= max_length:
+            out.examples.append(e)
+            continue
+        words = e.input.split()
+        fits = (lambda k: sequence_tokens(tokenizer, to_prompt_completion(cfg, [replace(e, input=" ".join(words[:k]))])[0])
+                <= max_length)
+        if task.json_input or not words or not fits(1):
+            out.too_long.append({"id": e.id, "tokens": n, "max_length": max_length})
+            continue
+        lo, hi = 1, len(words) - 1  # the most words that fit: fits(lo) holds, fits(len(words)) does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        out.examples.append(replace(e, input=" ".join(words[:lo]), meta={**e.meta, "input_truncated_from_tokens": n}))
+        out.input_truncated.append(e.id)
+    return out
 
 
 def data_fingerprint(cfg: SkillConfig, train: list[Example], val: list[Example], model_path: str, method: str) -> str:
@@ -434,6 +489,18 @@ def train_adapter(
         bnb, quantization = None, "none (full fine-tuning)"
     else:
         bnb, quantization = _quantization(cfg, plan, notes)
+    fitted_train = fit_to_max_length(cfg, tokenizer, train, tc.max_length)
+    fitted_val = fit_to_max_length(cfg, tokenizer, val, tc.max_length)
+    if not fitted_train.examples:
+        shortest = min(x["tokens"] for x in fitted_train.too_long)
+        raise TrainError(f"skill {cfg.name}: every one of the {len(train)} training examples is longer than "
+                         f"student.train.max_length={tc.max_length} tokens with its whole answer (the shortest needs "
+                         f"{shortest}); raise student.train.max_length")
+    for what, f in (("training", fitted_train), ("validation", fitted_val)):
+        if f.too_long or f.input_truncated:
+            notes.append(f"{what}: {len(f.too_long)} example(s) dropped as too_long and {len(f.input_truncated)} "
+                         f"cut on the input side to fit student.train.max_length={tc.max_length}")
+    train, val = fitted_train.examples, fitted_val.examples
     fingerprint = data_fingerprint(cfg, train, val, model_path, method)
     resume = _resume_point(ckpt_dir, fingerprint, notes)
     if plan.device == "cuda":
@@ -555,7 +622,8 @@ def train_adapter(
         "deterministic_algorithms": deterministic, "seed": tc.seed,
         "config": cfg.student.model_dump(),
         "dataset": {"train_hash": hash_examples(train), "val_hash": hash_examples(val), "fingerprint": fingerprint,
-                    "train_examples": len(train), "val_examples": len(val)},
+                    "train_examples": len(train), "val_examples": len(val),
+                    "max_length": {"train": fitted_train.report(), "val": fitted_val.report()}},
         "versions": library_versions(),
         "resumed_from": metrics["resumed_from"], "notes": notes,
     }
