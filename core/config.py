@@ -334,7 +334,32 @@ class RoutingConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    cron: str | None = None
+    cron: str | None = Field(None, description="Cron expression for scheduled runs, e.g. \"0 3 * * *\" (null: manual runs only); checked with the validator Prefect's deployments use.")
+    timezone: str | None = Field(None, description="IANA time zone the cron expression is read in, e.g. Europe/Oslo (null: UTC).")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # Prefect's own check (its vendored croniter), so `distill skills` refuses what `distill serve` would.
+        from prefect._internal.schemas.validators import validate_cron_string
+
+        return validate_cron_string(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Oslo or America/New_York") \
+                from None
+        return v
 
 
 class SkillConfig(_Strict):

@@ -7,12 +7,13 @@ deployments for `prefect deploy` onto work pools. A test checks that the two agr
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from core.skills import list_skills, load_config, seeds_root
+from core.skills import SkillError, list_skills, load_config, seeds_root
 from flows.pipeline import RunParams, distill_skill
 
 # One run per skill at a time; a run scheduled while one is going waits its turn instead of
@@ -39,14 +40,21 @@ def refresh_all(profile: str = "default", stage_pool: str | None = None) -> dict
     return results
 
 
-def skill_deployment_specs(root: Path | None = None) -> list[dict]:
-    """What each deployment is: name, cron, parameters (read from the skill files)."""
+def skill_deployment_specs(root: Path | None = None, problems: list[str] | None = None) -> list[dict]:
+    """What each deployment is: name, cron, time zone, parameters (read from the skill files). A
+    skill whose file does not load is left out and named in `problems` (the others are served)."""
     root = root or seeds_root()
     specs = []
     for name in list_skills(root):
-        cfg = load_config(root / name)
+        try:
+            cfg = load_config(root / name)
+        except SkillError as e:
+            if problems is None:
+                raise
+            problems.append(f"skill {name} is not served: {e}")
+            continue
         specs.append({"name": name, "flow": "distill-skill", "cron": cfg.schedule.cron,
-                      "parameters": {"params": {"skill": name}}})
+                      "timezone": cfg.schedule.timezone, "parameters": {"params": {"skill": name}}})
     specs.append({"name": "refresh-all", "flow": "refresh-all", "cron": REFRESH_ALL_CRON, "parameters": {}})
     return specs
 
@@ -58,7 +66,7 @@ def train_evaluate_specs(root: Path | None = None) -> list[dict]:
 
 
 def build_deployments(root: Path | None = None, stage_pool: str | None = None,
-                      train_evaluate_only: bool = False) -> list:
+                      train_evaluate_only: bool = False, problems: list[str] | None = None) -> list:
     """The scheduled deployments; `stage_pool`: their runs hand train + evaluate to train-evaluate/<skill>.
     `train_evaluate_only`: instead, the train-evaluate deployments (served on the training machine)."""
     from flows.stages import train_evaluate
@@ -68,15 +76,22 @@ def build_deployments(root: Path | None = None, stage_pool: str | None = None,
                                              description=f"Training and evaluation for {spec['name']} (GPU)")
                 for spec in train_evaluate_specs(root)]
     out = []
-    for spec in skill_deployment_specs(root):
+    for spec in skill_deployment_specs(root, problems):
         fl = distill_skill if spec["flow"] == "distill-skill" else refresh_all
         params = spec["parameters"]
         if stage_pool and spec["flow"] == "distill-skill":
             params = {"params": {**params["params"], "stage_pool": stage_pool}}
         elif stage_pool:
             params = {**params, "stage_pool": stage_pool}
+        schedule = {}
+        if spec["cron"] and spec.get("timezone"):
+            from prefect.schedules import Cron
+
+            schedule = {"schedule": Cron(spec["cron"], timezone=spec["timezone"])}
+        elif spec["cron"]:
+            schedule = {"cron": spec["cron"]}
         out.append(fl.to_deployment(
-            name=spec["name"], cron=spec["cron"], parameters=params, concurrency_limit=ONE_AT_A_TIME,
+            name=spec["name"], **schedule, parameters=params, concurrency_limit=ONE_AT_A_TIME,
             tags=["distill", spec["name"]], description=f"Distillation pipeline: {spec['name']}"))
     return out
 
@@ -96,4 +111,8 @@ def serve(limit: int | None = 1, teacher_slots: int | None = None, stage_pool: s
         slots = ensure_teacher_limit(teacher_slots)
         print(f"global concurrency limit {TEACHER_EXPANSION_LIMIT!r}: {slots} teacher expansion(s) at once "
               f"across all runs (change: prefect gcl update {TEACHER_EXPANSION_LIMIT} --limit N)", flush=True)
-    prefect_serve(*build_deployments(stage_pool=stage_pool, train_evaluate_only=train_evaluate_only), limit=limit)
+    problems: list[str] = []
+    deployments = build_deployments(stage_pool=stage_pool, train_evaluate_only=train_evaluate_only, problems=problems)
+    for p in problems:  # one bad skill file must not stop the others from being served
+        print(f"warning: {p}", file=sys.stderr, flush=True)
+    prefect_serve(*deployments, limit=limit)

@@ -27,6 +27,7 @@ Every metric is in [0, 1] so one `margin` means the same for every type.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -61,6 +62,12 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def label_key(text: str) -> str:
+    """How an answer is matched to a label: case-folded (any script), punctuation other than '-'
+    dropped, '_' and spaces alike ("Feature Request." -> "feature request")."""
+    return " ".join(re.sub(r"[^\w\- ]|_", " ", text.casefold()).split())
+
+
 def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> list[str]:
     """The `labels` key: a list of at least `minimum` distinct one-line labels when the type
     needs one (`required`), absent otherwise."""
@@ -74,6 +81,15 @@ def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> lis
         out.append("labels: duplicate label")
     if any(not lab.strip() or lab != lab.strip() or "\n" in lab for lab in cfg.labels):
         out.append("labels: each label is a non-empty single line without surrounding spaces")
+    seen: dict[str, str] = {}
+    for lab in cfg.labels:  # every label must parse back as itself
+        key = label_key(lab)
+        if not key:
+            out.append(f"labels: {lab!r} has no letters or digits, so no answer can be read as it; rename it")
+        elif key in seen and seen[key] != lab:
+            out.append(f"labels: {seen[key]!r} and {lab!r} read the same once case and punctuation are ignored; "
+                       f"rename one")
+        seen.setdefault(key, lab)
     return out
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from core.records import Example
-from core.tasks.base import INVALID, TaskType, labels_problems, register
+from core.tasks.base import INVALID, TaskType, label_key, labels_problems, register
 
 
 def classification_metrics(golds: list[str], preds: list[str | None], labels: list[str]) -> dict:
@@ -69,16 +68,20 @@ class Classification(TaskType):
         return f" {output}"
 
     def parse_output(self, text):
+        """The declared label the first line names (case, punctuation and '_' vs ' ' ignored):
+        "Billing." and "billing - because ..." give billing; a label buried mid-sentence gives None."""
         text = (text or "").strip().strip("`").strip()
-        first = text.splitlines()[0].strip() if text else ""
-        labels = self.cfg.labels
-        token = re.sub(r"[^a-z0-9_\- ]", " ", first.lower()).strip()
-        token = token.replace(" ", "_") if token.replace(" ", "_") in labels else token
-        if token in labels:
-            return token
-        # Accept "billing." or "billing - because ..." but not a label buried mid-sentence.
-        head = token.split()[0] if token.split() else ""
-        return head if head in labels else None
+        first = label_key(text.splitlines()[0]) if text else ""
+        if not first:
+            return None
+        for key, label in self._keys():
+            if first == key or first.startswith(key + " "):
+                return label
+        return None
+
+    def _keys(self) -> list[tuple[str, str]]:
+        # Longest first: "bug report" before "bug".
+        return sorted(((label_key(lab), lab) for lab in self.cfg.labels), key=lambda kv: -len(kv[0]))
 
     def whole_despite_cut(self, raw):
         # "billing - because the card was ..." cut mid-explanation still names a whole label: the

@@ -163,3 +163,30 @@ def test_gold_answers_score_perfectly_on_the_real_skills(skill_name):
     items, log = replay_items(skill)
     assert items and not log.skipped
     assert all(task.score(e, e.output)[task.primary] == 1.0 for e in items)
+
+
+@pytest.mark.parametrize("labels", [["Billing", "Bug"], ["Feature Request", "Other"], ["账单", "故障"],
+                                    ["Facturación", "Técnico"], ["C++", "Rust"], ["P1-urgent", "p2_later"],
+                                    ["bug", "bug report"]])
+def test_every_accepted_label_parses_back_as_declared(labels):
+    from core.prompting import format_completion, parse_output
+    from core.skills import SkillConfig
+
+    cfg = SkillConfig.model_validate({"name": "labels", "task": "classification", "instruction": "i", "labels": labels})
+    task = get_task(cfg)
+    for lab in labels:
+        assert parse_output(cfg, format_completion(cfg, lab)) == lab  # what the model was trained to write
+        assert parse_output(cfg, f"{lab}.\nmore") == lab
+        assert parse_output(cfg, lab.upper() + " - because") == lab
+    ex = Example(id="1", skill="labels", input="x", output=labels[0], source="human")
+    assert task.score(ex, parse_output(cfg, " " + labels[0]))["accuracy"] == 1.0  # a perfect model scores 1
+
+
+@pytest.mark.parametrize("labels, problem", [(["C++", "c"], "read the same"), (["Bug", "bug"], "read the same"),
+                                             (["!!!", "ok"], "no letters or digits"),
+                                             (["feature_request", "Feature Request"], "read the same")])
+def test_labels_that_cannot_parse_back_are_refused(labels, problem):
+    from core.skills import SkillConfig
+
+    with pytest.raises(ValueError, match=problem):
+        SkillConfig.model_validate({"name": "labels", "task": "classification", "instruction": "i", "labels": labels})

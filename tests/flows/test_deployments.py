@@ -77,3 +77,40 @@ def test_one_run_per_skill_and_a_dead_holder_frees_the_lock(tmp_path, monkeypatc
     p.join(30)
     with skill_lock("ticket-triage"):
         pass
+
+
+def _bad_schedule_root(tmp_path, cron: str, timezone: str | None = None) -> Path:
+    import shutil
+
+    root = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds", root)
+    path = root / "json-extraction" / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["schedule"] = {"cron": cron, **({"timezone": timezone} if timezone else {})}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+@pytest.mark.parametrize("cron, timezone, key", [("30 25 * * *", None, "schedule.cron"),
+                                                 ("0 3 * * * *  junk", None, "schedule.cron"),
+                                                 ("H 3 * * *", None, "schedule.cron"),  # hashed: Prefect refuses
+                                                 ("0 3 * * *", "Mars/Olympus", "schedule.timezone")])
+def test_a_bad_schedule_fails_distill_skills_and_serve_serves_the_others(tmp_path, monkeypatch, capsys, cron,
+                                                                        timezone, key):
+    from flows.cli import main
+
+    root = _bad_schedule_root(tmp_path, cron, timezone)
+    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(root))
+    assert main(["skills"]) == 1
+    out = capsys.readouterr()
+    assert key in out.out + out.err
+    problems: list[str] = []
+    deps = {d.name for d in build_deployments(root, problems=problems)}
+    assert deps == (set(list_skills(root)) - {"json-extraction"}) | {"refresh-all"}
+    assert len(problems) == 1 and "json-extraction" in problems[0] and key in problems[0]
+
+
+def test_a_schedule_time_zone_reaches_the_deployment(tmp_path):
+    root = _bad_schedule_root(tmp_path, "0 3 * * *", "Europe/Oslo")
+    (dep,) = [d for d in build_deployments(root) if d.name == "json-extraction"]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in dep.schedules] == [("0 3 * * *", "Europe/Oslo")]
