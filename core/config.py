@@ -245,6 +245,14 @@ class TrainConfig(_Strict):
                                       "consumers get in skill.json); 'chat_template': the base tokenizer's chat template "
                                       "(only for models that have one).")
     human_share: float = Field(0.3, ge=0.0, le=1.0, description="Least share of human examples in every epoch (1.0: humans only).")
+    rejected_runs: Literal["hold", "admit"] = Field(
+        "hold", description="What a run the gates rejected leaves behind: hold (its accepted examples are kept apart in "
+                            "<work dir>/pool/<skill>/held/<run id>.jsonl with the reason, and neither join the pool nor "
+                            "the dedup index, so they never train later runs) or admit (they join the pool anyway).")
+    max_pool_examples: int | None = Field(
+        2000, ge=1, description="Most pooled (non-seed) examples a run trains on besides its own new ones: the newest "
+                                "by created_at, so run 50 does not train on 50 runs of data (None: the whole pool). "
+                                "Seeds always train.")
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the pool held out for validation (per source; "
                                                                   "sources with fewer than 10 examples keep all of theirs).")
     eval_steps: int | None = Field(None, ge=1, description="Validate every N steps (default: ~4 times a run, at least once an epoch).")

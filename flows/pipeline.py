@@ -162,9 +162,14 @@ def refresh_traffic(skill: Skill, run_dir: Path, replay_items: list[Example]) ->
 @task(name="train", cache_policy=NO_CACHE)
 def train(skill: Skill, student_path: str, run_dir: Path) -> dict:
     """Fresh adapter on seeds + the whole accepted pool; resumes a killed run of the same run folder."""
+    from trainers.data import cap_pool
     from trainers.stage import train_skill
 
-    accepted = _read_pool(skill.name) + read_examples(run_dir / "accepted.jsonl")
+    accepted, capped = cap_pool(_read_pool(skill.name), read_examples(run_dir / "accepted.jsonl"),
+                                skill.config.student.train.max_pool_examples)
+    if capped["pool_used"] < capped["pool"]:
+        get_run_logger().info("training on the newest %d of %d pooled examples (student.train.max_pool_examples)",
+                              capped["pool_used"], capped["pool"])
     with stage("training (QLoRA)", None) as advance:
         last = [0]
 
@@ -221,6 +226,18 @@ def _append_pool(skill: str, new: list[Example]) -> int:
     pool += [e for e in new if e.id not in seen]
     write_examples(pool_dir(skill) / "accepted.jsonl", pool)
     return len(pool)
+
+
+def _hold(skill: str, run_id: str, examples: list[Example], decision: dict) -> dict:
+    """Keep a rejected run's accepted examples apart, with why (idempotent for a run id)."""
+    folder = pool_dir(skill) / "held"
+    reasons = [r for g in decision.get("gates", []) if not g.get("passed") and g.get("blocking", True)
+               for r in g.get("reasons", [])]
+    write_examples(folder / f"{run_id}.jsonl", examples)
+    info = {"run_id": run_id, "examples": len(examples), "reasons": reasons, "held_at": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "path": str(folder / f"{run_id}.jsonl")}
+    write_json(folder / f"{run_id}.json", info)
+    return info
 
 
 def _champion(skill: str) -> tuple[int | None, str | None]:
@@ -316,9 +333,14 @@ def _distill(params: RunParams) -> dict:
     if decision["promote"]:
         published = publish(skill, run_id, training["result"]["adapter_dir"], evaluation, decision,
                             lineage, training["pool"])
-    pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
-    # The dedup index grows with the pool, at the same point: a run that fails earlier changes neither.
-    index_commit = commit_index(skill.name, cfg.filters, run_dir)
+    held = None
+    if decision["promote"] or cfg.student.train.rejected_runs == "admit":
+        pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
+        # The dedup index grows with the pool, at the same point: a run that fails earlier changes neither.
+        index_commit = commit_index(skill.name, cfg.filters, run_dir)
+    else:  # a rejected run's data is held apart: it never trains a later run (student.train.rejected_runs)
+        held = _hold(skill.name, run_id, read_examples(run_dir / "accepted.jsonl"), decision)
+        pool_size, index_commit = len(_read_pool(skill.name)), {"committed": 0, "held": held["examples"]}
     # The traffic watermark advances with the pool too: a failed run reads the same traffic again.
     refreshed["commit"] = commit_refresh(skill.name, run_dir)
     refreshed["pool"] = pool_growth(refreshed["pool_before"], _read_pool(skill.name))
@@ -340,6 +362,7 @@ def _distill(params: RunParams) -> dict:
         "decision": decision,
         "champion_version": champion_version,
         "published": published,
+        "held": held,
         "seconds": round(time.time() - t0, 1),
     }
     _write_summary(run_dir, summary)

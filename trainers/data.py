@@ -24,6 +24,21 @@ class TrainingPool:
                 "human_share": round(self.human_share, 3), "dropped_student_outputs": self.dropped_student}
 
 
+def cap_pool(pool: list[Example], new: list[Example], cap: int | None) -> tuple[list[Example], dict]:
+    """What a run trains on besides the seeds: its `new` examples and at most `cap` of the earlier
+    `pool`, the newest by created_at (ties: later in the pool). Returns (examples, report)."""
+    if cap is None or len(pool) <= cap:
+        return pool + new, {"pool": len(pool), "pool_used": len(pool), "cap": cap}
+    from datetime import datetime, timezone
+
+    from core.records import parse_instant
+
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    order = sorted(range(len(pool)), key=lambda i: (parse_instant(pool[i].created_at) or oldest, i))  # instants
+    keep = sorted(order[-cap:])
+    return [pool[i] for i in keep] + new, {"pool": len(pool), "pool_used": cap, "cap": cap}
+
+
 def build_training_pool(seeds: list[Example], accepted: list[Example], human_share: float,
                         val_fraction: float = 0.1, seed: int = 0) -> TrainingPool:
     """Mix the whole accepted pool with the seeds for a fresh adapter.

@@ -63,8 +63,13 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     assert any("below the floor" in r for g in s2["decision"]["gates"] for r in g["reasons"])
     assert reg.snapshot("ticket-triage") == before
     assert json.loads((Path(s2["run_dir"]) / "summary.json").read_text())["published"] is None
-    # The accepted pool grows across runs and is the dedup reference for the next one.
-    assert s2["counts"]["pool_after_run"] >= s["counts"]["pool_after_run"]
+    # A rejected run's examples are held apart with the reason: the pool (what later runs train on)
+    # and the dedup index stay as they were (student.train.rejected_runs: hold).
+    assert s2["counts"]["pool_after_run"] == s["counts"]["pool_after_run"]
+    held = s2["held"]
+    assert held["examples"] == s2["counts"]["accepted"] + s2["counts"]["traffic_accepted"]
+    assert any("below the floor" in r for r in held["reasons"]) and Path(held["path"]).is_file()
+    assert s2["filters"]["index_commit"]["committed"] == 0
     decision = json.loads((Path(s2["run_dir"]) / "decision.json").read_text())
     assert decision["promote"] is False and decision["champion_version"] == 1
 

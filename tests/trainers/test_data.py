@@ -59,3 +59,18 @@ def test_pool_is_reproducible():
     a = build_training_pool(seeds, accepted, 0.3, seed=3)
     b = build_training_pool(seeds, accepted, 0.3, seed=3)
     assert [e.id for e in a.train] == [e.id for e in b.train]
+
+
+def test_cap_pool_keeps_the_newest_pooled_examples_and_every_new_one():
+    from core.records import Example
+    from trainers.data import cap_pool
+
+    def ex(i, ts):
+        return Example(id=f"p{i}", skill="s", input=f"in {i}", output="x", source="teacher", created_at=ts)
+
+    pool = [ex(0, "2026-11-01T00:00:00+00:00"), ex(1, "2026-11-03T00:00:00+00:00"), ex(2, "2026-11-02T00:00:00+00:00")]
+    new = [ex(9, "2026-11-04T00:00:00+00:00")]
+    got, rep = cap_pool(pool, new, 2)
+    assert [e.id for e in got] == ["p1", "p2", "p9"] and rep == {"pool": 3, "pool_used": 2, "cap": 2}
+    got, rep = cap_pool(pool, new, None)
+    assert len(got) == 4 and rep["pool_used"] == 3
