@@ -160,7 +160,8 @@ class FilterConfig(_Strict):
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="Drop teacher examples whose confidence is below this.")
     target_precision: float | None = Field(
         None, gt=0.0, le=1.0, description="Per-label confidence thresholds chosen on the teacher audit so that audit items at or above them reach this precision; a label that cannot reach it keeps no teacher examples. None: off.")
-    threshold_min_support: int = Field(3, ge=1, description="Audit items at or above a threshold needed before its precision is trusted.")
+    threshold_min_support: int = Field(0, ge=0, description="Hard floor: a label's own audit answers at or above its threshold needed before it is trusted (0: none, the shrinkage below decides).")
+    threshold_shrinkage: float = Field(5.0, ge=0.0, description="Pseudo-answers of the pooled audit precision added to each label's own when estimating its precision at a threshold (empirical-Bayes shrinkage): a label with few audit answers borrows the pooled rate instead of losing all its teacher examples. 0: each label on its own answers only.")
     max_label_distance: float | None = Field(
         None, gt=0.0, le=1.0, description="Largest total-variation distance between the labels of accepted teacher examples and of the seeds; the least confident examples of over-represented labels are dropped until it holds (classification). None: off.")
     max_output_chars: int = Field(4000, ge=1, description="Outputs longer than this (characters) are dropped as output_too_long.")

@@ -28,16 +28,24 @@ def _finite(x: Any) -> bool:
 
 
 def label_thresholds(items: Sequence[dict[str, Any]], target: float, min_support: int,
-                     labels: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """{group: {threshold, precision, support, reachable}} from audit items (prediction,
+                     labels: Sequence[str] | None = None, shrinkage: float = 0.0) -> dict[str, dict[str, Any]]:
+    """{group: {threshold, precision, support, reachable[, estimate]}} from audit items (prediction,
     confidence, score). Groups are predicted labels (classification) or ALL. Precision at t is
-    the mean item score of audit answers in the group with confidence >= t."""
+    the mean item score of audit answers in the group with confidence >= t.
+
+    `shrinkage` s > 0: a label's precision at t is estimated as (hits + s * P(t)) / (n + s), where
+    P(t) is the precision of every audit answer at or above t (empirical-Bayes shrinkage toward the
+    pooled rate, as in Efron & Morris 1975): a label with few audit answers is judged mostly by the
+    pooled rate instead of losing all its teacher examples, one with many by its own; the threshold
+    is the lowest t whose estimate reaches `target` with at least `min_support` own answers."""
     groups: dict[str, list[tuple[float, float]]] = {lab: [] for lab in labels or ()}
     for it in items:
         if it.get("prediction") is None or not _finite(it.get("confidence")):
             continue  # no comparable confidence (None, NaN, inf): it cannot vouch for a threshold
         key = it["prediction"] if labels else ALL
         groups.setdefault(key, []).append((float(it["confidence"]), float(it["score"])))
+    if shrinkage > 0:
+        return _shrunk_thresholds(groups, target, min_support, shrinkage)
     out: dict[str, dict[str, Any]] = {}
     for key, xs in groups.items():
         xs.sort(key=lambda x: -x[0])
@@ -52,6 +60,36 @@ def label_thresholds(items: Sequence[dict[str, Any]], target: float, min_support
                 best = {"threshold": conf, "precision": round(hits / n, 4), "support": n}
         out[key] = ({**best, "reachable": True} if best else
                     {"threshold": None, "precision": round(hits / len(xs), 4) if xs else None,
+                     "support": len(xs), "reachable": False})
+    return out
+
+
+def _shrunk_thresholds(groups: dict[str, list[tuple[float, float]]], target: float, min_support: int,
+                       s: float) -> dict[str, dict[str, Any]]:
+    pooled = sorted((x for xs in groups.values() for x in xs), key=lambda x: -x[0])
+    cands = sorted({c for c, _ in pooled}, reverse=True)
+    # Pooled (count, hits) at or above each candidate threshold.
+    at: dict[float, tuple[int, float]] = {}
+    n = hits = 0
+    for i, (c, sc) in enumerate(pooled):
+        n, hits = n + 1, hits + sc
+        if i + 1 == len(pooled) or pooled[i + 1][0] != c:
+            at[c] = (n, hits)
+    out: dict[str, dict[str, Any]] = {}
+    for key, xs in groups.items():
+        best, own = None, sorted(xs, key=lambda x: -x[0])
+        j = n_own = 0
+        h_own = 0.0
+        for t in cands:
+            while j < len(own) and own[j][0] >= t:
+                n_own, h_own, j = n_own + 1, h_own + own[j][1], j + 1
+            big_n, big_h = at[t]
+            est = (h_own + s * big_h / big_n) / (n_own + s)
+            if n_own >= min_support and est >= target:
+                best = {"threshold": t, "precision": round(h_own / n_own, 4) if n_own else None,
+                        "estimate": round(est, 4), "support": n_own}
+        out[key] = ({**best, "reachable": True} if best else
+                    {"threshold": None, "precision": round(h_own / n_own, 4) if n_own else None,
                      "support": len(xs), "reachable": False})
     return out
 
@@ -98,7 +136,7 @@ class LabelDistribution:
     name = "label_distribution"
 
     def __init__(self, seed_labels: Sequence[str], max_distance: float) -> None:
-        self.target = distribution(seed_labels)
+        self.full_target = self.target = distribution(seed_labels)
         self.max_distance = max_distance
         self.report: dict[str, Any] = {}
 
@@ -109,6 +147,11 @@ class LabelDistribution:
         for e in sorted(teacher, key=lambda e: (e.confidence if e.confidence is not None else 0.0, e.id)):
             by.setdefault(e.output, []).append(e)  # least confident first
         dropped: list[Rejected] = []
+        # A seed label the teacher never gave cannot be added by dropping: the bound holds on the seeds'
+        # distribution over the labels present, so a missing label does not make every other one shrink.
+        missing = sorted(k for k in self.full_target if k not in by)
+        mass = sum(v for k, v in self.full_target.items() if k in by)
+        self.target = {k: v / mass for k, v in self.full_target.items() if k in by} if mass else self.full_target
 
         def dist() -> dict[str, float]:
             n = sum(len(v) for v in by.values())
@@ -131,7 +174,8 @@ class LabelDistribution:
                                      "max_label_distance": self.max_distance}))
         gone = {id(r.example) for r in dropped}
         kept = others + [e for e in teacher if id(e) not in gone]
-        self.report = {"seeds": {k: round(v, 4) for k, v in self.target.items()},
+        self.report = {"seeds": {k: round(v, 4) for k, v in self.full_target.items()}, "missing_labels": missing,
+                       "target": {k: round(v, 4) for k, v in self.target.items()},
                        "distance_before": round(before, 4), "distance_after": round(d, 4),
                        "max_distance": self.max_distance, "reached": d <= self.max_distance,
                        "dropped": len(dropped)}

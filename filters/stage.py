@@ -151,7 +151,7 @@ def confidence_steps(skill: Skill, run_dir: Path) -> ConfidenceSteps:
     if fc.target_precision is not None and out.audit is not None and any(
             i.get("confidence") is not None for i in out.audit.get("items", [])):
         out.table = label_thresholds(out.audit["items"], fc.target_precision, fc.threshold_min_support,
-                                     cfg.labels if classification else None)
+                                     cfg.labels if classification else None, shrinkage=fc.threshold_shrinkage)
         out.thresholds = LabelThresholds(out.table, fc.target_precision, classification)
     if fc.max_label_distance is not None and classification:
         out.distribution = LabelDistribution([s.output for s in skill.seeds if s.output], fc.max_label_distance)

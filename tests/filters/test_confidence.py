@@ -73,6 +73,30 @@ def test_distribution_bound_stops_when_a_label_is_missing():
     batch = [_teacher(i, lab, 0.9) for i, lab in enumerate("aaaaabbc")]
     step = LabelDistribution(seeds, max_distance=0.05)
     kept, rejected, _ = run_filters(batch, [step])
-    # `d` was never given, so no subset gets below 0.25; dropping stops once a drop no longer helps.
-    assert set(Counter(e.output for e in kept)) == {"a", "b", "c"} and len(kept) >= 3
-    assert step.report["reached"] is False and step.report["distance_after"] == pytest.approx(0.25)
+    # `d` was never given: the bound holds on the seeds' distribution over a, b, c (1/3 each), so it
+    # drops only the surplus `a`s and `b`s it needs, names `d` as missing, and says it reached the bound.
+    assert step.report["missing_labels"] == ["d"] and step.report["target"] == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, abs=1e-4)
+    kept_labels = Counter(e.output for e in kept)
+    assert kept_labels["a"] == kept_labels["b"] == 2 and kept_labels["c"] == 1  # the old bound kept 1 `a`, 2 `b`
+    assert step.report["distance_after"] == pytest.approx(2 / 15, abs=1e-4)
+
+
+def test_a_missing_label_does_not_shrink_labels_already_in_proportion():
+    seeds = ["a"] * 4 + ["b"] * 4 + ["c"] * 2
+    batch = [_teacher(i, lab, 0.9) for i, lab in enumerate("aaaabbbb")]  # c missing, a:b as in the seeds
+    step = LabelDistribution(seeds, max_distance=0.05)
+    kept, rejected, _ = run_filters(batch, [step])
+    assert rejected == [] and len(kept) == 8 and step.report["missing_labels"] == ["c"]
+
+
+def test_shrinkage_gives_a_label_with_few_audit_answers_the_pooled_threshold():
+    items = [_item("a", 0.9 - i / 100, 1) for i in range(10)] + [_item("a", 0.5, 0), _item("a", 0.45, 0)]
+    items += [_item("b", 0.85, 1)]  # one right answer: a hard support cut of 3 would drop every `b`
+    hard = label_thresholds(items, target=0.8, min_support=3, labels=["a", "b", "c"])
+    assert hard["b"]["reachable"] is False and hard["c"]["reachable"] is False
+    soft = label_thresholds(items, target=0.8, min_support=0, labels=["a", "b", "c"], shrinkage=5)
+    assert soft["b"]["reachable"] and soft["b"]["support"] == 1 and soft["b"]["estimate"] >= 0.8
+    assert soft["c"]["reachable"] and soft["c"]["support"] == 0  # never predicted: the pooled threshold
+    assert soft["a"]["threshold"] == hard["a"]["threshold"] == 0.45  # enough own answers: the same threshold
+    assert soft["c"]["threshold"] == 0.45 and soft["c"]["estimate"] == pytest.approx(11 / 13, abs=1e-4)
