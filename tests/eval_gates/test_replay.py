@@ -46,7 +46,7 @@ def test_malformed_lines_are_skipped_with_file_line_and_reason(tmp_path):
         (f"{p}:3", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
         (f"{p}:4", "reference 'sales' is not one of the labels ['billing', 'bug', 'feature_request', 'account', 'other']"),
         (f"{p}:5", "expected a JSON object, got list"),
-        (f"{p}:7", "duplicate id 't1'"),
+        (f"{p}:1", f"duplicate id 't1': superseded by the newer copy at {p}:7"),  # same time: the later line
         (f"{p}:8", "'request' must be a non-empty string"),
     ]
     s = log.summary()

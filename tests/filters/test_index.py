@@ -11,6 +11,7 @@ from core.skills import FilterConfig
 from core.workdir import index_dir
 from filters import DedupIndex, IndexMismatch, commit_index
 from filters.index import PENDING_FILE, RedisStore
+from filters.normalize import NORMALIZER_VERSION
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a database number of its own; keys removed after each test
 
@@ -128,7 +129,7 @@ def test_local_layout_manifest_and_chunks(tmp_path, monkeypatch):
     folder = index_dir("sk")
     m = json.loads((folder / "manifest.json").read_text())
     assert {k: m[k] for k in ("num_perm", "seed", "scheme", "shingle", "normalizer_version", "count")} == {
-        "num_perm": 128, "seed": 1, "scheme": "affine32", "shingle": 3, "normalizer_version": "1", "count": 3}
+        "num_perm": 128, "seed": 1, "scheme": "affine32", "shingle": 3, "normalizer_version": NORMALIZER_VERSION, "count": 3}
     assert m["hash_function"].startswith("xxh32")
     assert [c["count"] for c in m["chunks"]] == [1, 2]
     sigs = np.concatenate([np.load(folder / c["sig"]) for c in m["chunks"]])

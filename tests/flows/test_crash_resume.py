@@ -280,7 +280,8 @@ def _update(**kw):
     ("TeacherErrorRateExceeded", True, False),
     ("TeacherAuthError", False, False),
     ("ConnectionResetError", True, True),
-    ("RegistryError", False, True),
+    ("RegistryError", False, False),  # a data or config error (NaN routing, bad version): not retried
+    ("RegistryUnavailable", False, True),  # storage unreachable, lock busy: transient
     ("ValueError", False, False),
 ])
 def test_retries_only_on_failures_a_later_attempt_can_fix(exc, network, registry):
@@ -291,7 +292,10 @@ def test_retries_only_on_failures_a_later_attempt_can_fix(exc, network, registry
     from flows.pipeline import expand, filter_candidates, publish, train
     from registry import RegistryError
 
-    cls = {"RegistryError": RegistryError, "ConnectionResetError": ConnectionResetError,
+    from registry import RegistryUnavailable
+
+    cls = {"RegistryError": RegistryError, "RegistryUnavailable": RegistryUnavailable,
+           "ConnectionResetError": ConnectionResetError,
            "ValueError": ValueError}.get(exc) or getattr(teachers.base, exc)
     state = Failed(data=cls("boom"))
     assert network_failure(expand, None, state) is network

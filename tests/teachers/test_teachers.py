@@ -32,7 +32,7 @@ def test_every_request_ends_kept_or_rejected_with_lineage(skill, tiny_model_path
     labeled, bad = label(skill, teacher, inputs, seed=0)
     assert len(labeled) + len(bad) == 5
     assert all(e.output in skill.config.labels for e in labeled)
-    assert all(r.reason == "unparseable_answer" for r in bad)
+    assert all(r.reason in ("unparseable_answer", "truncated") for r in bad)  # a cut answer is not an answer
 
 
 def test_generation_is_deterministic_for_a_seed(tiny_model_path):
