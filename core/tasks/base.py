@@ -93,6 +93,11 @@ def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> lis
     return out
 
 
+def no_output_schema(cfg: "SkillConfig") -> list[str]:
+    """The `output_schema` key, for types whose answers it does not describe: absent."""
+    return [f"output_schema: not used by {cfg.task} skills; remove the key"] if cfg.output_schema is not None else []
+
+
 class TaskType:
     """Defaults shared by the text task types; a subclass overrides what differs."""
 

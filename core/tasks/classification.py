@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from core.records import Example
-from core.tasks.base import INVALID, TaskType, label_key, labels_problems, register
+from core.tasks.base import INVALID, TaskType, label_key, labels_problems, no_output_schema, register
 
 
 def classification_metrics(golds: list[str], preds: list[str | None], labels: list[str]) -> dict:
@@ -57,10 +57,7 @@ class Classification(TaskType):
 
     @classmethod
     def config_problems(cls, cfg):
-        out = labels_problems(cfg, required=True)
-        if cfg.output_schema is not None:
-            out.append(f"output_schema: not used by {cfg.task} skills; remove the key")
-        return out
+        return labels_problems(cfg, required=True) + no_output_schema(cfg)
 
     # --- prompts and answers -------------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from core import structured
 from core.records import Example
-from core.tasks.base import NEW_TOOLS, TaskType, json_completion, labels_problems, loads, one_line, register
+from core.tasks.base import NEW_TOOLS, TaskType, json_completion, labels_problems, loads, no_output_schema, one_line, \
+    register
 from core.tasks.extraction import norm_scalar
 
 
@@ -211,10 +212,7 @@ class FunctionCall(TaskType):
 
     @classmethod
     def config_problems(cls, cfg):
-        out = labels_problems(cfg, required=False)
-        if cfg.output_schema is not None:
-            out.append(f"output_schema: not used by {cfg.task} skills; remove the key")
-        return out
+        return labels_problems(cfg, required=False) + no_output_schema(cfg)
 
     @property
     def json_output(self):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from core.tasks.base import TaskType, labels_problems, register
+from core.tasks.base import TaskType, labels_problems, no_output_schema, register
 
 SEPARATOR = ", "
 
@@ -37,9 +37,7 @@ class MultiLabel(TaskType):
         out = labels_problems(cfg, required=True)
         if any("," in lab for lab in cfg.labels):
             out.append("labels: a multi_label label cannot contain ',' (answers join labels with ', ')")
-        if cfg.output_schema is not None:
-            out.append(f"output_schema: not used by {cfg.task} skills; remove the key")
-        return out
+        return out + no_output_schema(cfg)
 
     def _set(self, text: str | None) -> list[str] | None:
         """The labels named in `text` (canonical answer or raw model output), in declared order;

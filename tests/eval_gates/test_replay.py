@@ -141,19 +141,6 @@ def test_sql_config_errors_name_the_key(tmp_path):
         replay_items(skill)
 
 
-@pytest.fixture()
-def pg_engine():
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        engine.connect().close()
-    except Exception as e:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test, user postgres) does not answer: {e}")
-    yield engine
-    engine.dispose()
-
-
 def test_postgresql_source(tmp_path, pg_engine):
     import sqlalchemy as sa
 

@@ -107,19 +107,6 @@ def test_sqlite_null_times_and_duplicates(tmp_path, text_time):
     assert sum("'timestamp' must be a non-empty string" in s.reason for s in log.skipped) == 10
 
 
-@pytest.fixture()
-def pg_engine():
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        engine.connect().close()
-    except Exception as e:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test, user postgres) does not answer: {e}")
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.parametrize("text_time", [False, True])
 def test_postgresql_gives_the_same_rows_as_sqlite(tmp_path, pg_engine, text_time):
     table = f"traffic_{uuid.uuid4().hex[:12]}"
