@@ -100,8 +100,10 @@ def teacher_answer(prompt: str, body: dict) -> str:
 def fake_teacher():
     from teachers.fakeserver import FakeOpenAIServer
 
-    with FakeOpenAIServer(answer=teacher_answer) as server:
-        yield server
+    server = FakeOpenAIServer(answer=teacher_answer).start()
+    yield server
+    if server._loop is not None and not server._loop.is_closed():  # a test may have stopped it already
+        server.stop()
 
 
 @pytest.fixture
