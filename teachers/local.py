@@ -28,7 +28,7 @@ class Completion:
     # the tokenizer splits it alone: eval_gates.routing's definition); None when not asked, for
     # an empty answer, or when sampling.
     confidence: float | None = None
-    # How the confidence was read: "generation" (the decode's own scores) or "teacher_forced" (a
+    # How the confidence was read: "scores" (the decode's own scores) or "forced" (a teacher-forced
     # second pass, only where the generated tokens differ from the answer text's own tokens).
     confidence_source: str | None = None
     token_logprobs: list[float] | None = field(default=None, repr=False)  # per answer token
@@ -278,7 +278,7 @@ class LocalModel:
                         a_ids = tok(text, add_special_tokens=False)["input_ids"]
                         if a_ids and ids[: len(a_ids)] == a_ids and len(a_ids) <= len(recorder.steps):
                             lps = [float(recorder.steps[t][row]) for t in range(len(a_ids))]
-                            c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "generation"
+                            c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "scores"
                         else:
                             redo.append((i, batch[row], text))
                     results[i] = c
@@ -287,7 +287,7 @@ class LocalModel:
                         confs = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
                                                         batch_size=batch_size, device=self.device)
                     for (i, _, _), conf in zip(redo, confs):
-                        results[i].confidence, results[i].confidence_source = conf, "teacher_forced"
+                        results[i].confidence, results[i].confidence_source = conf, "forced"
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]

@@ -52,7 +52,7 @@ def test_gate_registry_and_gateway_answer_alike(skill_root, teacher_skill, tiny_
         assert (c.confidence is None) == (f is None)
         if f is not None:
             assert abs(c.confidence - f) < 1e-4
-    assert sum(c.confidence_source == "generation" for c in comps) >= len(comps) // 2  # read, not recomputed
+    assert sum(c.confidence_source == "scores" for c in comps) >= len(comps) // 2  # read, not recomputed
 
     # The gateway: same answers (the small model's, whatever lane) and the same confidences.
     g = run_gateway(GatewayConfig(skills=[SKILL], max_wait_ms=500, traffic_url=f"sqlite:///{tmp_path}/traffic.db"))
