@@ -322,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8080)
     w.add_argument("--registry", default=None, help="registry location (default: $DISTILL_REGISTRY or .distill/registry)")
     w.add_argument("--skill", action="append", help="serve only this skill (repeatable; default: every skill)")
-    w.add_argument("--backend", choices=["local", "openai"], default="local",
-                   help="local: transformers + PEFT here; openai: a vLLM server with --lora-modules SKILL@VERSION=FOLDER")
+    w.add_argument("--backend", choices=["local"], default="local",
+                   help="local: transformers + PEFT in this process (openai: a vLLM server, not built yet)")
     w.add_argument("--backend-url", default=None, help="the vLLM server's base URL (backend openai)")
     w.add_argument("--max-batch", type=int, default=16, help="most requests of one skill per decoded batch")
     w.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill, in ms")

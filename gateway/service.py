@@ -112,9 +112,8 @@ class Gateway:
         self.registry = registry if registry is not None else Registry(cfg.registry)
         if engine is None:
             if cfg.backend == "openai":
-                from gateway.engine_openai import OpenAIEngine
-
-                engine = OpenAIEngine(cfg.backend_url or "", cfg.backend_api_key_env)
+                raise NotImplementedError("backend: 'openai' (a vLLM server with --lora-modules) is not built yet; "
+                                          "use backend 'local'")
             else:
                 from gateway.engine import LocalEngine
 
