@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo smoke test bench clean
+.PHONY: install demo smoke test bench serve clean
 
 install: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: install          ## the main job on the embedded defaults (~15 min on 2 co
 
 smoke: install         ## the same pipeline, small profile (~3 min once the model is converted)
 	$(BIN)/distill run ticket-triage --profile smoke
+
+serve: install         ## the gateway on the demo's registry (after make demo): http://127.0.0.1:8080
+	$(BIN)/distill gateway --port 8080
 
 test: install          ## the test suite (tiny random models, real components)
 	$(BIN)/pytest -q

@@ -185,16 +185,20 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
 
 
 def _routing(task, cfg, model, items, r, per_rep, ev, rep) -> dict:
-    """Routing profile from the candidate's replay answers (teacher-forced confidences)."""
+    """Routing profile from the candidate's replay answers (confidences from the decode, equal to teacher-forced)."""
     try:
         t0 = time.time()
-        prompts = [format_prompt(cfg, e.input) for e in items]
-        conf = answer_logprobs(model.model, model.tokenizer, prompts, r.raw)
+        if r.confidences is not None:  # read from the decode's own scores (teachers.local.LocalModel.complete)
+            conf = list(r.confidences)
+        else:  # a model without generation confidences: one teacher-forced pass
+            prompts = [format_prompt(cfg, e.input) for e in items]
+            conf = answer_logprobs(model.model, model.tokenizer, prompts, r.raw)
         prof = routing_threshold(conf, [_correct(task, s) for s in per_rep], [bool(s.get("valid", 1.0)) for s in per_rep],
                                  cfg.routing.target_error_rate)
         d = prof.to_dict()
         d.update({
-            "confidence": "mean token log-probability of the adapter's answer (natural log), teacher-forced",
+            "confidence": ("mean token log-probability of the adapter's answer tokens (natural log; the text before "
+                           "the stop newline, tokenized alone), from the greedy decode's scores (= teacher-forced)"),
             "escalate_when": "output invalid, or confidence < threshold",
             # Exact values (the threshold is one of them); None where there is no finite confidence.
             "confidences": [c if usable(c) else None for c in conf],

@@ -17,6 +17,9 @@ class Predictions:
     raw: list[str]
     prompt_tokens: list[int]
     seconds: list[float]
+    # Mean answer-token log-probability of each answer, from the decode itself (routing's definition).
+    confidences: list[float | None] | None = None
+    finish_reasons: list[str] | None = None
 
     def latency(self) -> dict:
         if not self.seconds:
@@ -35,15 +38,29 @@ def answer_tokens(cfg: SkillConfig) -> int:
     return get_task(cfg).answer_tokens
 
 
-def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),
-            batch_size: int = 16, progress: Callable[[int], None] | None = None) -> Predictions:
-    """Greedy answers to the skill's prompt (zero-shot unless shots are given)."""
-    prompts = [format_prompt(cfg, x, shots) for x in inputs]
-    completions = model.complete(prompts, max_new_tokens=answer_tokens(cfg), temperature=0.0,
-                                 batch_size=batch_size, progress=progress)
+# Prompts per generate() call: the batch size the eval gates measure with, and registry.predict uses.
+DECODE_BATCH = 16
+
+
+def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int | None = None,
+           batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None, **kw) -> Predictions:
+    """The one decoding path for a skill's answers (eval gates, registry.predict, the gateway):
+    greedy `model.complete` with confidences from the generation's scores, parsed with the skill's
+    task. `model`: a teachers.local.LocalModel (or anything with the same `complete`); `kw` goes
+    to `complete` (e.g. `adapter=`). Returns Predictions in the prompts' order."""
+    completions = model.complete(list(prompts), max_new_tokens=max_new_tokens or answer_tokens(cfg), temperature=0.0,
+                                 batch_size=batch_size, progress=progress, confidence=True, **kw)
     return Predictions(
         preds=[parse_output(cfg, c.text) for c in completions],
         raw=[c.text for c in completions],
         prompt_tokens=[c.prompt_tokens for c in completions],
         seconds=[c.seconds for c in completions],
+        confidences=[getattr(c, "confidence", None) for c in completions],
+        finish_reasons=[c.finish_reason for c in completions],
     )
+
+
+def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),
+            batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None) -> Predictions:
+    """Greedy answers to the skill's prompt (zero-shot unless shots are given), through `decode`."""
+    return decode(model, cfg, [format_prompt(cfg, x, shots) for x in inputs], batch_size=batch_size, progress=progress)

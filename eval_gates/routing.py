@@ -16,44 +16,13 @@ from typing import Sequence
 
 def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16,
                     device: str | None = None) -> list[float | None]:
-    """Mean log-probability per answer token given its prompt (None for an empty answer)."""
-    import torch
+    """Mean log-probability per answer token given its prompt (None for an empty answer), teacher-forced.
 
-    device = device or next(model.parameters()).device
-    pairs = []
-    for prompt, answer in zip(prompts, answers):
-        p_ids = tokenizer(prompt)["input_ids"]
-        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
-        pairs.append((p_ids, a_ids))
-    out: list[float | None] = [None] * len(pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for b in range(0, len(order), batch_size):
-        idx = [i for i in order[b : b + batch_size] if pairs[i][1]]
-        if not idx:
-            continue
-        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-        width = max(len(s) for s in seqs)
-        keep = max(len(pairs[i][1]) for i in idx) + 1
-        # Left padding puts every answer at the end, so the LM head runs on the last `keep` positions
-        # only (not the whole prompt: with a 262k vocabulary that was most of the time); explicit
-        # position ids make the padded rows compute exactly what an unpadded row would.
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, width - len(s) :] = torch.tensor(s)
-            mask[row, width - len(s) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                           logits_to_keep=keep).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-        for row, i in enumerate(idx):
-            a = pairs[i][1]
-            # Answer token t is predicted at kept position keep - len(a) - 1 + t.
-            pos = torch.arange(keep - len(a) - 1, keep - 1, device=logp.device)
-            out[i] = float(logp[row, pos, torch.tensor(a, device=logp.device)].mean())
-    return out
+    The definition of confidence. The decode path (`teachers.local.LocalModel.complete(...,
+    confidence=True)`) reads the same value from the generation's own scores; this is the check."""
+    from teachers.local import teacher_forced_logprobs
+
+    return teacher_forced_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size, device=device)
 
 
 def usable(confidence: float | None) -> bool:

@@ -252,6 +252,27 @@ def cmd_registry(args) -> int:
     return 0
 
 
+def cmd_gateway(args) -> int:
+    """Serve the registry's skills over an OpenAI-compatible API (gateway/, README "Serving: the gateway")."""
+    from core.workdir import registry_root
+    from gateway import GatewayConfig
+    from gateway.app import serve
+
+    overrides = {}
+    for item in args.escalation or []:
+        skill, _, mode = item.partition("=")
+        overrides[skill] = {"escalation": mode}
+    cfg = GatewayConfig.model_validate({
+        "registry": args.registry or str(registry_root()), "skills": args.skill or None, "host": args.host,
+        "port": args.port, "backend": args.backend, "backend_url": args.backend_url, "max_batch": args.max_batch,
+        "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "verify_fraction": args.verify_fraction,
+        "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
+        "overrides": overrides})
+    print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
+    serve(cfg)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.tasks import task_names
 
@@ -296,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reason", default="manual")
     g.add_argument("--root", default=None, help="registry location (default: $DISTILL_REGISTRY or .distill/registry)")
     g.set_defaults(fn=cmd_registry)
+    w = sub.add_parser("gateway", help="serve the registry's skills: OpenAI-compatible API with keep/escalate/verify lanes")
+    w.add_argument("--host", default="127.0.0.1")
+    w.add_argument("--port", type=int, default=8080)
+    w.add_argument("--registry", default=None, help="registry location (default: $DISTILL_REGISTRY or .distill/registry)")
+    w.add_argument("--skill", action="append", help="serve only this skill (repeatable; default: every skill)")
+    w.add_argument("--backend", choices=["local"], default="local",
+                   help="local: transformers + PEFT in this process (openai: a vLLM server, not built yet)")
+    w.add_argument("--backend-url", default=None, help="the vLLM server's base URL (backend openai)")
+    w.add_argument("--max-batch", type=int, default=16, help="most requests of one skill per decoded batch")
+    w.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill, in ms")
+    w.add_argument("--poll-s", type=float, default=10.0, help="seconds between reads of the registry's aliases")
+    w.add_argument("--verify-fraction", type=float, default=0.0, help="share of kept answers checked by the teacher")
+    w.add_argument("--traffic-url", default=None,
+                   help="SQLAlchemy URL of the traffic database (default sqlite:///$DISTILL_HOME/traffic.db)")
+    w.add_argument("--auth-tokens-env", default=None, help="environment variable with comma-separated bearer tokens")
+    w.add_argument("--profile", default="default", help="skill profile for the teacher block of each skill.yaml")
+    w.add_argument("--escalation", action="append", metavar="SKILL=MODE",
+                   help="per-skill override: threshold | never | always (repeatable)")
+    w.set_defaults(fn=cmd_gateway)
     return p
 
 

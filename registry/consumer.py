@@ -25,8 +25,6 @@ from registry.store import CHECKSUMS_FILE, PRODUCTION, Registry, RegistryError, 
 
 log = logging.getLogger("distill." + __name__)
 
-# Generated tokens per answer when skill.json does not say: labels need a few, compact JSON more.
-DEFAULT_MAX_NEW_TOKENS = 64
 
 
 def _registry(registry: Registry | str | Path | None) -> Registry:
@@ -122,47 +120,51 @@ def build_prompt(spec: dict[str, Any], cfg, input: str) -> str:
     return bundled.replace("{input}", " ".join(input.split()))
 
 
+def max_new_tokens_of(spec: dict[str, Any], cfg) -> int:
+    """Generated tokens per answer: skill.json's `max_new_tokens` (what the gates decoded with),
+    else the task's default for the rebuilt config (eval_gates.predict.answer_tokens)."""
+    from eval_gates.predict import answer_tokens
+
+    return int(spec.get("max_new_tokens") or answer_tokens(cfg))
+
+
 class Predictor:
-    """A loaded version that answers inputs: the model, tokenizer, skill.json and its SkillConfig."""
+    """A loaded version that answers inputs: skill.json, its SkillConfig and a
+    teachers.local.LocalModel (the base with this adapter, unmerged): the decode path the eval
+    gates measured (eval_gates.predict.decode), so its answers are the gate's answers."""
 
     def __init__(self, folder: str | Path, base_model: str | None = None):
+        from teachers.local import LocalModel
+        from trainers.base_model import resolve_model
+
         self.folder = Path(folder)
+        if (self.folder / CHECKSUMS_FILE).is_file():
+            verify_folder(self.folder)
+        if not (self.folder / "adapter_model.safetensors").is_file():
+            raise RegistryError(f"{self.folder}: no adapter_model.safetensors (only safetensors adapters are loaded)")
         self.spec = read_spec(self.folder)
         self.cfg = skill_config(self.spec)
-        self.model, self.tokenizer = load_folder(self.folder, base_model)
-        self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        base = resolve_model(base_model or base_model_of(self.folder), "base_model")
+        self.local = LocalModel(base, adapter_path=str(self.folder), name=self.folder.name, safetensors_only=True)
+        self.model, self.tokenizer = self.local.model, self.local.tokenizer
 
     def prompts(self, inputs: Sequence[str]) -> list[str]:
         return [build_prompt(self.spec, self.cfg, x) for x in inputs]
 
-    def generate(self, inputs: Sequence[str], max_new_tokens: int | None = None, batch_size: int = 8) -> list[str]:
-        """Greedy raw completions, cut at the bundled stop strings (a newline: answers are one line)."""
-        import torch
+    def decode(self, inputs: Sequence[str], max_new_tokens: int | None = None):
+        """eval_gates.predict.Predictions (parsed answers, raw text, confidences) for `inputs`."""
+        from eval_gates.predict import decode
 
-        n_new = max_new_tokens or int(self.spec.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        stops = [s for s in self.spec.get("stop", ["\n"]) if s]
-        prompts = self.prompts(inputs)
-        out: list[str] = []
-        for b in range(0, len(prompts), batch_size):
-            enc = self.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True)
-            # The decoding the eval gates measured (teachers.local.LocalModel): greedy, stop at newline.
-            with torch.inference_mode():
-                gen = self.model.generate(**enc, max_new_tokens=n_new, do_sample=False, temperature=None,
-                                          top_p=None, top_k=None, pad_token_id=self.tokenizer.pad_token_id,
-                                          eos_token_id=self.tokenizer.eos_token_id,
-                                          **({"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}))
-            for row in gen[:, enc["input_ids"].shape[1]:]:
-                text = self.tokenizer.decode(row, skip_special_tokens=True)
-                for s in stops:
-                    text = text.split(s)[0]
-                out.append(text)
-        return out
+        return decode(self.local, self.cfg, self.prompts(inputs),
+                      max_new_tokens=max_new_tokens or max_new_tokens_of(self.spec, self.cfg))
+
+    def generate(self, inputs: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
+        """Greedy raw completions, cut at the stop newline (answers are one line)."""
+        return self.decode(inputs, max_new_tokens).raw
 
     def __call__(self, inputs: Sequence[str], max_new_tokens: int | None = None) -> list[str | None]:
         """Parsed answers (canonical text; None where the output is not a valid answer)."""
-        from core.prompting import parse_output
-
-        return [parse_output(self.cfg, t) for t in self.generate(inputs, max_new_tokens)]
+        return self.decode(inputs, max_new_tokens).preds
 
 
 def predict(skill: str, inputs: Sequence[str], alias: str = PRODUCTION, *, version: int | None = None,

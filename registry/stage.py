@@ -49,6 +49,9 @@ def skill_spec(cfg) -> dict[str, Any]:
     if schema is not None and "output_schema" not in spec:
         spec["output_schema"] = schema
     spec["base_model"] = cfg.student.base_model
+    from eval_gates.predict import answer_tokens
+
+    spec["max_new_tokens"] = answer_tokens(cfg)  # what the gates decoded with; consumers decode the same
     return spec
 
 

@@ -1,13 +1,19 @@
 """Local transformers backend: batched generation on whatever device is present.
 
-Used for the teacher and, with a LoRA adapter loaded, for the student in the eval
-gates, so both are measured with the same decoding code.
+The one decoding path of the project: the teacher, the student in the eval gates, the
+registry's consumer API (`registry.predict`) and the gateway all complete prompts with
+`LocalModel.complete`. A student is one base with one or more unmerged LoRA adapters
+(PEFT multi-adapter, `set_adapter` per batch), so the answers the gates measured are the
+answers that are served. With `confidence=True`, each greedy completion also carries the
+mean log-probability of its answer tokens, read from the generation's own scores (no
+second pass; see `LocalModel.complete`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 
@@ -18,6 +24,78 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     seconds: float  # wall time of the batch it was in, divided by the batch size
+    # Mean natural-log probability of the answer's tokens (the text before the stop newline, as
+    # the tokenizer splits it alone: eval_gates.routing's definition); None when not asked, for
+    # an empty answer, or when sampling.
+    confidence: float | None = None
+    # How the confidence was read: "scores" (the decode's own scores) or "forced" (a teacher-forced
+    # second pass, only where the generated tokens differ from the answer text's own tokens).
+    confidence_source: str | None = None
+    token_logprobs: list[float] | None = field(default=None, repr=False)  # per answer token
+
+
+def teacher_forced_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16,
+                            device=None) -> list[float | None]:
+    """Mean log-probability per answer token given its prompt (None for an empty answer): one
+    teacher-forced forward pass of prompt + answer. The prompt is tokenized as the tokenizer does
+    it (with its special tokens), the answer alone without special tokens; the stop newline is not
+    part of the answer. Returns one float (natural log, <= 0) or None per (prompt, answer)."""
+    import torch
+
+    device = device or next(model.parameters()).device
+    pairs = []
+    for prompt, answer in zip(prompts, answers):
+        p_ids = tokenizer(prompt)["input_ids"]
+        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        pairs.append((p_ids, a_ids))
+    out: list[float | None] = [None] * len(pairs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for b in range(0, len(order), batch_size):
+        idx = [i for i in order[b : b + batch_size] if pairs[i][1]]
+        if not idx:
+            continue
+        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        keep = max(len(pairs[i][1]) for i in idx) + 1
+        # Left padding puts every answer at the end, so the LM head runs on the last `keep` positions
+        # only (not the whole prompt: with a 262k vocabulary that was most of the time); explicit
+        # position ids make the padded rows compute exactly what an unpadded row would.
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s) :] = torch.tensor(s)
+            mask[row, width - len(s) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                           logits_to_keep=keep).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, i in enumerate(idx):
+            a = pairs[i][1]
+            # Answer token t is predicted at kept position keep - len(a) - 1 + t.
+            pos = torch.arange(keep - len(a) - 1, keep - 1, device=logp.device)
+            out[i] = float(logp[row, pos, torch.tensor(a, device=logp.device)].mean())
+    return out
+
+
+class _ChosenLogprob:
+    """A logits processor that records, per decoding step, the log-probability of the greedy
+    choice (the argmax) of each row, from the float32 logits generate() decodes with. It changes
+    nothing: greedy decoding picks the same argmax. steps: list of (batch,) float tensors."""
+
+    def __init__(self):
+        self.steps: list = []
+        self.chosen: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        lp = torch.log_softmax(scores.float(), dim=-1)
+        best = lp.max(dim=-1)
+        self.steps.append(best.values.detach().cpu())
+        self.chosen.append(best.indices.detach().cpu())
+        return scores
 
 
 def pick_inference_dtype(device: str, cuda_bf16: bool, cpu_fast_bf16: bool) -> str:
@@ -42,9 +120,15 @@ def inference_dtype(device: str):
 
 
 class LocalModel:
-    """A causal LM (optionally with a LoRA adapter) that completes prompts in batches."""
+    """A causal LM, optionally with LoRA adapters (unmerged, PEFT multi-adapter), that completes
+    prompts in batches. `adapter_path` loads one adapter named "default" and makes it the one
+    `complete` uses unless told otherwise; `add_adapter` loads more on the same base weights.
+    Thread-safe: one generate() at a time per model (the active adapter is per model)."""
 
-    def __init__(self, model_path: str, adapter_path: str | None = None, name: str | None = None):
+    DEFAULT_ADAPTER = "default"
+
+    def __init__(self, model_path: str, adapter_path: str | None = None, name: str | None = None,
+                 safetensors_only: bool = False):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -52,22 +136,68 @@ class LocalModel:
 
         self.name = name or (f"{model_path}+{adapter_path}" if adapter_path else model_path)
         self.model_path, self.adapter_path = model_path, adapter_path
+        self.safetensors_only = safetensors_only
         self.tokenizer = load_tokenizer(model_path)  # adapters do not change the vocabulary
         self.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = inference_dtype(self.device)
-        # Adapters are merged in float32, then the merged model is cast once.
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32 if adapter_path else dtype)
-        if adapter_path:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()  # faster decoding
-        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.dtype = inference_dtype(self.device)
+        kw = {"use_safetensors": True} if safetensors_only else {}
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype, **kw)
+        self.model = model.to(device=self.device).eval()
         out = self.model.get_output_embeddings()
         if out is not None:
             # generate() hands the LM head a strided slice (the last position); on CPU a bf16
             # linear on a non-contiguous input took 39 s instead of 0.14 s (torch 2.13).
             out.register_forward_pre_hook(lambda mod, args: tuple(a.contiguous() for a in args))
+        self.adapters: dict[str, str] = {}  # adapter name -> folder
+        self.default_adapter: str | None = None
+        self.lock = threading.RLock()
+        if adapter_path:
+            self.add_adapter(self.DEFAULT_ADAPTER, adapter_path)
+            self.default_adapter = self.DEFAULT_ADAPTER
+
+    def add_adapter(self, name: str, path: str) -> None:
+        """Load the LoRA adapter in folder `path` on this base under `name` (unmerged; the base
+        weights are shared). Raises ValueError when `name` is already loaded."""
+        from peft import PeftModel
+
+        with self.lock:
+            if name in self.adapters:
+                raise ValueError(f"adapter {name!r} is already loaded")
+            kw = {"use_safetensors": True} if self.safetensors_only else {}
+            if not self.adapters:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, **kw).eval()
+            else:
+                self.model.load_adapter(str(path), adapter_name=name, **kw)
+                self.model.eval()
+            self.adapters[name] = str(path)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload adapter `name` (a no-op when it is not loaded); the base stays."""
+        with self.lock:
+            if name not in self.adapters:
+                return
+            if len(self.adapters) > 1:
+                if self.model.active_adapter == name:
+                    self.model.set_adapter(next(a for a in self.adapters if a != name))
+                self.model.delete_adapter(name)
+            # The last adapter stays in memory (PEFT cannot delete the only one): it is just never used.
+            del self.adapters[name]
+            if self.default_adapter == name:
+                self.default_adapter = None
+
+    def _use(self, adapter: str | None):
+        """A context manager that runs the model with `adapter` active (None: the base alone)."""
+        import contextlib
+
+        if not self.adapters and adapter is None:
+            return contextlib.nullcontext()
+        if adapter is None:
+            return self.model.disable_adapter()
+        if adapter not in self.adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded (loaded: {', '.join(self.adapters) or 'none'})")
+        self.model.set_adapter(adapter)
+        return contextlib.nullcontext()
 
     def complete(
         self,
@@ -78,11 +208,26 @@ class LocalModel:
         seed: int = 0,
         stop_at_newline: bool = True,
         progress: Callable[[int], None] | None = None,
+        adapter: str | None = ...,  # type: ignore[assignment]
+        confidence: bool = False,
     ) -> list[Completion]:
-        """Complete each prompt; greedy when temperature is 0. Deterministic for a seed."""
-        import torch
+        """Complete each prompt; greedy when temperature is 0. Deterministic for a seed.
 
+        Prompts are sorted by length and decoded `batch_size` at a time (less padding); the
+        results come back in the prompts' order. `adapter`: a loaded adapter's name, None for the
+        base alone; left out, the default adapter (`adapter_path`) or the base. With `confidence`
+        (greedy only), each completion carries the mean log-probability of its answer tokens:
+        read from the generation's own float32 scores when the generated tokens before the stop
+        are exactly the answer text's own tokenization (the usual case), else computed for that
+        row with one teacher-forced pass (`teacher_forced_logprobs`), so the value is always the
+        routing profile's definition. Raises KeyError for an adapter that is not loaded."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        if adapter is ...:
+            adapter = self.default_adapter
         tok = self.tokenizer
+        greedy_conf = confidence and temperature <= 0
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, Completion] = {}
@@ -103,27 +248,46 @@ class LocalModel:
                 gen_kwargs.update(temperature=None, top_p=None, top_k=None)
             if stop_at_newline:
                 gen_kwargs.update(stop_strings=["\n"], tokenizer=tok)
-            t0 = time.time()
-            with torch.inference_mode():
-                gen = self.model.generate(**enc, **gen_kwargs)
-            dt = (time.time() - t0) / len(idx)
-            new = gen[:, enc["input_ids"].shape[1] :]
-            for row, i in enumerate(idx):
-                ids = new[row].tolist()
-                n = len(ids)
-                while n and ids[n - 1] == tok.pad_token_id:
-                    n -= 1
-                text = tok.decode(ids[:n], skip_special_tokens=True)
-                stopped = n < max_new_tokens or "\n" in text or (n and ids[n - 1] == tok.eos_token_id)
-                if stop_at_newline:
-                    text = text.split("\n")[0]
-                results[i] = Completion(
-                    text=text,
-                    finish_reason="stop" if stopped else "length",
-                    prompt_tokens=int(enc["attention_mask"][row].sum()),
-                    completion_tokens=n,
-                    seconds=dt,
-                )
+            recorder = _ChosenLogprob() if greedy_conf else None
+            if recorder is not None:
+                gen_kwargs["logits_processor"] = LogitsProcessorList([recorder])
+            with self.lock:
+                t0 = time.time()
+                with torch.inference_mode(), self._use(adapter):
+                    gen = self.model.generate(**enc, **gen_kwargs)
+                dt = (time.time() - t0) / len(idx)
+                new = gen[:, enc["input_ids"].shape[1] :]
+                redo: list[tuple[int, str, str]] = []  # (prompt index, prompt, answer) for a teacher-forced pass
+                for row, i in enumerate(idx):
+                    ids = new[row].tolist()
+                    n = len(ids)
+                    while n and ids[n - 1] == tok.pad_token_id:
+                        n -= 1
+                    text = tok.decode(ids[:n], skip_special_tokens=True)
+                    stopped = n < max_new_tokens or "\n" in text or (n and ids[n - 1] == tok.eos_token_id)
+                    if stop_at_newline:
+                        text = text.split("\n")[0]
+                    c = Completion(
+                        text=text,
+                        finish_reason="stop" if stopped else "length",
+                        prompt_tokens=int(enc["attention_mask"][row].sum()),
+                        completion_tokens=n,
+                        seconds=dt,
+                    )
+                    if recorder is not None and text:
+                        a_ids = tok(text, add_special_tokens=False)["input_ids"]
+                        if a_ids and ids[: len(a_ids)] == a_ids and len(a_ids) <= len(recorder.steps):
+                            lps = [float(recorder.steps[t][row]) for t in range(len(a_ids))]
+                            c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "scores"
+                        else:
+                            redo.append((i, batch[row], text))
+                    results[i] = c
+                if redo:
+                    with torch.inference_mode(), self._use(adapter):
+                        confs = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
+                                                        batch_size=batch_size, device=self.device)
+                    for (i, _, _), conf in zip(redo, confs):
+                        results[i].confidence, results[i].confidence_source = conf, "forced"
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]

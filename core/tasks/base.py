@@ -145,6 +145,17 @@ class TaskType:
         cfg = self.cfg
         return head + f"{braces(cfg.input_name)}: {{input}}\n{braces(cfg.output_name)}:", {}
 
+    # --- serving (the gateway's OpenAI-compatible API) ----------------------------------------------------------
+
+    def api_input(self, text: str, tools: list | None = None) -> str:
+        """The skill input for an API request: the user's text, and `tools` (the request's OpenAI
+        `tools` field). Plain types take the text and ignore tools. Raises ValueError naming the field."""
+        return text
+
+    def api_message(self, answer: str) -> dict[str, Any]:
+        """The OpenAI assistant message that carries `answer` (canonical text): content by default."""
+        return {"role": "assistant", "content": answer}
+
     # --- answers ------------------------------------------------------------------------------------------------
 
     def parse_output(self, text: str) -> str | None:

@@ -241,6 +241,27 @@ class FunctionCall(TaskType):
         return prompt, {"tool_template": "- {name}: {description} Parameters: {parameters}",
                         "input_schema": {"request": "string", "tools": "list of OpenAI tool definitions"}}
 
+    def api_input(self, text, tools=None):
+        """{"request": text, "tools": tools} as canonical JSON; the tools come from the request's
+        OpenAI `tools` field. Raises ValueError naming `tools` when they are missing or malformed."""
+        if not tools:
+            raise ValueError("tools: this skill answers with a function call; pass the functions in the request's 'tools' field")
+        obj = {"request": text, "tools": tools}
+        bad = structured.check_call_input(obj)
+        if bad:
+            raise ValueError(f"tools: {bad[1]} ({bad[0]})")
+        return structured.canonical_json(obj)
+
+    def api_message(self, answer):
+        """An OpenAI `tool_calls` message: the call's name and its arguments as a JSON string."""
+        import hashlib
+
+        obj = loads(answer) or {}
+        args = json.dumps(obj.get("arguments") or {}, ensure_ascii=False, separators=(",", ":"))
+        call_id = "call_" + hashlib.sha256(answer.encode()).hexdigest()[:16]
+        return {"role": "assistant", "content": None,
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": obj.get("name"), "arguments": args}}]}
+
     # --- answers -------------------------------------------------------------------------------------------------
 
     def parse_output(self, text):

@@ -1,0 +1,76 @@
+"""Where the small model runs. `LocalEngine`: transformers + PEFT in this process, one base model
+loaded once and every served adapter on it (unmerged, `set_adapter` per batch), decoded by
+`eval_gates.predict.decode`, the path the eval gates measured. `OpenAIEngine` (engine_openai.py):
+a vLLM server started with `--lora-modules SKILL@VERSION=FOLDER`."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+
+@dataclass
+class Answer:
+    """One decoded answer of the small model."""
+
+    raw: str  # the text before the stop newline
+    parsed: str | None  # canonical answer (core.prompting.parse_output), None when unparseable
+    confidence: float | None  # mean answer-token log-probability (routing.json's definition)
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def adapter_name(key: str) -> str:
+    """A PEFT-safe adapter name for 'skill@version' (module-dict keys cannot hold '.')."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", key)
+
+
+class LocalEngine:
+    """One LocalModel per base model; adapters keyed 'skill@version'."""
+
+    def __init__(self):
+        self.models: dict[str, Any] = {}  # resolved base path -> teachers.local.LocalModel
+        self.where: dict[str, str] = {}  # key -> base path
+        self._lock = threading.Lock()
+
+    def load(self, key: str, folder: Path, spec: dict) -> None:
+        """Load the version folder's adapter on its base (loading the base once). Raises RegistryError
+        for a folder without a safetensors adapter or a base that cannot be found."""
+        from registry.consumer import base_model_of
+        from registry.store import RegistryError
+        from teachers.local import LocalModel
+        from trainers.base_model import resolve_model
+
+        if not (Path(folder) / "adapter_model.safetensors").is_file():
+            raise RegistryError(f"{folder}: no adapter_model.safetensors (only safetensors adapters are loaded)")
+        base = resolve_model(spec.get("base_model") or base_model_of(folder), "base_model")
+        with self._lock:
+            model = self.models.get(base)
+            if model is None:
+                model = self.models[base] = LocalModel(base, name=base, safetensors_only=True)
+            model.add_adapter(adapter_name(key), str(folder))
+            self.where[key] = base
+
+    def unload(self, key: str) -> None:
+        with self._lock:
+            base = self.where.pop(key, None)
+            if base is not None:
+                self.models[base].remove_adapter(adapter_name(key))
+
+    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int) -> list[Answer]:
+        """Greedy answers with confidences for `prompts`, in order; chunks of 16 sorted by length, as the gates decode."""
+        from eval_gates.predict import DECODE_BATCH, decode
+
+        model = self.models[self.where[key]]
+        p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
+                   adapter=adapter_name(key))
+        return [Answer(raw=r, parsed=a, confidence=c, finish_reason=f)
+                for r, a, c, f in zip(p.raw, p.preds, p.confidences, p.finish_reasons)]
+
+    def close(self) -> None:
+        self.models.clear()
+        self.where.clear()

@@ -1,0 +1,500 @@
+"""The gateway's core, without HTTP: which version serves a skill, the three lanes, capture.
+
+`Gateway.answer(model_ref, inputs)` is what every endpoint calls. A version is a `Served`: its
+folder, skill.json config, routing profile and a dynamic batcher over the engine. The production
+alias is followed by a poller thread; a promote or rollback loads the new version next to the old
+one, points new requests at it, and unloads the old one once its last in-flight request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.batcher import DynamicBatcher
+from gateway.config import GatewayConfig, SkillOverride
+from gateway.engine import Answer
+
+log = logging.getLogger("distill.gateway")
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and a message that names the field, limit or skill."""
+
+    def __init__(self, status: int, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.extra = status, message, extra
+
+
+def keep_rule(routing: dict, override: SkillOverride) -> tuple[str, float | None]:
+    """(mode, threshold) for a version: mode "threshold" keeps a valid answer with confidence >=
+    threshold, "never" keeps every valid answer (never escalates a valid one), "always" escalates
+    everything. From routing.json (its threshold, or its curve re-read for the override's
+    target_error_rate) and the skill's override."""
+    if override.escalation == "always":
+        return "always", None
+    if override.escalation == "never":
+        return "never", None
+    if override.target_error_rate is not None and isinstance(routing.get("curve"), list):
+        ok = [c for c in routing["curve"] if isinstance(c, dict) and c.get("error_rate") is not None
+              and c["error_rate"] <= override.target_error_rate]
+        if not ok:
+            return "always", None
+        return ("never", None) if ok[-1] is routing["curve"][-1] and routing.get("valid") == ok[-1].get("kept") \
+            else ("threshold", float(ok[-1]["threshold"]))
+    mode = routing.get("mode")
+    if mode in ("escalate_all", "unavailable"):
+        return "always", None
+    thr = routing.get("threshold", (routing.get("escalation") or {}).get("confidence_threshold"))
+    if thr is None:
+        return "never", None  # no calibrated confidence (the publish stage's fallback): keep valid answers
+    if not isinstance(thr, (int, float)) or not math.isfinite(thr):
+        return "always", None
+    return "threshold", float(thr)
+
+
+@dataclass
+class Served:
+    """One loaded version of a skill."""
+
+    skill: str
+    version: int
+    folder: Path
+    spec: dict
+    cfg: Any  # core.skills.SkillConfig rebuilt from skill.json
+    routing: dict
+    mode: str
+    threshold: float | None
+    max_new_tokens: int
+    batcher: DynamicBatcher | None = None
+    users: int = 0
+    retired: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.skill}@{self.version}"
+
+
+@dataclass
+class Result:
+    """The answer to one input."""
+
+    id: str
+    skill: str
+    version: int | None
+    lane: str  # keep | escalate | degraded
+    answer: str
+    confidence: float | None
+    latency_ms: float
+    reason: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Gateway:
+    """Owns the engine, the served versions, the teacher lanes, the verify lane and the traffic writer."""
+
+    def __init__(self, cfg: GatewayConfig, engine=None, registry=None, metrics=None):
+        from gateway.metrics import Metrics
+        from gateway.traffic import TrafficWriter
+        from gateway.verify import VerifyLane
+        from registry.store import Registry
+
+        self.cfg = cfg
+        self.registry = registry if registry is not None else Registry(cfg.registry)
+        if engine is None:
+            if cfg.backend == "openai":
+                raise NotImplementedError("backend: 'openai' (a vLLM server with --lora-modules) is not built yet; "
+                                          "use backend 'local'")
+            else:
+                from gateway.engine import LocalEngine
+
+                engine = LocalEngine()
+        self.engine = engine
+        self.metrics = metrics or Metrics()
+        self.lock = threading.RLock()
+        self.production: dict[str, Served | None] = {}
+        self.loaded: dict[tuple[str, int], Served] = {}
+        self.retired: list[Served] = []
+        self.teachers: dict[str, Any] = {}
+        self.tasks: dict[str, Any] = {}
+        self.recent: dict[str, str] = {}  # request id -> skill (bounded), for feedback
+        self.ready = False
+        from gateway.config import default_traffic_url
+
+        self.traffic = TrafficWriter(cfg.traffic_url or default_traffic_url(), cfg.table_for, cfg.traffic_queue,
+                                     cfg.traffic_batch, cfg.traffic_flush_ms)
+        self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
+        self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
+        self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.skills: list[str] = []
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load every served skill's production version, open the teacher lanes, start polling."""
+        names = self.cfg.skills if self.cfg.skills is not None else self.registry.skills()
+        self.skills = sorted(names)
+        for name in self.skills:
+            self.teachers[name] = self._teacher_lane(name)
+        self.poll()
+        self.ready = True
+        self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
+        self._poller.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._poller:
+            self._poller.join(timeout=5)
+        for s in list(self.loaded.values()):
+            if s.batcher:
+                s.batcher.close()
+        for t in self.teachers.values():
+            t.close()
+        self.verify.close()
+        self.traffic.close()
+        self.engine.close()
+
+    def _teacher_lane(self, name: str):
+        from gateway.teacher_lane import TeacherLane
+
+        skill, why = None, "teachers are off (GatewayConfig.teachers)"
+        if self.cfg.teachers:
+            try:
+                from core.skills import load_skill
+
+                skill = load_skill(name, self.cfg.profile)
+            except Exception as e:
+                why = f"cannot load its skill.yaml: {e}"
+                log.warning("skill %s: no teacher (%s); escalations get degraded/503", name, why)
+        return TeacherLane(skill, missing=why)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.cfg.poll_s):
+            try:
+                self.poll()
+            except Exception:
+                log.exception("alias poll failed")
+
+    def poll(self) -> None:
+        """Follow each skill's production alias; unload retired versions nobody uses any more."""
+        for name in self.skills:
+            try:
+                version = self.registry.aliases(name).get("production")
+            except Exception as e:
+                log.warning("skill %s: cannot read aliases (%s); keeping what is served", name, e)
+                continue
+            current = self.production.get(name)
+            if version is None:
+                if name not in self.production:
+                    self.production[name] = None
+                continue
+            if current is not None and current.version == version:
+                continue
+            try:
+                new = self._load(name, int(version))
+            except Exception as e:
+                log.error("skill %s: cannot load version %s (%s); keeping what is served", name, version, e)
+                continue
+            with self.lock:
+                self.production[name] = new
+                if current is not None:
+                    self.metrics.swaps.labels(name).inc()
+                    log.info("skill %s: now serving version %s (was %s)", name, version, current.version)
+                    self._retire(current)
+        self._reap()
+
+    def _retire(self, s: Served) -> None:
+        if s.retired:
+            return
+        s.retired = True
+        self.retired.append(s)
+
+    def _reap(self) -> None:
+        with self.lock:
+            keep = []
+            for s in self.retired:
+                in_use = s.users > 0 or (s.batcher is not None and s.batcher.inflight > 0) or \
+                    any(p is s for p in self.production.values())
+                if in_use:
+                    keep.append(s)
+                    continue
+                self.loaded.pop((s.skill, s.version), None)
+                if s.batcher:
+                    s.batcher.close(wait=False)
+                try:
+                    self.engine.unload(s.key)
+                except Exception:
+                    log.exception("unload %s", s.key)
+            self.retired = keep
+
+    def _load(self, name: str, version: int) -> Served:
+        """The loaded version (loading it once: verify, adapter on its base, a batcher)."""
+        from core.tasks import get_task
+        from registry.consumer import max_new_tokens_of, read_spec, skill_config
+
+        with self.lock:
+            s = self.loaded.get((name, version))
+            if s is not None:
+                s.retired = False
+                if s in self.retired:
+                    self.retired.remove(s)
+                return s
+        folder = self.registry.resolve(name, version=version)
+        spec = read_spec(folder)
+        cfg = skill_config(spec, name=name)
+        routing = {}
+        if (Path(folder) / "routing.json").is_file():
+            routing = json.loads((Path(folder) / "routing.json").read_text(encoding="utf-8"))
+        mode, thr = keep_rule(routing, self.cfg.override(name))
+        s = Served(name, version, Path(folder), spec, cfg, routing, mode, thr, max_new_tokens_of(spec, cfg))
+        self.engine.load(s.key, s.folder, spec)
+        self.tasks.setdefault(name, get_task(cfg))
+
+        def run(prompts, s=s):
+            return self.engine.decode(s.key, s.cfg, prompts, s.max_new_tokens)
+
+        s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
+                                   on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n))
+        self.metrics.watch(f"batch:{s.key}", s.batcher.depth, lambda: 0)
+        with self.lock:
+            self.loaded[(name, version)] = s
+        return s
+
+    # --- addressing -------------------------------------------------------------------------------------------------
+
+    def known(self) -> list[str]:
+        return list(self.skills)
+
+    async def lookup(self, ref: str) -> Served | None:
+        """The version `ref` names: 'skill' (production), 'skill@alias', 'skill@N'. None: the skill has
+        no production version (requests escalate). Raises GatewayError 404 for an unknown skill or version."""
+        if not isinstance(ref, str) or not ref:
+            raise GatewayError(422, "model: required (a skill name, e.g. ticket-triage or ticket-triage@3)", field="model")
+        name, _, sel = ref.partition("@")
+        if name not in self.skills:
+            raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills) or 'none'}", known=self.skills)
+        if not sel or sel == "production":
+            return self.production.get(name)
+        if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
+            version = int(sel)
+            if version not in self.registry.versions(name):
+                raise GatewayError(404, f"{name}: no version {version}; versions: {self.registry.versions(name)}")
+        else:
+            version = self.registry.aliases(name).get(sel)
+            if version is None:
+                raise GatewayError(404, f"{name}: no alias {sel!r}; aliases: {sorted(self.registry.aliases(name))}")
+        return await asyncio.to_thread(self._load, name, int(version))
+
+    # --- the lanes --------------------------------------------------------------------------------------------------
+
+    def task(self, name: str, served: Served | None):
+        from core.tasks import get_task
+
+        if served is not None:
+            return get_task(served.cfg)
+        t = self.tasks.get(name)
+        if t is None:
+            lane = self.teachers.get(name)
+            if lane is not None and lane.skill is not None:
+                t = self.tasks[name] = get_task(lane.skill.config)
+        return t
+
+    def check_input(self, x: str, where: str) -> None:
+        if len(x) > self.cfg.max_input_chars:
+            raise GatewayError(413, f"{where}: {len(x)} characters; the limit is max_input_chars={self.cfg.max_input_chars}",
+                               limit="max_input_chars")
+
+    async def answer(self, ref: str, inputs: list[str], request_id: str | None = None) -> list[Result]:
+        """Answer each input through the lanes. Raises GatewayError (404 unknown, 413 too long,
+        503 no answer: the teacher is unreachable and the small model's answer is invalid)."""
+        t0 = time.perf_counter()
+        rid = request_id or new_request_id()
+        if len(inputs) > self.cfg.max_inputs:
+            raise GatewayError(413, f"inputs: {len(inputs)} inputs; the limit is max_inputs={self.cfg.max_inputs}",
+                               limit="max_inputs")
+        for i, x in enumerate(inputs):
+            self.check_input(x, f"inputs[{i}]" if len(inputs) > 1 else "input")
+        served = await self.lookup(ref)
+        name = ref.partition("@")[0]
+        ids = [rid] if len(inputs) == 1 else [f"{rid}-{i}" for i in range(len(inputs))]
+        if served is None:
+            answers: list[Answer | None] = [None] * len(inputs)
+        else:
+            with self.lock:
+                served.users += 1
+            try:
+                futs = [asyncio.wrap_future(served.batcher.submit(self._prompt(served, x))) for x in inputs]
+                answers = list(await asyncio.gather(*futs))
+            finally:
+                with self.lock:
+                    served.users -= 1
+        task = self.task(name, served)
+        results: list[Result | None] = [None] * len(inputs)
+        escalate: list[int] = []
+        for i, (x, a) in enumerate(zip(inputs, answers)):
+            if a is not None and self._keep(served, task, x, a):
+                results[i] = Result(ids[i], name, served.version, "keep", a.parsed, a.confidence, 0.0)
+            else:
+                escalate.append(i)
+        if escalate:
+            lane = self.teachers.get(name)
+            futs = [asyncio.wrap_future(lane.submit(inputs[i])) for i in escalate]
+            try:
+                got = await asyncio.wait_for(asyncio.gather(*futs), timeout=self.cfg.teacher_timeout_s)
+            except asyncio.TimeoutError:
+                got = [None] * len(escalate)
+            for i, t in zip(escalate, got):
+                a = answers[i]
+                valid = a is not None and self._valid(task, inputs[i], a)
+                version = served.version if served else None
+                conf = a.confidence if a is not None else None
+                if t is not None and t.answer is not None:
+                    results[i] = Result(ids[i], name, version, "escalate", t.answer, conf, 0.0)
+                elif valid:
+                    why = t.error if t is not None else f"teacher did not answer within teacher_timeout_s={self.cfg.teacher_timeout_s}"
+                    results[i] = Result(ids[i], name, version, "degraded", a.parsed, conf, 0.0, reason=why)
+                else:
+                    why = t.error if t is not None else f"teacher did not answer within teacher_timeout_s={self.cfg.teacher_timeout_s}"
+                    what = "no production version" if served is None else "the small model's answer is invalid"
+                    ms = (time.perf_counter() - t0) * 1000
+                    self._capture(name, version, inputs[i], ids[i], a, None, "unanswered", ms, None)
+                    self.metrics.errors.labels(name, "503").inc()
+                    raise GatewayError(503, f"{name}: {what} and the teacher is unavailable ({why})", request_id=ids[i])
+        ms = (time.perf_counter() - t0) * 1000
+        for i, r in enumerate(results):
+            r.latency_ms = ms
+            a = answers[i]
+            r.extra["slm_answer"] = a.parsed if a is not None else None
+            teacher_answer = r.answer if r.lane == "escalate" else None
+            self._capture(name, r.version, inputs[i], r.id, a, r.answer, r.lane, ms, teacher_answer)
+            self.metrics.observe(name, r.version, r.lane, ms / 1000)
+            if r.lane == "keep" and self._sample_verify(name):
+                from gateway.verify import VerifyJob
+
+                self.verify.submit(VerifyJob(name, r.version, inputs[i], r.answer, r.id))
+        return results  # type: ignore[return-value]
+
+    def _prompt(self, served: Served, x: str) -> str:
+        from registry.consumer import build_prompt
+
+        return build_prompt(served.spec, served.cfg, x)
+
+    @staticmethod
+    def _valid(task, x: str, a: Answer) -> bool:
+        if a.parsed is None:
+            return False
+        try:
+            return task.output_problem(a.parsed, x) is None
+        except Exception:
+            return False
+
+    def _keep(self, served: Served, task, x: str, a: Answer) -> bool:
+        from eval_gates.routing import usable
+
+        if served.mode == "always" or not self._valid(task, x, a):
+            return False
+        if served.mode == "never":
+            return True
+        return usable(a.confidence) and a.confidence >= served.threshold
+
+    def _sample_verify(self, name: str) -> bool:
+        o = self.cfg.override(name)
+        frac = o.verify_fraction if o.verify_fraction is not None else self.cfg.verify_fraction
+        return frac > 0 and random.random() < frac
+
+    def _capture(self, name, version, x, rid, a: Answer | None, answer, lane, ms, teacher_answer) -> None:
+        teacher = teacher_answer is not None
+        row = {"id": rid, "skill": name, "version": version, "request": x, "answer": answer,
+               "slm_answer": a.parsed if a else None, "slm_raw": a.raw if a else None,
+               "confidence": a.confidence if a and a.confidence is not None and math.isfinite(a.confidence) else None,
+               "lane": lane, "latency_ms": round(ms, 3),
+               "reference": teacher_answer if teacher else (a.parsed if a else None),
+               "reference_source": "llm" if teacher else "student",
+               "accepted": True if teacher and self.cfg.accept_teacher_answers else None}
+        with self.lock:
+            self.recent[rid] = name
+            if len(self.recent) > 100_000:
+                self.recent.pop(next(iter(self.recent)))
+        self.traffic.write(name, row)
+
+    # --- verify -----------------------------------------------------------------------------------------------------
+
+    def _verify_ask(self, name: str, x: str):
+        return self.teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
+
+    def _verify_agree(self, name: str, x: str, slm: str, teacher: str) -> bool:
+        from core.records import Example
+
+        task = self.tasks.get(name) or self.task(name, None)
+        return task.is_correct(task.score(Example(id="v", skill=name, input=x, output=teacher, source="traffic"), slm))
+
+    def _verify_done(self, job, ok, t) -> None:
+        v = str(job.version)
+        self.metrics.verify.labels(job.skill, v, "agree" if ok else "disagree" if ok is False else "failed").inc()
+        est = self.verify.estimate(job.skill, job.version)
+        for bound, key in (("estimate", "error_rate"), ("low", "error_rate_low"), ("high", "error_rate_high")):
+            if est[key] is not None:
+                self.metrics.verify_error.labels(job.skill, v, bound).set(est[key])
+        if ok is not None:
+            self.traffic.update(job.skill, job.request_id, {"verified": ok})
+
+    # --- feedback ---------------------------------------------------------------------------------------------------
+
+    def feedback(self, request_id: str, verdict: str, answer: str | None = None, skill: str | None = None) -> str:
+        """Settle a traffic row: accepted, rejected, or corrected (with `answer`: reference_source human).
+        Returns the skill. Raises GatewayError 404 for an unknown request id (without `skill`), 422 for a bad body."""
+        from datetime import datetime, timezone
+
+        name = skill or self.recent.get(request_id)
+        if name is None:
+            raise GatewayError(404, f"id: unknown request id {request_id!r} (pass 'skill' for requests older than this process)")
+        if name not in self.skills:
+            raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills)}", known=self.skills)
+        now = datetime.now(timezone.utc)
+        if verdict == "accepted":
+            values = {"accepted": True}
+        elif verdict == "rejected":
+            values = {"accepted": False}
+        elif verdict == "corrected":
+            if not answer:
+                raise GatewayError(422, "answer: required when verdict is 'corrected'", field="answer")
+            task = self.tasks.get(name) or self.task(name, None)
+            from core.prompting import parse_output
+
+            parsed = parse_output(task.cfg, answer) if task is not None else answer
+            if parsed is None:
+                raise GatewayError(422, f"answer: not a valid answer for {name}", field="answer")
+            values = {"accepted": True, "reference": parsed, "reference_source": "human"}
+        else:
+            raise GatewayError(422, "verdict: one of accepted, rejected, corrected", field="verdict")
+        values.update(feedback=verdict, feedback_at=now)
+        if not self.traffic.update(name, request_id, values):
+            raise GatewayError(503, "the traffic queue is full; retry the feedback later")
+        return name
+
+    # --- status -----------------------------------------------------------------------------------------------------
+
+    def describe(self) -> list[dict]:
+        out = []
+        for name in self.skills:
+            s = self.production.get(name)
+            out.append({"id": name, "object": "model", "owned_by": "distill",
+                        "version": s.version if s else None, "mode": s.mode if s else "escalate",
+                        "threshold": s.threshold if s else None,
+                        "verify": self.verify.estimate(name, s.version if s else None)})
+        return out
+
+
+def new_request_id() -> str:
+    return "req-" + uuid.uuid4().hex[:24]

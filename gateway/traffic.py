@@ -1,0 +1,183 @@
+"""Traffic capture off the request path: rows go into a bounded queue and one writer thread
+inserts them in batches into the per-skill traffic table the replay gate and the refresh read
+(`gates.replay: {source: sql, url: ..., table: traffic_<skill>, columns: {reference_source:
+reference_source}}`). A full queue drops the row and counts it; a database that stops answering
+holds rows in the queue (retried with backoff) and never blocks a request."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+log = logging.getLogger("distill.gateway")
+
+# Longest pause between attempts while the database does not answer.
+MAX_BACKOFF_S = 5.0
+
+
+def traffic_table(metadata, name: str):
+    """The traffic table: the columns eval_gates.replay and flows.refresh read (id, request,
+    reference, accepted, created_at, reference_source) plus what the gateway knows."""
+    import sqlalchemy as sa
+
+    return sa.Table(
+        name, metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),  # insertion time; never updated
+        sa.Column("skill", sa.String(128), nullable=False),
+        sa.Column("version", sa.Integer, nullable=True),  # None: no production version (escalated)
+        sa.Column("request", sa.Text, nullable=False),  # the skill input (canonical JSON text for JSON inputs)
+        sa.Column("answer", sa.Text, nullable=True),  # the answer returned to the caller
+        sa.Column("slm_answer", sa.Text, nullable=True),  # the small model's parsed answer (None: invalid)
+        sa.Column("slm_raw", sa.Text, nullable=True),
+        sa.Column("confidence", sa.Float, nullable=True),
+        sa.Column("lane", sa.String(16), nullable=False),  # keep | escalate | degraded
+        sa.Column("latency_ms", sa.Float, nullable=True),
+        sa.Column("reference", sa.Text, nullable=True),  # the teacher's answer, a person's correction, or the SLM's
+        sa.Column("reference_source", sa.String(16), nullable=False),  # llm | human | student
+        sa.Column("accepted", sa.Boolean, nullable=True),
+        sa.Column("verified", sa.Boolean, nullable=True),  # verify lane: teacher agreed (None: not verified)
+        sa.Column("feedback", sa.String(16), nullable=True),  # accepted | rejected | corrected
+        sa.Column("feedback_at", sa.DateTime(timezone=True), nullable=True),
+    )
+
+
+@dataclass
+class _Op:
+    kind: str  # insert | update
+    skill: str
+    row: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+class TrafficWriter:
+    """write(row) / update(skill, id, values): never block; rows are written by a background thread.
+
+    `url`: SQLAlchemy URL; `table_for(skill)` -> table name. Counters: written, lost (queue full),
+    failures (database errors, each retried)."""
+
+    def __init__(self, url: str, table_for: Callable[[str], str], max_queue: int = 10_000, batch: int = 256,
+                 flush_ms: float = 200.0, on_lost: Callable[[int], None] | None = None):
+        import sqlalchemy as sa
+
+        self.url, self.table_for, self.batch, self.flush_s = url, table_for, batch, flush_ms / 1000.0
+        kw: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            kw["connect_args"] = {"connect_timeout": 3}
+        elif url.startswith("sqlite"):
+            kw["connect_args"] = {"timeout": 5}
+        self.engine = sa.create_engine(url, **kw)
+        self.metadata = sa.MetaData()
+        self.tables: dict[str, Any] = {}
+        self.q: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.written = self.lost = self.failures = self.updated = 0
+        self.last_error: str | None = None
+        self.on_lost = on_lost
+        self._stop = threading.Event()
+        self._held: list[_Op] = []  # taken from the queue, not yet committed
+        self.thread = threading.Thread(target=self._loop, name="traffic-writer", daemon=True)
+        self.thread.start()
+
+    # --- request side (never blocks) ---------------------------------------------------------------------------
+
+    def _put(self, op: _Op) -> bool:
+        try:
+            self.q.put_nowait(op)
+            return True
+        except queue.Full:
+            self.lost += 1
+            if self.on_lost:
+                self.on_lost(1)
+            return False
+
+    def write(self, skill: str, row: dict[str, Any]) -> bool:
+        """Queue one row (created_at set now when missing). False when the queue was full (counted)."""
+        row.setdefault("created_at", datetime.now(timezone.utc))
+        return self._put(_Op("insert", skill, row))
+
+    def update(self, skill: str, id: str, values: dict[str, Any]) -> bool:
+        """Queue an update of row `id` (after any queued insert of it). False when the queue was full."""
+        return self._put(_Op("update", skill, values, id))
+
+    def depth(self) -> int:
+        return self.q.qsize() + len(self._held)
+
+    # --- writer thread -----------------------------------------------------------------------------------------
+
+    def _table(self, conn, skill: str):
+        name = self.table_for(skill)
+        t = self.tables.get(name)
+        if t is None:
+            t = traffic_table(self.metadata, name)
+            t.create(conn, checkfirst=True)
+            self.tables[name] = t
+        return t
+
+    def _commit(self, ops: list[_Op]) -> None:
+        import sqlalchemy as sa
+
+        with self.engine.begin() as conn:
+            i = 0
+            while i < len(ops):
+                op = ops[i]
+                t = self._table(conn, op.skill)
+                if op.kind == "insert":
+                    j = i
+                    while j < len(ops) and ops[j].kind == "insert" and ops[j].skill == op.skill:
+                        j += 1
+                    conn.execute(sa.insert(t), [o.row for o in ops[i:j]])
+                    i = j
+                else:
+                    conn.execute(sa.update(t).where(t.c.id == op.id).values(**op.row))
+                    i += 1
+        self.written += sum(o.kind == "insert" for o in ops)
+        self.updated += sum(o.kind == "update" for o in ops)
+
+    def _loop(self) -> None:
+        backoff = 0.1
+        while not (self._stop.is_set() and self.q.empty() and not self._held):
+            if len(self._held) < self.batch:
+                try:
+                    self._held.append(self.q.get(timeout=self.flush_s or 0.05))
+                    deadline = time.monotonic() + self.flush_s
+                    while len(self._held) < self.batch:
+                        left = deadline - time.monotonic()
+                        self._held.append(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
+                except queue.Empty:
+                    pass
+            if not self._held:
+                continue
+            try:
+                self._commit(self._held)
+                self._held = []
+                backoff = 0.1
+            except Exception as e:  # the database is down or refuses: keep the rows, retry later
+                self.failures += 1
+                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                log.warning("traffic: cannot write %d rows (%s); retrying in %.1f s", len(self._held), self.last_error, backoff)
+                if self._stop.wait(backoff) and self.failures > 3:
+                    self.lost += len(self._held)  # shutting down with the database away
+                    self._held = []
+                    return
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued row is committed (tests, shutdown). True when drained."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.q.empty() and not self._held:
+                time.sleep(0.05)
+                if self.q.empty() and not self._held:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self.thread.join(timeout=timeout)
+        self.engine.dispose()
