@@ -276,9 +276,11 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
     students = list(student_records(skill))
     for ident, ts_text, where in students:
         ts = parse_timestamp(ts_text)
-        if ts is not None and mark.is_new(ts, ident):
+        if ts is not None and mark.is_new(ts, ident) and ts <= read_time:
             new_records += 1
             seen.append((ts, ident))
+            if ts >= horizon:  # a reviewer may still correct it (feedback): then it is a human answer
+                pending[ident] = ts_text
             rejected.append(_refusal(skill.name, ident, ts_text, "student_output", where))
 
     # The same steps as teacher data, against seeds + pool + this run's teacher examples.

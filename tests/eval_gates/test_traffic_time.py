@@ -167,3 +167,20 @@ def test_a_row_accepted_after_a_run_saw_it_is_taken_by_the_next_run_once(tmp_pat
     assert committed_watermark(skill.name).pending == {}
     out3 = refresh_stage(skill, tmp_path / "run3", [], pool=[])
     assert out3.kept == [] and out3.summary()["new_records"] == 0  # taken once
+
+
+def test_a_student_answer_corrected_after_a_run_saw_it_is_taken_by_the_next_run(tmp_path):
+    """The gateway logs student rows; a reviewer's correction (feedback) turns one into a human answer."""
+    from flows.refresh import commit_refresh, refresh_stage
+
+    ts = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    row = _rec("slm-1", ts, reference="bug", source="student")
+    skill = _skill(tmp_path, [row])
+    out = refresh_stage(skill, tmp_path / "run1", [], pool=[])
+    assert out.kept == [] and [r.reason for r in out.rejected] == ["student_output"]
+    commit_refresh(skill.name, tmp_path / "run1")
+    corrected = {**row, "reference": "billing", "reference_source": "human"}
+    (skill.folder / "traffic.jsonl").write_text(json.dumps(corrected) + "\n")
+    out2 = refresh_stage(skill, tmp_path / "run2", [], pool=[])
+    assert [(e.meta["traffic_id"], e.output, e.meta["reference_source"]) for e in out2.kept] == \
+        [("slm-1", "billing", "human")]
