@@ -97,6 +97,30 @@ def format_prompt(cfg: SkillConfig, input: str, shots: Sequence[tuple[str, str]]
     return f"{header(cfg)}{body}{format_input(cfg, input)}\n{cfg.output_name}:"
 
 
+def render_prompt(cfg: SkillConfig, input: str, tokenizer=None) -> str:
+    """The text the model reads for `input`: the skill's prompt, wrapped in the base tokenizer's chat
+    template when `student.train.prompt_format` is chat_template (as trl renders it for training:
+    the user turn, then the generation prompt). The chat template's leading BOS text is left to the
+    tokenizer, so `tokenizer(text)` gives the very ids the trainer's prompt had. ValueError when a
+    chat-template skill is rendered without its tokenizer."""
+    prompt = format_prompt(cfg, input)
+    return chat_wrap(prompt, tokenizer) if cfg.student.train.prompt_format == "chat_template" else prompt
+
+
+def chat_wrap(prompt: str, tokenizer) -> str:
+    """`prompt` as the user turn of the tokenizer's chat template, with the generation prompt; minus
+    the template's leading BOS text when the tokenizer adds BOS itself (so `tokenizer(text)` has one)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("student.train.prompt_format is chat_template: the prompt needs the base tokenizer's chat "
+                         "template (pass the tokenizer; a base model without one cannot use chat_template)")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+    bos = getattr(tokenizer, "bos_token", None)
+    ids = tokenizer("a")["input_ids"] if bos else []
+    adds_bos = bool(ids) and ids[0] == tokenizer.bos_token_id
+    return text[len(bos):] if adds_bos and text.startswith(bos) else text
+
+
 def format_completion(cfg: SkillConfig, output: str) -> str:
     """What the model is trained to write after the prompt (EOS is added by the trainer)."""
     return get_task(cfg).format_completion(output)
@@ -174,6 +198,7 @@ def template_spec(cfg: SkillConfig) -> dict:
         "labels": list(cfg.labels),
         "output_schema": cfg.output_schema,
         "answer_format": task.answer_format,
+        "prompt_format": cfg.student.train.prompt_format,
         "prompt_template": prompt,
         "completion_prefix": " ",
         "stop": ["\n"],

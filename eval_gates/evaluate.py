@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
-from core.prompting import format_prompt
+from core.prompting import render_prompt
 from core.records import Example, hash_examples, write_json, write_jsonl
 from core.tasks import TaskType, get_task
 from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
@@ -191,7 +191,7 @@ def _routing(task, cfg, model, items, r, per_rep, ev, rep) -> dict:
         if r.confidences is not None:  # read from the decode's own scores (teachers.local.LocalModel.complete)
             conf = list(r.confidences)
         else:  # a model without generation confidences: one teacher-forced pass
-            prompts = [format_prompt(cfg, e.input) for e in items]
+            prompts = [render_prompt(cfg, e.input, model.tokenizer) for e in items]
             conf = answer_logprobs(model.model, model.tokenizer, prompts, r.raw)
         prof = routing_threshold(conf, [_correct(task, s) for s in per_rep], [bool(s.get("valid", 1.0)) for s in per_rep],
                                  cfg.routing.target_error_rate)

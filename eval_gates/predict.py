@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from core.prompting import format_prompt, parse_output
+from core.prompting import format_prompt, parse_output, render_prompt
 from core.skills import SkillConfig
 from core.tasks import get_task
 
@@ -62,5 +62,8 @@ def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int 
 
 def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tuple[str, str]] = (),
             batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None) -> Predictions:
-    """Greedy answers to the skill's prompt (zero-shot unless shots are given), through `decode`."""
-    return decode(model, cfg, [format_prompt(cfg, x, shots) for x in inputs], batch_size=batch_size, progress=progress)
+    """Greedy answers to the skill's prompt (zero-shot unless shots are given), through `decode`. Without
+    shots the prompt is `render_prompt`'s: the text training used (the chat template when the skill trains with it)."""
+    tok = getattr(model, "tokenizer", None)
+    prompts = [format_prompt(cfg, x, shots) if shots else render_prompt(cfg, x, tok) for x in inputs]
+    return decode(model, cfg, prompts, batch_size=batch_size, progress=progress)

@@ -61,6 +61,10 @@ class LocalEngine:
             if base is not None:
                 self.models[base].remove_adapter(adapter_name(key))
 
+    def tokenizer(self, key: str):
+        """The tokenizer of the base `key`'s adapter sits on (chat-template prompts need it)."""
+        return self.models[self.where[key]].tokenizer
+
     def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int) -> list[Answer]:
         """Greedy answers with confidences for `prompts`, in order; chunks of 16 sorted by length, as the gates decode."""
         from eval_gates.predict import DECODE_BATCH, decode

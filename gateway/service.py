@@ -388,7 +388,7 @@ class Gateway:
     def _prompt(self, served: Served, x: str) -> str:
         from registry.consumer import build_prompt
 
-        return build_prompt(served.spec, served.cfg, x)
+        return build_prompt(served.spec, served.cfg, x, self.engine.tokenizer(served.key))
 
     @staticmethod
     def _valid(task, x: str, a: Answer) -> bool:

@@ -61,6 +61,8 @@ def skill_config(spec: dict[str, Any], name: str = "registry-skill"):
     if "task" not in data and "task_type" in spec:
         data["task"] = spec["task_type"]
     data.setdefault("instruction", spec.get("instruction") or "-")
+    if spec.get("prompt_format"):  # how training rendered the prompt: the consumer renders it the same way
+        data["student"] = {"train": {"prompt_format": spec["prompt_format"]}}
     try:
         return SkillConfig.model_validate({"name": name, **data})
     except ValidationError as e:
@@ -109,15 +111,45 @@ def load(skill: str, alias: str = PRODUCTION, *, version: int | None = None, bas
     return load_folder(resolve(skill, alias, version=version, registry=registry), base_model)
 
 
-def build_prompt(spec: dict[str, Any], cfg, input: str) -> str:
-    """The training prompt for `input` (see the module docstring for the template choice)."""
-    from core.prompting import format_prompt, template_spec
+class _KeepUnknown(dict):
+    """str.format_map fields: a name the template does not fill stays as written ({name})."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _bundled_fields(spec: dict[str, Any], input: str) -> dict[str, str]:
+    """The str.format fields of skill.json's prompt_template for `input`: input, or (function calls,
+    `tool_template` present) tools and request."""
+    one = " ".join(input.split())
+    if "tool_template" not in spec:
+        return {"input": one}
+    obj = json.loads(input)
+    lines = []
+    for tool in obj["tools"]:
+        fn = tool["function"]
+        desc = " ".join((fn.get("description") or "").split())
+        params = json.dumps(fn.get("parameters") or {"type": "object", "properties": {}}, ensure_ascii=False,
+                            separators=(",", ":"))
+        line = spec["tool_template"].format(name=fn["name"], description=desc, parameters=params)
+        lines.append(line.replace(": " + " Parameters", ": Parameters") if not desc else line)
+    return {"tools": "\n".join(lines), "request": " ".join(str(obj["request"]).split())}
+
+
+def build_prompt(spec: dict[str, Any], cfg, input: str, tokenizer=None) -> str:
+    """The prompt text for `input`, as training rendered it (core.prompting.render_prompt: the chat
+    template too when skill.json's prompt_format says so). When the installed code would render a
+    different template than the bundled one (the template changed since the adapter was trained),
+    skill.json's `prompt_template` wins: a str.format string filled with the input (or a function
+    call's tools and request), then wrapped in the chat template as training was."""
+    from core.prompting import chat_wrap, render_prompt, template_spec
 
     bundled = spec.get("prompt_template")
     if not bundled or template_spec(cfg).get("prompt_template") == bundled:
-        return format_prompt(cfg, input)
+        return render_prompt(cfg, input, tokenizer)
     log.warning("skill.json's prompt template differs from the installed code's; using the bundled one")
-    return bundled.replace("{input}", " ".join(input.split()))
+    text = bundled.format_map(_KeepUnknown(_bundled_fields(spec, input)))
+    return chat_wrap(text, tokenizer) if spec.get("prompt_format") == "chat_template" else text
 
 
 def max_new_tokens_of(spec: dict[str, Any], cfg) -> int:
@@ -149,7 +181,7 @@ class Predictor:
         self.model, self.tokenizer = self.local.model, self.local.tokenizer
 
     def prompts(self, inputs: Sequence[str]) -> list[str]:
-        return [build_prompt(self.spec, self.cfg, x) for x in inputs]
+        return [build_prompt(self.spec, self.cfg, x, self.tokenizer) for x in inputs]
 
     def decode(self, inputs: Sequence[str], max_new_tokens: int | None = None):
         """eval_gates.predict.Predictions (parsed answers, raw text, confidences) for `inputs`."""

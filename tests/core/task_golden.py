@@ -10,7 +10,7 @@ once from the code before the task-type plug-ins; test_task_types.py compares.
 Regenerate only for a deliberate behaviour change:  python -m tests.core.task_golden --write
 Deliberate changes since the snapshot (their digests re-made from the new code, everything else is
 the old code's): `overlap_key/*` (issue 15: the seed/eval overlap check uses the filters' one
-normalizer) and `scaffold/*` (comment lines naming core/config.py and the task registry; the
+normalizer), `template_spec` (skill.json records prompt_format: issue 16) and `scaffold/*` (comment lines naming core/config.py and the task registry; the
 new keys: gates.replay.settle_window_days, gates.min_paired_items, schedule, student.train.rejected_runs and max_pool_examples, filters.threshold_shrinkage).
 """
 
