@@ -65,6 +65,13 @@ def run_curator(args, prompts: list[str]) -> dict:
     tmp = tempfile.mkdtemp(prefix="curator-")
     os.environ.update({"CURATOR_DISABLE_CACHE": "1", "CURATOR_CACHE_DIR": tmp, "TELEMETRY_ENABLED": "false",
                        "LITELLM_LOCAL_MODEL_COST_MAP": "True", "OPENAI_API_KEY": "unused"})
+    import importlib.util
+
+    litellm = importlib.util.find_spec("litellm")
+    if litellm and litellm.submodule_search_locations:  # curator's tiktoken file, from litellm's bundled copy
+        tok = os.path.join(list(litellm.submodule_search_locations)[0], "litellm_core_utils", "tokenizers")
+        if os.path.isdir(tok):  # (tiktoken would download it otherwise; there is no network here)
+            os.environ.setdefault("TIKTOKEN_CACHE_DIR", tok)
     try:
         from bespokelabs import curator
     except ImportError as e:

@@ -16,8 +16,9 @@ Clients, each in every regime, runs interleaved, medians of `--repeats` (3; 1 wi
   line saying so). The JSON's "sdk" says what each client ran on.
 Per run: requests/s as a fraction of C/L, client CPU per request, requests kept and lost; under
 faults, the ratio to the same client's fault-free throughput; under the rate limit, the
-converged throughput as a fraction of R1, the share of requests the server throttled, the time
-to reach 0.9 of R2 after the raise and the throughput after it. Then a re-run with a warm cache
+converged throughput as a fraction of R1, the share of requests the server throttled (over the
+run, and once converged), the time to reach 0.9 of R2 after the raise and the throughput after
+it. The token bucket holds one round trip's worth (R * L requests). Then a re-run with a warm cache
 (zero requests may be sent). --embedded adds the embedded teacher: the same self-instruct and
 label prompts through the llama.cpp server and through transformers' generate. The server runs
 in its own process so its CPU time is not the client's. One JSON line last.
@@ -83,19 +84,25 @@ def admin(base_url: str, path: str, body: dict) -> dict:
 
 
 class Raise(threading.Thread):
-    """Raises the server's rate limit to `rate` `after_s` seconds after the first request arrived."""
+    """Raises the server's rate limit to `rate` `after_s` seconds after the run began: once the
+    server has seen C/2 requests (a client may send one probe first: curator does)."""
 
     def __init__(self, base_url: str, after_s: float, rate: float):
         super().__init__(daemon=True)
         self.base_url, self.after_s, self.rate = base_url, after_s, rate
         self.stop = threading.Event()
-        self.at: float | None = None  # the server's clock at the raise
+        self.began: float | None = None  # the server's clock when the run began
+        self.at: float | None = None  # ... and at the raise
 
     def run(self) -> None:
-        while not self.stop.is_set() and server_stats(self.base_url)["total"] == 0:
-            self.stop.wait(0.02)
+        while not self.stop.is_set():
+            st = server_stats(self.base_url)
+            if st["total"] >= C // 2:
+                self.began = st["now"]
+                break
+            self.stop.wait(0.01)
         if not self.stop.wait(self.after_s):
-            self.at = admin(self.base_url, "/admin/rate", {"rate": self.rate})["now"]
+            self.at = admin(self.base_url, "/admin/rate", {"rate": self.rate, "burst": self.rate * L_S})["now"]
 
 
 # --- clients: each returns seconds, cpu_s, kept, lost (and what else it knows) -----------------------------------------
@@ -170,19 +177,22 @@ def peer(name: str, python: str, base_url: str, prompts: list[str]) -> dict:
 
 # --- one run, its figures, and the medians ---------------------------------------------------------------------------
 
-def rate_figures(st: dict, raised_at: float | None, warm_s: float) -> dict:
+def rate_figures(st: dict, began: float | None, raised_at: float | None, warm_s: float) -> dict:
     """From the server's answer times: throughput before the raise as a fraction of R1 (after
     `warm_s` of convergence), seconds from the raise to the first BIN_S bin at 0.9 of R2, and
     throughput from then to the end as a fraction of R2."""
     times = sorted(st.get("ok_times") or [])
-    out = {"fraction_of_R": None, "recovery_s": None, "fraction_of_R_after_raise": None}
-    if len(times) < 2:
+    out = {"fraction_of_R": None, "throttled_share_converged": None, "recovery_s": None,
+           "fraction_of_R_after_raise": None}
+    if len(times) < 2 or began is None:
         return out
-    first, last = times[0], times[-1]
+    first, last = began, times[-1]
     end1 = raised_at if raised_at is not None else last
     if end1 - first > warm_s + 0.5:
         n1 = sum(first + warm_s <= x < end1 for x in times)
+        t1 = sum(first + warm_s <= x < end1 for x in st.get("limited_times") or [])
         out["fraction_of_R"] = round(n1 / (end1 - first - warm_s) / RATE_1, 3)
+        out["throttled_share_converged"] = round(t1 / max(1, n1 + t1), 3)
     if raised_at is None:
         return out
     need = 0.9 * RATE_2 * BIN_S
@@ -203,7 +213,7 @@ def rate_figures(st: dict, raised_at: float | None, warm_s: float) -> dict:
 def one_run(base_url: str, regime: str, client, n: int, raise_after_s: float, warm_s: float) -> dict:
     """Reset the server for `regime`, run `client()` (which sends n requests) and measure it."""
     cfg = {"fault_free": {}, "faults_10pct": {"fault_rate": FAULT_RATE, "seed": 0},
-           "rate_limit": {"rate_limit": RATE_1}}[regime]
+           "rate_limit": {"rate_limit": RATE_1, "burst": RATE_1 * L_S}}[regime]
     admin(base_url, "/admin/reset", cfg)
     raiser = Raise(base_url, raise_after_s, RATE_2) if regime == "rate_limit" else None
     if raiser:
@@ -226,7 +236,7 @@ def one_run(base_url: str, regime: str, client, n: int, raise_after_s: float, wa
         m["injected"] = st["faults"]
     if regime == "rate_limit":
         m["throttled_share"] = round(st["rate_limited"] / max(1, st["total"]), 3)
-        m.update(rate_figures(st, raiser.at if raiser else None, warm_s))
+        m.update(rate_figures(st, raiser.began, raiser.at, warm_s))
     for k in ("limiter", "retries", "sdk"):
         if k in r:
             m[k] = r[k]
@@ -271,9 +281,9 @@ def main() -> None:
     reps = args.repeats or (1 if args.quick else 3)
     n = C * (10 if args.quick else 40)
     n_faults = n // 2
-    raise_after = 2.0 if args.quick else 5.0
+    raise_after = 1.5 if args.quick else 4.0
     warm = 0.5 if args.quick else 1.0
-    n_rate = int(RATE_1 * raise_after + RATE_2 * (1.5 if args.quick else 4.0))
+    n_rate = int(RATE_1 * raise_after + RATE_2 * (1.0 if args.quick else 3.0))
     prompts = [TEMPLATE.format(i=i) for i in range(max(n, n_rate))]
     from teachers.limits import DECREASE, TOLERANCE
 
@@ -325,7 +335,8 @@ def main() -> None:
             for vname, v in VARIANTS.items():
                 m = result[regime]["ours"] if v == OURS else median_of(runs[regime][vname])
                 keys = (["req_per_s", "lost"] if regime == "faults_10pct" else
-                        ["fraction_of_R", "throttled_share", "recovery_s", "fraction_of_R_after_raise", "lost"])
+                        ["fraction_of_R", "throttled_share", "throttled_share_converged", "recovery_s",
+                         "fraction_of_R_after_raise", "lost"])
                 rows[vname] = {k: m.get(k) for k in keys} | {
                     "cuts": m["limiter"]["cuts"], "median_in_flight": m["limiter"]["median_in_flight"]}
                 if regime == "faults_10pct":

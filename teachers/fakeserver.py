@@ -90,6 +90,7 @@ class FakeOpenAIServer:
         self.per_prompt: Counter = Counter()
         self.total = 0
         self.rate_limited = 0  # 429s from the token bucket (not counted in `faults`)
+        self.limited_times: list[float] = []  # time.monotonic() of each of those 429s
         self.ok = 0
         self.ok_times: list[float] = []  # time.monotonic() as each successful answer went out
         self.faults: Counter = Counter()
@@ -111,7 +112,7 @@ class FakeOpenAIServer:
                "unique_prompts": len(self.per_prompt), "now": time.monotonic(),
                "rate_limit": self.bucket.rate if self.bucket else None}
         if request.query.get("times"):
-            out["ok_times"] = self.ok_times
+            out["ok_times"], out["limited_times"] = self.ok_times, self.limited_times
         return web.json_response(out)
 
     def reset(self, fault: FaultPolicy | None = None, rate_limit: float | None = None,
@@ -122,7 +123,7 @@ class FakeOpenAIServer:
         self.per_prompt.clear()
         self.faults.clear()
         self.total = self.rate_limited = self.ok = 0
-        self.ok_times, self.bodies, self.auth_headers = [], [], []
+        self.ok_times, self.limited_times, self.bodies, self.auth_headers = [], [], [], []
 
     async def _reset(self, request: web.Request) -> web.Response:
         """POST {"fault_rate": f, "seed": s, "rate_limit": R}: random 429/500 faults at rate f, a token bucket of R."""
@@ -146,7 +147,8 @@ class FakeOpenAIServer:
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
-        prompt = (body["messages"][-1]["content"] if chat else body["prompt"])
+        msgs = body.get("messages") or [{"content": ""}]  # an empty list: a client probing the limits (curator)
+        prompt = str(msgs[-1].get("content", "")) if chat else body["prompt"]
         self.total += 1
         self.per_prompt[prompt] += 1
         if self.keep_bodies:
@@ -155,6 +157,7 @@ class FakeOpenAIServer:
         wait = self.bucket.take() if self.bucket else 0.0
         if wait > 0:
             self.rate_limited += 1
+            self.limited_times.append(time.monotonic())
             ms = math.ceil(wait * 1000)
             return web.json_response({"error": {"message": "rate limit exceeded", "type": "requests"}}, status=429,
                                      headers={"Retry-After": f"{ms / 1000:.3f}", "retry-after-ms": str(ms)})
