@@ -1,7 +1,7 @@
 """Teacher client throughput against a local OpenAI-compatible server that answers every
 request after a fixed delay L, at concurrency C (ideal: C/L requests per second), in three
 regimes: fault-free, 10% random 429/500 faults, and a real rate limit (a token bucket of R1
-requests/s that answers 429 with Retry-After beyond it, raised to R2 mid-run).
+requests/s that answers 429 with Retry-After beyond it, raised to R2 mid-run; L = 150 ms there).
 
     python benchmarks/teacher_throughput.py [--quick] [--peers] [--repeats N] [--embedded]
 
@@ -18,7 +18,7 @@ Per run: requests/s as a fraction of C/L, client CPU per request, requests kept 
 faults, the ratio to the same client's fault-free throughput; under the rate limit, the
 converged throughput as a fraction of R1, the share of requests the server throttled (over the
 run, and once converged), the time to reach 0.9 of R2 after the raise and the throughput after
-it. The token bucket holds one round trip's worth (R * L requests). Then a re-run with a warm cache
+it. Then a re-run with a warm cache
 (zero requests may be sent). --embedded adds the embedded teacher: the same self-instruct and
 label prompts through the llama.cpp server and through transformers' generate. The server runs
 in its own process so its CPU time is not the client's. One JSON line last.
@@ -44,7 +44,11 @@ from _common import REPO, emit, setup
 L_S = 0.05  # the server's fixed delay
 C = 64  # requests in flight at most
 FAULT_RATE = 0.10  # random 429/500 answers (half each)
-RATE_1, RATE_2 = 300.0, 600.0  # the token bucket before and after the raise (requests/s; R*L = 15 and 30 in flight)
+# The rate-limit regime: a token bucket of RATE_1 requests/s raised to RATE_2, answers after L_RATE: R * L =
+# 15 and 30 in flight, and rates well under what the client's CPU allows on 2 busy cores (so that the limiter,
+# not the CPU, is measured). The bucket holds one round trip's worth (R * L requests).
+RATE_1, RATE_2 = 100.0, 200.0
+L_RATE = 0.15
 MAX_RETRIES = 8
 OURS = (0.75, 0.1)  # the shipped defaults (teachers/limits.py), checked below
 VARIANTS = {"decrease_0.5_tolerance_0.1": (0.5, 0.1), "decrease_0.75_tolerance_0.1": (0.75, 0.1),
@@ -102,7 +106,7 @@ class Raise(threading.Thread):
                 break
             self.stop.wait(0.01)
         if not self.stop.wait(self.after_s):
-            self.at = admin(self.base_url, "/admin/rate", {"rate": self.rate, "burst": self.rate * L_S})["now"]
+            self.at = admin(self.base_url, "/admin/rate", {"rate": self.rate, "burst": self.rate * L_RATE})["now"]
 
 
 # --- clients: each returns seconds, cpu_s, kept, lost (and what else it knows) -----------------------------------------
@@ -212,8 +216,8 @@ def rate_figures(st: dict, began: float | None, raised_at: float | None, warm_s:
 
 def one_run(base_url: str, regime: str, client, n: int, raise_after_s: float, warm_s: float) -> dict:
     """Reset the server for `regime`, run `client()` (which sends n requests) and measure it."""
-    cfg = {"fault_free": {}, "faults_10pct": {"fault_rate": FAULT_RATE, "seed": 0},
-           "rate_limit": {"rate_limit": RATE_1, "burst": RATE_1 * L_S}}[regime]
+    cfg = {"fault_free": {"delay_s": L_S}, "faults_10pct": {"fault_rate": FAULT_RATE, "seed": 0, "delay_s": L_S},
+           "rate_limit": {"rate_limit": RATE_1, "burst": RATE_1 * L_RATE, "delay_s": L_RATE}}[regime]
     admin(base_url, "/admin/reset", cfg)
     raiser = Raise(base_url, raise_after_s, RATE_2) if regime == "rate_limit" else None
     if raiser:
@@ -281,9 +285,9 @@ def main() -> None:
     reps = args.repeats or (1 if args.quick else 3)
     n = C * (10 if args.quick else 40)
     n_faults = n // 2
-    raise_after = 1.5 if args.quick else 4.0
+    raise_after = 1.5 if args.quick else 3.0
     warm = 0.5 if args.quick else 1.0
-    n_rate = int(RATE_1 * raise_after + RATE_2 * (1.0 if args.quick else 3.0))
+    n_rate = int(RATE_1 * raise_after + RATE_2 * (1.0 if args.quick else 2.5))
     prompts = [TEMPLATE.format(i=i) for i in range(max(n, n_rate))]
     from teachers.limits import DECREASE, TOLERANCE
 
@@ -291,7 +295,8 @@ def main() -> None:
     skipped: dict = {}
     result: dict = {"benchmark": "teacher_throughput", "quick": args.quick, "L_ms": L_S * 1000, "C": C,
                     "ideal_req_per_s": C / L_S, "repeats": reps, "fault_rate": FAULT_RATE,
-                    "rate_limit_req_per_s": [RATE_1, RATE_2], "raise_after_s": raise_after,
+                    "rate_limit_req_per_s": [RATE_1, RATE_2], "rate_limit_L_ms": L_RATE * 1000,
+                    "raise_after_s": raise_after,
                     "limiter": {"decrease": DECREASE, "tolerance": TOLERANCE}, "sdk": sdk_versions()}
     sizes = {"fault_free": n, "faults_10pct": n_faults, "rate_limit": n_rate}
     clients: dict = {"ours": lambda url, ps: ours(url, ps), "openai_gather": plain_openai}
@@ -363,7 +368,7 @@ def main() -> None:
             "faults_vs_fault_free>=0.5": result["faults_vs_fault_free"]["ours"] >= 0.5}
         with tempfile.TemporaryDirectory() as d:  # a re-run with a warm cache sends nothing
             cache = Path(d) / "teacher.sqlite"
-            admin(url, "/admin/reset", {"fault_rate": FAULT_RATE, "seed": 1})
+            admin(url, "/admin/reset", {"fault_rate": FAULT_RATE, "seed": 1, "delay_s": L_S})
             ours(url, prompts[:n_faults], cache_path=cache)
             before = server_stats(url)["total"]
             rep = ours(url, prompts[:n_faults], cache_path=cache)

@@ -7,7 +7,7 @@ Used by the fault tests and benchmarks/teacher_throughput.py: a real server (aio
 real sockets, where a fault is what a real endpoint cannot be made to do on demand.
 `GET /stats` returns request counts (`?times=1`: also when each answer went out), so a test
 can see what the client actually sent; `POST /admin/rate {"rate": R}` changes the rate limit and
-`POST /admin/reset {"fault_rate": f, "seed": s, "rate_limit": R}` starts a fresh measurement.
+`POST /admin/reset {"fault_rate": f, "seed": s, "rate_limit": R, ...}` starts a fresh measurement.
 """
 
 from __future__ import annotations
@@ -116,9 +116,12 @@ class FakeOpenAIServer:
         return web.json_response(out)
 
     def reset(self, fault: FaultPolicy | None = None, rate_limit: float | None = None,
-              burst: float | None = None) -> None:
-        """Forget every count and answer; new fault policy and rate limit (None: none)."""
+              burst: float | None = None, delay_s: float | None = None) -> None:
+        """Forget every count and answer; new fault policy and rate limit (None: none) and, if
+        given, a new delay (seconds before each answer)."""
         self.fault = fault
+        if delay_s is not None:
+            self.delay_s = float(delay_s)
         self.bucket = TokenBucket(rate_limit, burst) if rate_limit else None
         self.per_prompt.clear()
         self.faults.clear()
@@ -126,11 +129,12 @@ class FakeOpenAIServer:
         self.ok_times, self.limited_times, self.bodies, self.auth_headers = [], [], [], []
 
     async def _reset(self, request: web.Request) -> web.Response:
-        """POST {"fault_rate": f, "seed": s, "rate_limit": R}: random 429/500 faults at rate f, a token bucket of R."""
+        """POST {"fault_rate": f, "seed": s, "rate_limit": R, "burst": B, "delay_s": L}: random 429/500
+        faults at rate f, a token bucket of R requests/s holding B, answers after L seconds."""
         body = await request.json()
         rate = float(body.get("fault_rate") or 0.0)
         self.reset(random_faults(rate, seed=int(body.get("seed", 0))) if rate else None, body.get("rate_limit"),
-                   body.get("burst"))
+                   body.get("burst"), body.get("delay_s"))
         return web.json_response({"ok": True, "now": time.monotonic()})
 
     async def _set_rate(self, request: web.Request) -> web.Response:
