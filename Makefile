@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo smoke test bench serve clean
+.PHONY: install demo smoke test bench serve peers clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/skill_quality.py --quick
 	$(BIN)/python benchmarks/teacher_audit.py --quick
 	$(BIN)/python benchmarks/confidence_filter.py --quick
+	$(BIN)/python benchmarks/gateway.py --quick
+
+peers: install         ## the peer clients of benchmarks/teacher_throughput.py --peers (curator in its own venv)
+	$(BIN)/pip install -q -e ".[dev,llama,peers]"
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q "bespokelabs-curator==0.1.31"
 
 clean:
 	rm -rf .distill .pytest_cache

@@ -36,11 +36,14 @@ class TeacherErrorRateExceeded(TeacherError):
 
 
 class RetryableError(Exception):
-    """A request failed in a way worth retrying (429, 5xx, timeout, broken connection)."""
+    """A request failed in a way worth retrying (429, 5xx, timeout, broken connection).
 
-    def __init__(self, cause: str, retry_after: float | None = None, detail: str = ""):
+    `retry_after`: the server's Retry-After in seconds, if it sent one. `congestion`: the server
+    said it is overloaded (429, or 503 with Retry-After), so the client should send less."""
+
+    def __init__(self, cause: str, retry_after: float | None = None, detail: str = "", congestion: bool = False):
         super().__init__(f"{cause}: {detail}" if detail else cause)
-        self.cause, self.retry_after, self.detail = cause, retry_after, detail
+        self.cause, self.retry_after, self.detail, self.congestion = cause, retry_after, detail, congestion
 
 
 class FatalRequestError(Exception):

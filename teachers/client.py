@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from teachers.base import (Accounting, AsyncBackend, Backend, Completion, Failure, FatalRequestError, Request,
                            RetryableError, TeacherErrorRateExceeded)
 from teachers.cache import ResponseCache
-from teachers.limits import AdaptiveLimit, RateBudget
+from teachers.limits import DECREASE, TOLERANCE, AdaptiveLimit, RateBudget
 
 log = logging.getLogger("distill.teachers")
 
@@ -34,6 +34,8 @@ class ClientSettings:
     """Runtime knobs (from TeacherConfig); defaults and their reasons live in core/skills.py."""
 
     max_in_flight: int = 16
+    limit_decrease: float = DECREASE  # the in-flight limit is multiplied by this on congestion
+    throttle_tolerance: float = TOLERANCE  # share of a window's answers that may be 429s before it is congestion
     rpm: int | None = None
     tpm: int | None = None
     max_retries: int = 4
@@ -70,6 +72,7 @@ class Teacher:
         self.accounting = Accounting()
         self._identity = backend.identity()
         self._failed_total = self._run_failed = self._run_finished = 0
+        self.limit_stats: dict[str, Any] = {}  # the adaptive limit's cuts, growths, ... of the last HTTP run
 
     def key(self, req: Request) -> str:
         if req.options is not None:  # how an HTTP server was asked for scores changes them
@@ -197,7 +200,7 @@ class Teacher:
     # http: every request its own coroutine, gated by the AIMD limit and the budgets
     async def _send_all(self, todo: list[tuple[int, str, Request]], settle: Callable[[int, Outcome], None]) -> None:
         s = self.settings
-        limit = AdaptiveLimit(s.max_in_flight)
+        limit = AdaptiveLimit(s.max_in_flight, decrease=s.limit_decrease, tolerance=s.throttle_tolerance)
         budget = RateBudget(s.rpm, s.tpm)
         buf: list = []
         self._run_failed = self._run_finished = 0
@@ -221,8 +224,9 @@ class Teacher:
         finally:
             self._remember(buf, "", None, force=True)
             await backend.aclose()
+            self.limit_stats = limit.stats()
             if limit.cuts:
-                log.info("teacher %s: concurrency cut %d times on 429s, ended at %d", self.name, limit.cuts,
+                log.info("teacher %s: concurrency cut %d times on throttling, ended at %d", self.name, limit.cuts,
                          limit.limit)
 
     async def _one(self, backend: AsyncBackend, key: str, req: Request, limit: AdaptiveLimit, budget: RateBudget,
@@ -237,7 +241,7 @@ class Teacher:
             try:
                 c = await backend.send(req)
             except RetryableError as e:
-                await limit.release(ticket, "throttled" if e.cause == "http_429" else "error", e.retry_after)
+                await limit.release(ticket, "throttled" if e.congestion else "error", e.retry_after)
                 last = e
                 if attempt == s.max_retries:
                     break

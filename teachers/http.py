@@ -53,6 +53,17 @@ def _retry_after(value: str | None) -> float | None:
             return None
 
 
+def _retry_after_of(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`; None if neither."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    return _retry_after(headers.get("retry-after"))
+
+
 @functools.lru_cache(maxsize=1)
 def _ssl_context():
     import ssl
@@ -240,10 +251,11 @@ class OpenAIBackend:
             raise RetryableError("connection_error", detail=type(e).__name__) from None
         code = r.status_code
         if code == 429:
-            raise RetryableError("http_429", retry_after=_retry_after(r.headers.get("retry-after")))
-        if code >= 500:
-            raise RetryableError("http_5xx", retry_after=_retry_after(r.headers.get("retry-after")),
-                                 detail=f"HTTP {code}")
+            raise RetryableError("http_429", retry_after=_retry_after_of(r.headers), congestion=True)
+        if code >= 500:  # an error to retry; a congestion signal only when a 503 says when to come back
+            wait = _retry_after_of(r.headers)
+            raise RetryableError("http_5xx", retry_after=wait, detail=f"HTTP {code}",
+                                 congestion=code == 503 and wait is not None)
         if code in (401, 403):
             raise TeacherAuthError(f"teacher at {self.base_url} refused the API key (HTTP {code}); "
                                    "check teacher.api_key_env / teacher.api_key_secret")

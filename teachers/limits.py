@@ -6,27 +6,61 @@ import asyncio
 import collections
 import time
 
+# The limiter's default reactions (TeacherConfig.limit_decrease / throttle_tolerance; measured in
+# benchmarks/teacher_throughput.py, figures in README "Teachers").
+DECREASE = 0.75
+TOLERANCE = 0.1
+
 
 class AdaptiveLimit:
     """Requests in flight, adapted like TCP congestion control (AIMD).
 
-    On a 429 the limit halves (once per burst: only a request started after the last cut
-    can cut again) and nobody starts a new request before the server's Retry-After; after
-    `increase_after` successes in a row the limit grows by one, up to `max_in_flight`.
+    Outcomes, given to `release`: 'ok', 'throttled' (429, or 503 with Retry-After: the endpoint
+    says it is overloaded) or 'error' (5xx, timeouts, broken connections: retried by the client,
+    no change to the limit).
+
+    Growth: +1 each time `limit` successes have come back since the limit last changed, not
+    necessarily in a row (TCP's window grows by one per window of acknowledgements).
+
+    Cut: the limit is multiplied by `decrease` (rounded down, at least 1) when more than
+    `tolerance * limit` answers of one window were throttled. A window starts over after `limit`
+    answers. Both rules count only requests started after the last cut: a burst of 429s from
+    requests sent at the old limit cuts once, not once per answer (TCP's once per window).
+    `tolerance` 0 cuts on the first 429 (classic AIMD, which under random throttling holds
+    about 1.2/sqrt(share) in flight: 5 at 5%); a small tolerance keeps a shared endpoint's
+    sporadic 429s from collapsing the limit, and a real rate limit still cuts within a window.
+
+    Retry-After (any outcome): nobody starts a new request before it has passed.
     """
 
-    def __init__(self, max_in_flight: int, initial: int | None = None, increase_after: int | None = None):
+    def __init__(self, max_in_flight: int, initial: int | None = None, decrease: float = DECREASE,
+                 tolerance: float = TOLERANCE):
+        if not 0.0 < decrease < 1.0:
+            raise ValueError(f"decrease must be in (0, 1), got {decrease}")
+        if not 0.0 <= tolerance < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
         self.max = max(1, max_in_flight)
         self.limit = min(self.max, initial or self.max)
-        self.increase_after = increase_after
+        self.decrease, self.tolerance = decrease, tolerance
         self.in_flight = 0
         self.epoch = 0  # bumped at every cut
         self.blocked_until = 0.0
         self.cuts = 0
-        self._ok_run = 0
+        self.grows = 0
+        self._acked = 0  # successes since the limit last changed
+        self._win_n = 0  # answers of this epoch's requests in the current window
+        self._win_throttled = 0
+        self._in_flight_seen: list[int] = []  # in flight as each request started (for stats())
         self._cond = asyncio.Condition()
 
+    def stats(self) -> dict[str, float | int]:
+        """Cuts, growths, the final limit and the median number in flight when a request started."""
+        seen = sorted(self._in_flight_seen)
+        return {"cuts": self.cuts, "grows": self.grows, "final_limit": self.limit,
+                "median_in_flight": seen[len(seen) // 2] if seen else 0}
+
     async def acquire(self) -> int:
+        """Wait for a free slot (and for any Retry-After to pass); returns the ticket for `release`."""
         loop = asyncio.get_running_loop()
         async with self._cond:
             while True:
@@ -39,32 +73,47 @@ class AdaptiveLimit:
                     continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1
+                    self._in_flight_seen.append(self.in_flight)
+                    if self.in_flight < self.limit:  # more free slots (after a growth or a Retry-After): pass it on
+                        self._cond.notify(1)
                     return self.epoch
                 await self._cond.wait()
 
+    def _record(self, ticket: int, outcome: str) -> None:
+        """Apply the cut and growth rules to one outcome."""
+        if outcome == "error" or ticket != self.epoch:  # sent before the last cut: says nothing of this limit
+            return
+        self._win_n += 1
+        self._win_throttled += outcome == "throttled"
+        if self._win_throttled > self.tolerance * self.limit:
+            self.limit = max(1, int(self.limit * self.decrease))
+            self.epoch += 1
+            self.cuts += 1
+            self._acked = self._win_n = self._win_throttled = 0
+            return
+        if self._win_n >= self.limit:
+            self._win_n = self._win_throttled = 0
+        if outcome == "ok":
+            self._acked += 1
+            if self._acked >= self.limit and self.limit < self.max:
+                self.limit += 1
+                self.grows += 1
+                self._acked = 0
+
     async def release(self, ticket: int, outcome: str, retry_after: float | None = None) -> None:
-        """outcome: 'ok', 'throttled' (429) or 'error' (anything else)."""
+        """Give back the slot of `ticket` (from `acquire`) with its outcome ('ok', 'throttled' or
+        'error') and the server's Retry-After in seconds, if it sent one."""
+        if outcome not in ("ok", "throttled", "error"):
+            raise ValueError(f"unknown outcome {outcome!r}")
         async with self._cond:
             self.in_flight -= 1
-            wake = 1
-            if outcome == "ok":
-                self._ok_run += 1
-                if self._ok_run >= (self.increase_after or self.limit) and self.limit < self.max:
-                    self.limit += 1
-                    self._ok_run = 0
-                    wake = 2
-            else:
-                self._ok_run = 0
-            if outcome == "throttled":
-                if ticket == self.epoch:
-                    self.limit = max(1, self.limit // 2)
-                    self.epoch += 1
-                    self.cuts += 1
-                if retry_after:
-                    self.blocked_until = max(self.blocked_until, asyncio.get_running_loop().time() + retry_after)
-            # Wake only as many waiters as there are free slots (notify_all on every release
-            # was quadratic with thousands of queued requests); Retry-After waiters time out on their own.
-            self._cond.notify(wake)
+            self._record(ticket, outcome)
+            if retry_after:
+                self.blocked_until = max(self.blocked_until, asyncio.get_running_loop().time() + retry_after)
+            # Wake one waiter, which wakes the next while slots are free (notify_all on every release was
+            # quadratic with thousands of queued requests); Retry-After waiters time out on their own.
+            if self.in_flight < self.limit:
+                self._cond.notify(1)
 
 
 class RateBudget:
