@@ -56,6 +56,7 @@ def settings_from_config(cfg: TeacherConfig) -> ClientSettings:
     return ClientSettings(max_in_flight=cfg.max_in_flight, limit_decrease=cfg.limit_decrease,
                           throttle_tolerance=cfg.throttle_tolerance, rpm=cfg.rpm, tpm=cfg.tpm, max_retries=cfg.max_retries,
                           backoff_base_s=cfg.backoff_base_s, backoff_max_s=cfg.backoff_max_s,
+                          max_retry_wait_s=cfg.max_retry_wait_s,
                           max_error_rate=cfg.max_error_rate, error_rate_min_requests=cfg.error_rate_min_requests,
                           invalid_retries=cfg.invalid_retries, retry_temperature=cfg.retry_temperature,
                           batch_size=cfg.batch_size)

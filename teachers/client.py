@@ -41,6 +41,7 @@ class ClientSettings:
     max_retries: int = 4
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
+    max_retry_wait_s: float = 120.0  # longest wait a Retry-After hint may impose (an absurd one is capped)
     max_error_rate: float = 0.2
     error_rate_min_requests: int = 20
     invalid_retries: int = 2
@@ -241,14 +242,15 @@ class Teacher:
             try:
                 c = await backend.send(req)
             except RetryableError as e:
-                await limit.release(ticket, "throttled" if e.congestion else "error", e.retry_after)
+                hint = None if e.retry_after is None else min(e.retry_after, s.max_retry_wait_s)
+                await limit.release(ticket, "throttled" if e.congestion else "error", hint)
                 last = e
                 if attempt == s.max_retries:
                     break
                 acc.retries += 1
                 backoff = min(s.backoff_max_s, s.backoff_base_s * 2**attempt) * random.uniform(0.5, 1.5)
-                # Honour Retry-After (the limiter also holds back new requests until then).
-                await asyncio.sleep(backoff if e.retry_after is None else max(e.retry_after, backoff))
+                # Honour Retry-After (the limiter also holds back new requests until then), never beyond the cap.
+                await asyncio.sleep(min(s.max_retry_wait_s, backoff if hint is None else max(hint, backoff)))
                 continue
             except FatalRequestError as e:
                 await limit.release(ticket, "error")

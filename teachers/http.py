@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
@@ -40,27 +41,41 @@ def first_token_scores(top: dict[str, float], options: tuple[str, ...]) -> dict[
     return out
 
 
+def _seconds(value: float) -> float | None:
+    """A finite, non-negative wait, else None (inf, NaN and negative hints are not hints)."""
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (delta or HTTP date); None when absent or unreadable."""
+    """Retry-After as seconds: delta-seconds, or an HTTP date read as UTC whatever this machine's
+    time zone (RFC 9110: GMT; a date without a zone is taken as UTC too); None when absent,
+    unreadable, non-finite or negative (the caller backs off instead)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _seconds(float(value))
     except ValueError:
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _retry_after_of(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`; None if neither."""
+    """Seconds to wait from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`; None if neither
+    holds a usable value. Callers cap it (ClientSettings.max_retry_wait_s)."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            got = _seconds(float(ms) / 1000)
         except ValueError:
-            pass
+            got = None
+        if got is not None:
+            return got
     return _retry_after(headers.get("retry-after"))
 
 

@@ -240,3 +240,54 @@ def test_self_consistency_keeps_the_majority_with_its_share_as_confidence(fake_s
     for e in res.examples:
         assert e.output == LABELS[0] and e.confidence == 0.6 and e.meta["votes"] == {LABELS[0]: 3, LABELS[1]: 2}
         assert e.meta["strategy"] == "self_instruct" and e.meta["answer_strategy"] == "self_consistency"
+
+
+@pytest.mark.parametrize("headers, wait", [
+    ({"retry-after": "2.5"}, 2.5),
+    ({"retry-after-ms": "2500"}, 2.5),  # OpenAI's header alone is honoured
+    ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
+    ({"retry-after": "inf"}, None), ({"retry-after": "nan"}, None), ({"retry-after": "1e400"}, None),
+    ({"retry-after": "-3"}, None), ({"retry-after": "soon"}, None), ({"retry-after-ms": "inf"}, None),
+    ({}, None),
+])
+def test_retry_hints_are_read_or_refused(headers, wait):
+    import httpx
+
+    from teachers.http import _retry_after_of
+
+    got = _retry_after_of(httpx.Headers(headers))
+    assert got == pytest.approx(wait) if wait is not None else got is None
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo", "America/Los_Angeles"])
+def test_http_date_hints_are_utc_whatever_the_machine_time_zone(tz, monkeypatch):
+    import email.utils
+    import time as _time
+
+    import httpx
+
+    from teachers.http import _retry_after_of
+
+    monkeypatch.setenv("TZ", tz)
+    _time.tzset()
+    try:
+        when = email.utils.formatdate(_time.time() + 30, usegmt=True)  # "..., 30 Nov 2026 04:00:30 GMT"
+        assert _retry_after_of(httpx.Headers({"retry-after": when})) == pytest.approx(30, abs=2)
+        naive = when.replace(" GMT", "")  # no zone: read as UTC too
+        assert _retry_after_of(httpx.Headers({"retry-after": naive})) == pytest.approx(30, abs=2)
+    finally:
+        monkeypatch.delenv("TZ")
+        _time.tzset()
+
+
+def test_an_absurd_retry_after_never_stalls_the_run(fake_server):
+    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="inf")
+    t = _teacher(srv, max_in_flight=4)
+    t0 = time.perf_counter()
+    out = t.run(_reqs(4))
+    assert all(not isinstance(o, Failure) for o in out) and time.perf_counter() - t0 < 10  # backoff, not forever
+    capped = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="86400")
+    t = _teacher(capped, max_in_flight=4, max_retry_wait_s=0.5)
+    t0 = time.perf_counter()
+    out = t.run(_reqs(4))
+    assert all(not isinstance(o, Failure) for o in out) and 0.5 <= time.perf_counter() - t0 < 10  # capped
