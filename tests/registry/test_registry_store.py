@@ -418,3 +418,18 @@ def test_snapshot_excludes_lock_and_sees_every_change(reg, adapter):
     assert "aliases.json" in snap and "versions/1/checksums.json" in snap
     (reg.root / SKILL / "aliases.json").write_text('{"production": 1}')
     assert reg.snapshot(SKILL) != snap
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\r"])
+def test_a_reason_with_a_unicode_line_separator_keeps_history_and_rollback(reg, adapter, sep):
+    """alias_history.jsonl is split on "\\n" only (issue 15): a reason holding U+2028 and the
+    other characters str.splitlines() breaks on stays one entry."""
+    from flows.cli import main
+
+    publish(reg, adapter, reason="first")
+    publish(reg, adapter, reason="second")
+    assert main(["registry", "promote", SKILL, "1", "--reason", f"bad{sep}version 2", "--root", str(reg.root)]) == 0
+    hist = reg.alias_history(SKILL)
+    assert len(hist) == 3 and hist[-1]["reason"] == f"bad{sep}version 2"
+    assert main(["registry", "rollback", SKILL, "--reason", f"undo{sep}it", "--root", str(reg.root)]) == 0
+    assert [h["to"] for h in reg.alias_history(SKILL)] == [1, 2, 1, 2] and reg.aliases(SKILL)["production"] == 2
