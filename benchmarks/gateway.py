@@ -6,11 +6,11 @@ replay traffic against the rate the routing profile predicted. Prints one JSON l
 
 Full size: the bundled Gemma 3 270M with the ticket-triage demo adapter (the production version in
 the registry `make demo` wrote; DISTILL_REGISTRY or .distill/registry). --quick: a tiny random
-Gemma 3 and a LoRA adapter published to a temporary registry, with a routing profile built the way
+Gemma 3 and a LoRA adapter trained a few steps on the seeds, published to a temporary registry, with a routing profile built the way
 the eval gates build it (decode confidences on eval items, routing_threshold).
 
-1. plain loop (the baseline): `registry.consumer.load_folder` (the base + the adapter) and
-   `generate()` per request, greedy, one at a time, in this process.
+1. plain loop (the baseline): the same base + adapter the engine loads (teachers.local.LocalModel,
+   same dtype) and `generate()` per request, greedy, one at a time, in this process.
 2. gateway: `distill gateway`'s app under uvicorn on loopback, `clients` threads posting
    /v1/completions at once; throughput, p50/p95 latency, lanes. No teacher (escalations come back
    `degraded` or 503), so the keep lane's cost is what is measured.
@@ -119,9 +119,14 @@ def _plain_loop(folder: Path, cfg, inputs: list[str], max_new_tokens: int) -> di
     import torch
 
     from core.prompting import format_prompt
-    from registry.consumer import load_folder
+    from registry.consumer import base_model_of
+    from teachers.local import LocalModel
+    from trainers.base_model import resolve_model
 
-    model, tok = load_folder(folder)
+    # The same base, adapter and dtype rule the gateway's engine loads; only the batching differs.
+    lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
+                    safetensors_only=True)
+    model, tok = lm.model, lm.tokenizer
     lat = []
     t0 = time.perf_counter()
     for x in inputs:
@@ -160,10 +165,6 @@ class _InstantEngine:
 
 def _quick_registry(work: Path) -> tuple[str, Path]:
     """A tiny Gemma 3, a LoRA adapter on it, and a routing profile from decode confidences, published."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from core.skills import load_skill
     from core.tasks import get_task
     from eval_gates.predict import predict
@@ -171,16 +172,12 @@ def _quick_registry(work: Path) -> tuple[str, Path]:
     from registry import Registry
     from registry.stage import skill_spec
     from teachers.local import LocalModel
-    from tests.tiny_models import build_tiny_model
+    from tests.tiny_models import build_tiny_model, train_label_adapter
 
     skill = load_skill(SKILL, root=REPO / "seeds")
     corpus = [f"Ticket: {e.input}\nTeam: {e.output}\n" for e in skill.seeds + skill.eval_set]
     base = str(build_tiny_model(work / "tiny", corpus))
-    torch.manual_seed(0)
-    adapter = work / "adapter"
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                   LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-                   ).save_pretrained(adapter)
+    adapter = train_label_adapter(base, work / "adapter")  # a few steps: its answers are labels (the keep lane)
     cfg = skill.config.model_copy(deep=True)
     cfg.student.base_model = base
     items = skill.eval_set[:40]

@@ -29,3 +29,40 @@ def build_tiny_model(folder: Path, corpus: list[str]) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def train_label_adapter(base: str, folder: Path, seed: int = 0, steps: int = 40) -> Path:
+    """A LoRA adapter trained a few steps on the ticket-triage seeds with a plain loop (a fixture, not the
+    product's trainer: quick, and its answers become labels)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.prompting import format_prompt
+    from core.skills import load_skill
+
+    repo = Path(__file__).resolve().parents[1]
+    skill = load_skill("ticket-triage", root=repo / "seeds")  # prompts and seeds only: the model comes from `base`
+    tok = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rows = []
+    for e in skill.seeds:
+        p = tok(format_prompt(skill.config, e.input))["input_ids"]
+        a = tok(" " + e.output + "\n", add_special_tokens=False)["input_ids"]
+        rows.append((p + a, [-100] * len(p) + a))
+    model.train()
+    for step in range(steps):
+        batch = rows[(step * 8) % len(rows):][:8]
+        width = max(len(r[0]) for r in batch)
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i, _ in batch])
+        lab = torch.tensor([[-100] * (width - len(l)) + l for _, l in batch])
+        mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(i) for i, _ in batch])[:, None]).long()
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(folder)
+    return folder
