@@ -135,6 +135,7 @@ class Gateway:
         self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
         self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
         self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
+        self.metrics.store_failures.labels("traffic").set_function(lambda: self.traffic.failures)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.skills: list[str] = []
