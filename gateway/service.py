@@ -125,6 +125,9 @@ class Gateway:
         self.loaded: dict[tuple[str, int], Served] = {}
         self.retired: list[Served] = []
         self.teachers: dict[str, Any] = {}
+        # The verify lane's own teacher lanes (own worker and client, opened on first use): a slow verify
+        # answer never holds an escalated request behind it.
+        self.verify_teachers: dict[str, Any] = {}
         self.tasks: dict[str, Any] = {}
         self.recent: dict[str, str] = {}  # request id -> skill (bounded), for feedback
         self.ready = False
@@ -148,6 +151,7 @@ class Gateway:
         self.skills = sorted(names)
         for name in self.skills:
             self.teachers[name] = self._teacher_lane(name)
+            self.verify_teachers[name] = self._teacher_lane(name)
         self.poll()
         self.ready = True
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
@@ -160,9 +164,9 @@ class Gateway:
         for s in list(self.loaded.values()):
             if s.batcher:
                 s.batcher.close()
-        for t in self.teachers.values():
-            t.close()
         self.verify.close()
+        for t in [*self.teachers.values(), *self.verify_teachers.values()]:
+            t.close()
         self.traffic.close()
         self.engine.close()
 
@@ -432,7 +436,7 @@ class Gateway:
     # --- verify -----------------------------------------------------------------------------------------------------
 
     def _verify_ask(self, name: str, x: str):
-        return self.teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
+        return self.verify_teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
 
     def _verify_agree(self, name: str, x: str, slm: str, teacher: str) -> bool:
         from core.records import Example
