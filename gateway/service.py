@@ -112,8 +112,9 @@ class Gateway:
         self.registry = registry if registry is not None else Registry(cfg.registry)
         if engine is None:
             if cfg.backend == "openai":
-                raise NotImplementedError("backend: 'openai' (a vLLM server with --lora-modules) is not built yet; "
-                                          "use backend 'local'")
+                from gateway.engine_openai import OpenAIEngine
+
+                engine = OpenAIEngine(cfg.backend_url or "", cfg.backend_api_key_env)
             else:
                 from gateway.engine import LocalEngine
 
