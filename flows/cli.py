@@ -264,7 +264,8 @@ def cmd_gateway(args) -> int:
         overrides[skill] = {"escalation": mode}
     cfg = GatewayConfig.model_validate({
         "registry": args.registry or str(registry_root()), "skills": args.skill or None, "host": args.host,
-        "port": args.port, "backend": args.backend, "backend_url": args.backend_url, "max_batch": args.max_batch,
+        "port": args.port, "backend": args.backend, "backend_url": args.backend_url,
+        "backend_api_key_env": args.backend_api_key_env, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "verify_fraction": args.verify_fraction,
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
         "overrides": overrides})
@@ -322,9 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8080)
     w.add_argument("--registry", default=None, help="registry location (default: $DISTILL_REGISTRY or .distill/registry)")
     w.add_argument("--skill", action="append", help="serve only this skill (repeatable; default: every skill)")
-    w.add_argument("--backend", choices=["local"], default="local",
-                   help="local: transformers + PEFT in this process (openai: a vLLM server, not built yet)")
+    w.add_argument("--backend", choices=["local", "openai"], default="local",
+                   help="local: transformers + PEFT in this process; openai: a vLLM server started with "
+                        "--lora-modules SKILL@VERSION=FOLDER")
     w.add_argument("--backend-url", default=None, help="the vLLM server's base URL (backend openai)")
+    w.add_argument("--backend-api-key-env", default=None,
+                   help="environment variable holding the vLLM server's key (backend openai; never logged)")
     w.add_argument("--max-batch", type=int, default=16, help="most requests of one skill per decoded batch")
     w.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill, in ms")
     w.add_argument("--poll-s", type=float, default=10.0, help="seconds between reads of the registry's aliases")

@@ -27,6 +27,8 @@ class Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.queue_depth = Gauge("distill_gateway_queue_depth", "Items waiting per queue", ["queue"], registry=r)
         self.queue_lost = Gauge("distill_gateway_queue_lost", "Items dropped because a queue was full", ["queue"], registry=r)
+        self.store_failures = Gauge("distill_gateway_store_failures", "Failed writes to a store (the traffic database), "
+                                    "each retried with the rows held", ["store"], registry=r)
         self.swaps = Counter("distill_gateway_swaps", "Adapter swaps after an alias moved", ["skill"], registry=r)
         self._totals: dict[str, list[int]] = {}
 

@@ -112,8 +112,9 @@ class Gateway:
         self.registry = registry if registry is not None else Registry(cfg.registry)
         if engine is None:
             if cfg.backend == "openai":
-                raise NotImplementedError("backend: 'openai' (a vLLM server with --lora-modules) is not built yet; "
-                                          "use backend 'local'")
+                from gateway.engine_openai import OpenAIEngine
+
+                engine = OpenAIEngine(cfg.backend_url or "", cfg.backend_api_key_env)
             else:
                 from gateway.engine import LocalEngine
 
@@ -125,6 +126,9 @@ class Gateway:
         self.loaded: dict[tuple[str, int], Served] = {}
         self.retired: list[Served] = []
         self.teachers: dict[str, Any] = {}
+        # The verify lane's own teacher lanes (own worker and client, opened on first use): a slow verify
+        # answer never holds an escalated request behind it.
+        self.verify_teachers: dict[str, Any] = {}
         self.tasks: dict[str, Any] = {}
         self.recent: dict[str, str] = {}  # request id -> skill (bounded), for feedback
         self.ready = False
@@ -135,6 +139,7 @@ class Gateway:
         self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
         self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
         self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
+        self.metrics.store_failures.labels("traffic").set_function(lambda: self.traffic.failures)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.skills: list[str] = []
@@ -147,6 +152,7 @@ class Gateway:
         self.skills = sorted(names)
         for name in self.skills:
             self.teachers[name] = self._teacher_lane(name)
+            self.verify_teachers[name] = self._teacher_lane(name)
         self.poll()
         self.ready = True
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
@@ -159,9 +165,9 @@ class Gateway:
         for s in list(self.loaded.values()):
             if s.batcher:
                 s.batcher.close()
-        for t in self.teachers.values():
-            t.close()
         self.verify.close()
+        for t in [*self.teachers.values(), *self.verify_teachers.values()]:
+            t.close()
         self.traffic.close()
         self.engine.close()
 
@@ -431,7 +437,7 @@ class Gateway:
     # --- verify -----------------------------------------------------------------------------------------------------
 
     def _verify_ask(self, name: str, x: str):
-        return self.teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
+        return self.verify_teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
 
     def _verify_agree(self, name: str, x: str, slm: str, teacher: str) -> bool:
         from core.records import Example

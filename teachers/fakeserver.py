@@ -82,8 +82,10 @@ class FakeOpenAIServer:
 
     def __init__(self, delay_s: float = 0.0, fault: FaultPolicy | None = None,
                  answer: Callable[[str, dict], str] = default_answer, slow_s: float = 5.0, retry_after: str = "1",
-                 require_key: str | None = None, rate_limit: float | None = None, burst: float | None = None):
+                 require_key: str | None = None, rate_limit: float | None = None, burst: float | None = None,
+                 models: tuple[str, ...] = ("fake",)):
         self.delay_s, self.fault, self.answer = delay_s, fault, answer
+        self.models = list(models)  # what GET /v1/models lists (a vLLM server: its --lora-modules names too)
         self.slow_s, self.retry_after = slow_s, retry_after
         self.require_key = require_key
         self.bucket = TokenBucket(rate_limit, burst) if rate_limit else None
@@ -105,7 +107,7 @@ class FakeOpenAIServer:
     # --- handlers ---------------------------------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
 
     async def _stats(self, request: web.Request) -> web.Response:
         out = {"total": self.total, "ok": self.ok, "rate_limited": self.rate_limited, "faults": dict(self.faults),
@@ -152,7 +154,8 @@ class FakeOpenAIServer:
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
         msgs = body.get("messages") or [{"content": ""}]  # an empty list: a client probing the limits (curator)
-        prompt = str(msgs[-1].get("content", "")) if chat else body["prompt"]
+        prompts = body["prompt"] if not chat and isinstance(body.get("prompt"), list) else None  # a batch (vLLM)
+        prompt = str(msgs[-1].get("content", "")) if chat else (prompts[0] if prompts else body["prompt"])
         self.total += 1
         self.per_prompt[prompt] += 1
         if self.keep_bodies:
@@ -186,13 +189,26 @@ class FakeOpenAIServer:
             assert request.transport is not None
             request.transport.abort()  # the client sees the connection reset, no response
             return web.Response(status=500)
-        text = self.answer(prompt, body)
+        if prompts is not None:  # one choice per prompt, in order
+            for p in prompts[1:]:
+                self.per_prompt[p] += 1
+            choices = [self._choice(p, self.answer(p, body), body, chat, i) for i, p in enumerate(prompts)]
+        else:
+            choices = [self._choice(prompt, self.answer(prompt, body), body, chat, 0)]
         self.ok += 1
         self.ok_times.append(time.monotonic())
-        usage = {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": max(1, len(text) // 4)}
+        text = "".join(c.get("text") or "" for c in choices) if not chat else choices[0]["message"]["content"]
+        n_prompt = sum(len(p) for p in (prompts or [prompt]))
+        usage = {"prompt_tokens": max(1, n_prompt // 4), "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
-                  else {"index": 0, "text": text, "finish_reason": "stop"})
+        return web.Response(text=json.dumps({"id": "x", "object": "chat.completion" if chat else "text_completion",
+                                             "model": body.get("model"), "choices": choices, "usage": usage}),
+                            content_type="application/json")
+
+    @staticmethod
+    def _choice(prompt: str, text: str, body: dict, chat: bool, index: int) -> dict:
+        choice = ({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
+                  else {"index": index, "text": text, "finish_reason": "stop"})
         if body.get("echo") and not chat and body.get("logprobs") is not None:
             # Prompt logprobs (vLLM / OpenAI legacy completions): one token per word, logprob -len(word)/10.
             toks = [(m.start(), m.group(0)) for m in re.finditer(r"\s*\S+", prompt)]
@@ -205,12 +221,17 @@ class FakeOpenAIServer:
             if chat:
                 choice["logprobs"] = {"content": [{"token": first, "logprob": -0.1, "top_logprobs": [
                     {"token": t, "logprob": v} for t, v in top.items()]}]}
-            else:
+            elif len(text.split()) <= 1:
                 choice["logprobs"] = {"tokens": [first], "token_logprobs": [-0.1], "top_logprobs": [top],
                                       "text_offset": [len(prompt)]}
-        return web.Response(text=json.dumps({"id": "x", "object": "chat.completion" if chat else "text_completion",
-                                             "model": body.get("model"), "choices": [choice], "usage": usage}),
-                            content_type="application/json")
+            else:  # every generated token (one per word, its leading space included), logprob -len(word)/10;
+                # the first token's top list as above
+                toks = [(m.start(), m.group(0)) for m in re.finditer(r"\s*\S+|\s+", text)]
+                lps = [-len(t.strip()) / 10 if t.strip() else -0.05 for _, t in toks]
+                choice["logprobs"] = {"tokens": [t for _, t in toks], "token_logprobs": lps,
+                                      "top_logprobs": [top] + [{t: v} for (_, t), v in zip(toks[1:], lps[1:])],
+                                      "text_offset": [len(prompt) + o for o, _ in toks]}
+        return choice
 
     # --- lifecycle --------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The gateway on loopback (uvicorn, a free port) over a real registry and the fake OpenAI teacher:
 lanes, headers, 4xx errors, auth, health, metrics, traffic in PostgreSQL, feedback, the refresh
-reading it, a hot swap under load, and a traffic database that stops answering."""
+reading it, a hot swap under load, and a traffic database that stops answering (PostgreSQL behind a TCP proxy
+that resets, refuses and hangs connections)."""
 
 from __future__ import annotations
 
@@ -202,3 +203,189 @@ def test_the_loop_end_to_end_on_postgres(teacher_skill, trained_adapter, tiny_mo
     with engine.begin() as c:
         c.execute(sa.text(f"drop table {table}"))
     engine.dispose()
+
+
+class PausableProxy:
+    """A TCP forwarder on loopback to `target` that can be taken down: pause("refuse") resets every open
+    connection and resets new ones at once (a database that went away); pause("hang") resets open ones and
+    accepts new ones without ever answering (a partition: only the client's timeouts end the wait)."""
+
+    def __init__(self, target=("127.0.0.1", 5432)):
+        self.target, self.mode = target, "up"
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.hung: list[socket.socket] = []
+        self.accepted = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def _reset(s: socket.socket) -> None:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+            s.close()
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                mode = self.mode
+                if mode == "hang":
+                    self.hung.append(c)
+                    continue
+            if mode == "refuse":
+                self._reset(c)
+                continue
+            try:
+                u = socket.create_connection(self.target, timeout=5)
+                u.settimeout(None)
+            except OSError:
+                self._reset(c)
+                continue
+            with self.lock:
+                self.pairs.append((c, u))
+            threading.Thread(target=self._pump, args=(c, u), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def pause(self, mode: str) -> None:
+        with self.lock:
+            self.mode = mode
+            pairs, self.pairs = self.pairs, []
+        for c, u in pairs:
+            self._reset(c)
+            self._reset(u)
+
+    def resume(self) -> None:
+        with self.lock:
+            self.mode = "up"
+            hung, self.hung = self.hung, []
+        for c in hung:
+            self._reset(c)
+
+    def close(self) -> None:
+        self.pause("refuse")
+        self.resume()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(name + want + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{want} not in /metrics")
+
+
+@pytest.mark.skipif(not pg_up(), reason="PostgreSQL does not answer on 127.0.0.1:5432")
+def test_traffic_database_outage_never_fails_or_slows_a_request(teacher_skill, trained_adapter, tmp_path, run_gateway):
+    """PostgreSQL behind a TCP proxy that goes away (connections reset, then new ones hang) for several
+    seconds: every request meanwhile answers 200 as fast as before, /metrics shows the writer's failures,
+    backlog and losses, and once the database is back the held rows (up to the queue bound) are in the
+    table; every row is either written or counted lost."""
+    import statistics
+
+    import sqlalchemy as sa
+
+    from registry import Registry
+
+    publish(Registry(), trained_adapter, routing_with_threshold(None, "keep_all_valid"), "r1")
+    proxy = PausableProxy()
+    table = "traffic_" + uuid.uuid4().hex[:8]
+    queue_bound, batch = 16, 4
+    g = run_gateway(_cfg(tmp_path, traffic_url=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test",
+                         traffic_table=table, traffic_queue=queue_bound, traffic_batch=batch, traffic_flush_ms=20))
+    engine = sa.create_engine(PG)  # straight to PostgreSQL, not through the proxy
+
+    def count() -> int:
+        with engine.connect() as c:
+            return c.execute(sa.text(f"select count(*) from {table}")).scalar_one()
+
+    def ask(inputs) -> tuple[float, list[str]]:
+        t = time.perf_counter()
+        r = httpx.post(f"{g.url}/v1/skills/{SKILL}:predict", json={"inputs": inputs}, timeout=60)
+        dt = time.perf_counter() - t
+        assert r.status_code == 200, r.text
+        return dt, [p["request_id"] for p in r.json()["predictions"]]
+
+    try:
+        inputs = TICKETS[:4]
+        ask(inputs)  # warm-up
+        base = [ask(inputs)[0] for _ in range(4)]
+        assert g.gateway.traffic.flush(30)
+        before = count()
+        assert before == 5 * len(inputs) and g.gateway.traffic.failures == 0
+
+        # The outage: open connections reset, new ones refused, then new ones hang (connect_timeout ends each try).
+        proxy.pause("refuse")
+        t_out = time.monotonic()
+        lat, ids, mid = [], [], None
+        while len(lat) < 12 or time.monotonic() - t_out < 7.0:
+            if time.monotonic() - t_out > 3.0 and proxy.mode == "refuse":
+                proxy.pause("hang")
+            dt, got = ask(inputs)
+            lat.append(dt)
+            ids += got
+            if mid is None and len(ids) > queue_bound + batch:
+                t = time.perf_counter()
+                mid = httpx.get(g.url + "/metrics", timeout=10).text
+                assert time.perf_counter() - t < 1.0
+        during = httpx.get(g.url + "/metrics", timeout=10).text
+        assert proxy.hung, "the writer never tried a connection while the proxy hung"
+        # No request failed (asserted in ask), none waited on the database (a try takes up to connect_timeout=3 s).
+        assert max(lat) < 2.5, (lat, base)
+        assert statistics.median(lat) <= 3 * statistics.median(base) + 0.2, (lat, base)
+        # /metrics: failures counted, the backlog is the queue bound plus the held batch, the overflow is lost.
+        assert _metric(during, "distill_gateway_store_failures", store="traffic") >= 1
+        assert _metric(mid, "distill_gateway_queue_depth", queue="traffic") > 0
+        lost = _metric(during, "distill_gateway_queue_lost", queue="traffic")
+        assert lost >= len(ids) - (queue_bound + batch) > 0
+        assert _metric(during, "distill_gateway_queue_depth", queue="traffic") == len(ids) - lost
+        assert count() == before  # nothing reached the table during the outage
+
+        proxy.resume()
+        assert g.gateway.traffic.flush(30), "the held rows were not written after the database came back"
+        with engine.connect() as c:
+            written = {r[0] for r in c.execute(sa.text(f"select id from {table}"))}
+        new = written & set(ids)
+        assert len(written) == before + len(new)
+        # Every row of the outage is in the table or counted lost; the held ones (the queue bound) all arrived.
+        assert len(new) == len(ids) - g.gateway.traffic.lost and len(new) >= queue_bound
+        m = httpx.get(g.url + "/metrics", timeout=10).text
+        assert _metric(m, "distill_gateway_queue_depth", queue="traffic") == 0
+        assert _metric(m, "distill_gateway_queue_lost", queue="traffic") == g.gateway.traffic.lost == lost
+        # Writing goes on as usual afterwards.
+        _, after = ask(inputs)
+        assert g.gateway.traffic.flush(30)
+        assert count() == len(written) + len(after)
+    finally:
+        proxy.close()
+        with engine.begin() as c:
+            c.execute(sa.text(f"drop table if exists {table}"))
+        engine.dispose()

@@ -1,0 +1,140 @@
+"""The small model on a vLLM-compatible server: `vllm serve BASE --enable-lora --lora-modules
+SKILL@VERSION=FOLDER ...`. Each batch goes out as one /v1/completions call with `model` = the
+adapter's name `skill@version`, greedy, `max_tokens` from skill.json, stop at the newline and
+`logprobs: 1`; the confidence is read as the gateway's local engine reads it (routing.json's
+definition): the mean log-probability of the answer's tokens, the text before the stop newline,
+the newline not counted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from gateway.engine import Answer
+
+log = logging.getLogger("distill.gateway")
+
+RETRIES = 3  # attempts after the first, for connection errors, 429 and 5xx only
+TIMEOUT_S = 120.0
+
+
+class RemoteError(RuntimeError):
+    """The server answered with an error that retrying will not fix, or kept failing."""
+
+
+def answer_confidence(text: str, lp: dict | None) -> tuple[str, float | None]:
+    """(answer, confidence) from a completion's text and its `logprobs` ({"tokens", "token_logprobs",
+    "text_offset"}): the answer is the text before the first newline; the confidence the mean logprob
+    of the tokens that start inside it (offsets are counted from the first generated token), None
+    without per-token logprobs."""
+    answer = text.split("\n", 1)[0]
+    if not lp or not lp.get("token_logprobs") or not lp.get("text_offset"):
+        return answer, None
+    offsets, values = lp["text_offset"], lp["token_logprobs"]
+    start = offsets[0]
+    vals = [float(v) for o, v in zip(offsets, values) if v is not None and o - start < len(answer)]
+    return answer, (sum(vals) / len(vals) if vals else None)
+
+
+class OpenAIEngine:
+    """Adapters are served by the remote server (registered at its start with --lora-modules);
+    `load` checks the server lists `skill@version` and reads the tokenizer only for chat-template
+    prompts. Thread-safe: every version's batcher calls `decode` from its own thread."""
+
+    def __init__(self, base_url: str, api_key_env: str | None = None, timeout_s: float = TIMEOUT_S,
+                 retries: int = RETRIES):
+        import httpx
+
+        if not base_url:
+            raise ValueError("backend_url: required with backend 'openai' (the vLLM server, http://host:8000/v1)")
+        headers = {}
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ValueError(f"backend_api_key_env: the environment variable {api_key_env} is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self.base_url, self.retries = base_url.rstrip("/"), retries
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        self.tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # --- the network -------------------------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kw) -> dict:
+        import httpx
+
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(0.2 * 2 ** (attempt - 1), 2.0))
+            try:
+                r = self.client.request(method, path, **kw)
+            except httpx.TransportError as e:  # refused, reset, timed out: the network, so retry
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if r.status_code == 429 or r.status_code >= 500:
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+                continue
+            if r.status_code >= 400:
+                raise RemoteError(f"{self.base_url}{path}: HTTP {r.status_code}: {r.text[:300]}")
+            try:
+                return r.json()
+            except ValueError:
+                last = f"malformed JSON: {r.text[:200]}"
+        raise RemoteError(f"{self.base_url}{path}: no answer after {self.retries + 1} attempts ({last})")
+
+    # --- the engine interface ------------------------------------------------------------------------------------
+
+    def load(self, key: str, folder: Path, spec: dict) -> None:
+        """Check the server serves adapter `key` (vllm --lora-modules KEY=FOLDER). Raises RegistryError when not."""
+        from registry.store import RegistryError
+
+        try:
+            names = {m.get("id") for m in self._call("GET", "/models").get("data", [])}
+        except RemoteError as e:
+            raise RegistryError(f"{key}: cannot list the backend's models ({e})") from None
+        if key not in names:
+            raise RegistryError(f"{key}: the backend at {self.base_url} does not serve it (start vLLM with "
+                                f"--lora-modules {key}={folder}); it serves {sorted(n for n in names if n)}")
+        tok = None
+        if spec.get("prompt_format") == "chat_template":
+            from transformers import AutoTokenizer
+
+            from registry.consumer import base_model_of
+            from trainers.base_model import resolve_model
+
+            tok = AutoTokenizer.from_pretrained(resolve_model(spec.get("base_model") or base_model_of(folder), "base_model"))
+        with self._lock:
+            self.tokenizers[key] = tok
+
+    def unload(self, key: str) -> None:
+        with self._lock:
+            self.tokenizers.pop(key, None)
+
+    def tokenizer(self, key: str):
+        return self.tokenizers.get(key)
+
+    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int) -> list[Answer]:
+        """Greedy answers with confidences for `prompts`, in order, from one /completions call."""
+        from core.prompting import parse_output
+
+        data = self._call("POST", "/completions", json={
+            "model": key, "prompt": list(prompts), "max_tokens": int(max_new_tokens), "temperature": 0.0,
+            "stop": ["\n"], "logprobs": 1})
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != len(prompts):
+            raise RemoteError(f"{key}: {len(choices)} choices for {len(prompts)} prompts")
+        out = []
+        for c in choices:
+            text = c.get("text") or ""
+            raw, conf = answer_confidence(text, c.get("logprobs"))
+            finish = "stop" if "\n" in text else (c.get("finish_reason") or "stop")
+            out.append(Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish))
+        return out
+
+    def close(self) -> None:
+        self.client.close()
