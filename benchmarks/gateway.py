@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import threading
 import time
@@ -40,41 +39,6 @@ def _quantile(xs: list[float], q: float) -> float | None:
         return None
     s = sorted(xs)
     return round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 2)
-
-
-class _Server:
-    """The gateway app under uvicorn in a thread (.url, .stop())."""
-
-    def __init__(self, cfg, gateway=None):
-        import socket
-
-        import httpx
-        import uvicorn
-
-        from gateway.app import create_app
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.app = create_app(cfg, gateway)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{port}"
-        end = time.time() + 300
-        while time.time() < end:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("gateway did not become ready in 300 s")
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=60)
 
 
 def _load(url: str, inputs: list[str], clients: int) -> dict:
@@ -201,6 +165,7 @@ def main() -> None:
     setup()
 
     from core.skills import load_skill
+    from gateway.app import InThread
     from gateway.config import GatewayConfig
     from gateway.service import Gateway
     from registry import Registry
@@ -235,7 +200,7 @@ def main() -> None:
         plain = _plain_loop(Path(folder), cfg, inputs, max_new)
         gcfg = GatewayConfig(registry=registry, skills=[SKILL], teachers=False, port=0, poll_s=3600,
                              traffic_url=f"sqlite:///{work / 'traffic.db'}", max_batch=16, max_wait_ms=5.0)
-        srv = _Server(gcfg)
+        srv = InThread(gcfg)
         try:
             _load(srv.url, inputs[: args.clients], args.clients)  # warm-up: the first batch pays for compilation
             batched = _load(srv.url, inputs, args.clients)
@@ -243,7 +208,7 @@ def main() -> None:
         finally:
             srv.stop()
         ocfg = gcfg.model_copy(update={"max_wait_ms": 0.0, "traffic_url": f"sqlite:///{work / 'traffic2.db'}"})
-        osrv = _Server(ocfg, Gateway(ocfg, engine=_InstantEngine()))
+        osrv = InThread(ocfg, Gateway(ocfg, engine=_InstantEngine()))
         try:
             _load(osrv.url, inputs[:8], 1)
             overhead = _load(osrv.url, inputs, 1)

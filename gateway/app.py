@@ -218,3 +218,43 @@ def serve(cfg: GatewayConfig) -> None:
     import uvicorn
 
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", access_log=False)
+
+
+class InThread:
+    """The gateway under uvicorn in a background thread of this process, for embedding it in a
+    program, a test or a benchmark: `.url`, `.app`, `.gateway`, `.stop()`. Waits until /readyz
+    answers 200 (RuntimeError after `ready_timeout_s`)."""
+
+    def __init__(self, cfg: GatewayConfig, gateway: Gateway | None = None, ready_timeout_s: float = 300.0):
+        import socket
+        import threading
+
+        import httpx
+        import uvicorn
+
+        port = cfg.port
+        if not port:
+            with socket.socket() as sock:
+                sock.bind((cfg.host, 0))
+                port = sock.getsockname()[1]
+        self.app = create_app(cfg, gateway)
+        self.gateway = self.app.state.gateway
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host=cfg.host, port=port, log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        self.port, self.url = port, f"http://{cfg.host}:{port}"
+        end = time.time() + ready_timeout_s
+        while time.time() < end:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gateway at {self.url} did not become ready in {ready_timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)

@@ -85,36 +85,17 @@ def teacher_skill(skill_root, fake_teacher):
 
 
 class Running:
-    """A gateway under uvicorn in a thread; .url, .app, .gateway, .stop()."""
+    """A gateway under uvicorn in a thread (gateway.app.InThread) on a free port; .url, .app, .gateway, .stop()."""
 
     def __init__(self, cfg):
-        import uvicorn
+        from gateway.app import InThread
 
-        from gateway.app import create_app
-
-        self.port = free_port() if not cfg.port else cfg.port
-        self.app = create_app(cfg)
-        self.gateway = self.app.state.gateway
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.port}"
-        import httpx
-
-        end = time.time() + 120
-        while time.time() < end:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("gateway did not become ready")
+        self._srv = InThread(cfg.model_copy(update={"port": cfg.port or free_port()}), ready_timeout_s=120)
+        self.app, self.gateway, self.server = self._srv.app, self._srv.gateway, self._srv.server
+        self.thread, self.port, self.url = self._srv.thread, self._srv.port, self._srv.url
 
     def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self._srv.stop()
 
 
 @pytest.fixture
