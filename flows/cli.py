@@ -270,6 +270,19 @@ def cmd_gateway(args) -> int:
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
         "overrides": overrides})
     print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
+    try:
+        from registry import Registry
+
+        published = Registry(cfg.registry).skills()
+    except Exception as e:  # the gateway reports it per request too; say it once here
+        published, reason = [], f"cannot read it ({e})"
+    else:
+        reason = "it has no published skill yet"
+    if not published:
+        print(f"warning: registry {cfg.registry}: {reason}; run `make demo` (or `distill run SKILL`) first. "
+              f"Requests get 404; restart the gateway once a skill is published (new versions of served "
+              f"skills are picked up within --poll-s, new skills at start).",
+              file=sys.stderr, flush=True)
     serve(cfg)
     return 0
 
