@@ -280,8 +280,7 @@ def cmd_gateway(args) -> int:
         reason = "it has no published skill yet"
     if not published:
         print(f"warning: registry {cfg.registry}: {reason}; run `make demo` (or `distill run SKILL`) first. "
-              f"Requests get 404; restart the gateway once a skill is published (new versions of served "
-              f"skills are picked up within --poll-s, new skills at start).",
+              f"Requests get 404 until a skill is published; it is picked up within --poll-s.",
               file=sys.stderr, flush=True)
     serve(cfg)
     return 0

@@ -192,8 +192,28 @@ class Gateway:
             except Exception:
                 log.exception("alias poll failed")
 
+    def _discover(self) -> None:
+        """Serving every skill of the registry (GatewayConfig.skills unset): a skill published after
+        the start joins at the next poll."""
+        if self.cfg.skills is not None:
+            return
+        try:
+            names = self.registry.skills()
+        except Exception as e:
+            log.warning("cannot list the registry's skills (%s); serving %s", e, ", ".join(self.skills) or "none")
+            return
+        new = sorted(set(names) - set(self.skills))
+        for name in new:
+            self.teachers[name] = self._teacher_lane(name)
+            self.verify_teachers[name] = self._teacher_lane(name)
+        if new:
+            self.skills = sorted(set(self.skills) | set(new))  # one assignment: readers see the old or the new list
+            log.info("now serving new skill(s): %s", ", ".join(new))
+
     def poll(self) -> None:
-        """Follow each skill's production alias; unload retired versions nobody uses any more."""
+        """Pick up newly published skills; follow each skill's production alias; unload retired
+        versions nobody uses any more."""
+        self._discover()
         for name in self.skills:
             try:
                 version = self.registry.aliases(name).get("production")

@@ -389,3 +389,22 @@ def test_traffic_database_outage_never_fails_or_slows_a_request(teacher_skill, t
         with engine.begin() as c:
             c.execute(sa.text(f"drop table if exists {table}"))
         engine.dispose()
+
+
+def test_a_skill_published_after_the_start_is_served_at_the_next_poll(tiny_model_path, trained_adapter, tmp_path,
+                                                                      run_gateway, skill_root):
+    """`distill gateway` before the first publish (make serve before make demo): 404 naming no skill,
+    then the skill once it is published, without a restart."""
+    from registry import Registry
+
+    g = run_gateway(_cfg(tmp_path, skills=None, teachers=False, poll_s=0.3))
+    body = {"model": SKILL, "messages": [{"role": "user", "content": TICKETS[0]}]}
+    r = httpx.post(g.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 404 and "known: none" in r.text
+    v1 = publish(Registry(), trained_adapter, routing_with_threshold(None, "keep_all_valid"), "late")
+    deadline = time.time() + 60
+    while time.time() < deadline and httpx.get(g.url + "/readyz").json().get("skills", {}).get(SKILL) != v1:
+        time.sleep(0.2)
+    r = httpx.post(g.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code in (200, 503), r.text  # served by v1 (503: an invalid answer with no teacher attached)
+    assert r.headers.get("x-distill-version", str(v1)) == str(v1)
