@@ -26,19 +26,8 @@ from core.config import (  # noqa: F401  (re-exported: the schema is imported fr
     ScheduleConfig, SkillConfig, SkillError, StudentConfig, TeacherConfig, TrafficColumns, TrainConfig,
     check_skill_name, deep_merge, skill_name_problem)
 from core.records import DataError, Example, iter_jsonl
-from core.tasks import get_task, task_names
+from core.tasks import get_task
 from core.text import normalize
-
-
-def __getattr__(name: str):
-    # TASK_TYPES follows the task registry (a new file under core/tasks/ adds a type).
-    if name == "TASK_TYPES":
-        return task_names()
-    if name in ("create_skill", "skill_template"):  # `distill new-skill` moved to core/scaffold.py
-        from core import scaffold
-
-        return getattr(scaffold, name)
-    raise AttributeError(name)
 
 
 def _format_validation(path: Path, err: ValidationError) -> str:

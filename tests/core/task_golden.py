@@ -67,7 +67,12 @@ _cfg_of: dict = {}
 
 def _generation_skill(tmp: Path):
     """A generation skill from the scaffold (no shipped one), with a few rows."""
-    from core.skills import create_skill, load_skill
+    from core.skills import load_skill
+
+    try:
+        from core.scaffold import create_skill
+    except ImportError:  # the code before the task-type plug-ins
+        from core.skills import create_skill
 
     folder = create_skill("golden-generation", "generation", tmp)
     rows = [("send me the report now", "Could you send me the report, please?"),
@@ -148,7 +153,12 @@ def _skill_snapshot(skill, s: dict) -> None:
 def snapshot() -> dict:
     import tempfile
 
-    from core.skills import load_skill, skill_template
+    from core.skills import load_skill
+
+    try:
+        from core.scaffold import skill_template
+    except ImportError:  # the code before the task-type plug-ins
+        from core.skills import skill_template
 
     out: dict = {}
     for name in SHIPPED:
