@@ -10,6 +10,7 @@ import time
 # benchmarks/teacher_throughput.py, figures in README "Teachers").
 DECREASE = 0.75
 TOLERANCE = 0.1
+INITIAL = 8  # slow start's first window (TCP's initial window is 10): a rate limit sees no burst of max_in_flight
 
 
 class AdaptiveLimit:
@@ -19,13 +20,22 @@ class AdaptiveLimit:
     says it is overloaded) or 'error' (5xx, timeouts, broken connections: retried by the client,
     no change to the limit).
 
-    Growth: +1 each time `limit` successes have come back since the limit last changed, not
-    necessarily in a row (TCP's window grows by one per window of acknowledgements).
+    Slow start: the limit starts at `initial` (8) and grows by one per success, doubling each
+    round trip, until the first cut (TCP's slow start, RFC 5681): a rate-limited endpoint sees a
+    burst of about twice what it allows, not of `max_in_flight`.
+
+    Growth after a cut (congestion avoidance): +1 each time `limit` successes have come back since
+    the limit last changed, not necessarily in a row (TCP's window grows by one per window of
+    acknowledgements). Once the limit is back above where the last cut happened without another
+    cut, the endpoint has more room than before (a raised rate limit, a quieter neighbour): growth
+    is one per success again until the next cut (the max-probing phase of CUBIC, RFC 9438 4.2,
+    simplified), so a doubled limit is found in a few round trips instead of one per extra request.
 
     Cut: the limit is multiplied by `decrease` (rounded down, at least 1) when more than
     `tolerance * limit` answers of one window were throttled. A window starts over after `limit`
     answers. Both rules count only requests started after the last cut: a burst of 429s from
     requests sent at the old limit cuts once, not once per answer (TCP's once per window).
+    A tolerance above 0 lets at least one throttled answer per window pass (one in 8 is noise).
     `tolerance` 0 cuts on the first 429 (classic AIMD, which under random throttling holds
     about 1.2/sqrt(share) in flight: 5 at 5%); a small tolerance keeps a shared endpoint's
     sporadic 429s from collapsing the limit, and a real rate limit still cuts within a window.
@@ -33,7 +43,7 @@ class AdaptiveLimit:
     Retry-After (any outcome): nobody starts a new request before it has passed.
     """
 
-    def __init__(self, max_in_flight: int, initial: int | None = None, decrease: float = DECREASE,
+    def __init__(self, max_in_flight: int, initial: int | None = INITIAL, decrease: float = DECREASE,
                  tolerance: float = TOLERANCE):
         if not 0.0 < decrease < 1.0:
             raise ValueError(f"decrease must be in (0, 1), got {decrease}")
@@ -47,6 +57,8 @@ class AdaptiveLimit:
         self.blocked_until = 0.0
         self.cuts = 0
         self.grows = 0
+        self._slow_start = True  # one per success until the first cut, and again above the last cut's limit
+        self._last_cut_from = 0  # the limit the last cut was made from
         self._acked = 0  # successes since the limit last changed
         self._win_n = 0  # answers of this epoch's requests in the current window
         self._win_throttled = 0
@@ -85,7 +97,10 @@ class AdaptiveLimit:
             return
         self._win_n += 1
         self._win_throttled += outcome == "throttled"
-        if self._win_throttled > self.tolerance * self.limit:
+        # A tolerance above 0 allows at least one throttled answer per window: in a small window (slow
+        # start's 8) one sporadic 429 is more than 10% and would end slow start on noise.
+        if self._win_throttled > (max(1.0, self.tolerance * self.limit) if self.tolerance else 0.0):
+            self._last_cut_from, self._slow_start = self.limit, False
             self.limit = max(1, int(self.limit * self.decrease))
             self.epoch += 1
             self.cuts += 1
@@ -95,10 +110,12 @@ class AdaptiveLimit:
             self._win_n = self._win_throttled = 0
         if outcome == "ok":
             self._acked += 1
-            if self._acked >= self.limit and self.limit < self.max:
+            if self.limit < self.max and (self._slow_start or self._acked >= self.limit):
                 self.limit += 1
                 self.grows += 1
                 self._acked = 0
+                if self.limit > self._last_cut_from:
+                    self._slow_start = True
 
     async def release(self, ticket: int, outcome: str, retry_after: float | None = None) -> None:
         """Give back the slot of `ticket` (from `acquire`) with its outcome ('ok', 'throttled' or

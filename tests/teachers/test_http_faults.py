@@ -73,28 +73,43 @@ def _script(lim, steps):
     return asyncio.run(main())
 
 
-def test_limiter_grows_per_limit_worth_of_successes_not_consecutive_ones():
-    from teachers.limits import AdaptiveLimit
+def test_limiter_slow_start_then_grows_per_limit_worth_of_successes_not_consecutive_ones():
+    from teachers.limits import INITIAL, AdaptiveLimit
 
-    lim = AdaptiveLimit(6, initial=3, tolerance=0.0)
-    # errors (5xx, timeouts) neither reset the count nor cut: 3 successes grow 3 -> 4, 4 more -> 5
-    seen = _script(lim, ["ok", "error", "ok", "error", "error", "ok", "ok", "error", "ok", "ok", "ok"])
-    assert seen == [3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 5]
-    _script(lim, ["ok"] * 25)
-    assert lim.limit == 6 and lim.grows == 3 and lim.cuts == 0  # never past max_in_flight
-    assert _script(AdaptiveLimit(64, tolerance=0.0), ["error"] * 200)[-1] == 64
+    # slow start: from INITIAL, +1 per success (doubling per round trip); errors change nothing
+    lim = AdaptiveLimit(64, tolerance=0.0)
+    assert lim.limit == INITIAL == 8
+    seen = _script(lim, ["ok", "error", "ok"] + ["ok"] * 6)
+    assert seen == [9, 9, 10, 11, 12, 13, 14, 15, 16]
+    # the first throttle ends slow start: 16 -> 12, then congestion avoidance
+    assert _script(lim, ["throttled"]) == [12]
+    # errors (5xx, timeouts) neither reset the count nor cut: 12 successes grow 12 -> 13, 13 more -> 14
+    seen = _script(lim, ["ok", "error"] * 12 + ["ok"] * 13)
+    assert seen[21] == 12 and seen[22] == 13 and seen[-2] == 13 and seen[-1] == 14
+    _script(lim, ["ok"] * (14 + 15))
+    assert lim.limit == 16  # back where it was cut from: still one per window
+    # above the last cut's limit, the endpoint has room again: one per success until the next cut
+    seen = _script(lim, ["ok"] * 16 + ["ok"] * 4)
+    assert seen[15] == 17 and seen[-1] == 21
+    assert _script(lim, ["throttled"]) == [15] and lim.cuts == 2  # 21 * 0.75
+    _script(lim, ["ok"] * 200)
+    assert lim.limit <= 64  # never past max_in_flight
+    _script(lim, ["ok"] * 200)
+    assert lim.limit == 64 and lim.cuts == 2
+    assert _script(AdaptiveLimit(64, tolerance=0.0), ["error"] * 200)[-1] == INITIAL
+    assert AdaptiveLimit(4).limit == 4 and AdaptiveLimit(64, initial=None).limit == 64
 
 
 def test_limiter_cuts_once_per_window_by_its_factor():
     from teachers.limits import AdaptiveLimit
 
     # tolerance 0: the first 429 cuts; 429s of requests sent before the cut do not cut again
-    lim = AdaptiveLimit(64, tolerance=0.0)
+    lim = AdaptiveLimit(64, initial=None, tolerance=0.0)
     assert _script(lim, ["throttled", ("old", "throttled"), ("old", "throttled"), "throttled"]) == [48, 48, 48, 36]
     assert lim.cuts == 2 and lim.epoch == 2
-    assert _script(AdaptiveLimit(64, decrease=0.5, tolerance=0.0), ["throttled"] * 8) == [32, 16, 8, 4, 2, 1, 1, 1]
+    assert _script(AdaptiveLimit(64, initial=None, decrease=0.5, tolerance=0.0), ["throttled"] * 8) == [32, 16, 8, 4, 2, 1, 1, 1]
     # tolerance 0.1 at limit 20: 2 throttled answers in a window of 20 are noise, a 3rd is congestion
-    lim = AdaptiveLimit(20, tolerance=0.1)
+    lim = AdaptiveLimit(20, initial=None, tolerance=0.1)
     seen = _script(lim, ["throttled", "ok", "throttled"] + ["ok"] * 17)
     assert seen[-1] == 20 and lim.cuts == 0  # the window of 20 ended with 2 throttled: no cut
     seen = _script(lim, ["throttled", "throttled", "ok", "throttled"])
