@@ -109,6 +109,7 @@ ANSWERERS = ("label", "score", "self_consistency")
 
 class ExpansionConfig(_Strict):
     target_examples: int = Field(64, ge=0, le=100_000, description="New inputs the teacher writes per run (self_instruct).")
+    inputs_per_request: int = Field(1, ge=1, le=32, description="New inputs self_instruct asks for in one request (the style shots are read once for all of them; the Alpaca recipe asked for 20 per call); each line is checked on its own, a cut last line is dropped. Inputs with new functions (function_call) stay one per request.")
     strategies: list[Strategy] = Field(
         default_factory=lambda: ["self_instruct", "label"],
         description="Input writers (self_instruct, rewrite) and one answerer (default: score for classification, label otherwise): label (greedy few-shot answer), score (classification: labels ranked by the teacher's log-likelihood, probability = confidence) or self_consistency (n samples, majority answer, agreement = confidence).")
@@ -249,6 +250,16 @@ class TrainConfig(_Strict):
                                       "consumers get in skill.json); 'chat_template': the base tokenizer's chat template "
                                       "(only for models that have one).")
     human_share: float = Field(0.3, ge=0.0, le=1.0, description="Least share of human examples in every epoch (1.0: humans only).")
+    distillation: Literal["hard", "soft", "mixed"] = Field(
+        "hard", description="What a teacher-labelled classification example trains on: hard (its label, cross-entropy), "
+                            "soft (the teacher's label distribution, meta.label_probs: KL to the student's own label "
+                            "distribution, Hinton et al. 2015) or mixed ((1 - distill_alpha) x hard + distill_alpha x soft). "
+                            "Human seeds and examples without label_probs always train on their label.")
+    distill_alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the soft loss in 'mixed' (0.5: Hinton et al.'s "
+                                                                   "equal weighting of the two terms).")
+    distill_temperature: float = Field(2.0, gt=0.0, le=20.0, description="Temperature both distributions are softened "
+                                                                          "with in the soft loss (the loss is scaled by T^2 "
+                                                                          "so gradients keep their size; 2: a common choice).")
     rejected_runs: Literal["hold", "admit"] = Field(
         "hold", description="What a run the gates rejected leaves behind: hold (its accepted examples are kept apart in "
                             "<work dir>/pool/<skill>/held/<run id>.jsonl with the reason, and neither join the pool nor "
@@ -345,6 +356,10 @@ class RoutingConfig(_Strict):
     target_error_rate: float = Field(0.05, gt=0.0, lt=1.0, description="Largest error rate tolerated on the requests the adapter keeps; below the confidence threshold that achieves it, requests escalate to the large model.")
 
 
+class DecodingConfig(_Strict):
+    constrained: bool = Field(True, description="Decode the student (evaluation, registry consumer, gateway) and a local transformers teacher under a grammar built from the skill's answers (its labels, its output JSON Schema, a function call's own tools), with xgrammar: answers are always parseable. skill.json records it and consumers decode the same way.")
+
+
 class ScheduleConfig(_Strict):
     cron: str | None = Field(None, description="Cron expression for scheduled runs, e.g. \"0 3 * * *\" (null: manual runs only); checked with the validator Prefect's deployments use.")
     timezone: str | None = Field(None, description="IANA time zone the cron expression is read in, e.g. Europe/Oslo (null: UTC).")
@@ -394,6 +409,7 @@ class SkillConfig(_Strict):
     gates: GateConfig = Field(GateConfig(), description="When a new adapter may replace production: eval-set and traffic-replay gates.")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="When the pipeline runs on its own.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="What the router needs: the error rate to hold on kept requests.")
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig, description="How answers are decoded: constrained to the skill's answer grammar or free.")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides, e.g. smoke.")
 
     @field_validator("name")

@@ -42,12 +42,40 @@ def answer_tokens(cfg: SkillConfig) -> int:
 DECODE_BATCH = 16
 
 
+def answer_grammars(cfg: SkillConfig, n: int, inputs: Sequence[str] | None = None) -> list[dict | None] | None:
+    """The grammar spec each of n answers is decoded under (`decoding.constrained`), or None when
+    decoding is free. A type whose grammar depends on the request (function calls: its tools)
+    needs `inputs` (raises ValueError without them); an input it cannot read decodes free."""
+    if not cfg.decoding.constrained:
+        return None
+    task = get_task(cfg)
+    if not task.grammar_needs_input:
+        g = task.answer_grammar()
+        return None if g is None else [g] * n
+    if inputs is None or len(inputs) != n:
+        raise ValueError(f"decoding.constrained: {cfg.task} answers are constrained per request, so decode() "
+                         "needs the inputs beside the prompts")
+    out: list[dict | None] = []
+    for x in inputs:
+        try:
+            out.append(task.answer_grammar(x))
+        except ValueError:  # not a valid input of this type: its answer is judged invalid anyway
+            out.append(None)
+    return out
+
+
 def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int | None = None,
-           batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None, **kw) -> Predictions:
+           batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None,
+           inputs: Sequence[str] | None = None, **kw) -> Predictions:
     """The one decoding path for a skill's answers (eval gates, registry.predict, the gateway):
-    greedy `model.complete` with confidences from the generation's scores, parsed with the skill's
-    task. `model`: a teachers.local.LocalModel (or anything with the same `complete`); `kw` goes
-    to `complete` (e.g. `adapter=`). Returns Predictions in the prompts' order."""
+    greedy `model.complete` with confidences from the generation's scores, under the skill's answer
+    grammar when `decoding.constrained` (xgrammar; `inputs`, the raw inputs the prompts were made
+    from, are needed where the grammar is per request), parsed with the skill's task. `model`: a
+    teachers.local.LocalModel (or anything with the same `complete`); `kw` goes to `complete`
+    (e.g. `adapter=`). Returns Predictions in the prompts' order."""
+    grammars = answer_grammars(cfg, len(prompts), inputs)
+    if grammars is not None:
+        kw["grammars"] = grammars
     completions = model.complete(list(prompts), max_new_tokens=max_new_tokens or answer_tokens(cfg), temperature=0.0,
                                  batch_size=batch_size, progress=progress, confidence=True, **kw)
     return Predictions(
@@ -66,4 +94,4 @@ def predict(model, cfg: SkillConfig, inputs: Sequence[str], shots: Sequence[tupl
     shots the prompt is `render_prompt`'s: the text training used (the chat template when the skill trains with it)."""
     tok = getattr(model, "tokenizer", None)
     prompts = [format_prompt(cfg, x, shots) if shots else render_prompt(cfg, x, tok) for x in inputs]
-    return decode(model, cfg, prompts, batch_size=batch_size, progress=progress)
+    return decode(model, cfg, prompts, batch_size=batch_size, progress=progress, inputs=inputs)

@@ -65,13 +65,16 @@ class LocalEngine:
         """The tokenizer of the base `key`'s adapter sits on (chat-template prompts need it)."""
         return self.models[self.where[key]].tokenizer
 
-    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int) -> list[Answer]:
-        """Greedy answers with confidences for `prompts`, in order; chunks of 16 sorted by length, as the gates decode."""
+    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int,
+               inputs: Sequence[str] | None = None) -> list[Answer]:
+        """Greedy answers with confidences for `prompts`, in order; chunks of 16 sorted by length, as the gates
+        decode, under the skill's answer grammar when skill.json says it was measured so (`inputs`: the raw
+        inputs the prompts were made from)."""
         from eval_gates.predict import DECODE_BATCH, decode
 
         model = self.models[self.where[key]]
         p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
-                   adapter=adapter_name(key))
+                   adapter=adapter_name(key), inputs=inputs)
         return [Answer(raw=r, parsed=a, confidence=c, finish_reason=f)
                 for r, a, c, f in zip(p.raw, p.preds, p.confidences, p.finish_reasons)]
 

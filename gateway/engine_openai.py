@@ -118,8 +118,11 @@ class OpenAIEngine:
     def tokenizer(self, key: str):
         return self.tokenizers.get(key)
 
-    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int) -> list[Answer]:
-        """Greedy answers with confidences for `prompts`, in order, from one /completions call."""
+    def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int,
+               inputs: Sequence[str] | None = None) -> list[Answer]:
+        """Greedy answers with confidences for `prompts`, in order, from one /completions call. The
+        remote server decodes free (a grammar per request is not sent yet): answers are parsed and
+        checked as always."""
         from core.prompting import parse_output
 
         data = self._call("POST", "/completions", json={

@@ -287,8 +287,9 @@ class Gateway:
         self.engine.load(s.key, s.folder, spec)
         self.tasks.setdefault(name, get_task(cfg))
 
-        def run(prompts, s=s):
-            return self.engine.decode(s.key, s.cfg, prompts, s.max_new_tokens)
+        def run(items, s=s):  # (prompt, input) pairs: a per-request grammar (function calls) needs the input
+            return self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
+                                      inputs=[x for _, x in items])
 
         s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
                                    on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n))
@@ -360,7 +361,7 @@ class Gateway:
             with self.lock:
                 served.users += 1
             try:
-                futs = [asyncio.wrap_future(served.batcher.submit(self._prompt(served, x))) for x in inputs]
+                futs = [asyncio.wrap_future(served.batcher.submit((self._prompt(served, x), x))) for x in inputs]
                 answers = list(await asyncio.gather(*futs))
             finally:
                 with self.lock:

@@ -61,6 +61,8 @@ def skill_config(spec: dict[str, Any], name: str = "registry-skill"):
     if "task" not in data and "task_type" in spec:
         data["task"] = spec["task_type"]
     data.setdefault("instruction", spec.get("instruction") or "-")
+    # Decode as the gates did: a version published before constrained decoding existed was measured free.
+    data["decoding"] = {"constrained": bool((spec.get("decoding") or {}).get("constrained", False))}
     if spec.get("prompt_format"):  # how training rendered the prompt: the consumer renders it the same way
         data["student"] = {"train": {"prompt_format": spec["prompt_format"]}}
     try:
@@ -188,7 +190,7 @@ class Predictor:
         from eval_gates.predict import decode
 
         return decode(self.local, self.cfg, self.prompts(inputs),
-                      max_new_tokens=max_new_tokens or max_new_tokens_of(self.spec, self.cfg))
+                      max_new_tokens=max_new_tokens or max_new_tokens_of(self.spec, self.cfg), inputs=list(inputs))
 
     def generate(self, inputs: Sequence[str], max_new_tokens: int | None = None) -> list[str]:
         """Greedy raw completions, cut at the stop newline (answers are one line)."""

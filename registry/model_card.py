@@ -115,6 +115,7 @@ def render_model_card(
     data_summary: dict[str, Any],
     limits: list[str],
     serving: dict[str, Any] | None = None,
+    decoding: dict[str, Any] | None = None,
 ) -> str:
     """README.md for a registry version: YAML front matter + what/how/data/metrics/limits.
 
@@ -122,6 +123,7 @@ def render_model_card(
     the front matter names its Hub id (the bundled model's upstream id; no ``base_model`` key for a
     local path), and a "Base weights" section says which weights it was trained and gated on.
     `serving` is :func:`registry.serving.serving_info` of the adapter (vLLM rank and problems).
+    `decoding` is skill.json's ``decoding`` ({"constrained": bool, "engine": str}): how the gates decoded.
     `metrics` may be nested (e.g. per-gate ``{"value", "threshold", "passed"}``); nested
     keys are shown dotted. If `data_summary` has a ``description`` it leads the
     "What it does" section; its other keys are listed under "Training data".
@@ -152,6 +154,13 @@ def render_model_card(
         "are below. The prompt template and labels it was trained with are in `skill.json`; "
         "use exactly that template at inference time."
     )
+    if decoding is not None:
+        what.append(
+            f"The gates decoded its answers under the skill's answer grammar ({decoding.get('engine') or 'xgrammar'}: "
+            "the labels, the output JSON Schema, or a call to one of the request's own tools), so every answer parses; "
+            "decode the same way (`skill.json` `decoding`; the consumer API and the gateway do)."
+            if decoding.get("constrained") else
+            "The gates decoded its answers free (no grammar; `skill.json` `decoding`); decode the same way.")
 
     how = (
         "```python\n"

@@ -52,6 +52,10 @@ def skill_spec(cfg) -> dict[str, Any]:
     from eval_gates.predict import answer_tokens
 
     spec["max_new_tokens"] = answer_tokens(cfg)  # what the gates decoded with; consumers decode the same
+    from teachers.constrained import engine_version
+
+    spec["decoding"] = {"constrained": cfg.decoding.constrained,  # consumers decode the same way
+                        **({"engine": engine_version()} if cfg.decoding.constrained else {})}
     return spec
 
 
@@ -78,9 +82,11 @@ def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_
     base = cfg.student.base_model
     alias = cfg.gates.publish_alias
     serving = serving_info(adapter_dir)  # the card's vLLM command fits this adapter (or says why none does)
+    spec = skill_spec(cfg)
     version = reg.publish(
-        skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=skill_spec(cfg),
-        model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits, serving),
+        skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=spec,
+        model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits, serving,
+                                               decoding=spec.get("decoding")),
         alias=alias, reason=f"run {run_id}: every gate passed",
     )
     # No storage call after the commit: a transient error here would make the task retry a done publish.

@@ -82,19 +82,39 @@ def teacher_forced_logprobs(model, tokenizer, prompts: Sequence[str], answers: S
 class _ChosenLogprob:
     """A logits processor that records, per decoding step, the log-probability of the greedy
     choice (the argmax) of each row, from the float32 logits generate() decodes with. It changes
-    nothing: greedy decoding picks the same argmax. steps: list of (batch,) float tensors."""
+    nothing: greedy decoding picks the same argmax. steps: list of (batch,) float tensors.
+
+    Under a grammar, `capture` (a processor placed before the grammar's mask) keeps the model's
+    own log-probabilities, and this one (after the mask) records the model's log-probability of
+    the token the masked argmax chose: the confidence stays the model's, not the grammar's."""
 
     def __init__(self):
         self.steps: list = []
         self.chosen: list = []
+        self._lp = None
+        self.capture = _Capture(self)
 
     def __call__(self, input_ids, scores):
         import torch
 
-        lp = torch.log_softmax(scores.float(), dim=-1)
-        best = lp.max(dim=-1)
-        self.steps.append(best.values.detach().cpu())
-        self.chosen.append(best.indices.detach().cpu())
+        lp = self._lp if self._lp is not None else torch.log_softmax(scores.float(), dim=-1)
+        self._lp = None
+        best = scores.argmax(dim=-1)
+        self.steps.append(lp.gather(-1, best[:, None])[:, 0].detach().cpu())
+        self.chosen.append(best.detach().cpu())
+        return scores
+
+
+class _Capture:
+    """Keeps the step's unmasked log-probabilities for `_ChosenLogprob` (changes nothing)."""
+
+    def __init__(self, owner: _ChosenLogprob):
+        self.owner = owner
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self.owner._lp = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
 
@@ -186,6 +206,16 @@ class LocalModel:
             if self.default_adapter == name:
                 self.default_adapter = None
 
+    def grammar_compiler(self):
+        """The xgrammar compiler for this model's tokenizer (made once; compiled grammars cached)."""
+        with self.lock:
+            if getattr(self, "_grammar_compiler", None) is None:
+                from teachers.constrained import GrammarCompiler
+
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                self._grammar_compiler = GrammarCompiler(self.tokenizer, vocab, [self.tokenizer.eos_token_id])
+            return self._grammar_compiler
+
     def _use(self, adapter: str | None):
         """A context manager that runs the model with `adapter` active (None: the base alone)."""
         import contextlib
@@ -210,6 +240,7 @@ class LocalModel:
         progress: Callable[[int], None] | None = None,
         adapter: str | None = ...,  # type: ignore[assignment]
         confidence: bool = False,
+        grammars: Sequence[dict | None] | None = None,
     ) -> list[Completion]:
         """Complete each prompt; greedy when temperature is 0. Deterministic for a seed.
 
@@ -220,12 +251,21 @@ class LocalModel:
         read from the generation's own float32 scores when the generated tokens before the stop
         are exactly the answer text's own tokenization (the usual case), else computed for that
         row with one teacher-forced pass (`teacher_forced_logprobs`), so the value is always the
-        routing profile's definition. Raises KeyError for an adapter that is not loaded."""
+        routing profile's definition, the model's own probability even under a grammar.
+
+        `grammars`: one grammar spec per prompt (core.tasks' `answer_grammar`; None: free) to
+        decode under with xgrammar (teachers.constrained); None: no constraint at all.
+        Raises KeyError for an adapter that is not loaded, constrained.GrammarError for a spec
+        xgrammar cannot compile, ValueError when `grammars` and `prompts` differ in length."""
         import torch
         from transformers import LogitsProcessorList
 
         if adapter is ...:
             adapter = self.default_adapter
+        if grammars is not None and len(grammars) != len(prompts):
+            raise ValueError(f"grammars: {len(grammars)} specs for {len(prompts)} prompts")
+        if grammars is not None and all(g is None for g in grammars):
+            grammars = None
         tok = self.tokenizer
         greedy_conf = confidence and temperature <= 0
         # Sort by length so each batch pads little; restore the order at the end.
@@ -249,8 +289,12 @@ class LocalModel:
             if stop_at_newline:
                 gen_kwargs.update(stop_strings=["\n"], tokenizer=tok)
             recorder = _ChosenLogprob() if greedy_conf else None
-            if recorder is not None:
-                gen_kwargs["logits_processor"] = LogitsProcessorList([recorder])
+            processors: list = [recorder] if recorder is not None else []
+            if grammars is not None:
+                mask = self.grammar_compiler().processor([grammars[i] for i in idx])
+                processors = [recorder.capture, mask, recorder] if recorder is not None else [mask]
+            if processors:
+                gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
             with self.lock:
                 t0 = time.time()
                 with torch.inference_mode(), self._use(adapter):

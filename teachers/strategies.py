@@ -132,6 +132,61 @@ class _Plan:
     parents: list[str]
     group_key: str
     meta: dict[str, Any]
+    per_request: int = 1  # inputs asked for in this request (one per line)
+
+
+def _input_lines(cfg: SkillConfig, c: Completion, k: int) -> list[tuple[str, bool]]:
+    """The inputs of a several-per-request answer: its first line, then each next line that starts
+    with "<input_name>:" (the style prompt's own form), at most k; (text, cut) where `cut` marks a
+    last line the length cap ended."""
+    raw = (c.text or "").split("\n")
+    prefix = f"{cfg.input_name.strip().lower()}:"
+    out: list[tuple[str, bool]] = []
+    for j, line in enumerate(raw):
+        line = line.strip()
+        if j > 0:
+            if not line:
+                continue
+            if not line.lower().startswith(prefix):
+                break  # the model moved on to something else
+            line = line[len(prefix):].strip()
+        out.append((" ".join(line.split()), j == len(raw) - 1 and c.finish_reason == "length"))
+        if len(out) == k:
+            break
+    return out
+
+
+def _line_problem(cfg: SkillConfig, text: str, cut: bool, group_key: str) -> str | None:
+    if cut:
+        return "truncated"
+    if not text:
+        return "empty_generation"
+    return _validate_input(cfg, _build_input(cfg, text, group_key))
+
+
+def _several_inputs(skill: Skill, teacher: Teacher, plan: _Plan, o: Completion,
+                    stage: str) -> tuple[list[Example], list[Rejected]]:
+    """One example per line of a several-inputs answer; each line is kept or rejected on its own."""
+    cfg = skill.config
+    kept: list[Example] = []
+    rejected: list[Rejected] = []
+    lines = _input_lines(cfg, o, plan.per_request)
+    for j, (text, cut) in enumerate(lines):
+        inp = _build_input(cfg, text, plan.group_key) if text else ""
+        meta = dict(plan.meta, prompt_tokens=o.prompt_tokens, input_tokens=o.completion_tokens, line=j)
+        ex = Example(id=content_id(skill.name, inp), skill=skill.name, input=inp, output=None, source="teacher",
+                     teacher=teacher.name, parent_ids=list(plan.parents), meta=meta)
+        bad = _line_problem(cfg, text, cut, plan.group_key)
+        if bad:
+            rejected.append(Rejected(ex, stage, bad, {"raw": text[:200]}))
+        else:
+            kept.append(ex)
+    if len(lines) < plan.per_request:
+        ex = Example(id=content_id(skill.name, f"{plan.request.prompt}|missing"), skill=skill.name, input="", output=None,
+                     source="teacher", teacher=teacher.name, parent_ids=list(plan.parents), meta=dict(plan.meta))
+        rejected.append(Rejected(ex, stage, "fewer_inputs_than_asked",
+                                 {"asked": plan.per_request, "written": len(lines)}))
+    return kept, rejected
 
 
 def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str,
@@ -139,6 +194,10 @@ def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str
     cfg = skill.config
 
     def check(c: Completion, i: int) -> str | None:
+        if plans[i].per_request > 1:  # several lines: the request is good when one of them is
+            lines = _input_lines(cfg, c, plans[i].per_request)
+            bad = [_line_problem(cfg, t, cut, plans[i].group_key) for t, cut in lines]
+            return None if any(b is None for b in bad) else (bad[0] if bad else "empty_generation")
         text = " ".join(c.text.split())
         if c.finish_reason == "length":
             return "truncated"
@@ -149,7 +208,12 @@ def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str
     outcomes = teacher.run([p.request for p in plans], validate=check, progress=advance)
     kept: list[Example] = []
     rejected: list[Rejected] = []
-    for plan, o in zip(plans, outcomes):
+    for plan, o in list(zip(plans, outcomes)):
+        if plan.per_request > 1 and isinstance(o, Completion):
+            k, r = _several_inputs(skill, teacher, plan, o, stage)
+            kept += k
+            rejected += r
+            continue
         text = " ".join((o.text or "").split())
         inp = _build_input(cfg, text, plan.group_key) if text else ""
         meta = dict(plan.meta)
@@ -177,7 +241,9 @@ def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str
 
 def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
                   advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
-    """New inputs in the style of `style_shots` seeds of one group (label / tool set), cycling the groups."""
+    """New inputs in the style of `style_shots` seeds of one group (label / tool set), cycling the groups;
+    `expansion.inputs_per_request` of them per request (one line each), so n inputs take about
+    n / inputs_per_request requests. Returns (kept, rejected) examples (inputs only, no answers)."""
     tc = skill.config.teacher
     rng = random.Random(seed)
     groups = _style_groups(skill)
@@ -185,9 +251,12 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     task = get_task(skill.config)
     share = task.new_tools_share()
     n_new = round(n * share)
-    for i in range(n):
+    per = skill.config.expansion.inputs_per_request
+    i = written = 0
+    while written < n:
         meta: dict[str, Any] = {"strategy": "self_instruct"}
-        if i < n_new:  # new functions too: shots from across the seeds, each shown whole
+        k = 1
+        if written < n_new:  # new functions too: shots from across the seeds, each shown whole
             key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots, len(skill.seeds)))
             prompt = new_tools_prompt(skill, shots)
             meta["new_tools"] = True
@@ -195,12 +264,19 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
             key, pool = groups[i % len(groups)]
             shots = rng.sample(pool, min(tc.style_shots, len(pool)))
             prompt = style_prompt(skill, shots)
+            k = min(per, n - written)
         if task.one_label:
             meta["seed_label"] = key
-        req = Request(prompt=prompt, max_tokens=tc.max_new_tokens, temperature=tc.temperature,
-                      top_p=0.95, stop=("\n",), seed=(seed * 100_003 + i) % 2**31)
-        plans.append(_Plan(req, [s.id for s in shots], key, meta))
-    return _write_inputs(skill, teacher, plans, "generate_inputs", advance)
+        # Several inputs: the answer runs on line after line ("<input_name>: ..."), so no newline stop.
+        req = Request(prompt=prompt, max_tokens=tc.max_new_tokens * k, temperature=tc.temperature,
+                      top_p=0.95, stop=("\n",) if k == 1 else ("\n\n",), seed=(seed * 100_003 + i) % 2**31)
+        if k > 1:
+            meta["inputs_per_request"] = k
+        plans.append(_Plan(req, [s.id for s in shots], key, meta, per_request=k))
+        written += k
+        i += 1
+    step = n / len(plans) if plans else 1.0  # progress counts inputs; the client reports requests
+    return _write_inputs(skill, teacher, plans, "generate_inputs", lambda m=1: advance(m * step))
 
 
 def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed: int = 0,

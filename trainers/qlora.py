@@ -260,6 +260,10 @@ def data_fingerprint(cfg: SkillConfig, train: list[Example], val: list[Example],
         h.update(b"|")
     h.update(json.dumps(cfg.student.model_dump(), sort_keys=True, default=str).encode())
     h.update(json.dumps([cfg.name, cfg.instruction, cfg.input_name, cfg.output_name, cfg.labels]).encode())
+    if cfg.student.train.distillation != "hard":  # the teacher's distributions are training targets too
+        from trainers.soft_labels import soft_target
+
+        h.update(json.dumps([soft_target(cfg, e) for e in train + val]).encode())
     # The base's weights, not only its path: new weights behind the same path start fresh.
     from trainers.base_model import weights_fingerprint
 
@@ -501,6 +505,11 @@ def train_adapter(
             notes.append(f"{what}: {len(f.too_long)} example(s) dropped as too_long and {len(f.input_truncated)} "
                          f"cut on the input side to fit student.train.max_length={tc.max_length}")
     train, val = fitted_train.examples, fitted_val.examples
+    soft = _soft_label_setup(cfg, tokenizer, train, val)
+    if soft is not None:
+        notes.append(f"distillation {tc.distillation}: {soft['soft_examples']} of {len(train)} training examples "
+                     f"train on the teacher's label distribution (T={tc.distill_temperature}"
+                     + (f", alpha={tc.distill_alpha})" if tc.distillation == "mixed" else ")"))
     fingerprint = data_fingerprint(cfg, train, val, model_path, method)
     resume = _resume_point(ckpt_dir, fingerprint, notes)
     if plan.device == "cuda":
@@ -569,14 +578,26 @@ def train_adapter(
         callbacks = [_callbacks(progress)]
         if val and tc.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
-        trainer = SFTTrainer(
+        trainer_cls, extra = SFTTrainer, {}
+        train_records, val_records = to_prompt_completion(cfg, train), to_prompt_completion(cfg, val)
+        if soft is not None:  # soft-label distillation: trl's trainer with a compute_loss of our own
+            from trainers.soft_labels import SOFT_KEY, make_trainer_class, soft_target
+
+            trainer_cls = make_trainer_class()
+            extra = {"label_ids": soft["label_ids"], "mode": tc.distillation, "alpha": tc.distill_alpha,
+                     "temperature": tc.distill_temperature}
+            for recs, exs in ((train_records, train), (val_records, val)):
+                for r, e in zip(recs, exs):
+                    r[SOFT_KEY] = soft_target(cfg, e)
+        trainer = trainer_cls(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(to_prompt_completion(cfg, train)),
-            eval_dataset=Dataset.from_list(to_prompt_completion(cfg, val)) if val else None,
+            train_dataset=Dataset.from_list(train_records),
+            eval_dataset=Dataset.from_list(val_records) if val else None,
             processing_class=tokenizer,
             peft_config=lora,
             callbacks=callbacks,
+            **extra,
         )
         trainer.remove_callback(PrinterCallback)  # progress goes through `progress`, not print()
         # trl casts LoRA weights to bf16 on a quantized base; keep them float32 (peft's own default,
@@ -612,6 +633,7 @@ def train_adapter(
         "train_tokens": tokens, "tokens_per_s": tokens_per_s, "train_runtime_s": round(runtime, 2), "wall_s": wall,
         "samples_per_s": output.metrics.get("train_samples_per_second"),
         "peak_memory": peak_memory(plan.device),
+        "soft_loss": ([round(x, 5) for x in trainer.soft_log[-3:]] if hasattr(trainer, "soft_log") else None),
     }
     record = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -641,6 +663,29 @@ def train_adapter(
     )
     write_json(out_dir / "train_result.json", result.to_dict())
     return result
+
+
+def _soft_label_setup(cfg: SkillConfig, tokenizer, train: list[Example], val: list[Example]) -> dict | None:
+    """None for hard labels; else {"label_ids", "soft_examples"} after checking that soft labels
+    apply (a single-label type, no packing, distinct first label tokens). Raises TrainError."""
+    from core.tasks import get_task
+    from trainers.soft_labels import label_token_ids, soft_target
+
+    tc = cfg.student.train
+    if tc.distillation == "hard":
+        return None
+    if not get_task(cfg).one_label:
+        raise TrainError(f"student.train.distillation: {tc.distillation!r} needs a single-label task (the teacher's "
+                         f"label distribution); skill {cfg.name} is {cfg.task}: set it to hard")
+    if tc.packing:
+        raise TrainError("student.train.distillation soft/mixed reads each example's answer position: set "
+                         "student.train.packing: false")
+    try:
+        ids = label_token_ids(cfg, tokenizer)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    n = sum(any(soft_target(cfg, e)) for e in train)
+    return {"label_ids": ids, "soft_examples": n}
 
 
 def _tokens_seen(checkpoint: str | None) -> int:

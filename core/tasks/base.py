@@ -9,7 +9,8 @@ A task type (`TaskType` subclass, one file per type under core/tasks/, registere
   `template_prompt`), and how long an answer may be (`answer_tokens`, `teacher_answer_tokens`);
 - answers: the lenient parse (`parse_output`), the strict checks (`output_problem`,
   `input_problem`, `example_problem` for a seeds/eval row), the JSON Schema of an answer for
-  `response_format` and constrained decoding (`answer_schema`);
+  `response_format` (`answer_schema`), and what a constrained decoder may write as the completion
+  (`answer_grammar`);
 - matching: the text that dedup, contamination, shot similarity and the seed/eval overlap check
   compare (`match_text`);
 - the teacher's prompt pieces: the groups new inputs are written in the style of (`group_key`),
@@ -189,6 +190,18 @@ class TaskType:
         """(JSON Schema of an answer, fits OpenAI's strict subset) for response_format and
         constrained decoding, or None (free text). `input` lets a type narrow it per request."""
         return None
+
+    def answer_grammar(self, input: str | None = None) -> dict[str, Any] | None:
+        """What a constrained decoder may write after the prompt: the completion as trained
+        (`format_completion`'s form: a leading space, then the answer, on one line), engine-agnostic.
+
+        One of {"prefix": " ", "choices": [str, ...]}, {"prefix": " ", "json_schema": {...}} (compact
+        JSON, canonical separators) or {"prefix": " ", "regex": str}; None for free text. `input`
+        narrows it per request (function calls: that request's own tools); a type whose grammar
+        needs the input says so with `grammar_needs_input`."""
+        return None
+
+    grammar_needs_input: ClassVar[bool] = False
 
     # --- matching -----------------------------------------------------------------------------------------------
 

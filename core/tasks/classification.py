@@ -100,6 +100,9 @@ class Classification(TaskType):
         # A JSON string among the labels (a quoted label, which parse_output accepts).
         return {"type": "string", "enum": list(self.cfg.labels)}, True
 
+    def answer_grammar(self, input=None):
+        return {"prefix": " ", "choices": list(self.cfg.labels)}
+
     # --- teacher -------------------------------------------------------------------------------------------------
 
     def group_key(self, example):

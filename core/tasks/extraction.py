@@ -90,6 +90,9 @@ class Extraction(TaskType):
     def answer_schema(self, input=None):
         return self.cfg.output_schema, strict_ok(self.cfg.output_schema)
 
+    def answer_grammar(self, input=None):
+        return {"prefix": " ", "json_schema": self.cfg.output_schema}
+
     # --- metric --------------------------------------------------------------------------------------------------
 
     def _counts(self, example, prediction) -> tuple[int, int, int, bool]:

@@ -34,6 +34,16 @@ def call_schema() -> dict:
             "required": ["name", "arguments"], "additionalProperties": False}
 
 
+def request_call_schema(input_obj: dict) -> dict:
+    """JSON Schema of a call to one of a valid function_call input's tools: one anyOf branch per
+    function, {"name": {"const": name}, "arguments": its parameters schema}, names in tool order."""
+    branches = [{"type": "object",
+                 "properties": {"name": {"const": name}, "arguments": params or {"type": "object", "properties": {}}},
+                 "required": ["name", "arguments"], "additionalProperties": False}
+                for name, params in structured.tools_by_name(input_obj).items()]
+    return branches[0] if len(branches) == 1 else {"anyOf": branches}
+
+
 def _unwrap_call(obj: dict) -> dict:
     """Common near-misses of a call: OpenAI's arguments-as-a-JSON-string, or a
     {"function": {...}} / {"tool_calls": [...]} wrapper."""
@@ -298,6 +308,15 @@ class FunctionCall(TaskType):
 
     def answer_schema(self, input=None):
         return call_schema(), False  # arguments differ per request: no fixed schema
+
+    grammar_needs_input = True
+
+    def answer_grammar(self, input=None):
+        """Per request: {"name": one of the request's functions, "arguments": that function's
+        parameters} (an anyOf with one branch per tool); without an input, any call."""
+        if input is None:
+            return {"prefix": " ", "json_schema": call_schema()}
+        return {"prefix": " ", "json_schema": request_call_schema(self._call_input(input))}
 
     # --- matching and the teacher --------------------------------------------------------------------------------
 

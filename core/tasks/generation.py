@@ -106,6 +106,10 @@ class Generation(TaskType):
         schema = self.cfg.output_schema
         return (schema, strict_ok(schema)) if schema is not None else None
 
+    def answer_grammar(self, input=None):
+        schema = self.cfg.output_schema
+        return {"prefix": " ", "json_schema": schema} if schema is not None else None  # free text: no grammar
+
     # --- metric --------------------------------------------------------------------------------------------------
 
     def score(self, example, prediction):

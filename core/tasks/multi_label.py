@@ -78,6 +78,10 @@ class MultiLabel(TaskType):
         alternatives = "|".join(re.escape(lab) for lab in self.cfg.labels)
         return {"type": "string", "pattern": f"^({alternatives})(, ({alternatives}))*$"}, False
 
+    def answer_grammar(self, input=None):
+        alternatives = "|".join(re.escape(lab) for lab in self.cfg.labels)
+        return {"prefix": " ", "regex": f"({alternatives})(, ({alternatives}))*"}
+
     def group_key(self, example):
         return example.output or ""  # new inputs in the style of seeds sharing one label set
 

@@ -181,3 +181,33 @@ def test_inference_never_picks_float16(device, cuda_bf16, cpu_bf16, expected):
     if device == "cuda":
         assert expected == choose_device(True, cuda_bf16, False).compute_dtype
     assert str(inference_dtype("cpu")).split(".")[-1] in ("bfloat16", "float32")
+
+
+def test_several_inputs_per_request_are_checked_one_line_at_a_time(skill, fake_server):
+    """expansion.inputs_per_request: one request writes several inputs, one per line; each line is kept or
+    rejected on its own (a cut last line, an empty one), and a request that wrote fewer says so."""
+    def answer(prompt, body):
+        n = body["seed"] % 3
+        if n == 0:  # four good lines
+            return " printer jam on floor 2\nTicket: refund the double charge\nTicket: cannot log in\nTicket: add dark mode"
+        if n == 1:  # two good lines, then the model moves on to something else
+            return " invoice is wrong\nTicket: app crashes on start\nTeam: bug"
+        return " my password reset mail never came\nTicket:  \nTicket: export to csv please\nTicket: the tab"
+
+    srv = fake_server(answer=answer)
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, max_retries=0, cache=False)
+    ec = skill.config.expansion.model_copy(update={"inputs_per_request": 4})
+    skill.config = skill.config.model_copy(update={"teacher": cfg, "expansion": ec})
+    with open_teacher(cfg) as t:
+        kept, rejected = self_instruct(skill, t, 12, seed=0)
+    bodies = [b for b in srv.bodies if not b["prompt"].endswith("Team:")]
+    assert len(bodies) == 3  # 12 inputs, 4 per request
+    assert all(b["max_tokens"] == 4 * skill.config.teacher.max_new_tokens and "\n" not in (b.get("stop") or [])
+               for b in bodies)
+    texts = sorted(e.input for e in kept)
+    assert "refund the double charge" in texts and "app crashes on start" in texts and "Team: bug" not in texts
+    reasons = sorted(r.reason for r in rejected)
+    assert "fewer_inputs_than_asked" in reasons and "empty_generation" in reasons
+    assert len(kept) >= 7
+    for e in kept:
+        assert e.meta["inputs_per_request"] == 4 and e.parent_ids and "line" in e.meta

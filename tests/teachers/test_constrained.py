@@ -1,0 +1,141 @@
+"""Constrained decoding (decoding.constrained, xgrammar): a random tiny model, which writes garbage
+when free, gives answers that always parse under the skill's grammar, for every task type with a
+schema; confidences stay the model's own log-probabilities; one bad spec does not fail a batch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core import structured
+from core.config import SkillConfig
+from core.tasks import get_task
+from tests.core import skillkit
+
+pytest.importorskip("xgrammar")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    from teachers.local import LocalModel
+
+    return LocalModel(tiny_model_path)
+
+
+def _cfg(task: str, constrained: bool = True, **extra) -> SkillConfig:
+    return SkillConfig.model_validate(skillkit.config(task, decoding={"constrained": constrained}, **extra))
+
+
+def _decode(model, cfg, inputs, max_new_tokens=48):
+    from eval_gates.predict import predict
+
+    return predict(model, cfg, inputs)
+
+
+def _invalid_share(cfg, inputs, preds) -> float:
+    task = get_task(cfg)
+    return sum(p is None or task.output_problem(p, x) is not None for x, p in zip(inputs, preds)) / len(preds)
+
+
+def test_classification_answers_are_always_a_label(tiny):
+    cfg = _cfg("classification", labels=["billing", "bug", "account access", "feature request"])
+    inputs = [f"ticket number {i}: the invoice is wrong again" for i in range(12)]
+    free = _decode(tiny, _cfg("classification", False, labels=cfg.labels), inputs)
+    assert _invalid_share(cfg, inputs, free.preds) > 0.5  # a random model writes no label when free
+    p = _decode(tiny, cfg, inputs)
+    assert all(x in cfg.labels for x in p.preds), p.raw
+    assert all(r.startswith(" ") and r.strip() in cfg.labels for r in p.raw)  # the trained form: " label"
+    assert all(f == "stop" for f in p.finish_reasons)  # the grammar ends the answer (EOS), not the length cap
+
+
+def test_extraction_answers_are_valid_json_of_the_schema(tiny):
+    # A finite language (enums, booleans, null): every answer ends within the cap, so none may be invalid.
+    cfg = _cfg("extraction", output_schema={
+        "type": "object", "properties": {"kind": {"enum": ["order", "support"]}, "urgent": {"type": "boolean"},
+                                         "person": {"type": "null"}},
+        "required": ["kind", "urgent", "person"], "additionalProperties": False}, gates={"max_new_tokens": 48})
+    inputs = [f"Ana paid {i} EUR for order {i}." for i in range(8)]
+    free = _decode(tiny, _cfg("extraction", False, output_schema=cfg.output_schema), inputs)
+    assert _invalid_share(cfg, inputs, free.preds) == 1.0
+    p = _decode(tiny, cfg, inputs)
+    assert _invalid_share(cfg, inputs, p.preds) == 0.0, p.raw
+    for r in p.raw:
+        obj = json.loads(r)
+        assert set(obj) == {"kind", "urgent", "person"} and obj["kind"] in ("order", "support")
+        assert r == " " + structured.canonical_json(obj)  # compact, one line, as trained
+    # Open-ended values (a random model may write digits until the cap): what ends is valid, and what hits the
+    # cap is reported as cut ('length'), never as a stop.
+    cfg = _cfg("extraction", output_schema={
+        "type": "object", "properties": {"person": {"type": ["string", "null"]}, "amount": {"type": ["number", "null"]}},
+        "required": ["person", "amount"], "additionalProperties": False}, gates={"max_new_tokens": 48})
+    p = _decode(tiny, cfg, inputs)
+    for x, pred, fin in zip(inputs, p.preds, p.finish_reasons):
+        assert fin == "length" or get_task(cfg).output_problem(pred, x) is None
+
+
+def test_function_call_grammar_is_per_request_from_its_own_tools(tiny):
+    cfg = _cfg("function_call", gates={"max_new_tokens": 64})
+
+    def tool(name, params):  # finite parameter languages: a random model's answers end within the cap
+        return {"type": "function", "function": {"name": name, "description": f"{name}.", "parameters": {
+            "type": "object", "properties": params, "required": list(params)}}}
+
+    weather = [tool("get_weather", {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}),
+               tool("get_alerts", {"severe": {"type": "boolean"}})]
+    table = [tool("book_table", {"window": {"type": "boolean"}, "size": {"enum": ["two", "four"]}})]
+    inputs = [json.dumps({"request": f"request {i}", "tools": weather if i % 2 else table}) for i in range(8)]
+    free = _decode(tiny, _cfg("function_call", False, gates={"max_new_tokens": 64}), inputs)
+    assert _invalid_share(cfg, inputs, free.preds) == 1.0
+    p = _decode(tiny, cfg, inputs)
+    assert _invalid_share(cfg, inputs, p.preds) == 0.0, p.raw
+    for x, pred in zip(inputs, p.preds):
+        names = set(structured.tools_by_name(json.loads(x)))
+        assert json.loads(pred)["name"] in names, (x, pred)  # only this request's functions
+    with pytest.raises(ValueError, match="needs the inputs"):
+        from eval_gates.predict import decode
+
+        decode(tiny, cfg, ["a prompt"])
+
+
+def test_confidence_is_the_models_own_probability_under_the_grammar(tiny):
+    from teachers.local import teacher_forced_logprobs
+
+    cfg = _cfg("classification", labels=["billing", "bug", "account access"])
+    inputs = [f"my card was charged twice, case {i}" for i in range(6)]
+    from core.prompting import render_prompt
+
+    prompts = [render_prompt(cfg, x, tiny.tokenizer) for x in inputs]
+    p = _decode(tiny, cfg, inputs)
+    forced = teacher_forced_logprobs(tiny.model, tiny.tokenizer, prompts, p.raw)
+    for c, f in zip(p.confidences, forced):
+        assert c is not None and c == pytest.approx(f, abs=1e-4)  # the unmasked model's, not renormalised
+
+
+def test_a_spec_that_does_not_compile_decodes_its_row_free_and_is_counted(tiny):
+    comp = tiny.grammar_compiler()
+    from teachers.constrained import GrammarError
+
+    with pytest.raises(GrammarError, match="regex"):
+        comp.compile({"regex": "(unclosed"})
+    with pytest.raises(GrammarError, match="exactly one of"):
+        comp.compile({"prefix": " "})
+    before = comp.failed
+    out = tiny.complete(["Ticket: a\nTeam:", "Ticket: b\nTeam:"], max_new_tokens=6,
+                        grammars=[{"prefix": " ", "choices": ["x", "y"]}, {"regex": "(unclosed"}])
+    assert out[0].text in (" x", " y") and comp.failed == before + 1
+    with pytest.raises(ValueError, match="grammars: 1 specs for 2 prompts"):
+        tiny.complete(["a", "b"], max_new_tokens=2, grammars=[None])
+
+
+def test_skill_json_records_the_decoding_and_old_versions_decode_free():
+    from registry.consumer import skill_config
+    from registry.stage import skill_spec
+
+    cfg = _cfg("classification", labels=["a", "b"])
+    spec = skill_spec(cfg)
+    assert spec["decoding"]["constrained"] is True and spec["decoding"]["engine"].startswith("xgrammar ")
+    assert skill_config(spec).decoding.constrained is True
+    old = {k: v for k, v in spec.items() if k != "decoding"}  # published before decoding existed
+    assert skill_config(old).decoding.constrained is False
+    assert skill_spec(_cfg("classification", False, labels=["a", "b"]))["decoding"] == {"constrained": False}
