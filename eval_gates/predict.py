@@ -20,6 +20,7 @@ class Predictions:
     # Mean answer-token log-probability of each answer, from the decode itself (routing's definition).
     confidences: list[float | None] | None = None
     finish_reasons: list[str] | None = None
+    completion_tokens: list[int] | None = None  # tokens each answer generated (for tokens/s)
 
     def latency(self) -> dict:
         if not self.seconds:
@@ -85,6 +86,7 @@ def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int 
         seconds=[c.seconds for c in completions],
         confidences=[getattr(c, "confidence", None) for c in completions],
         finish_reasons=[c.finish_reason for c in completions],
+        completion_tokens=[c.completion_tokens for c in completions],
     )
 
 

@@ -42,9 +42,12 @@ def test_gate_registry_and_gateway_answer_alike(skill_root, teacher_skill, tiny_
     assert predict(SKILL, inputs) == gate
 
     # Confidence from the generation's scores == teacher-forced (the profile's definition).
+    from eval_gates.predict import answer_grammars
+
     p = Predictor(folder)
+    assert p.cfg.decoding.constrained  # skill.json says the gates decoded under the grammar: so does the consumer
     comps = p.local.complete(p.prompts(replay_inputs), max_new_tokens=p.spec["max_new_tokens"],
-                             confidence=True)
+                             confidence=True, grammars=answer_grammars(p.cfg, len(replay_inputs), replay_inputs))
     assert [c.confidence for c in comps] == pytest.approx(routing["confidences"], abs=1e-6)
     forced = answer_logprobs(p.model, p.tokenizer, [format_prompt(skill.config, x) for x in replay_inputs],
                              [c.text for c in comps])
