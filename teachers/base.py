@@ -72,6 +72,9 @@ class Request:
     # Scoring instead of sampling: the teacher returns each option's log-likelihood after the
     # prompt (Completion.text is {"option": logprob, ...} as JSON) and writes nothing.
     options: tuple[str, ...] | None = None
+    # Constrained decoding for a local model (canonical JSON of a core.tasks answer_grammar spec);
+    # HTTP backends use response_format instead.
+    grammar: str | None = None
 
     def cache_key(self, identity: dict[str, Any]) -> str:
         """sha256 of who answers (backend, host, model) and everything that shapes the answer."""
@@ -81,6 +84,8 @@ class Request:
                    "attempt": self.attempt}
         if self.options is not None:  # only scoring requests carry it, so earlier cache keys stay valid
             payload["options"] = list(self.options)
+        if self.grammar is not None:  # likewise: only constrained requests carry it
+            payload["grammar"] = self.grammar
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def prompt_text(self) -> str:

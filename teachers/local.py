@@ -11,6 +11,7 @@ second pass; see `LocalModel.complete`).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -410,13 +411,14 @@ class LocalBackend:
             if r.options is not None:  # scoring, not sampling
                 out[i] = self.model.score(r.prompt_text(), r.options)
                 continue
-            groups.setdefault((r.max_tokens, r.temperature, "\n" in r.stop), []).append(i)
-        for (max_tokens, temperature, newline), idx in groups.items():
+            groups.setdefault((r.max_tokens, r.temperature, "\n" in r.stop, r.grammar is not None), []).append(i)
+        for (max_tokens, temperature, newline, constrained), idx in groups.items():
             seed = requests[idx[0]].seed
             prompts = [requests[i].prompt_text() for i in idx]
+            grammars = [json.loads(requests[i].grammar) for i in idx] if constrained else None
             # Rows of one batch sample independently, so n samples of one prompt differ.
             comps = self.model.complete(prompts, max_new_tokens=max_tokens, temperature=temperature,
-                                        batch_size=len(prompts), seed=seed, stop_at_newline=newline)
+                                        batch_size=len(prompts), seed=seed, stop_at_newline=newline, grammars=grammars)
             for i, c in zip(idx, comps):
                 out[i] = c
         return out  # type: ignore[return-value]

@@ -65,6 +65,19 @@ def response_format_for(skill: Skill) -> str | None:
     return json.dumps(rf, ensure_ascii=False, separators=(",", ":"), sort_keys=True) if rf else None
 
 
+def grammar_for(cfg: SkillConfig, input: str) -> str | None:
+    """The answer grammar (canonical JSON of core.tasks' spec) a local teacher decodes under when
+    decoding.constrained, else None; an input its type cannot read gets none."""
+    if not cfg.decoding.constrained:
+        return None
+    task = get_task(cfg)
+    try:
+        spec = task.answer_grammar(input if task.grammar_needs_input else None)
+    except ValueError:
+        return None
+    return json.dumps(spec, ensure_ascii=False, sort_keys=True, separators=(",", ":")) if spec else None
+
+
 def answer_max_tokens(cfg: SkillConfig) -> int:
     # A label is a word or two; JSON answers and text need room (the task type says how much).
     return cfg.teacher.answer_max_tokens or get_task(cfg).teacher_answer_tokens
@@ -361,7 +374,7 @@ def label(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0
     prompts, shot_ids = _answer_prompts(skill, examples, seed, picker)
     rf = response_format_for(skill)
     reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=0.0, stop=("\n",), seed=seed,
-                    response_format=rf) for p in prompts]
+                    response_format=rf, grammar=grammar_for(cfg, ex.input)) for p, ex in zip(prompts, examples)]
     outcomes = teacher.run(reqs, validate=_answer_check(cfg, examples), progress=advance)
     kept: list[Example] = []
     rejected: list[Rejected] = []
@@ -393,8 +406,9 @@ def self_consistency(skill: Skill, teacher: Teacher, examples: list[Example], se
     prompts, shot_ids = _answer_prompts(skill, examples, seed, picker)
     rf = response_format_for(skill)
     reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=ec.self_consistency_temperature,
-                    top_p=1.0, stop=("\n",), seed=(seed * 1_000 + j) % 2**31, sample_index=j, response_format=rf)
-            for p in prompts for j in range(n)]
+                    top_p=1.0, stop=("\n",), seed=(seed * 1_000 + j) % 2**31, sample_index=j, response_format=rf,
+                    grammar=grammar_for(cfg, ex.input))
+            for p, ex in zip(prompts, examples) for j in range(n)]
     outcomes = teacher.run(reqs, validate=None, progress=advance)
     kept: list[Example] = []
     rejected: list[Rejected] = []

@@ -142,9 +142,9 @@ def test_the_loop_end_to_end_on_postgres(teacher_skill, trained_adapter, tiny_mo
     assert r.status_code == 202
     r = httpx.post(g.url + "/v1/feedback", json={"id": "req-unknown", "verdict": "accepted"})
     assert r.status_code == 404
-    # Promote a version whose answers are invalid: from then on requests escalate to the teacher, none fails.
-    v2 = publish(reg, random_adapter(tiny_model_path, tmp_path / "rand"), routing_with_threshold(None, "keep_all_valid"),
-                 "r2", alias=None)
+    # Promote a version none of whose answers is confident enough (under its grammar every answer is a valid label,
+    # so a threshold above any log-probability escalates them all): from then on requests go to the teacher, none fails.
+    v2 = publish(reg, random_adapter(tiny_model_path, tmp_path / "rand"), routing_with_threshold(1.0), "r2", alias=None)
     statuses, versions = [], []
     stop = threading.Event()
 

@@ -139,3 +139,22 @@ def test_skill_json_records_the_decoding_and_old_versions_decode_free():
     old = {k: v for k, v in spec.items() if k != "decoding"}  # published before decoding existed
     assert skill_config(old).decoding.constrained is False
     assert skill_spec(_cfg("classification", False, labels=["a", "b"]))["decoding"] == {"constrained": False}
+
+
+def test_a_local_teacher_labels_under_the_grammar(skill, tiny):
+    """The transformers teacher decodes label requests under the skill's grammar: no answer is dropped
+    as invalid, where the same random model answering free loses most of them."""
+    from core.config import DecodingConfig
+    from teachers.client import ClientSettings, Teacher
+    from teachers.local import LocalBackend
+    from teachers.strategies import label
+
+    inputs = [e.__class__(**{**e.__dict__, "output": None}) for e in skill.eval_set[:8]]
+    results = {}
+    for constrained in (False, True):
+        skill.config = skill.config.model_copy(update={"decoding": DecodingConfig(constrained=constrained)})
+        teacher = Teacher(LocalBackend(tiny), ClientSettings(batch_size=8, invalid_retries=0), cache=None, name="tiny")
+        results[constrained] = label(skill, teacher, inputs, seed=0)
+    kept, rejected = results[True]
+    assert len(kept) == 8 and not rejected and all(e.output in skill.config.labels for e in kept)
+    assert len(results[False][1]) >= 4  # free, the random model's answers are mostly not labels
