@@ -99,7 +99,8 @@ class GrammarCompiler:
 
     def compile(self, spec: dict[str, Any]):
         """The compiled grammar of `spec` (cached). Raises GrammarError."""
-        key = json.dumps(spec, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        # Key order kept: a schema's property order is the order the answer is written in (as trained).
+        key = json.dumps(spec, ensure_ascii=False, separators=(",", ":"))
         with self.lock:
             return self._compile(key)
 

@@ -75,7 +75,8 @@ def grammar_for(cfg: SkillConfig, input: str) -> str | None:
         spec = task.answer_grammar(input if task.grammar_needs_input else None)
     except ValueError:
         return None
-    return json.dumps(spec, ensure_ascii=False, sort_keys=True, separators=(",", ":")) if spec else None
+    # Key order kept: a schema's property order is the order the answer is written in.
+    return json.dumps(spec, ensure_ascii=False, separators=(",", ":")) if spec else None
 
 
 def answer_max_tokens(cfg: SkillConfig) -> int:
