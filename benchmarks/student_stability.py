@@ -5,6 +5,7 @@ student's eval score, promoted or rejected, teacher and training minutes. Prints
 
     python benchmarks/student_stability.py [--skill ticket-triage] [--profile cpu-budget]
                                            [--teacher-seeds 3] [--train-seeds 2] [--quick]
+                                           [--set student.train.distillation=mixed ...]
 
 --quick: the tiny random model as teacher and student, a tiny profile, 2 x 1 runs (same keys; the
 figures mean nothing, the harness is what is checked). A full-size run of the default config takes
@@ -88,6 +89,8 @@ def main() -> None:
     ap.add_argument("--teacher-seeds", type=int, default=None, help="run seeds (teacher sampling and shots), default 3")
     ap.add_argument("--train-seeds", type=int, default=None, help="student.train.seed values, default 2")
     ap.add_argument("--quick", action="store_true", help="the tiny model, 2 x 1 runs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a skill-file key for every run, e.g. student.train.distillation=mixed (YAML value)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)
@@ -103,6 +106,17 @@ def main() -> None:
     base = {} if args.profile == "default" else (cfg.get("profiles") or {}).get(args.profile)
     if base is None:
         raise SystemExit(f"--profile {args.profile}: not in {args.skill}'s skill.yaml")
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. student.train.distillation=mixed")
+        node: dict = {}
+        cur = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = yaml.safe_load(value)
+        base = merge(base, node)
     models = work_dir() / "models"
     if args.quick:
         from tests.tiny_models import build_tiny_model
@@ -132,6 +146,7 @@ def main() -> None:
     beat = [r["student_eval"] >= r["teacher_audit_score"] for r in ok
             if isinstance(r.get("student_eval"), (int, float)) and isinstance(r.get("teacher_audit_score"), (int, float))]
     out = {"benchmark": "student_stability", "quick": args.quick, "skill": args.skill, "profile": args.profile,
+           "set": args.set,
            "teacher_seeds": n_t, "train_seeds": n_s, "runs": runs, "failed_runs": len(runs) - len(ok),
            "teacher_audit_score": mean_sd([r.get("teacher_audit_score") for r in ok]),
            "student_eval": mean_sd([r.get("student_eval") for r in ok]),
