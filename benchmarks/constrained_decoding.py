@@ -7,7 +7,7 @@ local teacher's way of answering). Prints one JSON line last.
                                               [--adapter SKILL=PATH ...] [--shots 6] [--limit N]
 
 Adapters: --adapter, else the registry's production version of the skill, else its newest
-(none: the adapter rows are null). --quick: 4 eval items per skill, 2 shots (same keys).
+(none: the adapter rows are null). --quick: 3 eval items per skill, 2 shots (same keys).
 Both modes decode the same prompts in the same batches (greedy), alternating which goes first; the
 grammar engine's one-time set-up per model (its tokenizer table) is timed apart (grammar_setup_s).
 """
@@ -22,7 +22,7 @@ from _common import emit, setup
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="4 eval items per skill, 2 shots")
+    ap.add_argument("--quick", action="store_true", help="3 eval items per skill, 2 shots")
     ap.add_argument("--skills", default="ticket-triage,json-extraction,tool-calling")
     ap.add_argument("--adapter", action="append", default=[], help="SKILL=PATH (repeatable)")
     ap.add_argument("--shots", type=int, default=None, help="few-shot examples for the base model (default 6)")
@@ -42,7 +42,7 @@ def main() -> None:
     from teachers.local import LocalModel
     from trainers.base_model import resolve_model
 
-    limit = args.limit or (4 if args.quick else None)
+    limit = args.limit or (3 if args.quick else None)
     shots_k = args.shots or (2 if args.quick else 6)
     given = dict(a.split("=", 1) for a in args.adapter)
     reg = Registry(registry_root())
