@@ -68,7 +68,8 @@ class GrammarCompiler:
         self.compiler = xgr.GrammarCompiler(self.info, max_threads=1)
         self.lock = threading.Lock()
         self._compile = lru_cache(maxsize=CACHE_SIZE)(self._compile_text)
-        self.failed = 0  # specs that did not compile (their rows were decoded free)
+        self.failed = 0  # rows whose spec did not compile (decoded free)
+        self._failed: dict[str, str] = {}  # spec key -> why it did not compile
 
     def _grammar(self, spec: dict[str, Any]):
         xgr = self.xgr
@@ -102,7 +103,15 @@ class GrammarCompiler:
         # Key order kept: a schema's property order is the order the answer is written in (as trained).
         key = json.dumps(spec, ensure_ascii=False, separators=(",", ":"))
         with self.lock:
-            return self._compile(key)
+            if key in self._failed:  # a spec that did not compile is not tried again (nor logged again)
+                raise GrammarError(self._failed[key])
+            try:
+                return self._compile(key)
+            except GrammarError as e:
+                if len(self._failed) < CACHE_SIZE:
+                    self._failed[key] = str(e)
+                    log.warning("constrained decoding: %s; its answers are decoded free", e)
+                raise
 
     def processor(self, specs: Sequence[dict[str, Any] | None]):
         """A fresh logits processor for one generate() call over len(specs) rows (one spec per row;
@@ -113,10 +122,9 @@ class GrammarCompiler:
         for spec in specs:
             try:
                 grammars.append(self.compile(spec if spec is not None else free))
-            except GrammarError as e:
+            except GrammarError:
                 # One request's odd tool schema must not fail its whole batch: that row goes free (its
-                # answer is still parsed and checked) and the reason is logged.
+                # answer is still parsed and checked); the reason was logged once per spec.
                 self.failed += 1
-                log.warning("constrained decoding: a row decoded free: %s", e)
                 grammars.append(self.compile(free))
         return self.xgr.contrib.hf.LogitsProcessor(grammars if len(grammars) > 1 else grammars[0])

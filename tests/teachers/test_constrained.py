@@ -124,6 +124,11 @@ def test_a_spec_that_does_not_compile_decodes_its_row_free_and_is_counted(tiny):
     out = tiny.complete(["Ticket: a\nTeam:", "Ticket: b\nTeam:"], max_new_tokens=6,
                         grammars=[{"prefix": " ", "choices": ["x", "y"]}, {"regex": "(unclosed"}])
     assert out[0].text in (" x", " y") and comp.failed == before + 1
+    # An unsupported schema is tried once, not once per row: later rows fail fast with the same reason.
+    bad = {"regex": "(still unclosed"}
+    out = tiny.complete(["a", "b", "c"], max_new_tokens=2, grammars=[bad] * 3)
+    assert comp.failed == before + 4 and len(out) == 3
+    assert sum("still unclosed" in k for k in comp._failed) == 1
     with pytest.raises(ValueError, match="grammars: 1 specs for 2 prompts"):
         tiny.complete(["a", "b"], max_new_tokens=2, grammars=[None])
 
