@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from core.prompting import format_prompt, parse_output, render_prompt
 from core.skills import SkillConfig
-from core.tasks import get_task
+from core.tasks import answer_grammar_for, get_task
 
 
 @dataclass
@@ -44,25 +44,18 @@ DECODE_BATCH = 16
 
 
 def answer_grammars(cfg: SkillConfig, n: int, inputs: Sequence[str] | None = None) -> list[dict | None] | None:
-    """The grammar spec each of n answers is decoded under (`decoding.constrained`), or None when
-    decoding is free. A type whose grammar depends on the request (function calls: its tools)
-    needs `inputs` (raises ValueError without them); an input it cannot read decodes free."""
+    """The grammar spec each of n answers is decoded under (core.tasks.answer_grammar_for), or None
+    when decoding is free. A type whose grammar depends on the request (function calls: its tools)
+    needs `inputs` (raises ValueError without them)."""
     if not cfg.decoding.constrained:
         return None
-    task = get_task(cfg)
-    if not task.grammar_needs_input:
-        g = task.answer_grammar()
+    if not get_task(cfg).grammar_needs_input:
+        g = answer_grammar_for(cfg, None)
         return None if g is None else [g] * n
     if inputs is None or len(inputs) != n:
         raise ValueError(f"decoding.constrained: {cfg.task} answers are constrained per request, so decode() "
                          "needs the inputs beside the prompts")
-    out: list[dict | None] = []
-    for x in inputs:
-        try:
-            out.append(task.answer_grammar(x))
-        except ValueError:  # not a valid input of this type: its answer is judged invalid anyway
-            out.append(None)
-    return out
+    return [answer_grammar_for(cfg, x) for x in inputs]
 
 
 def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int | None = None,

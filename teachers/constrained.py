@@ -41,12 +41,12 @@ def _ebnf_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string literal is a valid EBNF string literal
 
 
-def spec_ebnf_parts(spec: dict[str, Any]) -> tuple[str, str]:
-    """(kind, body) of a spec after its prefix; raises GrammarError for an unknown spec."""
+def _kind(spec: dict[str, Any]) -> str:
+    """Which of choices / json_schema / regex a spec is; raises GrammarError unless exactly one."""
     kinds = [k for k in ("choices", "json_schema", "regex") if k in spec]
     if len(kinds) != 1:
         raise GrammarError(f"a grammar spec has exactly one of choices, json_schema, regex; got keys {sorted(spec)}")
-    return kinds[0], spec[kinds[0]]
+    return kinds[0]
 
 
 class GrammarCompiler:
@@ -73,7 +73,8 @@ class GrammarCompiler:
 
     def _grammar(self, spec: dict[str, Any]):
         xgr = self.xgr
-        kind, body = spec_ebnf_parts(spec)
+        kind = _kind(spec)
+        body = spec[kind]
         if kind == "choices":
             if not body:
                 raise GrammarError("choices: empty list")
@@ -95,8 +96,7 @@ class GrammarCompiler:
         except GrammarError:
             raise
         except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's message
-            kind = next((k for k in ("choices", "json_schema", "regex") if k in spec), "?")
-            raise GrammarError(f"{kind}: xgrammar cannot compile it ({str(e).splitlines()[0][:300]})") from None
+            raise GrammarError(f"{_kind(spec)}: xgrammar cannot compile it ({str(e).splitlines()[0][:300]})") from None
 
     def compile(self, spec: dict[str, Any]):
         """The compiled grammar of `spec` (cached). Raises GrammarError."""

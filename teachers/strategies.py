@@ -30,7 +30,7 @@ from typing import Any, Callable, ContextManager
 from core import prompting
 from core.records import Example, Rejected, content_id, write_examples, write_json
 from core.skills import Skill, SkillConfig
-from core.tasks import get_task
+from core.tasks import answer_grammar_for, get_task
 from core.tasks.base import NEW_TOOLS
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
@@ -66,15 +66,9 @@ def response_format_for(skill: Skill) -> str | None:
 
 
 def grammar_for(cfg: SkillConfig, input: str) -> str | None:
-    """The answer grammar (canonical JSON of core.tasks' spec) a local teacher decodes under when
-    decoding.constrained, else None; an input its type cannot read gets none."""
-    if not cfg.decoding.constrained:
-        return None
-    task = get_task(cfg)
-    try:
-        spec = task.answer_grammar(input if task.grammar_needs_input else None)
-    except ValueError:
-        return None
+    """The answer grammar a local teacher decodes under (core.tasks.answer_grammar_for) as canonical
+    JSON for the request, or None."""
+    spec = answer_grammar_for(cfg, input)
     # Key order kept: a schema's property order is the order the answer is written in.
     return json.dumps(spec, ensure_ascii=False, separators=(",", ":")) if spec else None
 

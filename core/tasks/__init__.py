@@ -61,3 +61,18 @@ def score_items(task: TaskType, examples, predictions) -> tuple[list[dict], dict
 
 
 __all__ = ["BUILTIN", "INVALID", "TaskType", "get_task", "register", "score_items", "task_class", "task_names"]
+
+
+def answer_grammar_for(cfg: "SkillConfig", input: str | None) -> dict | None:
+    """The grammar spec an answer to `input` is decoded under (`decoding.constrained`), or None when
+    decoding is free, the type has none, or the type needs the input and cannot read this one (its
+    answer is judged invalid anyway). The one rule for the student's decode path and the local teacher."""
+    if not cfg.decoding.constrained:
+        return None
+    task = get_task(cfg)
+    if not task.grammar_needs_input:
+        return task.answer_grammar()
+    try:
+        return task.answer_grammar(input)
+    except ValueError:
+        return None

@@ -74,13 +74,15 @@ class MultiLabel(TaskType):
             return "not_canonical", f"write the labels once each, in the declared order: {SEPARATOR.join(labels)!r}"
         return None
 
-    def answer_schema(self, input=None):
+    def _answer_regex(self) -> str:
         alternatives = "|".join(re.escape(lab) for lab in self.cfg.labels)
-        return {"type": "string", "pattern": f"^({alternatives})(, ({alternatives}))*$"}, False
+        return f"({alternatives})(, ({alternatives}))*"
+
+    def answer_schema(self, input=None):
+        return {"type": "string", "pattern": f"^{self._answer_regex()}$"}, False
 
     def answer_grammar(self, input=None):
-        alternatives = "|".join(re.escape(lab) for lab in self.cfg.labels)
-        return {"prefix": " ", "regex": f"({alternatives})(, ({alternatives}))*"}
+        return {"prefix": " ", "regex": self._answer_regex()}
 
     def group_key(self, example):
         return example.output or ""  # new inputs in the style of seeds sharing one label set

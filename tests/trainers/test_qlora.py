@@ -10,18 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.skills import SkillError, load_skill
-
-
-@pytest.fixture()
-def skill(skill_root):
-    return load_skill("ticket-triage", profile="tiny", root=skill_root)
-
-
-def _cfg(skill, **train):
-    cfg = skill.config.model_copy(deep=True)
-    for k, v in train.items():
-        setattr(cfg.student.train, k, v)
-    return cfg
+from tests.trainers.conftest import train_cfg as _cfg
 
 
 def test_qlora_trains_an_adapter_with_record_metrics_and_plot(skill, tiny_model_path, tmp_path):

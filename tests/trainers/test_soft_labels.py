@@ -8,19 +8,7 @@ import math
 
 import pytest
 
-from core.skills import load_skill
-
-
-@pytest.fixture()
-def skill(skill_root):
-    return load_skill("ticket-triage", profile="tiny", root=skill_root)
-
-
-def _cfg(skill, **train):
-    cfg = skill.config.model_copy(deep=True)
-    for k, v in train.items():
-        setattr(cfg.student.train, k, v)
-    return cfg
+from tests.trainers.conftest import train_cfg as _cfg
 
 
 def test_kd_loss_is_t_squared_kl_and_zero_when_the_student_agrees():
