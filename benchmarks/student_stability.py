@@ -6,6 +6,13 @@ student's eval score, promoted or rejected, teacher and training minutes. Prints
     python benchmarks/student_stability.py [--skill ticket-triage] [--profile cpu-budget]
                                            [--teacher-seeds 3] [--train-seeds 2] [--quick]
                                            [--set student.train.distillation=mixed ...]
+                                           [--teacher-cache DIR]
+
+Runs of one teacher seed share a teacher response cache (the teacher's requests are seeded), so the
+second training seed costs training and evaluation only, and every training seed learns from the same
+teacher data. `--teacher-cache DIR` keeps those caches (DIR/seed-<n>/) across invocations, so a later
+invocation that changes only student or gate keys (`--set`) trains on the very same teacher data:
+that is how training options are compared without the teacher's sampling noise.
 
 --quick: the tiny random model as teacher and student, a tiny profile, 2 x 1 runs (same keys; the
 figures mean nothing, the harness is what is checked). A full-size run of the default config takes
@@ -50,10 +57,13 @@ def mean_sd(xs: list) -> dict:
             "min": round(min(xs), 4), "max": round(max(xs), 4)}
 
 
-def one_run(seeds_dir: Path, models: Path, skill: str, profile: str, teacher_seed: int, log: Path) -> dict:
+def one_run(seeds_dir: Path, models: Path, skill: str, profile: str, teacher_seed: int, log: Path,
+            cache: Path) -> dict:
     home = Path(tempfile.mkdtemp(prefix="distill-stability-"))
     try:
         (home / "models").symlink_to(models, target_is_directory=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        (home / "cache").symlink_to(cache, target_is_directory=True)  # one teacher seed, one teacher's answers
         env = dict(os.environ, DISTILL_SEEDS_DIR=str(seeds_dir), DISTILL_HOME=str(home),
                    PREFECT_HOME=str(home / "prefect"), PREFECT_LOGGING_LEVEL="WARNING")
         env.pop("DISTILL_REGISTRY", None)
@@ -70,11 +80,14 @@ def one_run(seeds_dir: Path, models: Path, skill: str, profile: str, teacher_see
         chosen = next((o for o in audit.get("options", []) if o["option"] == audit.get("chosen")), None)
         metric = (s.get("evaluation") or {}).get("metric") or audit.get("metric")
         cand = ((s.get("evaluation") or {}).get("candidate") or {}).get("eval") or {}
-        teacher_s = (s.get("teacher") or {}).get("seconds") or 0.0
+        teacher = s.get("teacher") or {}
+        teacher_s = teacher.get("seconds") or 0.0
         audit_s = sum(o.get("teacher_seconds") or 0 for o in audit.get("options", []))
         return {"teacher_audit_score": chosen["score"] if chosen else None, "audit_option": audit.get("chosen"),
                 "student_eval": cand.get(metric), "invalid_rate": cand.get("invalid_rate"), "metric": metric,
                 "promoted": bool(s["decision"]["promote"]), "decision": "; ".join(s["decision"]["reasons"])[:200],
+                "accepted": (s.get("counts") or {}).get("accepted"), "teacher_cache_hits": (teacher.get("accounting")
+                                                                                     or {}).get("cache_hits"),
                 "teacher_min": round((teacher_s + audit_s) / 60, 2),
                 "train_min": round(((s.get("training") or {}).get("seconds") or 0) / 60, 2),
                 "wall_min": round((time.time() - t0) / 60, 2)}
@@ -91,6 +104,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the tiny model, 2 x 1 runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a skill-file key for every run, e.g. student.train.distillation=mixed (YAML value)")
+    ap.add_argument("--teacher-cache", type=Path, default=None,
+                    help="keep each teacher seed's response cache here (DIR/seed-<n>/) across invocations")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)
@@ -138,7 +153,8 @@ def main() -> None:
     t0 = time.time()
     for t in range(n_t):
         for s in range(n_s):
-            r = one_run(seeds_dir, models, args.skill, f"stability-s{s}", 1000 + t, log)
+            cache = (args.teacher_cache.resolve() if args.teacher_cache else tmp / "cache") / f"seed-{1000 + t}"
+            r = one_run(seeds_dir, models, args.skill, f"stability-s{s}", 1000 + t, log, cache)
             r.update(teacher_seed=1000 + t, train_seed=s)
             runs.append(r)
             print(json.dumps(r), flush=True)
