@@ -273,7 +273,14 @@ class TrainConfig(_Strict):
     eval_steps: int | None = Field(None, ge=1, description="Validate every N steps (default: ~4 times a run, at least once an epoch).")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (default: eval_steps); with a validation "
                                                            "split it must be a multiple of eval_steps (the best one is kept).")
-    early_stopping_patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better eval loss (0: never).")
+    checkpoint_selection: Literal["eval_loss", "token_accuracy", "last"] = Field(
+        "eval_loss", description="Which checkpoint becomes the adapter: eval_loss (lowest validation loss), "
+                                 "token_accuracy (highest share of validation answer tokens the model ranks first, "
+                                 "trl's eval_mean_token_accuracy: for a one-token label, greedy label accuracy; "
+                                 "ties keep the earlier checkpoint) or last (a fixed schedule: no selection and no "
+                                 "early stopping; the validation split is still scored for the loss curve).")
+    early_stopping_patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better "
+                                                              "selection metric (0: never; unused with last).")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
         "auto", description="'auto': eager on CPU, flash_attention_2 on CUDA when installed, else sdpa.")
     answer_only_logits: bool = Field(True, description="LM-head logits only where the loss is taken (same loss, ~5x faster on CPU).")

@@ -422,7 +422,8 @@ def peak_memory(device: str) -> dict:
 def training_metrics(history: list[dict]) -> tuple[list[dict], list[dict]]:
     steps = [{k: h[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in h}
              for h in history if "loss" in h]
-    evals = [{k: h[k] for k in ("step", "epoch", "eval_loss") if k in h} for h in history if "eval_loss" in h]
+    evals = [{k: h[k] for k in ("step", "epoch", "eval_loss", "eval_mean_token_accuracy") if k in h}
+             for h in history if "eval_loss" in h]
     return steps, evals
 
 
@@ -536,6 +537,7 @@ def train_adapter(
         # Evaluate about four times a run, at least once an epoch; checkpoint at every evaluation by default.
         eval_steps = eval_steps or tc.eval_steps or max(1, min(steps_per_epoch, -(-total // 4)))
         save_steps = tc.save_steps or eval_steps
+        select = tc.checkpoint_selection
         if val and save_steps % eval_steps:
             raise TrainError(f"student.train.save_steps ({save_steps}) must be a multiple of the evaluation interval "
                              f"({eval_steps}) so the best checkpoint can be kept")
@@ -563,9 +565,9 @@ def train_adapter(
             save_strategy="steps",
             save_steps=save_steps,
             save_total_limit=2,  # the last (to resume) and the best (kept by load_best_model_at_end)
-            load_best_model_at_end=bool(val),
-            metric_for_best_model="eval_loss",
-            greater_is_better=False,
+            load_best_model_at_end=bool(val) and select != "last",
+            metric_for_best_model=SELECTION_METRIC[select],
+            greater_is_better=select == "token_accuracy",
             restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
             seed=tc.seed,
             data_seed=tc.seed,
@@ -576,7 +578,7 @@ def train_adapter(
             disable_tqdm=True,
         )
         callbacks = [_callbacks(progress)]
-        if val and tc.early_stopping_patience > 0:
+        if val and tc.early_stopping_patience > 0 and select != "last":
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=tc.early_stopping_patience))
         trainer_cls, extra = SFTTrainer, {}
         train_records, val_records = to_prompt_completion(cfg, train), to_prompt_completion(cfg, val)
@@ -621,14 +623,16 @@ def train_adapter(
     runtime = output.metrics.get("train_runtime") or (time.time() - t0)
     tokens = int(state.num_input_tokens_seen or 0) - tokens_before
     tokens_per_s = round(tokens / runtime, 1) if runtime and tokens > 0 else None
-    stopped_early = bool(val) and tc.early_stopping_patience > 0 and state.global_step < state.max_steps
+    stopped_early = state.global_step < state.max_steps
     if stopped_early:
         notes.append(f"early stopping after step {state.global_step} of {state.max_steps}")
     wall = round(time.time() - t0, 1)
     metrics = {
         "steps": steps, "eval": evals, "global_step": state.global_step, "max_steps": state.max_steps,
-        "best_eval_loss": state.best_metric, "best_checkpoint": Path(state.best_model_checkpoint).name
-        if state.best_model_checkpoint else None, "stopped_early": stopped_early,
+        "checkpoint_selection": tc.checkpoint_selection, "best_metric": state.best_metric,
+        "best_eval_loss": _best_eval_loss(evals, state, tc.checkpoint_selection), "best_checkpoint": Path(state.best_model_checkpoint).name
+        if state.best_model_checkpoint and val and tc.checkpoint_selection != "last" else None,
+        "stopped_early": stopped_early,
         "resumed_from": Path(resume).name if resume else None,
         "train_tokens": tokens, "tokens_per_s": tokens_per_s, "train_runtime_s": round(runtime, 2), "wall_s": wall,
         "samples_per_s": output.metrics.get("train_samples_per_second"),
@@ -656,13 +660,28 @@ def train_adapter(
     result = TrainResult(
         adapter_dir=str(adapter_dir), quantization=quantization, compute_dtype=plan.compute_dtype,
         steps=state.global_step, train_examples=len(train), val_examples=len(val), seconds=wall,
-        best_eval_loss=state.best_metric, final_train_loss=steps[-1]["loss"] if steps else None,
+        best_eval_loss=metrics["best_eval_loss"], final_train_loss=steps[-1]["loss"] if steps else None,
         device=plan.device, attn_implementation=plan.attn_implementation, resumed_from=metrics["resumed_from"],
         stopped_early=stopped_early, tokens_per_s=tokens_per_s, record_path=str(record_path),
         metrics_path=str(metrics_path), plot_path=str(plot_path), log_history=history, notes=notes,
     )
     write_json(out_dir / "train_result.json", result.to_dict())
     return result
+
+
+# student.train.checkpoint_selection -> the Trainer's metric_for_best_model (trl logs eval_mean_token_accuracy).
+SELECTION_METRIC = {"eval_loss": "eval_loss", "token_accuracy": "eval_mean_token_accuracy", "last": "eval_loss"}
+
+
+def _best_eval_loss(evals: list[dict], state, selection: str) -> float | None:
+    """The validation loss of the checkpoint that became the adapter (the last evaluation's with
+    checkpoint_selection last, the lowest with eval_loss); None without a validation split."""
+    if not evals:
+        return None
+    chosen = state.best_model_checkpoint if selection != "last" else None
+    step = int(Path(chosen).name.split("-")[-1]) if chosen else None
+    at = [e for e in evals if e.get("step") == step]
+    return at[-1]["eval_loss"] if at else evals[-1]["eval_loss"]
 
 
 def _soft_label_setup(cfg: SkillConfig, tokenizer, train: list[Example], val: list[Example]) -> dict | None:

@@ -131,6 +131,50 @@ def test_early_stopping_keeps_the_best_checkpoint(skill, tiny_model_path, tmp_pa
     assert metrics["best_checkpoint"] == f"checkpoint-{evals.index(min(evals)) + 1}"
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    return x.keys() == y.keys() and all(bool((x[k] == y[k]).all()) for k in x)
+
+
+def test_last_checkpoint_selection_trains_the_whole_schedule(skill, tiny_model_path, tmp_path):
+    from trainers.qlora import train_adapter
+
+    # The same contradicting validation set that makes eval_loss stop early: with `last` it must not.
+    train = [dataclasses.replace(e, output="billing") for e in skill.seeds[:24]]
+    val = [dataclasses.replace(e, output="bug") for e in skill.seeds[24:32]]
+    cfg = _cfg(skill, max_steps=8, eval_steps=1, early_stopping_patience=2, learning_rate=1e-2, batch_size=4,
+               checkpoint_selection="last")
+    res = train_adapter(tiny_model_path, cfg, train, val, tmp_path / "run")
+    evals = [h["eval_loss"] for h in res.log_history if "eval_loss" in h]
+    assert not res.stopped_early and res.steps == 8 and len(evals) == 8
+    assert evals[-1] > min(evals)  # selection by loss would have chosen an earlier one
+    assert res.best_eval_loss == pytest.approx(evals[-1])
+    metrics = json.loads(Path(res.metrics_path).read_text())
+    assert metrics["best_checkpoint"] is None and metrics["checkpoint_selection"] == "last"
+    assert _same_weights(Path(res.adapter_dir), tmp_path / "run" / "checkpoints" / "checkpoint-8")
+
+
+def test_token_accuracy_selection_keeps_the_most_accurate_checkpoint(skill, tiny_model_path, tmp_path):
+    from trainers.qlora import train_adapter
+
+    train = skill.seeds[:32]
+    val = skill.seeds[32:44]
+    cfg = _cfg(skill, max_steps=6, eval_steps=1, early_stopping_patience=0, learning_rate=5e-3, batch_size=4,
+               checkpoint_selection="token_accuracy")
+    res = train_adapter(tiny_model_path, cfg, train, val, tmp_path / "run")
+    acc = [h["eval_mean_token_accuracy"] for h in res.log_history if "eval_mean_token_accuracy" in h]
+    assert len(acc) == 6 and all(0.0 <= a <= 1.0 for a in acc)
+    best = acc.index(max(acc)) + 1  # ties keep the earlier checkpoint
+    loss = [h["eval_loss"] for h in res.log_history if "eval_loss" in h]
+    assert loss.index(min(loss)) + 1 != best  # selection by loss would keep another checkpoint here
+    metrics = json.loads(Path(res.metrics_path).read_text())
+    assert metrics["best_checkpoint"] == f"checkpoint-{best}" and metrics["best_metric"] == pytest.approx(max(acc))
+    assert [e["eval_mean_token_accuracy"] for e in metrics["eval"]] == pytest.approx(acc)
+    assert _same_weights(Path(res.adapter_dir), tmp_path / "run" / "checkpoints" / f"checkpoint-{best}")
+
+
 def test_chat_template_is_refused_for_a_base_model_without_one(skill, tiny_model_path, tmp_path):
     from trainers.qlora import TrainError, train_adapter
 
