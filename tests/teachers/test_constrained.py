@@ -98,6 +98,45 @@ def test_function_call_grammar_is_per_request_from_its_own_tools(tiny):
         decode(tiny, cfg, ["a prompt"])
 
 
+def test_free_argument_strings_are_bounded_so_calls_end_within_the_cap(tiny, monkeypatch):
+    from core.tasks import function_call
+
+    tools = [{"type": "function", "function": {"name": "find_city", "description": "Find a city.", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "exact": {"type": "boolean"}},
+        "required": ["city", "exact"]}}}]
+    inputs = [json.dumps({"request": f"find Oslo {i}", "tools": tools}) for i in range(6)]
+    cfg = _cfg("function_call", gates={"max_new_tokens": 96})
+    p = _decode(tiny, cfg, inputs)
+    assert all(f == "stop" for f in p.finish_reasons), p.raw  # each string closed within the bound, the call ended
+    for x, raw in zip(inputs, p.raw):
+        # strict=False: xgrammar's JSON strings admit raw control characters, which a random model writes
+        call = json.loads(raw, strict=False)
+        assert call["name"] == "find_city" and isinstance(call["arguments"]["exact"], bool)
+        assert len(call["arguments"]["city"]) <= len(json.loads(x)["request"]) + function_call.STRING_SLACK_CHARS
+    # Without the bound the random model never closes the string: every call is cut at the cap.
+    monkeypatch.setattr(function_call, "bound_strings", lambda schema, n: schema)
+    unbounded = _decode(tiny, cfg, inputs)
+    assert all(f == "length" for f in unbounded.finish_reasons) and _invalid_share(cfg, inputs, unbounded.preds) == 1.0
+
+
+def test_bound_strings_touches_only_free_strings():
+    from core.tasks.function_call import bound_strings
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": ["string", "null"]}, "c": {"type": "string", "enum": ["x", "y"]},
+        "d": {"type": "string", "pattern": "^[0-9]+$"}, "e": {"type": "string", "maxLength": 5},
+        "f": {"type": "array", "items": {"type": "string"}}, "g": {"type": "integer"},
+        "h": {"type": "object", "properties": {"i": {"type": "string", "format": "date"}, "j": {"type": "string"}}}}}
+    before = json.dumps(schema)
+    out = bound_strings(schema, 40)
+    assert json.dumps(schema) == before  # the tools' own schema is not changed
+    p = out["properties"]
+    assert p["a"]["maxLength"] == p["b"]["maxLength"] == p["f"]["items"]["maxLength"] == 40
+    assert p["h"]["properties"]["j"]["maxLength"] == 40
+    assert "maxLength" not in p["c"] and "maxLength" not in p["d"] and p["e"]["maxLength"] == 5
+    assert "maxLength" not in p["g"] and "maxLength" not in p["h"]["properties"]["i"]
+
+
 def test_confidence_is_the_models_own_probability_under_the_grammar(tiny):
     from teachers.local import teacher_forced_logprobs
 
