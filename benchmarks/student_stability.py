@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the tiny model, 2 x 1 runs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a skill-file key for every run, e.g. student.train.distillation=mixed (YAML value)")
+    ap.add_argument("--first-train-seed", type=int, default=0,
+                    help="training seeds run are first..first+train_seeds-1 (add seeds to an earlier invocation)")
     ap.add_argument("--teacher-cache", type=Path, default=None,
                     help="keep each teacher seed's response cache here (DIR/seed-<n>/) across invocations")
     args = ap.parse_args()
@@ -145,14 +147,15 @@ def main() -> None:
         base = merge(base, TINY)
     models.mkdir(parents=True, exist_ok=True)
     cfg["profiles"] = dict(cfg.get("profiles") or {})
-    for s in range(n_s):
+    train_seeds = range(args.first_train_seed, args.first_train_seed + n_s)
+    for s in train_seeds:
         cfg["profiles"][f"stability-s{s}"] = merge(base, {"student": {"train": {"seed": s}}})
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log = tmp / "runs.log"
     runs = []
     t0 = time.time()
     for t in range(n_t):
-        for s in range(n_s):
+        for s in train_seeds:
             cache = (args.teacher_cache.resolve() if args.teacher_cache else tmp / "cache") / f"seed-{1000 + t}"
             r = one_run(seeds_dir, models, args.skill, f"stability-s{s}", 1000 + t, log, cache)
             r.update(teacher_seed=1000 + t, train_seed=s)
