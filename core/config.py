@@ -367,6 +367,14 @@ class DecodingConfig(_Strict):
     constrained: bool = Field(True, description="Decode the student (evaluation, registry consumer, gateway) and a local transformers teacher under a grammar built from the skill's answers (its labels, its output JSON Schema, a function call's own tools), with xgrammar: answers are always parseable. skill.json records it and consumers decode the same way.")
 
 
+    max_string_chars: int | None = Field(
+        None, ge=1, description="Longest string value the grammar lets a JSON answer write (extraction, generation "
+                                "with a schema, function-call arguments), in characters (null: no bound but a "
+                                "function call's, its request's length + 32). Under a grammar a small model that "
+                                "never closes a string writes until the token cap and loses the answer; set it "
+                                "above the longest value your answers need. skill.json records it.")
+
+
 class ScheduleConfig(_Strict):
     cron: str | None = Field(None, description="Cron expression for scheduled runs, e.g. \"0 3 * * *\" (null: manual runs only); checked with the validator Prefect's deployments use.")
     timezone: str | None = Field(None, description="IANA time zone the cron expression is read in, e.g. Europe/Oslo (null: UTC).")

@@ -80,6 +80,28 @@ def first_json_object(text: str, max_starts: int = 32) -> dict | None:
     return None
 
 
+def bound_strings(schema: Any, max_chars: int) -> Any:
+    """A copy of a JSON Schema in which every free string (type string, no enum, const, pattern,
+    format or maxLength of its own) gets maxLength `max_chars`. For decoding only: under a grammar a
+    small model that never closes a string writes until the token cap and the call is lost; a
+    bound makes it close the string and finish the call. Validation keeps the tools' own schemas."""
+    if isinstance(schema, list):
+        return [bound_strings(x, max_chars) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bound_strings(v, max_chars) if k in ("items", "anyOf", "oneOf", "allOf", "additionalProperties",
+                                                     "prefixItems") else v
+           for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):  # name -> schema maps
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: bound_strings(v, max_chars) for k, v in schema[key].items()}
+    types = schema.get("type")
+    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "maxLength"))
+    if free and (types == "string" or (isinstance(types, list) and "string" in types)):
+        out["maxLength"] = max_chars
+    return out
+
+
 def schema_problem(schema: dict) -> str | None:
     """Why `schema` is not a valid JSON Schema (Draft 2020-12), or None."""
     if not isinstance(schema, dict):

@@ -62,7 +62,10 @@ def skill_config(spec: dict[str, Any], name: str = "registry-skill"):
         data["task"] = spec["task_type"]
     data.setdefault("instruction", spec.get("instruction") or "-")
     # Decode as the gates did: a version published before constrained decoding existed was measured free.
-    data["decoding"] = {"constrained": bool((spec.get("decoding") or {}).get("constrained", False))}
+    dec = spec.get("decoding") if isinstance(spec.get("decoding"), dict) else {}
+    data["decoding"] = {"constrained": bool(dec.get("constrained", False))}
+    if dec.get("max_string_chars") is not None:  # the grammar's string bound, as the gates decoded
+        data["decoding"]["max_string_chars"] = dec["max_string_chars"]
     if spec.get("prompt_format"):  # how training rendered the prompt: the consumer renders it the same way
         data["student"] = {"train": {"prompt_format": spec["prompt_format"]}}
     try:

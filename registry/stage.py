@@ -55,7 +55,9 @@ def skill_spec(cfg) -> dict[str, Any]:
     from teachers.constrained import engine_version
 
     spec["decoding"] = {"constrained": cfg.decoding.constrained,  # consumers decode the same way
-                        **({"engine": engine_version()} if cfg.decoding.constrained else {})}
+                        **({"engine": engine_version()} if cfg.decoding.constrained else {}),
+                        **({"max_string_chars": cfg.decoding.max_string_chars}
+                           if cfg.decoding.constrained and cfg.decoding.max_string_chars else {})}
     return spec
 
 

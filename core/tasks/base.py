@@ -320,6 +320,13 @@ def json_output_problem(schema: dict | None, output: str, want_object: bool) -> 
     return ("schema_violation", bad[1]) if bad else None
 
 
+def bounded_schema(cfg: "SkillConfig") -> Any:
+    """The skill's output schema for its answer grammar: free strings capped at
+    decoding.max_string_chars when it is set (`structured.bound_strings`), else as written."""
+    n = cfg.decoding.max_string_chars
+    return structured.bound_strings(cfg.output_schema, n) if n else cfg.output_schema
+
+
 def strict_ok(schema: Any) -> bool:
     """Whether a JSON Schema fits OpenAI's strict structured-output subset (every key required,
     no extra keys, recursively)."""

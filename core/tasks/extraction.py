@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from core.tasks.base import TaskType, json_completion, json_output_problem, json_parse, labels_problems, loads, \
+from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, labels_problems, loads, \
     register, strict_ok
 
 
@@ -91,7 +91,7 @@ class Extraction(TaskType):
         return self.cfg.output_schema, strict_ok(self.cfg.output_schema)
 
     def answer_grammar(self, input=None):
-        return {"prefix": " ", "json_schema": self.cfg.output_schema}
+        return {"prefix": " ", "json_schema": bounded_schema(self.cfg)}
 
     # --- metric --------------------------------------------------------------------------------------------------
 

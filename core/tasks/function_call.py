@@ -48,27 +48,6 @@ def request_call_schema(input_obj: dict) -> dict:
 STRING_SLACK_CHARS = 32
 
 
-def bound_strings(schema: Any, max_chars: int) -> Any:
-    """A copy of a JSON Schema in which every free string (type string, no enum, const, pattern,
-    format or maxLength of its own) gets maxLength `max_chars`. For decoding only: under a grammar a
-    small model that never closes a string writes until the token cap and the call is lost; a
-    bound makes it close the string and finish the call. Validation keeps the tools' own schemas."""
-    if isinstance(schema, list):
-        return [bound_strings(x, max_chars) for x in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: bound_strings(v, max_chars) if k in ("properties", "items", "anyOf", "oneOf", "allOf",
-                                                     "additionalProperties", "prefixItems") else v
-           for k, v in schema.items()}
-    if "properties" in schema and isinstance(schema["properties"], dict):
-        out["properties"] = {k: bound_strings(v, max_chars) for k, v in schema["properties"].items()}
-    types = schema.get("type")
-    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "maxLength"))
-    if free and (types == "string" or (isinstance(types, list) and "string" in types)):
-        out["maxLength"] = max_chars
-    return out
-
-
 def _unwrap_call(obj: dict) -> dict:
     """Common near-misses of a call: OpenAI's arguments-as-a-JSON-string, or a
     {"function": {...}} / {"tool_calls": [...]} wrapper."""
@@ -339,13 +318,16 @@ class FunctionCall(TaskType):
     def answer_grammar(self, input=None):
         """Per request: {"name": one of the request's functions, "arguments": that function's
         parameters} (an anyOf with one branch per tool), free strings no longer than the request
-        plus STRING_SLACK_CHARS (`bound_strings`); without an input, any call."""
+        plus STRING_SLACK_CHARS nor decoding.max_string_chars (`structured.bound_strings`); without
+        an input, any call."""
         if input is None:
             return {"prefix": " ", "json_schema": call_schema()}
         obj = self._call_input(input)
         request = obj.get("request") if isinstance(obj.get("request"), str) else ""
-        return {"prefix": " ", "json_schema": bound_strings(request_call_schema(obj),
-                                                              len(request) + STRING_SLACK_CHARS)}
+        bound = len(request) + STRING_SLACK_CHARS
+        if self.cfg.decoding.max_string_chars:
+            bound = min(bound, self.cfg.decoding.max_string_chars)
+        return {"prefix": " ", "json_schema": structured.bound_strings(request_call_schema(obj), bound)}
 
     # --- matching and the teacher --------------------------------------------------------------------------------
 

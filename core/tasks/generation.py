@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from core.tasks.base import TaskType, json_completion, json_output_problem, json_parse, labels_problems, register, \
+from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, labels_problems, register, \
     strict_ok
 
 # A generated text counts as "right" for routing when its chrF against the reference reaches this;
@@ -108,7 +108,7 @@ class Generation(TaskType):
 
     def answer_grammar(self, input=None):
         schema = self.cfg.output_schema
-        return {"prefix": " ", "json_schema": schema} if schema is not None else None  # free text: no grammar
+        return {"prefix": " ", "json_schema": bounded_schema(self.cfg)} if schema is not None else None  # free text: none
 
     # --- metric --------------------------------------------------------------------------------------------------
 

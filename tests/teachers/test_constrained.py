@@ -114,19 +114,20 @@ def test_free_argument_strings_are_bounded_so_calls_end_within_the_cap(tiny, mon
         assert call["name"] == "find_city" and isinstance(call["arguments"]["exact"], bool)
         assert len(call["arguments"]["city"]) <= len(json.loads(x)["request"]) + function_call.STRING_SLACK_CHARS
     # Without the bound the random model never closes the string: every call is cut at the cap.
-    monkeypatch.setattr(function_call, "bound_strings", lambda schema, n: schema)
+    monkeypatch.setattr(function_call.structured, "bound_strings", lambda schema, n: schema)
     unbounded = _decode(tiny, cfg, inputs)
     assert all(f == "length" for f in unbounded.finish_reasons) and _invalid_share(cfg, inputs, unbounded.preds) == 1.0
 
 
 def test_bound_strings_touches_only_free_strings():
-    from core.tasks.function_call import bound_strings
+    from core.structured import bound_strings
 
     schema = {"type": "object", "properties": {
         "a": {"type": "string"}, "b": {"type": ["string", "null"]}, "c": {"type": "string", "enum": ["x", "y"]},
         "d": {"type": "string", "pattern": "^[0-9]+$"}, "e": {"type": "string", "maxLength": 5},
         "f": {"type": "array", "items": {"type": "string"}}, "g": {"type": "integer"},
-        "h": {"type": "object", "properties": {"i": {"type": "string", "format": "date"}, "j": {"type": "string"}}}}}
+        "h": {"type": "object", "properties": {"i": {"type": "string", "format": "date"}, "j": {"type": "string"}}},
+        "type": {"$ref": "#/$defs/k"}}, "$defs": {"k": {"type": "string"}}}
     before = json.dumps(schema)
     out = bound_strings(schema, 40)
     assert json.dumps(schema) == before  # the tools' own schema is not changed
@@ -135,6 +136,28 @@ def test_bound_strings_touches_only_free_strings():
     assert p["h"]["properties"]["j"]["maxLength"] == 40
     assert "maxLength" not in p["c"] and "maxLength" not in p["d"] and p["e"]["maxLength"] == 5
     assert "maxLength" not in p["g"] and "maxLength" not in p["h"]["properties"]["i"]
+    assert out["$defs"]["k"]["maxLength"] == 40 and p["type"] == {"$ref": "#/$defs/k"}
+
+
+def test_max_string_chars_bounds_extraction_strings_and_the_consumer_decodes_the_same(tiny, tmp_path):
+    from registry.consumer import skill_config
+
+    schema = {"type": "object", "properties": {"person": {"type": "string"}, "urgent": {"type": "boolean"}},
+              "required": ["person", "urgent"], "additionalProperties": False}
+    inputs = [f"Ana paid {i} EUR for order {i}." for i in range(6)]
+    cfg = SkillConfig.model_validate(skillkit.config("extraction", output_schema=schema, gates={"max_new_tokens": 64},
+                                                     decoding={"constrained": True, "max_string_chars": 12}))
+    p = _decode(tiny, cfg, inputs)
+    assert all(f == "stop" for f in p.finish_reasons), p.raw
+    assert all(len(json.loads(r, strict=False)["person"]) <= 12 for r in p.raw)
+    unbounded = _decode(tiny, _cfg("extraction", output_schema=schema, gates={"max_new_tokens": 64}), inputs)
+    assert any(f == "length" for f in unbounded.finish_reasons)  # without the bound some strings never close
+    # The published skill.json carries the bound and the consumer rebuilds it.
+    from registry.stage import skill_spec
+
+    spec = skill_spec(cfg)
+    assert spec["decoding"]["max_string_chars"] == 12
+    assert skill_config(json.loads(json.dumps(spec))).decoding.max_string_chars == 12
 
 
 def test_confidence_is_the_models_own_probability_under_the_grammar(tiny):
