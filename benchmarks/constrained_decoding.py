@@ -32,7 +32,6 @@ def main() -> None:
     setup()
     import random
 
-    from core.config import DecodingConfig
     from core.skills import load_skill
     from core.tasks import get_task, score_items
     from core.workdir import registry_root
@@ -52,7 +51,7 @@ def main() -> None:
 
     def run(model, cfg, items, shots, constrained: bool) -> dict:
         task = get_task(cfg)
-        c = cfg.model_copy(update={"decoding": DecodingConfig(constrained=constrained)})
+        c = cfg.model_copy(update={"decoding": cfg.decoding.model_copy(update={"constrained": constrained})})
         t0 = time.perf_counter()
         p = predict(model, c, [e.input for e in items], shots=shots)
         wall = time.perf_counter() - t0
