@@ -629,9 +629,10 @@ def train_adapter(
     wall = round(time.time() - t0, 1)
     metrics = {
         "steps": steps, "eval": evals, "global_step": state.global_step, "max_steps": state.max_steps,
-        "checkpoint_selection": tc.checkpoint_selection, "best_metric": state.best_metric,
-        "best_eval_loss": _best_eval_loss(evals, state, tc.checkpoint_selection), "best_checkpoint": Path(state.best_model_checkpoint).name
-        if state.best_model_checkpoint and val and tc.checkpoint_selection != "last" else None,
+        "checkpoint_selection": select, "best_metric": state.best_metric,
+        "best_eval_loss": _best_eval_loss(evals, state, select),
+        "best_checkpoint": Path(state.best_model_checkpoint).name
+        if state.best_model_checkpoint and val and select != "last" else None,
         "stopped_early": stopped_early,
         "resumed_from": Path(resume).name if resume else None,
         "train_tokens": tokens, "tokens_per_s": tokens_per_s, "train_runtime_s": round(runtime, 2), "wall_s": wall,
