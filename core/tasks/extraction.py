@@ -11,8 +11,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, labels_problems, loads, \
-    register, strict_ok
+from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, \
+    labels_problems, loads, register, strict_ok
 
 
 def norm_scalar(v: Any) -> Any:

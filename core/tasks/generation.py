@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Sequence
 
-from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, labels_problems, register, \
-    strict_ok
+from core.tasks.base import TaskType, bounded_schema, json_completion, json_output_problem, json_parse, \
+    labels_problems, register, strict_ok
 
 # A generated text counts as "right" for routing when its chrF against the reference reaches this;
 # 0.6 chrF is a close paraphrase in practice.
@@ -107,8 +107,9 @@ class Generation(TaskType):
         return (schema, strict_ok(schema)) if schema is not None else None
 
     def answer_grammar(self, input=None):
-        schema = self.cfg.output_schema
-        return {"prefix": " ", "json_schema": bounded_schema(self.cfg)} if schema is not None else None  # free text: none
+        if self.cfg.output_schema is None:
+            return None  # free text: no grammar
+        return {"prefix": " ", "json_schema": bounded_schema(self.cfg)}
 
     # --- metric --------------------------------------------------------------------------------------------------
 
