@@ -75,8 +75,10 @@ class MultiLabel(TaskType):
         return None
 
     def _answer_regex(self) -> str:
+        """One to len(labels) labels: a bounded repetition, so a model repeating ", label" under the
+        grammar still ends its answer (an unbounded `*` let it write until the token cap)."""
         alternatives = "|".join(re.escape(lab) for lab in self.cfg.labels)
-        return f"({alternatives})(, ({alternatives}))*"
+        return f"({alternatives})(, ({alternatives})){{0,{len(self.cfg.labels) - 1}}}"
 
     def answer_schema(self, input=None):
         return {"type": "string", "pattern": f"^{self._answer_regex()}$"}, False

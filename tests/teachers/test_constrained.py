@@ -119,6 +119,22 @@ def test_free_argument_strings_are_bounded_so_calls_end_within_the_cap(tiny, mon
     assert all(f == "length" for f in unbounded.finish_reasons) and _invalid_share(cfg, inputs, unbounded.preds) == 1.0
 
 
+def test_multi_label_answers_end_with_at_most_every_label_once(tiny, monkeypatch):
+    from core.tasks.multi_label import MultiLabel
+
+    labels = ["billing", "bug", "account"]
+    cfg = _cfg("multi_label", labels=labels, gates={"max_new_tokens": 40})
+    inputs = [f"ticket {i}: charged twice and the app crashes" for i in range(8)]
+    p = _decode(tiny, cfg, inputs)
+    assert all(f == "stop" for f in p.finish_reasons), p.raw
+    assert all(1 <= len(r.strip().split(", ")) <= len(labels) for r in p.raw), p.raw
+    # The same labels under an unbounded repetition: the random model repeats ", label" until the cap.
+    alternatives = "|".join(labels)
+    monkeypatch.setattr(MultiLabel, "_answer_regex", lambda self: f"({alternatives})(, ({alternatives}))*")
+    unbounded = _decode(tiny, cfg, inputs)
+    assert any(f == "length" for f in unbounded.finish_reasons), unbounded.raw
+
+
 def test_bound_strings_touches_only_free_strings():
     from core.structured import bound_strings
 
