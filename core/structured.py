@@ -80,25 +80,53 @@ def first_json_object(text: str, max_starts: int = 32) -> dict | None:
     return None
 
 
-def bound_strings(schema: Any, max_chars: int) -> Any:
-    """A copy of a JSON Schema in which every free string (type string, no enum, const, pattern,
-    format or maxLength of its own) gets maxLength `max_chars`. For decoding only: under a grammar a
-    small model that never closes a string writes until the token cap and the call is lost; a
-    bound makes it close the string and finish the call. Validation keeps the tools' own schemas."""
+# Decoded numbers have at most this many integer digits (and xgrammar writes at most 6 decimals under a
+# range): 15 digits is the most a JSON double holds exactly, so no real answer is cut by it.
+NUMBER_DIGITS = 15
+_OWN_RANGE = ("enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
+def _has_type(schema: dict, name: str) -> bool:
+    t = schema.get("type")
+    return t == name or (isinstance(t, list) and name in t)
+
+
+def bound_values(schema: Any, max_chars: int | None = None, max_items: int | None = None) -> Any:
+    """A copy of a JSON Schema, for decoding only, in which every answer ends: under a grammar a
+    small model that never closes a string, stops a digit run or ends an array writes until the
+    token cap and the answer is lost. Bounds only what the schema leaves free, at every depth
+    (properties, items, anyOf/oneOf/allOf, $defs):
+
+    - free strings (no enum, const, pattern or format) get at most `max_chars` (or their own
+      maxLength, the smaller), written as a pattern that also excludes control characters;
+    - free integers and numbers (no enum, const, minimum, maximum or multipleOf) get the range
+      +-(10**NUMBER_DIGITS - 1), which xgrammar compiles to at most that many digits (and 6 decimals);
+    - arrays without maxItems get maxItems `max_items` when it is given.
+
+    The tools' and skills' own schemas are never changed: validation keeps them. Raises nothing;
+    a non-dict, non-list value is returned as is."""
     if isinstance(schema, list):
-        return [bound_strings(x, max_chars) for x in schema]
+        return [bound_values(x, max_chars, max_items) for x in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {k: bound_strings(v, max_chars) if k in ("items", "anyOf", "oneOf", "allOf", "additionalProperties",
-                                                     "prefixItems") else v
+    out = {k: bound_values(v, max_chars, max_items) if k in ("items", "anyOf", "oneOf", "allOf",
+                                                             "additionalProperties", "prefixItems") else v
            for k, v in schema.items()}
     for key in ("properties", "$defs", "definitions"):  # name -> schema maps
         if isinstance(schema.get(key), dict):
-            out[key] = {k: bound_strings(v, max_chars) for k, v in schema[key].items()}
-    types = schema.get("type")
-    free = not any(k in schema for k in ("enum", "const", "pattern", "format", "maxLength"))
-    if free and (types == "string" or (isinstance(types, list) and "string" in types)):
-        out["maxLength"] = max_chars
+            out[key] = {k: bound_values(v, max_chars, max_items) for k, v in schema[key].items()}
+    free_string = not any(k in schema for k in ("enum", "const", "pattern", "format"))
+    longest = min(n for n in (max_chars, schema.get("maxLength")) if n) if max_chars or schema.get("maxLength") else None
+    if longest and free_string and _has_type(schema, "string"):
+        # As a pattern, not maxLength: xgrammar's maxLength rule admits raw control characters,
+        # which JSON forbids in strings, so a bounded answer could fail to parse.
+        out.pop("maxLength", None)
+        out["pattern"] = f"^[^\\x00-\\x1f]{{{min(schema.get('minLength', 0), longest)},{longest}}}$"
+    if (_has_type(schema, "integer") or _has_type(schema, "number")) and not any(k in schema for k in _OWN_RANGE):
+        out["minimum"], out["maximum"] = -(10 ** NUMBER_DIGITS - 1), 10 ** NUMBER_DIGITS - 1
+    if max_items and _has_type(schema, "array") and "maxItems" not in schema and "enum" not in schema \
+            and "const" not in schema:
+        out["maxItems"] = max(max_items, schema.get("minItems", 0))
     return out
 
 

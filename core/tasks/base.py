@@ -321,10 +321,11 @@ def json_output_problem(schema: dict | None, output: str, want_object: bool) -> 
 
 
 def bounded_schema(cfg: "SkillConfig") -> Any:
-    """The skill's output schema for its answer grammar: free strings capped at
-    decoding.max_string_chars when it is set (`structured.bound_strings`), else as written."""
-    n = cfg.decoding.max_string_chars
-    return structured.bound_strings(cfg.output_schema, n) if n else cfg.output_schema
+    """The skill's output schema for its answer grammar (`structured.bound_values`): free numbers
+    within 15 digits, free strings capped at decoding.max_string_chars when it is set."""
+    if cfg.output_schema is None:
+        return None
+    return structured.bound_values(cfg.output_schema, cfg.decoding.max_string_chars)
 
 
 def strict_ok(schema: Any) -> bool:

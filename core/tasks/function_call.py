@@ -317,9 +317,10 @@ class FunctionCall(TaskType):
 
     def answer_grammar(self, input=None):
         """Per request: {"name": one of the request's functions, "arguments": that function's
-        parameters} (an anyOf with one branch per tool), free strings no longer than the request
-        plus STRING_SLACK_CHARS nor decoding.max_string_chars (`structured.bound_strings`); without
-        an input, any call."""
+        parameters} (an anyOf with one branch per tool), bounded so every call ends
+        (`structured.bound_values`): free strings no longer than the request plus STRING_SLACK_CHARS
+        nor decoding.max_string_chars, arrays of at most as many items as the request has words,
+        numbers within 15 digits. Without an input, any call."""
         if input is None:
             return {"prefix": " ", "json_schema": call_schema()}
         obj = self._call_input(input)
@@ -327,7 +328,8 @@ class FunctionCall(TaskType):
         bound = len(request) + STRING_SLACK_CHARS
         if self.cfg.decoding.max_string_chars:
             bound = min(bound, self.cfg.decoding.max_string_chars)
-        return {"prefix": " ", "json_schema": structured.bound_strings(request_call_schema(obj), bound)}
+        items = max(1, len(request.split()))  # each item of an answer's list is named in the request
+        return {"prefix": " ", "json_schema": structured.bound_values(request_call_schema(obj), bound, items)}
 
     # --- matching and the teacher --------------------------------------------------------------------------------
 

@@ -109,12 +109,11 @@ def test_free_argument_strings_are_bounded_so_calls_end_within_the_cap(tiny, mon
     p = _decode(tiny, cfg, inputs)
     assert all(f == "stop" for f in p.finish_reasons), p.raw  # each string closed within the bound, the call ended
     for x, raw in zip(inputs, p.raw):
-        # strict=False: xgrammar's JSON strings admit raw control characters, which a random model writes
-        call = json.loads(raw, strict=False)
+        call = json.loads(raw)  # strict: the bound excludes raw control characters too
         assert call["name"] == "find_city" and isinstance(call["arguments"]["exact"], bool)
         assert len(call["arguments"]["city"]) <= len(json.loads(x)["request"]) + function_call.STRING_SLACK_CHARS
     # Without the bound the random model never closes the string: every call is cut at the cap.
-    monkeypatch.setattr(function_call.structured, "bound_strings", lambda schema, n: schema)
+    monkeypatch.setattr(function_call.structured, "bound_values", lambda schema, *bounds: schema)
     unbounded = _decode(tiny, cfg, inputs)
     assert all(f == "length" for f in unbounded.finish_reasons) and _invalid_share(cfg, inputs, unbounded.preds) == 1.0
 
@@ -135,26 +134,105 @@ def test_multi_label_answers_end_with_at_most_every_label_once(tiny, monkeypatch
     assert any(f == "length" for f in unbounded.finish_reasons), unbounded.raw
 
 
-def test_bound_strings_touches_only_free_strings():
-    from core.structured import bound_strings
+def test_bound_values_touches_only_free_values():
+    from core.structured import NUMBER_DIGITS, bound_values
 
     schema = {"type": "object", "properties": {
         "a": {"type": "string"}, "b": {"type": ["string", "null"]}, "c": {"type": "string", "enum": ["x", "y"]},
         "d": {"type": "string", "pattern": "^[0-9]+$"}, "e": {"type": "string", "maxLength": 5},
         "f": {"type": "array", "items": {"type": "string"}}, "g": {"type": "integer"},
         "h": {"type": "object", "properties": {"i": {"type": "string", "format": "date"}, "j": {"type": "string"}}},
+        "n": {"type": ["number", "null"]}, "m": {"type": "integer", "minimum": 1},
+        "l": {"type": "array", "items": {"type": "integer"}, "maxItems": 2}, "k": {"type": "array", "minItems": 9},
         "type": {"$ref": "#/$defs/k"}}, "$defs": {"k": {"type": "string"}}}
     before = json.dumps(schema)
-    out = bound_strings(schema, 40)
+    out = bound_values(schema, 40, 4)
     assert json.dumps(schema) == before  # the tools' own schema is not changed
     p = out["properties"]
-    assert p["a"]["maxLength"] == p["b"]["maxLength"] == p["f"]["items"]["maxLength"] == 40
-    assert p["h"]["properties"]["j"]["maxLength"] == 40
-    assert "maxLength" not in p["c"] and "maxLength" not in p["d"] and p["e"]["maxLength"] == 5
-    assert "maxLength" not in p["g"] and "maxLength" not in p["h"]["properties"]["i"]
-    assert out["$defs"]["k"]["maxLength"] == 40 and p["type"] == {"$ref": "#/$defs/k"}
+    def longest(x):  # the bound, written as a pattern without control characters
+        return x.get("pattern") if "maxLength" not in x else None
+
+    bounded = "^[^\\x00-\\x1f]{0,40}$"
+    assert longest(p["a"]) == longest(p["b"]) == longest(p["f"]["items"]) == bounded
+    assert longest(p["h"]["properties"]["j"]) == bounded
+    assert p["c"] == schema["properties"]["c"] and p["d"] == schema["properties"]["d"]
+    assert longest(p["e"]) == "^[^\\x00-\\x1f]{0,5}$"  # its own maxLength, smaller than 40
+    assert "pattern" not in p["g"] and p["h"]["properties"]["i"] == {"type": "string", "format": "date"}
+    assert longest(out["$defs"]["k"]) == bounded and p["type"] == {"$ref": "#/$defs/k"}
+    big = 10 ** NUMBER_DIGITS - 1
+    assert (p["g"]["minimum"], p["g"]["maximum"]) == (p["n"]["minimum"], p["n"]["maximum"]) == (-big, big)
+    assert p["l"]["items"]["maximum"] == big and p["m"] == {"type": "integer", "minimum": 1}  # its own range kept
+    assert p["f"]["maxItems"] == 4 and p["l"]["maxItems"] == 2 and p["k"]["maxItems"] == 9  # never below minItems
+    # What the engine then admits: a bounded string without raw control characters (JSON forbids
+    # them; xgrammar's own maxLength rule lets them through), a number of at most 15 digits.
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as admits
+
+    def grammar(x):
+        return xgr.Grammar.from_json_schema(json.dumps(x), any_whitespace=False)
+
+    assert admits(grammar(p["e"]), '"Züri"') and not admits(grammar(p["e"]), '"Zürich"')
+    assert not admits(grammar(p["e"]), '"a\tb"') and admits(grammar(schema["properties"]["e"]), '"a\tb"')
+    assert admits(grammar(p["g"]), "-" + "9" * 15) and not admits(grammar(p["g"]), "1" * 16)
+    assert admits(grammar(p["n"]), "3.25") and not admits(grammar(p["n"]), "3.1415926")
+    # Without string or item bounds only numbers are bounded.
+    bare = bound_values(schema)["properties"]
+    assert "pattern" not in bare["a"] and "maxItems" not in bare["f"] and bare["g"]["maximum"] == big
 
 
+def test_numbers_and_lists_are_bounded_so_calls_end_within_the_cap(tiny, monkeypatch):
+    from core.tasks import function_call
+
+    tools = [{"type": "function", "function": {"name": "set_timer", "description": "Set timers.", "parameters": {
+        "type": "object", "properties": {"minutes": {"type": "number"}, "labels": {"type": "array", "items": {
+            "type": "integer"}}}, "required": ["minutes", "labels"]}}}]
+    inputs = [json.dumps({"request": f"timer {i} for 5 minutes", "tools": tools}) for i in range(6)]
+    # The longest bounded call: 5 lists items (one per request word) and a number, each of 15 digits.
+    cfg = _cfg("function_call", gates={"max_new_tokens": 192})
+    p = _decode(tiny, cfg, inputs)
+    assert all(f == "stop" for f in p.finish_reasons), p.raw
+    for x, raw in zip(inputs, p.raw):
+        args = json.loads(raw)["arguments"]
+        assert abs(args["minutes"]) < 10 ** structured.NUMBER_DIGITS
+        assert len(args["labels"]) <= len(json.loads(x)["request"].split())
+    monkeypatch.setattr(function_call.structured, "bound_values", lambda schema, *bounds: schema)
+    unbounded = _decode(tiny, cfg, inputs)
+    assert any(f == "length" for f in unbounded.finish_reasons), unbounded.raw
+
+
+@pytest.mark.parametrize("skill", ["tool-calling", "json-extraction"])
+def test_every_shipped_answer_fits_the_decoding_bounds(skill):
+    """The bounds end runaway answers and never exclude a right one: every answer in the skill's
+    seeds, eval set (each acceptable value) and traffic is valid under its bounded grammar schema."""
+    from pathlib import Path
+
+    from jsonschema import Draft202012Validator
+
+    from core.records import iter_jsonl
+    from core.skills import load_config
+    from core.tasks.function_call import _acceptable
+
+    root = Path(__file__).resolve().parents[2] / "seeds" / skill
+    cfg = load_config(root)
+    task = get_task(cfg)
+    checked = 0
+    for name in ("seeds.jsonl", "eval.jsonl", "traffic.jsonl"):
+        for _, row, _ in iter_jsonl(root / name):
+            x, y = row.get("input", row.get("request")), row.get("output", row.get("reference"))
+            x = x if isinstance(x, str) else json.dumps(x)
+            schema = task.answer_grammar(x)["json_schema"]
+            if name == "eval.jsonl" and cfg.task == "function_call":  # lists of acceptable values
+                branch = next(b for b in schema.get("anyOf", [schema]) if b["properties"]["name"]["const"] == y["name"])
+                props = branch["properties"]["arguments"].get("properties", {})
+                for arg, values in y["arguments"].items():
+                    for v in _acceptable(values, props[arg]):
+                        if v != "":
+                            Draft202012Validator(props[arg]).validate(v)
+                            checked += 1
+            else:
+                Draft202012Validator(schema).validate(y)
+                checked += 1
+    assert checked > 50
 def test_max_string_chars_bounds_extraction_strings_and_the_consumer_decodes_the_same(tiny, tmp_path):
     from registry.consumer import skill_config
 
@@ -165,7 +243,7 @@ def test_max_string_chars_bounds_extraction_strings_and_the_consumer_decodes_the
                                                      decoding={"constrained": True, "max_string_chars": 12}))
     p = _decode(tiny, cfg, inputs)
     assert all(f == "stop" for f in p.finish_reasons), p.raw
-    assert all(len(json.loads(r, strict=False)["person"]) <= 12 for r in p.raw)
+    assert all(len(json.loads(r)["person"]) <= 12 for r in p.raw)  # and every answer parses strictly
     unbounded = _decode(tiny, _cfg("extraction", output_schema=schema, gates={"max_new_tokens": 64}), inputs)
     assert any(f == "length" for f in unbounded.finish_reasons)  # without the bound some strings never close
     # The published skill.json carries the bound and the consumer rebuilds it.
