@@ -60,6 +60,7 @@ class OpenAIEngine:
         self.base_url, self.retries = base_url.rstrip("/"), retries
         self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
         self.tokenizers: dict[str, Any] = {}
+        self.free_rows = 0  # answers decoded free because their grammar could not be built
         self._lock = threading.Lock()
 
     # --- the network -------------------------------------------------------------------------------------------
@@ -120,23 +121,43 @@ class OpenAIEngine:
 
     def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int,
                inputs: Sequence[str] | None = None) -> list[Answer]:
-        """Greedy answers with confidences for `prompts`, in order, from one /completions call. The
-        remote server decodes free (a grammar per request is not sent yet): answers are parsed and
-        checked as always."""
+        """Greedy answers with confidences for `prompts`, in order. Under the skill's answer grammar
+        when skill.json says it was measured so, as the local engine decodes: each grammar goes out as
+        xgrammar EBNF in `structured_outputs: {"grammar": ...}` (vLLM >= 0.10.2; its xgrammar backend
+        compiles it), one /completions call per distinct grammar (one for a label set; one per tool
+        set for function calls, which need `inputs`). A grammar that cannot be built sends its rows
+        free (logged once, counted in `free_rows`); answers are parsed and checked as always.
+        Raises RemoteError when the server fails."""
         from core.prompting import parse_output
+        from eval_gates.predict import answer_grammars
+        from teachers.constrained import GrammarError, grammar_ebnf
 
-        data = self._call("POST", "/completions", json={
-            "model": key, "prompt": list(prompts), "max_tokens": int(max_new_tokens), "temperature": 0.0,
-            "stop": ["\n"], "logprobs": 1})
-        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
-        if len(choices) != len(prompts):
-            raise RemoteError(f"{key}: {len(choices)} choices for {len(prompts)} prompts")
-        out = []
-        for c in choices:
-            text = c.get("text") or ""
-            raw, conf = answer_confidence(text, c.get("logprobs"))
-            finish = "stop" if "\n" in text else (c.get("finish_reason") or "stop")
-            out.append(Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish))
+        specs = answer_grammars(cfg, len(prompts), inputs) or [None] * len(prompts)
+        groups: dict[str | None, list[int]] = {}
+        for i, spec in enumerate(specs):
+            text = None
+            if spec is not None:
+                try:
+                    text = grammar_ebnf(spec)
+                except GrammarError as e:
+                    self.free_rows += 1
+                    log.warning("%s: constrained decoding: %s; this answer is decoded free", key, e)
+            groups.setdefault(text, []).append(i)
+        out: list[Answer | None] = [None] * len(prompts)
+        for text, rows in groups.items():
+            body = {"model": key, "prompt": [prompts[i] for i in rows], "max_tokens": int(max_new_tokens),
+                    "temperature": 0.0, "stop": ["\n"], "logprobs": 1}
+            if text is not None:
+                body["structured_outputs"] = {"grammar": text}
+            data = self._call("POST", "/completions", json=body)
+            choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+            if len(choices) != len(rows):
+                raise RemoteError(f"{key}: {len(choices)} choices for {len(rows)} prompts")
+            for i, c in zip(rows, choices):
+                text_i = c.get("text") or ""
+                raw, conf = answer_confidence(text_i, c.get("logprobs"))
+                finish = "stop" if "\n" in text_i else (c.get("finish_reason") or "stop")
+                out[i] = Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish)
         return out
 
     def close(self) -> None:

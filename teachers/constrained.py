@@ -49,6 +49,54 @@ def _kind(spec: dict[str, Any]) -> str:
     return kinds[0]
 
 
+def _xgr():
+    try:
+        import xgrammar as xgr
+    except ImportError:
+        raise ImportError("decoding.constrained needs xgrammar: pip install 'xgrammar==0.2.9' "
+                          "(or set decoding.constrained: false in the skill file)") from None
+    return xgr
+
+
+def build_grammar(spec: dict[str, Any]):
+    """The xgrammar Grammar of a spec (not compiled: no tokenizer needed). Raises GrammarError for a
+    malformed spec, ImportError without xgrammar; the engine's own errors pass through."""
+    xgr = _xgr()
+    kind = _kind(spec)
+    body = spec[kind]
+    if kind == "choices":
+        if not body:
+            raise GrammarError("choices: empty list")
+        g = xgr.Grammar.from_ebnf("root ::= " + " | ".join(_ebnf_literal(str(c)) for c in body))
+    elif kind == "regex":
+        g = xgr.Grammar.from_regex(body)
+    else:
+        g = xgr.Grammar.from_json_schema(json.dumps(body, ensure_ascii=False), any_whitespace=False,
+                                         separators=(",", ":"), strict_mode=True)
+    prefix = spec.get("prefix") or ""
+    if prefix:
+        g = xgr.Grammar.concat(xgr.Grammar.from_ebnf("root ::= " + _ebnf_literal(prefix)), g)
+    return g
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _ebnf_of(key: str) -> str:
+    spec = json.loads(key)
+    try:
+        return str(build_grammar(spec))
+    except GrammarError:
+        raise
+    except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's message
+        raise GrammarError(f"{_kind(spec)}: xgrammar cannot build it ({str(e).splitlines()[0][:300]})") from None
+
+
+def grammar_ebnf(spec: dict[str, Any]) -> str:
+    """The spec as xgrammar's EBNF text (root rule `root`), the same grammar the local decode path
+    compiles: what a vLLM server decodes under with `structured_outputs: {"grammar": text}` (its
+    xgrammar backend parses it back). Cached per spec. Raises GrammarError when it cannot be built."""
+    return _ebnf_of(json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
+
+
 class GrammarCompiler:
     """xgrammar's compiler for one tokenizer, with compiled grammars cached by spec.
 
@@ -57,11 +105,7 @@ class GrammarCompiler:
     Raises ImportError with the install line when xgrammar is missing."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: Sequence[int]):
-        try:
-            import xgrammar as xgr
-        except ImportError:
-            raise ImportError("decoding.constrained needs xgrammar: pip install 'xgrammar==0.2.9' "
-                              "(or set decoding.constrained: false in the skill file)") from None
+        xgr = _xgr()
         self.xgr = xgr
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
                                                        stop_token_ids=list(stop_token_ids))
@@ -72,22 +116,7 @@ class GrammarCompiler:
         self._failed: dict[str, str] = {}  # spec key -> why it did not compile
 
     def _grammar(self, spec: dict[str, Any]):
-        xgr = self.xgr
-        kind = _kind(spec)
-        body = spec[kind]
-        if kind == "choices":
-            if not body:
-                raise GrammarError("choices: empty list")
-            g = xgr.Grammar.from_ebnf("root ::= " + " | ".join(_ebnf_literal(str(c)) for c in body))
-        elif kind == "regex":
-            g = xgr.Grammar.from_regex(body)
-        else:
-            g = xgr.Grammar.from_json_schema(json.dumps(body, ensure_ascii=False), any_whitespace=False,
-                                             separators=(",", ":"), strict_mode=True)
-        prefix = spec.get("prefix") or ""
-        if prefix:
-            g = xgr.Grammar.concat(xgr.Grammar.from_ebnf("root ::= " + _ebnf_literal(prefix)), g)
-        return g
+        return build_grammar(spec)
 
     def _compile_text(self, key: str):
         spec = json.loads(key)

@@ -72,6 +72,13 @@ def test_openai_backend_lanes_confidence_retries_and_swap(teacher_skill, trained
             assert b["model"] == f"{SKILL}@{v1}" and b["temperature"] == 0 and b["stop"] == ["\n"]
             assert b["logprobs"] == 1 and b["max_tokens"] == spec["max_new_tokens"]
         assert sum(len(b["prompt"]) for b in calls[1:]) == len(TICKETS)
+        # Decoded under the label grammar, as the gates measured: xgrammar EBNF a vLLM server compiles.
+        import xgrammar as xgr
+        from xgrammar.testing import _is_grammar_accept_string as admits
+
+        assert spec["decoding"]["constrained"] and len({b["structured_outputs"]["grammar"] for b in calls}) == 1
+        grammar = xgr.Grammar.from_ebnf(calls[0]["structured_outputs"]["grammar"])
+        assert admits(grammar, " billing") and not admits(grammar, " maybe") and not admits(grammar, "billing")
         assert set(vllm.auth_headers) == {"Bearer k-123"}
         # Lanes and confidence: one-token answers (-0.1 >= threshold -0.5) are kept; the account answer's
         # confidence is its own token's -0.7 (the text after the newline not counted): escalated to the teacher.
@@ -119,3 +126,46 @@ def test_openai_backend_needs_the_adapter_on_the_server(teacher_skill, trained_a
     with pytest.raises(ValueError, match="backend_url"):
         Gateway(GatewayConfig.model_validate({"skills": [SKILL], "backend": "openai",
                                               "traffic_url": f"sqlite:///{tmp_path}/t.db"}))
+
+
+def test_openai_backend_sends_each_requests_own_grammar(tmp_path):
+    """Function calls: one /completions call per tool set, each under the grammar of that request's
+    own tools; a row whose grammar cannot be built goes free and is counted."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as admits
+
+    from core.config import SkillConfig
+    from gateway.engine_openai import OpenAIEngine
+    from teachers.fakeserver import FakeOpenAIServer
+    from tests.core import skillkit
+
+    def tool(name, props):
+        return {"type": "function", "function": {"name": name, "description": name, "parameters": {
+            "type": "object", "properties": props, "required": list(props)}}}
+
+    weather = [tool("get_weather", {"city": {"type": "string"}})]
+    timer = [tool("set_timer", {"minutes": {"type": "integer"}})]
+    bad = [tool("odd", {"x": {"type": "integer", "minimum": 5, "maximum": 1}})]  # valid JSON Schema, no value
+    inputs = [json.dumps({"request": r, "tools": t}) for r, t in
+              (("Weather in Oslo?", weather), ("Timer for 5 minutes", timer), ("Weather in Rome?", weather),
+               ("odd one", bad))]
+    cfg = SkillConfig.model_validate(skillkit.config("function_call"))
+
+    def answer(prompt, body):
+        return '{"name":"get_weather","arguments":{"city":"Oslo"}}' if "Weather" in prompt else \
+            '{"name":"set_timer","arguments":{"minutes":5}}'
+
+    with FakeOpenAIServer(answer=answer) as vllm:
+        engine = OpenAIEngine(vllm.base_url, retries=0)
+        answers = engine.decode("tool-calling@1", cfg, [f"Request: {x}\nCall:" for x in inputs], 64, inputs=inputs)
+        engine.close()
+    calls = [b for b in vllm.bodies if isinstance(b.get("prompt"), list)]
+    assert sorted(len(b["prompt"]) for b in calls) == [1, 1, 2]  # weather x2, timer, and the free row
+    assert engine.free_rows == 1 and sum("structured_outputs" not in b for b in calls) == 1
+    grammars = {"Weather" in b["prompt"][0]: xgr.Grammar.from_ebnf(b["structured_outputs"]["grammar"])
+                for b in calls if "structured_outputs" in b}
+    call = ' {"name":"get_weather","arguments":{"city":"Oslo"}}'
+    assert admits(grammars[True], call) and not admits(grammars[False], call)
+    assert admits(grammars[False], ' {"name":"set_timer","arguments":{"minutes":5}}')
+    assert not admits(grammars[False], ' {"name":"set_timer","arguments":{"minutes":' + "9" * 16 + "}}")
+    assert [a.parsed is not None for a in answers] == [True, True, True, True]  # in the order asked
