@@ -145,6 +145,17 @@ def _acceptable(gold_value: Any, schema: dict) -> list:
     return gold_value if isinstance(gold_value, list) else [gold_value]
 
 
+def _is_default(value: Any, schema: dict) -> bool:
+    """Whether `value` is the parameter's schema `default`: passing it and omitting the argument
+    make the same call."""
+    if not isinstance(schema, dict) or "default" not in schema or value == structured.OMITTED:
+        return False
+    try:
+        return _coerce(value, schema) == _coerce(schema["default"], schema)
+    except ValueError:
+        return False
+
+
 def _tools(example: Example) -> dict[str, dict]:
     obj = loads(example.input)
     tools = obj.get("tools", []) if isinstance(obj, dict) else []
@@ -157,7 +168,10 @@ def _tools(example: Example) -> dict[str, dict]:
 
 
 def ast_check(example: Example, prediction: str | None) -> tuple[bool, str | None]:
-    """BFCL-style AST check of one call: (correct, reason when not)."""
+    """BFCL-style AST check of one call: (correct, reason when not). Gold is BFCL's acceptable-value
+    form (eval sets) or a concrete call (traffic references). An omitted argument takes its schema
+    `default`, so omitting it where gold gives the default, or passing the default where gold omits
+    it, is the same call and right."""
     pred = loads(prediction)
     if not isinstance(pred, dict) or not isinstance(pred.get("name"), str):
         return False, "invalid_call"
@@ -179,8 +193,8 @@ def ast_check(example: Example, prediction: str | None) -> tuple[bool, str | Non
     for name, gold_value in gold_args.items():
         schema = props.get(name) or {}
         accept = _acceptable(gold_value, schema)
-        if name not in args:
-            if "" not in accept:
+        if name not in args:  # right when the answer may omit it, or its value is the default
+            if "" not in accept and not any(_is_default(a, schema) for a in accept):
                 return False, f"missing_argument:{name}"
             continue
         try:
@@ -200,7 +214,7 @@ def ast_check(example: Example, prediction: str | None) -> tuple[bool, str | Non
         if not ok:
             return False, f"wrong_argument_value:{name}"
     for name in args:
-        if name not in gold_args and name in props:
+        if name not in gold_args and name in props and not _is_default(args[name], props[name]):
             return False, f"unexpected_argument:{name}"  # BFCL: an argument the answer does not allow
     return True, None
 

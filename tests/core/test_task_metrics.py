@@ -98,6 +98,21 @@ def test_function_call_concrete_reference_and_aggregate():
     ref = ex(1, FC_INPUT, cj({"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "tags": ["a"]}}))
     assert ast_check(ref, cj({"name": "get_weather", "arguments": {"city": "PARIS", "days": 3, "tags": ["a"]}}))[0]
     assert not ast_check(ref, cj({"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "tags": ["b"]}}))[0]
+    # An omitted argument takes its schema default: omitting it where the reference gives the default,
+    # or passing the default where the reference omits it, is the same call; any other value is not.
+    tools = json.loads(FC_INPUT)["tools"]
+    tools[0]["function"]["parameters"]["properties"]["unit"]["default"] = "c"
+    dflt = cj({"request": "Weather in Paris?", "tools": tools})
+    ref_c = ex(2, dflt, cj({"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}))
+    assert ast_check(ref_c, cj({"name": "get_weather", "arguments": {"city": "Paris"}})) == (True, None)
+    ref_f = ex(3, dflt, cj({"name": "get_weather", "arguments": {"city": "Paris", "unit": "f"}}))
+    assert ast_check(ref_f, cj({"name": "get_weather", "arguments": {"city": "Paris"}})) == (False, "missing_argument:unit")
+    ref_none = ex(4, dflt, cj({"name": "get_weather", "arguments": {"city": "Paris"}}))
+    assert ast_check(ref_none, cj({"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}})) == (True, None)
+    assert ast_check(ref_none, cj({"name": "get_weather", "arguments": {"city": "Paris", "unit": "f"}})) == (
+        False, "unexpected_argument:unit")
+    assert ast_check(ref_none, cj({"name": "get_weather", "arguments": {"city": "Paris", "days": 3}})) == (
+        False, "unexpected_argument:days")  # no default: still unexpected
     task = get_task(FC)
     items = [ex(1, FC_INPUT, FC_GOLD), ex(2, FC_INPUT, FC_GOLD), ex(3, FC_INPUT, FC_GOLD)]
     preds = [cj({"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}), "nope",
