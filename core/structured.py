@@ -83,7 +83,16 @@ def first_json_object(text: str, max_starts: int = 32) -> dict | None:
 # Decoded numbers have at most this many integer digits (and xgrammar writes at most 6 decimals under a
 # range): 15 digits is the most a JSON double holds exactly, so no real answer is cut by it.
 NUMBER_DIGITS = 15
-_OWN_RANGE = ("enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_OWN_VALUES = ("enum", "const", "multipleOf")
+
+
+def _number(schema: dict, *keys: str) -> float | None:
+    """The first of `keys` the schema sets to a number (a bound of its own), else None."""
+    for k in keys:
+        v = schema.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+    return None
 
 
 def _has_type(schema: dict, name: str) -> bool:
@@ -99,8 +108,9 @@ def bound_values(schema: Any, max_chars: int | None = None, max_items: int | Non
 
     - free strings (no enum, const, pattern or format) get at most `max_chars` (or their own
       maxLength, the smaller), written as a pattern that also excludes control characters;
-    - free integers and numbers (no enum, const, minimum, maximum or multipleOf) get the range
-      +-(10**NUMBER_DIGITS - 1), which xgrammar compiles to at most that many digits (and 6 decimals);
+    - integers and numbers (without enum, const or multipleOf) get -(10**NUMBER_DIGITS - 1) as
+      minimum and/or 10**NUMBER_DIGITS - 1 as maximum where they have none of their own, which
+      xgrammar compiles to at most that many digits (and 6 decimals);
     - arrays without maxItems get maxItems `max_items` when it is given.
 
     The tools' and skills' own schemas are never changed: validation keeps them. Raises nothing;
@@ -122,8 +132,13 @@ def bound_values(schema: Any, max_chars: int | None = None, max_items: int | Non
         # which JSON forbids in strings, so a bounded answer could fail to parse.
         out.pop("maxLength", None)
         out["pattern"] = f"^[^\\x00-\\x1f]{{{min(schema.get('minLength', 0), longest)},{longest}}}$"
-    if (_has_type(schema, "integer") or _has_type(schema, "number")) and not any(k in schema for k in _OWN_RANGE):
-        out["minimum"], out["maximum"] = -(10 ** NUMBER_DIGITS - 1), 10 ** NUMBER_DIGITS - 1
+    if (_has_type(schema, "integer") or _has_type(schema, "number")) and not any(k in schema for k in _OWN_VALUES):
+        big = 10 ** NUMBER_DIGITS - 1
+        low, high = _number(schema, "minimum", "exclusiveMinimum"), _number(schema, "maximum", "exclusiveMaximum")
+        if low is None:  # each open side is closed on its own: `minimum: 0` alone still ends
+            out["minimum"] = min(-big, high) if high is not None else -big
+        if high is None:
+            out["maximum"] = max(big, low) if low is not None else big
     if max_items and _has_type(schema, "array") and "maxItems" not in schema and "enum" not in schema \
             and "const" not in schema:
         out["maxItems"] = max(max_items, schema.get("minItems", 0))

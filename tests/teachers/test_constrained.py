@@ -143,6 +143,7 @@ def test_bound_values_touches_only_free_values():
         "f": {"type": "array", "items": {"type": "string"}}, "g": {"type": "integer"},
         "h": {"type": "object", "properties": {"i": {"type": "string", "format": "date"}, "j": {"type": "string"}}},
         "n": {"type": ["number", "null"]}, "m": {"type": "integer", "minimum": 1},
+        "o": {"type": "number", "exclusiveMinimum": 0, "maximum": 5}, "q": {"type": "integer", "enum": [1, 2]},
         "l": {"type": "array", "items": {"type": "integer"}, "maxItems": 2}, "k": {"type": "array", "minItems": 9},
         "type": {"$ref": "#/$defs/k"}}, "$defs": {"k": {"type": "string"}}}
     before = json.dumps(schema)
@@ -161,7 +162,8 @@ def test_bound_values_touches_only_free_values():
     assert longest(out["$defs"]["k"]) == bounded and p["type"] == {"$ref": "#/$defs/k"}
     big = 10 ** NUMBER_DIGITS - 1
     assert (p["g"]["minimum"], p["g"]["maximum"]) == (p["n"]["minimum"], p["n"]["maximum"]) == (-big, big)
-    assert p["l"]["items"]["maximum"] == big and p["m"] == {"type": "integer", "minimum": 1}  # its own range kept
+    assert p["l"]["items"]["maximum"] == big and p["m"] == {"type": "integer", "minimum": 1, "maximum": big}
+    assert p["o"] == schema["properties"]["o"]  # its own range kept; a one-sided one (m) is closed
     assert p["f"]["maxItems"] == 4 and p["l"]["maxItems"] == 2 and p["k"]["maxItems"] == 9  # never below minItems
     # What the engine then admits: a bounded string without raw control characters (JSON forbids
     # them; xgrammar's own maxLength rule lets them through), a number of at most 15 digits.
@@ -175,6 +177,8 @@ def test_bound_values_touches_only_free_values():
     assert not admits(grammar(p["e"]), '"a\tb"') and admits(grammar(schema["properties"]["e"]), '"a\tb"')
     assert admits(grammar(p["g"]), "-" + "9" * 15) and not admits(grammar(p["g"]), "1" * 16)
     assert admits(grammar(p["n"]), "3.25") and not admits(grammar(p["n"]), "3.1415926")
+    assert admits(grammar(p["m"]), "12") and not admits(grammar(p["m"]), "1" * 16) and not admits(grammar(p["m"]), "0")
+    assert p["q"] == schema["properties"]["q"]
     # Without string or item bounds only numbers are bounded.
     bare = bound_values(schema)["properties"]
     assert "pattern" not in bare["a"] and "maxItems" not in bare["f"] and bare["g"]["maximum"] == big
