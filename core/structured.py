@@ -126,7 +126,8 @@ def bound_values(schema: Any, max_chars: int | None = None, max_items: int | Non
         if isinstance(schema.get(key), dict):
             out[key] = {k: bound_values(v, max_chars, max_items) for k, v in schema[key].items()}
     free_string = not any(k in schema for k in ("enum", "const", "pattern", "format"))
-    longest = min(n for n in (max_chars, schema.get("maxLength")) if n) if max_chars or schema.get("maxLength") else None
+    limits = [n for n in (max_chars, schema.get("maxLength")) if n]
+    longest = min(limits) if limits else None
     if longest and free_string and _has_type(schema, "string"):
         # As a pattern, not maxLength: xgrammar's maxLength rule admits raw control characters,
         # which JSON forbids in strings, so a bounded answer could fail to parse.
