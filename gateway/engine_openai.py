@@ -126,7 +126,7 @@ class OpenAIEngine:
         xgrammar EBNF in `structured_outputs: {"grammar": ...}` (vLLM >= 0.10.2; its xgrammar backend
         compiles it), one /completions call per distinct grammar (one for a label set; one per tool
         set for function calls, which need `inputs`). A grammar that cannot be built sends its rows
-        free (logged once, counted in `free_rows`); answers are parsed and checked as always.
+        free (logged once per spec, counted in `free_rows`); answers are parsed and checked as always.
         Raises RemoteError when the server fails."""
         from core.prompting import parse_output
         from eval_gates.predict import answer_grammars
@@ -139,9 +139,8 @@ class OpenAIEngine:
             if spec is not None:
                 try:
                     text = grammar_ebnf(spec)
-                except GrammarError as e:
+                except GrammarError:  # logged once per spec where it was built
                     self.free_rows += 1
-                    log.warning("%s: constrained decoding: %s; this answer is decoded free", key, e)
             groups.setdefault(text, []).append(i)
         out: list[Answer | None] = [None] * len(prompts)
         for text, rows in groups.items():

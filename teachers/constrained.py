@@ -60,19 +60,23 @@ def _xgr():
 
 def build_grammar(spec: dict[str, Any]):
     """The xgrammar Grammar of a spec (not compiled: no tokenizer needed). Raises GrammarError for a
-    malformed spec, ImportError without xgrammar; the engine's own errors pass through."""
+    malformed spec or one the engine cannot parse (naming the kind and the engine's reason),
+    ImportError without xgrammar."""
     xgr = _xgr()
     kind = _kind(spec)
     body = spec[kind]
-    if kind == "choices":
-        if not body:
-            raise GrammarError("choices: empty list")
-        g = xgr.Grammar.from_ebnf("root ::= " + " | ".join(_ebnf_literal(str(c)) for c in body))
-    elif kind == "regex":
-        g = xgr.Grammar.from_regex(body)
-    else:
-        g = xgr.Grammar.from_json_schema(json.dumps(body, ensure_ascii=False), any_whitespace=False,
-                                         separators=(",", ":"), strict_mode=True)
+    if kind == "choices" and not body:
+        raise GrammarError("choices: empty list")
+    try:
+        if kind == "choices":
+            g = xgr.Grammar.from_ebnf("root ::= " + " | ".join(_ebnf_literal(str(c)) for c in body))
+        elif kind == "regex":
+            g = xgr.Grammar.from_regex(body)
+        else:
+            g = xgr.Grammar.from_json_schema(json.dumps(body, ensure_ascii=False), any_whitespace=False,
+                                             separators=(",", ":"), strict_mode=True)
+    except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's message
+        raise GrammarError(f"{kind}: xgrammar cannot compile it ({str(e).splitlines()[0][:300]})") from None
     prefix = spec.get("prefix") or ""
     if prefix:
         g = xgr.Grammar.concat(xgr.Grammar.from_ebnf("root ::= " + _ebnf_literal(prefix)), g)
@@ -80,21 +84,24 @@ def build_grammar(spec: dict[str, Any]):
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _ebnf_of(key: str) -> str:
-    spec = json.loads(key)
+def _ebnf_or_error(key: str) -> str | GrammarError:
+    # A spec that cannot be built is cached too (as its error): built and logged once, not per row.
     try:
-        return str(build_grammar(spec))
-    except GrammarError:
-        raise
-    except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's message
-        raise GrammarError(f"{_kind(spec)}: xgrammar cannot build it ({str(e).splitlines()[0][:300]})") from None
+        return str(build_grammar(json.loads(key)))
+    except GrammarError as e:
+        log.warning("constrained decoding: %s; its answers are decoded free", e)
+        return e
 
 
 def grammar_ebnf(spec: dict[str, Any]) -> str:
     """The spec as xgrammar's EBNF text (root rule `root`), the same grammar the local decode path
     compiles: what a vLLM server decodes under with `structured_outputs: {"grammar": text}` (its
-    xgrammar backend parses it back). Cached per spec. Raises GrammarError when it cannot be built."""
-    return _ebnf_of(json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
+    xgrammar backend parses it back). Cached per spec, failures included. Raises GrammarError when
+    it cannot be built."""
+    out = _ebnf_or_error(json.dumps(spec, ensure_ascii=False, separators=(",", ":")))
+    if isinstance(out, GrammarError):
+        raise GrammarError(str(out))
+    return out
 
 
 class GrammarCompiler:
@@ -115,15 +122,11 @@ class GrammarCompiler:
         self.failed = 0  # rows whose spec did not compile (decoded free)
         self._failed: dict[str, str] = {}  # spec key -> why it did not compile
 
-    def _grammar(self, spec: dict[str, Any]):
-        return build_grammar(spec)
-
     def _compile_text(self, key: str):
         spec = json.loads(key)
+        grammar = build_grammar(spec)  # raises GrammarError
         try:
-            return self.compiler.compile_grammar(self._grammar(spec))
-        except GrammarError:
-            raise
+            return self.compiler.compile_grammar(grammar)
         except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's message
             raise GrammarError(f"{_kind(spec)}: xgrammar cannot compile it ({str(e).splitlines()[0][:300]})") from None
 
