@@ -6,7 +6,7 @@ student's eval score, promoted or rejected, teacher and training minutes. Prints
     python benchmarks/student_stability.py [--skill ticket-triage] [--profile cpu-budget]
                                            [--teacher-seeds 3] [--train-seeds 2] [--quick]
                                            [--set student.train.distillation=mixed ...]
-                                           [--teacher-cache DIR]
+                                           [--teacher-cache DIR] [--keep-runs DIR]
 
 Runs of one teacher seed share a teacher response cache (the teacher's requests are seeded), so the
 second training seed costs training and evaluation only, and every training seed learns from the same
@@ -58,7 +58,7 @@ def mean_sd(xs: list) -> dict:
 
 
 def one_run(seeds_dir: Path, models: Path, skill: str, profile: str, teacher_seed: int, log: Path,
-            cache: Path) -> dict:
+            cache: Path, keep: Path | None = None) -> dict:
     home = Path(tempfile.mkdtemp(prefix="distill-stability-"))
     try:
         (home / "models").symlink_to(models, target_is_directory=True)
@@ -92,6 +92,9 @@ def one_run(seeds_dir: Path, models: Path, skill: str, profile: str, teacher_see
                 "train_min": round(((s.get("training") or {}).get("seconds") or 0) / 60, 2),
                 "wall_min": round((time.time() - t0) / 60, 2)}
     finally:
+        if keep is not None and (home / "runs").is_dir():  # the run folder (checkpoints, eval) for later analysis
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(home / "runs", keep)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -106,8 +109,13 @@ def main() -> None:
                     help="override a skill-file key for every run, e.g. student.train.distillation=mixed (YAML value)")
     ap.add_argument("--first-train-seed", type=int, default=0,
                     help="training seeds run are first..first+train_seeds-1 (add seeds to an earlier invocation)")
+    ap.add_argument("--first-teacher-seed", type=int, default=1000,
+                    help="teacher seeds run are first..first+teacher_seeds-1 (add seeds to an earlier invocation)")
     ap.add_argument("--teacher-cache", type=Path, default=None,
                     help="keep each teacher seed's response cache here (DIR/seed-<n>/) across invocations")
+    ap.add_argument("--keep-runs", type=Path, default=None,
+                    help="copy each run's folder to DIR/t<teacher seed>-s<training seed>/ (e.g. with "
+                         "--set student.train.keep_checkpoints=true for benchmarks/checkpoint_choice.py)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     os.chdir(REPO)
@@ -154,11 +162,12 @@ def main() -> None:
     log = tmp / "runs.log"
     runs = []
     t0 = time.time()
-    for t in range(n_t):
+    for t in range(args.first_teacher_seed, args.first_teacher_seed + n_t):
         for s in train_seeds:
-            cache = (args.teacher_cache.resolve() if args.teacher_cache else tmp / "cache") / f"seed-{1000 + t}"
-            r = one_run(seeds_dir, models, args.skill, f"stability-s{s}", 1000 + t, log, cache)
-            r.update(teacher_seed=1000 + t, train_seed=s)
+            cache = (args.teacher_cache.resolve() if args.teacher_cache else tmp / "cache") / f"seed-{t}"
+            keep = args.keep_runs.resolve() / f"t{t}-s{s}" if args.keep_runs else None
+            r = one_run(seeds_dir, models, args.skill, f"stability-s{s}", t, log, cache, keep)
+            r.update(teacher_seed=t, train_seed=s)
             runs.append(r)
             print(json.dumps(r), flush=True)
     ok = [r for r in runs if "error" not in r]

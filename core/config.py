@@ -279,6 +279,13 @@ class TrainConfig(_Strict):
                                  "trl's eval_mean_token_accuracy: for a one-token label, greedy label accuracy; "
                                  "ties keep the earlier checkpoint) or last (a fixed schedule: no selection and no "
                                  "early stopping; the validation split is still scored for the loss curve).")
+    checkpoint_tolerance: float = Field(0.0, ge=0.0, le=10.0, description="With checkpoint_selection eval_loss: the latest "
+                                        "checkpoint whose validation loss is within this many nats per answer token "
+                                        "of the lowest becomes the adapter (0: the lowest), so noise on a small "
+                                        "validation split does not undo later training.")
+    keep_checkpoints: bool = Field(False, description="Keep every evaluated checkpoint in <run>/train/checkpoints after "
+                                                      "training (False: only the adapter's and the last, to resume); "
+                                                      "for comparing selection rules afterwards.")
     early_stopping_patience: int = Field(3, ge=0, description="Stop after this many evaluations without a better "
                                                               "selection metric (0: never; unused with last).")
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(

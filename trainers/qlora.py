@@ -564,7 +564,9 @@ def train_adapter(
             eval_steps=eval_steps,
             save_strategy="steps",
             save_steps=save_steps,
-            save_total_limit=2,  # the last (to resume) and the best (kept by load_best_model_at_end)
+            # Every evaluated checkpoint stays until the end, so the selection rule can choose among them
+            # all; _prune_checkpoints then keeps the adapter's and the last (to resume) unless keep_checkpoints.
+            save_total_limit=None,
             load_best_model_at_end=bool(val) and select != "last",
             metric_for_best_model=SELECTION_METRIC[select],
             greater_is_better=select == "token_accuracy",
@@ -613,13 +615,25 @@ def train_adapter(
         output = trainer.train(resume_from_checkpoint=resume)
 
     state = trainer.state
+    history = list(state.log_history)
+    steps, evals = training_metrics(history)
+    chosen = state.best_model_checkpoint if val and select != "last" else None  # what load_best_model_at_end loaded
+    if chosen and select == "eval_loss" and tc.checkpoint_tolerance > 0:
+        done = [int(p.name.split("-")[-1]) for p in ckpt_dir.glob("checkpoint-*")
+                if (p / "adapter_model.safetensors").is_file() and p.name.split("-")[-1].isdigit()]
+        step = select_checkpoint(evals, done, "eval_loss", tc.checkpoint_tolerance)
+        if step is not None and Path(chosen).name != f"checkpoint-{step}":
+            notes.append(f"checkpoint-{step} within {tc.checkpoint_tolerance} of the lowest validation loss "
+                         f"({Path(chosen).name}): the later one is the adapter")
+            chosen = str(ckpt_dir / f"checkpoint-{step}")
+            _load_adapter_weights(trainer.model, Path(chosen))
+    if not tc.keep_checkpoints:
+        _prune_checkpoints(ckpt_dir, keep={chosen, last_checkpoint(ckpt_dir)})
     adapter_dir = out_dir / ("model" if method == "full" else "adapter")
     base_id = base_model_id(base_model or cfg.student.base_model)
     if method == "lora":
         trainer.model.peft_config["default"].base_model_name_or_path = base_id
     trainer.model.save_pretrained(str(adapter_dir))  # the base's tokenizer is unchanged: not copied
-    history = list(state.log_history)
-    steps, evals = training_metrics(history)
     runtime = output.metrics.get("train_runtime") or (time.time() - t0)
     tokens = int(state.num_input_tokens_seen or 0) - tokens_before
     tokens_per_s = round(tokens / runtime, 1) if runtime and tokens > 0 else None
@@ -630,9 +644,8 @@ def train_adapter(
     metrics = {
         "steps": steps, "eval": evals, "global_step": state.global_step, "max_steps": state.max_steps,
         "checkpoint_selection": select, "best_metric": state.best_metric,
-        "best_eval_loss": _best_eval_loss(evals, state, select),
-        "best_checkpoint": Path(state.best_model_checkpoint).name
-        if state.best_model_checkpoint and val and select != "last" else None,
+        "best_eval_loss": _best_eval_loss(evals, chosen),
+        "best_checkpoint": Path(chosen).name if chosen else None,
         "stopped_early": stopped_early,
         "resumed_from": Path(resume).name if resume else None,
         "train_tokens": tokens, "tokens_per_s": tokens_per_s, "train_runtime_s": round(runtime, 2), "wall_s": wall,
@@ -674,15 +687,53 @@ def train_adapter(
 SELECTION_METRIC = {"eval_loss": "eval_loss", "token_accuracy": "eval_mean_token_accuracy", "last": "eval_loss"}
 
 
-def _best_eval_loss(evals: list[dict], state, selection: str) -> float | None:
-    """The validation loss of the checkpoint that became the adapter (the last evaluation's with
-    checkpoint_selection last, the lowest with eval_loss); None without a validation split."""
+def select_checkpoint(evals: list[dict], steps: list[int], selection: str, tolerance: float = 0.0) -> int | None:
+    """The optimizer step whose checkpoint becomes the adapter under a selection rule.
+
+    evals: the validation records ({"step", "eval_loss", "eval_mean_token_accuracy"}, as in
+    train_metrics.json); steps: the steps that have a checkpoint. selection "last": the last
+    of steps; "eval_loss": the lowest validation loss (ties: the earlier), or with tolerance > 0
+    the latest checkpoint whose loss is within tolerance (nats per answer token) of the lowest,
+    so that noise on a small validation split does not undo later training; "token_accuracy":
+    the highest validation token accuracy (ties: the earlier). None when steps is empty or, for
+    a rule that reads the validation split, when no evaluated step has a checkpoint.
+    """
+    if not steps:
+        return None
+    if selection == "last":
+        return max(steps)
+    ev = [e for e in evals if e.get("step") in set(steps)]
+    if selection == "token_accuracy":
+        ev = [e for e in ev if "eval_mean_token_accuracy" in e]
+        return min(ev, key=lambda e: (-e["eval_mean_token_accuracy"], e["step"]))["step"] if ev else None
+    ev = [e for e in ev if "eval_loss" in e]
+    if not ev:
+        return None
+    best = min(ev, key=lambda e: (e["eval_loss"], e["step"]))
+    if tolerance <= 0:
+        return best["step"]
+    return max(e["step"] for e in ev if e["eval_loss"] <= best["eval_loss"] + tolerance)
+
+
+def _best_eval_loss(evals: list[dict], chosen: str | None) -> float | None:
+    """The validation loss of the checkpoint that became the adapter (the last evaluation's when
+    none was chosen: checkpoint_selection last); None without a validation split."""
     if not evals:
         return None
-    chosen = state.best_model_checkpoint if selection != "last" else None
     step = int(Path(chosen).name.split("-")[-1]) if chosen else None
     at = [e for e in evals if e.get("step") == step]
     return at[-1]["eval_loss"] if at else evals[-1]["eval_loss"]
+
+
+def _load_adapter_weights(model, checkpoint: Path) -> None:
+    """Load a checkpoint's LoRA weights into the trained PeftModel (what load_best_model_at_end does)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(checkpoint / "adapter_model.safetensors")))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if missing:
+        raise TrainError(f"{checkpoint}: adapter weights missing for {len(missing)} LoRA tensors (e.g. {missing[0]})")
 
 
 def _soft_label_setup(cfg: SkillConfig, tokenizer, train: list[Example], val: list[Example]) -> dict | None:
@@ -706,6 +757,14 @@ def _soft_label_setup(cfg: SkillConfig, tokenizer, train: list[Example], val: li
         raise TrainError(str(e)) from None
     n = sum(any(soft_target(cfg, e)) for e in train)
     return {"label_ids": ids, "soft_examples": n}
+
+
+def _prune_checkpoints(ckpt_dir: Path, keep: set) -> None:
+    """Remove the checkpoint folders of ckpt_dir not named in keep (paths as the Trainer gives them)."""
+    names = {Path(k).name for k in keep if k}
+    for p in ckpt_dir.glob("checkpoint-*"):
+        if p.is_dir() and p.name not in names:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _tokens_seen(checkpoint: str | None) -> int:

@@ -121,7 +121,8 @@ def test_early_stopping_keeps_the_best_checkpoint(skill, tiny_model_path, tmp_pa
     # training, the worse the eval loss gets, so early stopping must fire.
     train = [dataclasses.replace(e, output="billing") for e in skill.seeds[:24]]
     val = [dataclasses.replace(e, output="bug") for e in skill.seeds[24:32]]
-    cfg = _cfg(skill, max_steps=30, eval_steps=1, early_stopping_patience=2, learning_rate=1e-2, batch_size=4)
+    cfg = _cfg(skill, max_steps=30, eval_steps=1, early_stopping_patience=2, learning_rate=1e-2, batch_size=4,
+               checkpoint_selection="eval_loss")
     res = train_adapter(tiny_model_path, cfg, train, val, tmp_path / "run")
     evals = [h["eval_loss"] for h in res.log_history if "eval_loss" in h]
     assert res.stopped_early and res.steps < 30
@@ -129,6 +130,9 @@ def test_early_stopping_keeps_the_best_checkpoint(skill, tiny_model_path, tmp_pa
     assert evals[-1] > min(evals) and evals[-2] > min(evals)  # patience 2: two evaluations without improvement
     metrics = json.loads(Path(res.metrics_path).read_text())
     assert metrics["best_checkpoint"] == f"checkpoint-{evals.index(min(evals)) + 1}"
+    # Only the adapter's checkpoint and the last (to resume) stay behind.
+    kept = {p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")}
+    assert kept == {metrics["best_checkpoint"], f"checkpoint-{res.steps}"}
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -154,6 +158,7 @@ def test_last_checkpoint_selection_trains_the_whole_schedule(skill, tiny_model_p
     metrics = json.loads(Path(res.metrics_path).read_text())
     assert metrics["best_checkpoint"] is None and metrics["checkpoint_selection"] == "last"
     assert _same_weights(Path(res.adapter_dir), tmp_path / "run" / "checkpoints" / "checkpoint-8")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-8"]
 
 
 def test_token_accuracy_selection_keeps_the_most_accurate_checkpoint(skill, tiny_model_path, tmp_path):
@@ -173,6 +178,37 @@ def test_token_accuracy_selection_keeps_the_most_accurate_checkpoint(skill, tiny
     assert metrics["best_checkpoint"] == f"checkpoint-{best}" and metrics["best_metric"] == pytest.approx(max(acc))
     assert [e["eval_mean_token_accuracy"] for e in metrics["eval"]] == pytest.approx(acc)
     assert _same_weights(Path(res.adapter_dir), tmp_path / "run" / "checkpoints" / f"checkpoint-{best}")
+    kept = {p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")}
+    assert kept == {f"checkpoint-{best}", "checkpoint-6"}
+
+
+def test_checkpoint_tolerance_keeps_a_later_checkpoint_near_the_lowest_loss(skill, tiny_model_path, tmp_path):
+    from trainers.qlora import select_checkpoint, train_adapter
+
+    # The contradicting validation set: loss falls, then rises. A tolerance as wide as the whole
+    # curve makes the last checkpoint the adapter; the weights must be that checkpoint's.
+    train = [dataclasses.replace(e, output="billing") for e in skill.seeds[:24]]
+    val = [dataclasses.replace(e, output="bug") for e in skill.seeds[24:32]]
+    cfg = _cfg(skill, max_steps=8, eval_steps=1, early_stopping_patience=0, learning_rate=1e-2, batch_size=4,
+               checkpoint_selection="eval_loss", checkpoint_tolerance=10.0)
+    res = train_adapter(tiny_model_path, cfg, train, val, tmp_path / "run")
+    metrics = json.loads(Path(res.metrics_path).read_text())
+    loss = [e["eval_loss"] for e in metrics["eval"]]
+    assert loss.index(min(loss)) + 1 != 8  # plain eval_loss would keep an earlier one
+    assert select_checkpoint(metrics["eval"], list(range(1, 9)), "eval_loss", 10.0) == 8
+    assert metrics["best_checkpoint"] == "checkpoint-8" and res.best_eval_loss == pytest.approx(loss[-1])
+    assert _same_weights(Path(res.adapter_dir), tmp_path / "run" / "checkpoints" / "checkpoint-8")
+    assert any("checkpoint-8 within 10.0" in n for n in res.notes)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-8"]
+
+
+def test_keep_checkpoints_leaves_every_evaluated_checkpoint(skill, tiny_model_path, tmp_path):
+    from trainers.qlora import train_adapter
+
+    cfg = _cfg(skill, max_steps=4, eval_steps=1, early_stopping_patience=0, batch_size=4, keep_checkpoints=True)
+    res = train_adapter(tiny_model_path, cfg, skill.seeds[:16], skill.seeds[16:24], tmp_path / "run")
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert kept == [f"checkpoint-{i}" for i in range(1, 5)] and res.steps == 4
 
 
 def test_chat_template_is_refused_for_a_base_model_without_one(skill, tiny_model_path, tmp_path):
