@@ -49,6 +49,19 @@ def choose(evals: list[dict], steps: list[int]) -> dict[str, int]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def validation_records(run: Path) -> dict:
+    """{"eval": [...]} from train/train_metrics.json, or, for a run killed before writing it, from the
+    newest checkpoint's trainer_state.json (the Trainer's own log)."""
+    from trainers.qlora import last_checkpoint, training_metrics
+
+    path = run / "train" / "train_metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    last = last_checkpoint(run / "train" / "checkpoints")
+    history = json.loads((Path(last) / "trainer_state.json").read_text())["log_history"] if last else []
+    return {"eval": training_metrics(history)[1]}
+
+
 def average_adapter(ckpts: list[Path], dest: Path) -> Path:
     """A LoRA adapter folder whose tensors are the uniform mean of ckpts' (same shapes, same config)."""
     from safetensors.torch import load_file, save_file
@@ -93,9 +106,9 @@ def main() -> None:
         items = items[: cfg.gates.eval_limit]
     metric = cfg.gates.metric or task.primary
     default_base = resolve_model(cfg.student.base_model)
-    found = sorted(p.parents[1] for p in runs_root.rglob("train/train_metrics.json"))
+    found = sorted({p.parents[3] for p in runs_root.rglob("train/checkpoints/checkpoint-*/adapter_model.safetensors")})
     if not found:
-        raise SystemExit(f"--runs {runs_root}: no run folder with train/train_metrics.json under it")
+        raise SystemExit(f"--runs {runs_root}: no run folder with train/checkpoints/checkpoint-*/ under it")
     tmp = Path(tempfile.mkdtemp(prefix="checkpoint-choice-"))
     per_run = []
     t0 = time.time()
@@ -108,17 +121,19 @@ def main() -> None:
 
     try:
         for run in found:
-            tm = json.loads((run / "train" / "train_metrics.json").read_text())
+            tm = validation_records(run)
             ckpts = sorted((p for p in (run / "train" / "checkpoints").glob("checkpoint-*")
                             if (p / "adapter_model.safetensors").is_file()), key=step_of)
             if not ckpts:
                 continue
             summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
-            audit = summary.get("audit") or {}
+            audit = summary.get("audit") or (json.loads((run / "teacher_audit.json").read_text())
+                                             if (run / "teacher_audit.json").is_file() else {})
             teacher = next((o["score"] for o in audit.get("options", []) if o["option"] == audit.get("chosen")), None)
-            record = json.loads((run / "train" / "train_record.json").read_text())
+            rec = run / "train" / "train_record.json"
+            record = json.loads(rec.read_text()) if rec.is_file() else {}
             base = (record.get("base_model") or {}).get("path") or ""  # the base the run trained on, while it exists
-            base = base if Path(base).is_dir() else default_base
+            base = base if base and Path(base).is_dir() else default_base
             scores = {step_of(c): score(c, base) for c in ckpts}
             picks = choose(tm.get("eval") or [], list(scores))
             row = {"run": str(run.relative_to(runs_root)), "teacher_audit_score": teacher,
