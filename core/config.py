@@ -300,6 +300,10 @@ class TrainConfig(_Strict):
         if self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
             raise ValueError(f"student.train.save_steps ({self.save_steps}) must be a multiple of "
                              f"student.train.eval_steps ({self.eval_steps}) so the best checkpoint can be kept")
+        if self.checkpoint_tolerance > 0 and self.checkpoint_selection != "eval_loss":
+            raise ValueError(f"student.train.checkpoint_tolerance ({self.checkpoint_tolerance}) applies to "
+                             f"checkpoint_selection eval_loss only (it is {self.checkpoint_selection!r}): set "
+                             f"checkpoint_selection: eval_loss or remove checkpoint_tolerance")
         return self
 
 

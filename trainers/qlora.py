@@ -564,9 +564,9 @@ def train_adapter(
             eval_steps=eval_steps,
             save_strategy="steps",
             save_steps=save_steps,
-            # Every evaluated checkpoint stays until the end, so the selection rule can choose among them
-            # all; _prune_checkpoints then keeps the adapter's and the last (to resume) unless keep_checkpoints.
-            save_total_limit=None,
+            # The last (to resume) and the best (kept by load_best_model_at_end); a loss tolerance or
+            # keep_checkpoints needs every evaluated one until the end (then pruned to the adapter's and the last).
+            save_total_limit=None if tc.keep_checkpoints or tc.checkpoint_tolerance > 0 else 2,
             load_best_model_at_end=bool(val) and select != "last",
             metric_for_best_model=SELECTION_METRIC[select],
             greater_is_better=select == "token_accuracy",

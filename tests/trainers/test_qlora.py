@@ -282,6 +282,21 @@ def test_save_steps_must_be_a_multiple_of_eval_steps(skill_root):
         load_skill("ticket-triage", root=skill_root)
 
 
+def test_checkpoint_tolerance_without_eval_loss_selection_is_refused(skill_root):
+    import yaml
+
+    path = skill_root / "ticket-triage" / "skill.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["student"]["train"].update(checkpoint_selection="last", checkpoint_tolerance=0.02)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SkillError, match=r"checkpoint_tolerance \(0.02\) applies to checkpoint_selection eval_loss only"):
+        load_skill("ticket-triage", root=skill_root)
+    raw["student"]["train"].update(checkpoint_tolerance=-0.1, checkpoint_selection="eval_loss")
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(SkillError, match="checkpoint_tolerance"):
+        load_skill("ticket-triage", root=skill_root)
+
+
 # --- issue 16, item 16: resume only onto the same base ----------------------------------------------
 
 
