@@ -702,7 +702,8 @@ def select_checkpoint(evals: list[dict], steps: list[int], selection: str, toler
         return None
     if selection == "last":
         return max(steps)
-    ev = [e for e in evals if e.get("step") in set(steps)]
+    have = set(steps)
+    ev = [e for e in evals if e.get("step") in have]
     if selection == "token_accuracy":
         ev = [e for e in ev if "eval_mean_token_accuracy" in e]
         return min(ev, key=lambda e: (-e["eval_mean_token_accuracy"], e["step"]))["step"] if ev else None
