@@ -494,11 +494,12 @@ class DedupIndex:
         return len(self.seeds) + pool + len(self.run)
 
 
-def commit_index(skill: str, cfg: FilterConfig, run_dir: Path) -> dict[str, Any]:
+def commit_index(skill: str, cfg: FilterConfig, run_dir: Path, pending: Path | None = None) -> dict[str, Any]:
     """Append the run's pending signatures to the skill's persistent index (call it next to the
     pool append, only at the end of a successful run). Idempotent; a run without pending
-    signatures (nothing accepted, or filtering skipped) commits nothing."""
-    path = Path(run_dir) / PENDING_FILE
+    signatures (nothing accepted, or filtering skipped) commits nothing. `pending`: another
+    signature file than run_dir/dedup_pending.npz (a held batch's copy)."""
+    path = Path(pending) if pending is not None else Path(run_dir) / PENDING_FILE
     if not path.is_file():
         return {"added": 0, "count": None, "pending": False}
     with np.load(path) as z:

@@ -7,8 +7,10 @@ eval_gates/ and registry/. Tasks pass paths and small dicts, not datasets.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -165,8 +167,14 @@ def train(skill: Skill, student_path: str, run_dir: Path) -> dict:
     from trainers.data import cap_pool
     from trainers.stage import train_skill
 
-    accepted, capped = cap_pool(_read_pool(skill.name), read_examples(run_dir / "accepted.jsonl"),
-                                skill.config.student.train.max_pool_examples)
+    pool = _read_pool(skill.name)
+    own = read_examples(run_dir / "accepted.jsonl")
+    seen = {e.id for e in pool} | {e.id for e in own}
+    held = [e for e in _readmitted_examples(skill, run_dir) if e.id not in seen]
+    if held:
+        get_run_logger().info("training also on %d held examples of earlier rejected runs (student.train.readmit_held)",
+                              len(held))
+    accepted, capped = cap_pool(pool, own + held, skill.config.student.train.max_pool_examples)
     if capped["pool_used"] < capped["pool"]:
         get_run_logger().info("training on the newest %d of %d pooled examples (student.train.max_pool_examples)",
                               capped["pool_used"], capped["pool"])
@@ -228,16 +236,77 @@ def _append_pool(skill: str, new: list[Example]) -> int:
     return len(pool)
 
 
+HELD_SIGS = ".dedup_pending.npz"  # a held batch's MinHash signatures, committed if it is re-admitted
+
+
 def _hold(skill: str, run_id: str, examples: list[Example], decision: dict) -> dict:
     """Keep a rejected run's accepted examples apart, with why (idempotent for a run id)."""
+    from filters.index import PENDING_FILE
+
     folder = pool_dir(skill) / "held"
     reasons = [r for g in decision.get("gates", []) if not g.get("passed") and g.get("blocking", True)
                for r in g.get("reasons", [])]
     write_examples(folder / f"{run_id}.jsonl", examples)
+    sigs = run_folder(skill, run_id) / PENDING_FILE
+    if sigs.is_file():  # kept so a later promoted run that re-admits the batch can index it
+        tmp = folder / f".{run_id}{HELD_SIGS}.tmp"
+        shutil.copyfile(sigs, tmp)
+        os.replace(tmp, folder / f"{run_id}{HELD_SIGS}")
     info = {"run_id": run_id, "examples": len(examples), "reasons": reasons, "held_at": time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "path": str(folder / f"{run_id}.jsonl")}
     write_json(folder / f"{run_id}.json", info)
     return info
+
+
+def _held_file(skill: str, run_id: str, suffix: str) -> Path:
+    """A held batch's file: in held/, or in held/readmitted/ once a promoted run re-admitted it."""
+    folder = pool_dir(skill) / "held"
+    moved = folder / "readmitted" / f"{run_id}{suffix}"
+    return moved if moved.exists() and not (folder / f"{run_id}{suffix}").exists() else folder / f"{run_id}{suffix}"
+
+
+def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
+    """The held batches this run trains with (student.train.readmit_held), chosen once per run folder:
+    a resumed run reads readmitted.json and trains on the same batches. [] when the key is off."""
+    if not skill.config.student.train.readmit_held:
+        return []
+    record = run_dir / "readmitted.json"
+    if record.is_file():
+        runs = [r["run_id"] for r in json.loads(record.read_text())["runs"]]
+    else:
+        folder = pool_dir(skill.name) / "held"
+        runs = sorted(p.name[:-len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
+        runs = [r for r in runs if r != run_dir.name and (folder / f"{r}.jsonl").is_file()]
+    batches = {r: read_examples(_held_file(skill.name, r, ".jsonl")) for r in runs}
+    if not record.is_file():
+        write_json(record, {"runs": [{"run_id": r, "examples": len(b)} for r, b in batches.items()]})
+    return [e for b in batches.values() for e in b]
+
+
+def _release_held(skill: Skill, run_dir: Path) -> dict | None:
+    """After a promotion: the held batches this run trained with join the pool and the dedup index, and
+    their files move to held/readmitted/. Idempotent (ids already pooled or indexed are skipped, moved
+    files are found where they went), so a retry after a crash here does nothing twice."""
+    from filters import commit_index
+
+    record = run_dir / "readmitted.json"
+    if not record.is_file():
+        return None
+    runs = [r["run_id"] for r in json.loads(record.read_text())["runs"]]
+    pooled = 0
+    for r in runs:
+        pooled += len(read_examples(_held_file(skill.name, r, ".jsonl")))
+        _append_pool(skill.name, read_examples(_held_file(skill.name, r, ".jsonl")))
+        sigs = _held_file(skill.name, r, HELD_SIGS)
+        if sigs.is_file():
+            commit_index(skill.name, skill.config.filters, run_dir, pending=sigs)
+    for r in runs:  # the reason file last: while it is in held/, the batch still counts as held
+        for suffix in (HELD_SIGS, ".jsonl", ".json"):
+            src = pool_dir(skill.name) / "held" / f"{r}{suffix}"
+            if src.exists():
+                (src.parent / "readmitted").mkdir(exist_ok=True)
+                os.replace(src, src.parent / "readmitted" / src.name)
+    return {"runs": runs, "examples": pooled}
 
 
 def _champion(skill: str) -> tuple[int | None, str | None]:
@@ -334,6 +403,8 @@ def _distill(params: RunParams) -> dict:
         published = publish(skill, run_id, training["result"]["adapter_dir"], evaluation, decision,
                             lineage, training["pool"])
     held = None
+    # Held batches this run trained with (student.train.readmit_held) join the pool only if it is promoted.
+    readmitted = _release_held(skill, run_dir) if decision["promote"] else None
     if decision["promote"] or cfg.student.train.rejected_runs == "admit":
         pool_size = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
         # The dedup index grows with the pool, at the same point: a run that fails earlier changes neither.
@@ -363,6 +434,7 @@ def _distill(params: RunParams) -> dict:
         "champion_version": champion_version,
         "published": published,
         "held": held,
+        "readmitted": readmitted,
         "seconds": round(time.time() - t0, 1),
     }
     _write_summary(run_dir, summary)

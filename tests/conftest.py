@@ -52,6 +52,14 @@ profiles:
     student: {quantization: nf4, lora: {r: 4, alpha: 8}, train: {max_steps: 3, batch_size: 8, eval_steps: 3}}
     gates: {eval_limit: 10, replay: {sample: 6, min_agreement: 0.0, max_invalid_rate: 1.0},
             floor: {accuracy: 0.0}, margin: 1.0}
+  tiny_readmit:
+    expansion: {target_examples: 6}
+    teacher: {few_shot: 4, style_shots: 3, batch_size: 8, max_new_tokens: 12, calibration_shot_sets: 1}
+    audit: {floor: null, folds: 3}
+    student: {quantization: nf4, lora: {r: 4, alpha: 8},
+              train: {max_steps: 3, batch_size: 8, eval_steps: 3, readmit_held: true}}
+    gates: {eval_limit: 10, min_paired_items: 1, replay: {sample: 6, min_agreement: 0.0, max_invalid_rate: 1.0},
+            floor: {accuracy: 0.0}, margin: 1.0}
   tiny_strict:
     expansion: {target_examples: 4}
     teacher: {few_shot: 4, style_shots: 3, batch_size: 8, max_new_tokens: 12, calibration_shot_sets: 1}

@@ -73,6 +73,44 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     decision = json.loads((Path(s2["run_dir"]) / "decision.json").read_text())
     assert decision["promote"] is False and decision["champion_version"] == 1
 
+    # A later run that re-admits held batches (student.train.readmit_held) trains with them and, once
+    # promoted, moves them into the pool and the dedup index; a retried release does nothing twice.
+    from core.records import Example, read_examples, write_examples
+    from core.workdir import pool_dir, run_dir as run_folder
+    from filters.index import PENDING_FILE, open_store
+    from flows.pipeline import _hold, _release_held, filter_candidates, load_skill
+
+    # The tiny teacher's r2 kept nothing, so a batch the filters accepted is held as a rejected run would be.
+    skill = load_skill("ticket-triage", "tiny_readmit")
+    h = run_folder("ticket-triage", "h1")
+    h.mkdir(parents=True)
+    write_examples(h / "generated.jsonl", [
+        Example(id="h-1", skill=skill.name, input="My invoice shows the annual plan twice after I renewed last week",
+                output="billing", source="teacher"),
+        Example(id="h-2", skill=skill.name, input="Exporting a report to CSV freezes the whole dashboard tab",
+                output="bug", source="teacher")])
+    assert filter_candidates.fn(skill, h, [])["accepted"] == 2 and (h / PENDING_FILE).is_file()
+    _hold("ticket-triage", "h1", read_examples(h / "accepted.jsonl"), {"gates": [{"passed": False, "reasons": ["x"]}]})
+    held_ids = {e.id for e in read_examples(held["path"])} | {"h-1", "h-2"}
+    s3 = _run("tiny_readmit", "r3")
+    assert s3["decision"]["promote"] is True, s3["decision"]
+    assert s3["readmitted"]["runs"] == ["h1", "r2"]
+    trained = {json.loads(x)["id"] for name in ("train.jsonl", "val.jsonl")
+               for x in (Path(s3["run_dir"]) / name).read_text().splitlines() if x.strip()}
+    assert held_ids <= trained  # it trained with them
+    pool = read_examples(pool_dir("ticket-triage") / "accepted.jsonl")
+    assert held_ids <= {e.id for e in pool}
+    assert len(pool) == s3["counts"]["pool_after_run"] == len({e.id for e in pool})
+    held_dir = pool_dir("ticket-triage") / "held"
+    assert not list(held_dir.glob("*.json*")) and (held_dir / "readmitted" / "h1.jsonl").is_file()
+    assert (held_dir / "readmitted" / "r2.json").is_file() and (held_dir / "readmitted" / "h1.dedup_pending.npz").is_file()
+    indexed = set(open_store("ticket-triage", skill.config.filters).ids())
+    assert held_ids <= indexed
+    again = _release_held(skill, Path(s3["run_dir"]))
+    assert again["runs"] == ["h1", "r2"]
+    assert read_examples(pool_dir("ticket-triage") / "accepted.jsonl") == pool
+    assert set(open_store("ticket-triage", skill.config.filters).ids()) == indexed
+
 
 def test_a_run_that_fails_midway_changes_no_published_state(skill_root, prefect_harness, monkeypatch):
     """Fault injected after training (evaluation crashes): registry and pool stay as they were."""
@@ -235,3 +273,30 @@ def test_skip_expansion_trains_without_the_refused_teachers_data(skill_root, pre
     assert gate["passed"] is False and gate["blocking"] is False and "skip_expansion" in gate["reasons"][0]
     decision = json.loads((run_dir / "decision.json").read_text())
     assert any(g["name"] == "teacher_audit" for g in decision["gates"])
+
+
+def test_readmitted_batches_are_chosen_once_per_run_folder(skill_root):
+    """A resumed run trains on the held batches it chose first, not on a batch held since; with the key
+    off nothing held is read."""
+    from core.records import Example
+    from core.workdir import run_dir as run_folder
+    from flows.pipeline import _hold, _readmitted_examples, load_skill
+
+    def batch(run_id, n):
+        ex = [Example(id=f"{run_id}-{i}", skill="ticket-triage", input=f"ticket {run_id} {i}", output="bug",
+                      source="teacher") for i in range(n)]
+        _hold("ticket-triage", run_id, ex, {"gates": [{"passed": False, "reasons": ["below the floor"]}]})
+
+    batch("a", 2)
+    skill = load_skill("ticket-triage", "tiny_readmit")
+    run = run_folder("ticket-triage", "now")
+    run.mkdir(parents=True)
+    assert [e.id for e in _readmitted_examples(load_skill("ticket-triage", "tiny"), run)] == []
+    assert not (run / "readmitted.json").exists()
+    assert [e.id for e in _readmitted_examples(skill, run)] == ["a-0", "a-1"]
+    batch("b", 1)
+    batch("now", 1)  # the run's own batch (a retry after it was held) never trains it twice
+    assert [e.id for e in _readmitted_examples(skill, run)] == ["a-0", "a-1"]
+    fresh = run_folder("ticket-triage", "later")
+    fresh.mkdir(parents=True)
+    assert [e.id for e in _readmitted_examples(skill, fresh)] == ["a-0", "a-1", "b-0", "now-0"]
