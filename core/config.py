@@ -265,8 +265,9 @@ class TrainConfig(_Strict):
                             "<work dir>/pool/<skill>/held/<run id>.jsonl with the reason, and neither join the pool nor "
                             "the dedup index, so they never train later runs) or admit (they join the pool anyway).")
     readmit_held: bool = Field(
-        False, description="Also train on the examples held from earlier rejected runs (<work dir>/pool/<skill>/held/). "
-                           "If this run is promoted, its gates measured a model trained with them, so they join the "
+        False, description="Also train on the examples held from earlier rejected runs (<work dir>/pool/<skill>/held/; "
+                           "whole batches, newest first, at most max_pool_examples examples). If this run is promoted, "
+                           "its gates measured a model trained with them, so they join the "
                            "pool and the dedup index and leave held/; if it is rejected, they stay held.")
     max_pool_examples: int | None = Field(
         2000, ge=1, description="Most pooled (non-seed) examples a run trains on besides its own new ones: the newest "

@@ -265,9 +265,22 @@ def _held_file(skill: str, run_id: str, suffix: str) -> Path:
     return moved if moved.exists() and not (folder / f"{run_id}{suffix}").exists() else folder / f"{run_id}{suffix}"
 
 
+def _read_held_info(path: Path) -> dict:
+    from core.records import DataError
+
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a held batch's record ({e}); restore it or move the batch out of held/") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{path}: not a held batch's record (a JSON object expected)")
+    return info
+
+
 def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
     """The held batches this run trains with (student.train.readmit_held), chosen once per run folder:
-    a resumed run reads readmitted.json and trains on the same batches. [] when the key is off."""
+    a resumed run reads readmitted.json and trains on the same batches. [] when the key is off.
+    Raises core.records.DataError naming file and line for a held file that is not Example records."""
     if not skill.config.student.train.readmit_held:
         return []
     record = run_dir / "readmitted.json"
@@ -275,8 +288,19 @@ def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
         runs = [r["run_id"] for r in json.loads(record.read_text())["runs"]]
     else:
         folder = pool_dir(skill.name) / "held"
-        runs = sorted(p.name[:-len(".json")] for p in folder.glob("*.json")) if folder.is_dir() else []
-        runs = [r for r in runs if r != run_dir.name and (folder / f"{r}.jsonl").is_file()]
+        found = [p.name[:-len(".json")] for p in folder.glob("*.json")] if folder.is_dir() else []
+        found = [r for r in found if r != run_dir.name and (folder / f"{r}.jsonl").is_file()]
+        # Newest batches first, whole batches only, at most student.train.max_pool_examples examples in all:
+        # fifty rejected runs do not make the next run fifty times as long.
+        when = {r: str(_read_held_info(folder / f"{r}.json").get("held_at", "")) for r in found}
+        cap, total, runs = skill.config.student.train.max_pool_examples, 0, []
+        for r in sorted(found, key=lambda r: (when[r], r), reverse=True):
+            n = sum(1 for line in (folder / f"{r}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+            if cap is not None and total + n > cap:
+                continue
+            total += n
+            runs.append(r)
+        runs.sort(key=lambda r: (when[r], r))
     batches = {r: read_examples(_held_file(skill.name, r, ".jsonl")) for r in runs}
     if not record.is_file():
         write_json(record, {"runs": [{"run_id": r, "examples": len(b)} for r, b in batches.items()]})

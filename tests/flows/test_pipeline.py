@@ -300,3 +300,28 @@ def test_readmitted_batches_are_chosen_once_per_run_folder(skill_root):
     fresh = run_folder("ticket-triage", "later")
     fresh.mkdir(parents=True)
     assert [e.id for e in _readmitted_examples(skill, fresh)] == ["a-0", "a-1", "b-0", "now-0"]
+
+
+def test_readmitted_batches_are_whole_newest_first_and_capped(skill_root):
+    """At most student.train.max_pool_examples held examples, whole batches, newest first; a broken
+    held record is an error naming the file."""
+    from core.records import DataError, Example
+    from core.workdir import pool_dir, run_dir as run_folder
+    from flows.pipeline import _hold, _readmitted_examples, load_skill
+
+    for run_id, n in (("20260101-000000", 2), ("20260102-000000", 3), ("20260103-000000", 1)):
+        _hold("ticket-triage", run_id, [Example(id=f"{run_id}-{i}", skill="ticket-triage", input=f"t {run_id} {i}",
+                                                output="bug", source="teacher") for i in range(n)],
+              {"gates": []})
+    skill = load_skill("ticket-triage", "tiny_readmit")
+    skill.config.student.train.max_pool_examples = 3
+    run = run_folder("ticket-triage", "now")
+    run.mkdir(parents=True)
+    # newest (1) fits, the 3-example batch would pass the cap, the oldest (2) fits: 3 in all
+    assert [e.id for e in _readmitted_examples(skill, run)] == ["20260101-000000-0", "20260101-000000-1",
+                                                                 "20260103-000000-0"]
+    (pool_dir("ticket-triage") / "held" / "20260102-000000.json").write_text("{broken")
+    other = run_folder("ticket-triage", "other")
+    other.mkdir(parents=True)
+    with pytest.raises(DataError, match="20260102-000000.json"):
+        _readmitted_examples(skill, other)
