@@ -272,8 +272,8 @@ def _read_held_info(path: Path) -> dict:
         info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: not a held batch's record ({e}); restore it or move the batch out of held/") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{path}: not a held batch's record (a JSON object expected)")
+    if not isinstance(info, dict) or not isinstance(info.get("examples"), int) or info["examples"] < 0:
+        raise DataError(f"{path}: not a held batch's record (a JSON object with a count 'examples' expected)")
     return info
 
 
@@ -292,15 +292,14 @@ def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
         found = [r for r in found if r != run_dir.name and (folder / f"{r}.jsonl").is_file()]
         # Newest batches first, whole batches only, at most student.train.max_pool_examples examples in all:
         # fifty rejected runs do not make the next run fifty times as long.
-        when = {r: str(_read_held_info(folder / f"{r}.json").get("held_at", "")) for r in found}
+        info = {r: _read_held_info(folder / f"{r}.json") for r in found}
+        order = sorted(found, key=lambda r: (str(info[r].get("held_at", "")), r))
         cap, total, runs = skill.config.student.train.max_pool_examples, 0, []
-        for r in sorted(found, key=lambda r: (when[r], r), reverse=True):
-            n = sum(1 for line in (folder / f"{r}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
-            if cap is not None and total + n > cap:
-                continue
-            total += n
-            runs.append(r)
-        runs.sort(key=lambda r: (when[r], r))
+        for r in reversed(order):
+            if cap is None or total + info[r]["examples"] <= cap:
+                total += info[r]["examples"]
+                runs.append(r)
+        runs = [r for r in order if r in runs]
     batches = {r: read_examples(_held_file(skill.name, r, ".jsonl")) for r in runs}
     if not record.is_file():
         write_json(record, {"runs": [{"run_id": r, "examples": len(b)} for r, b in batches.items()]})
@@ -317,10 +316,9 @@ def _release_held(skill: Skill, run_dir: Path) -> dict | None:
     if not record.is_file():
         return None
     runs = [r["run_id"] for r in json.loads(record.read_text())["runs"]]
-    pooled = 0
+    examples = [e for r in runs for e in read_examples(_held_file(skill.name, r, ".jsonl"))]
+    _append_pool(skill.name, examples)  # one rewrite of the pool for every batch
     for r in runs:
-        pooled += len(read_examples(_held_file(skill.name, r, ".jsonl")))
-        _append_pool(skill.name, read_examples(_held_file(skill.name, r, ".jsonl")))
         sigs = _held_file(skill.name, r, HELD_SIGS)
         if sigs.is_file():
             commit_index(skill.name, skill.config.filters, run_dir, pending=sigs)
@@ -330,7 +328,7 @@ def _release_held(skill: Skill, run_dir: Path) -> dict | None:
             if src.exists():
                 (src.parent / "readmitted").mkdir(exist_ok=True)
                 os.replace(src, src.parent / "readmitted" / src.name)
-    return {"runs": runs, "examples": pooled}
+    return {"runs": runs, "examples": len(examples)}
 
 
 def _champion(skill: str) -> tuple[int | None, str | None]:
