@@ -38,7 +38,7 @@ from _common import REPO, emit
 TINY = {"expansion": {"target_examples": 6},
         "teacher": {"few_shot": 4, "style_shots": 3, "batch_size": 8, "max_new_tokens": 12, "calibration_shot_sets": 1},
         "audit": {"floor": None, "folds": 3},
-        "student": {"quantization": "nf4", "lora": {"r": 4, "alpha": 8}, "train": {"max_steps": 3, "batch_size": 8}},
+        "student": {"quantization": "nf4", "lora": {"r": 4, "alpha": 8}, "train": {"max_steps": 3, "batch_size": 8, "max_length": 1024}},
         "gates": {"eval_limit": 10, "replay": {"sample": 6}}}
 
 
@@ -178,6 +178,7 @@ def main() -> None:
            "teacher_seeds": n_t, "train_seeds": n_s, "runs": runs, "failed_runs": len(runs) - len(ok),
            "teacher_audit_score": mean_sd([r.get("teacher_audit_score") for r in ok]),
            "student_eval": mean_sd([r.get("student_eval") for r in ok]),
+           "invalid_rate": mean_sd([r.get("invalid_rate") for r in ok]),  # answers the skill's parser rejected
            "student_eval_spread": (round(max(r["student_eval"] for r in ok) - min(r["student_eval"] for r in ok), 4)
                                    if ok and all(isinstance(r.get("student_eval"), (int, float)) for r in ok) else None),
            "student_at_or_above_teacher": f"{sum(beat)}/{len(beat)}",
