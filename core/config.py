@@ -273,6 +273,10 @@ class TrainConfig(_Strict):
         2000, ge=1, description="Most pooled (non-seed) examples a run trains on besides its own new ones: the newest "
                                 "by created_at, so run 50 does not train on 50 runs of data (None: the whole pool). "
                                 "Seeds always train.")
+    pool_sampling: Literal["newest", "uniform"] = Field(
+        "newest", description="Which pooled examples train when the pool is over max_pool_examples: newest (by "
+                              "created_at: the data follows the latest teacher, filters and traffic) or uniform (a "
+                              "seeded random sample: every earlier run keeps its share). benchmarks/pool_cap.py.")
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of the pool held out for validation (per source; "
                                                                   "sources with fewer than 10 examples keep all of theirs).")
     eval_steps: int | None = Field(None, ge=1, description="Validate every N steps (default: ~4 times a run, at least once an epoch).")

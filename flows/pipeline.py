@@ -174,10 +174,11 @@ def train(skill: Skill, student_path: str, run_dir: Path) -> dict:
     if held:
         get_run_logger().info("training also on %d held examples of earlier rejected runs (student.train.readmit_held)",
                               len(held))
-    accepted, capped = cap_pool(pool, own + held, skill.config.student.train.max_pool_examples)
+    tc = skill.config.student.train
+    accepted, capped = cap_pool(pool, own + held, tc.max_pool_examples, tc.pool_sampling, tc.seed)
     if capped["pool_used"] < capped["pool"]:
-        get_run_logger().info("training on the newest %d of %d pooled examples (student.train.max_pool_examples)",
-                              capped["pool_used"], capped["pool"])
+        get_run_logger().info("training on %d of %d pooled examples (student.train.max_pool_examples, %s)",
+                              capped["pool_used"], capped["pool"], tc.pool_sampling)
     with stage("training (QLoRA)", None) as advance:
         last = [0]
 

@@ -24,19 +24,30 @@ class TrainingPool:
                 "human_share": round(self.human_share, 3), "dropped_student_outputs": self.dropped_student}
 
 
-def cap_pool(pool: list[Example], new: list[Example], cap: int | None) -> tuple[list[Example], dict]:
-    """What a run trains on besides the seeds: its `new` examples and at most `cap` of the earlier
-    `pool`, the newest by created_at (ties: later in the pool). Returns (examples, report)."""
+def cap_pool(pool: list[Example], new: list[Example], cap: int | None, rule: str = "newest",
+             seed: int = 0) -> tuple[list[Example], dict]:
+    """What a run trains on besides the seeds: its `new` examples and at most `cap` of the earlier `pool`.
+
+    rule "newest": the newest by created_at (ties: later in the pool), so the data follows the latest
+    teacher, filters and traffic; "uniform": a uniform sample without replacement (seeded by `seed`),
+    so every earlier run keeps its share. Pool order is kept. Returns (examples, report).
+    Raises ValueError for another rule. benchmarks/pool_cap.py measures both against no cap.
+    """
+    if rule not in ("newest", "uniform"):
+        raise ValueError(f"pool sampling rule {rule!r}: expected newest or uniform")
     if cap is None or len(pool) <= cap:
-        return pool + new, {"pool": len(pool), "pool_used": len(pool), "cap": cap}
-    from datetime import datetime, timezone
+        return pool + new, {"pool": len(pool), "pool_used": len(pool), "cap": cap, "rule": rule}
+    if rule == "uniform":
+        keep = sorted(random.Random(seed).sample(range(len(pool)), cap))
+    else:
+        from datetime import datetime, timezone
 
-    from core.records import parse_instant
+        from core.records import parse_instant
 
-    oldest = datetime.min.replace(tzinfo=timezone.utc)
-    order = sorted(range(len(pool)), key=lambda i: (parse_instant(pool[i].created_at) or oldest, i))  # instants
-    keep = sorted(order[-cap:])
-    return [pool[i] for i in keep] + new, {"pool": len(pool), "pool_used": cap, "cap": cap}
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        order = sorted(range(len(pool)), key=lambda i: (parse_instant(pool[i].created_at) or oldest, i))  # instants
+        keep = sorted(order[-cap:])
+    return [pool[i] for i in keep] + new, {"pool": len(pool), "pool_used": cap, "cap": cap, "rule": rule}
 
 
 def build_training_pool(seeds: list[Example], accepted: list[Example], human_share: float,

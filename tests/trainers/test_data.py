@@ -71,6 +71,29 @@ def test_cap_pool_keeps_the_newest_pooled_examples_and_every_new_one():
     pool = [ex(0, "2026-11-01T00:00:00+00:00"), ex(1, "2026-11-03T00:00:00+00:00"), ex(2, "2026-11-02T00:00:00+00:00")]
     new = [ex(9, "2026-11-04T00:00:00+00:00")]
     got, rep = cap_pool(pool, new, 2)
-    assert [e.id for e in got] == ["p1", "p2", "p9"] and rep == {"pool": 3, "pool_used": 2, "cap": 2}
+    assert [e.id for e in got] == ["p1", "p2", "p9"] and rep == {"pool": 3, "pool_used": 2, "cap": 2, "rule": "newest"}
     got, rep = cap_pool(pool, new, None)
     assert len(got) == 4 and rep["pool_used"] == 3
+
+
+def test_cap_pool_uniform_samples_every_batch_reproducibly_and_keeps_the_new_ones():
+    import pytest
+
+    from core.records import Example
+    from trainers.data import cap_pool
+
+    # four runs' batches of 50, oldest first; a cap of 100
+    pool = [Example(id=f"r{r}-{i}", skill="s", input=f"in {r} {i}", output="x", source="teacher",
+                    created_at=f"2026-11-0{r + 1}T00:00:00+00:00") for r in range(4) for i in range(50)]
+    new = [Example(id="n0", skill="s", input="new", output="x", source="teacher", created_at="2026-11-09T00:00:00+00:00")]
+    got, rep = cap_pool(pool, new, 100, "uniform", seed=3)
+    assert rep == {"pool": 200, "pool_used": 100, "cap": 100, "rule": "uniform"} and got[-1].id == "n0"
+    ids = [e.id for e in got[:-1]]
+    assert len(set(ids)) == 100 and ids == [e.id for e in pool if e.id in set(ids)]  # distinct, pool order kept
+    assert {i.split("-")[0] for i in ids} == {"r0", "r1", "r2", "r3"}  # the oldest runs keep a share
+    assert [e.id for e in cap_pool(pool, new, 100, "uniform", seed=3)[0]] == [e.id for e in got]  # seeded
+    assert [e.id for e in cap_pool(pool, new, 100, "uniform", seed=4)[0]] != [e.id for e in got]
+    newest, _ = cap_pool(pool, new, 100, "newest")
+    assert {e.id.split("-")[0] for e in newest[:-1]} == {"r2", "r3"}  # newest: the last two runs only
+    with pytest.raises(ValueError, match="newest or uniform"):
+        cap_pool(pool, new, 100, "oldest")
