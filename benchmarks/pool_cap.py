@@ -72,10 +72,18 @@ def build_pool(batches: list[list], seeds: list, filters_cfg) -> tuple[list, lis
 
 
 def quick_batches(seeds: list) -> list[list]:
-    """Three synthetic teacher batches from the seeds, one day apart (the harness check only)."""
+    """Three synthetic teacher batches from the seeds (words shuffled per batch, so the dedup keeps
+    them), one day apart: the harness check only."""
+    import random
     from dataclasses import replace
 
-    return [[replace(e, id=f"{e.id}-b{b}", input=f"{e.input} (batch {b} variant)", source="teacher",
+    def shuffled(text: str, rng: random.Random) -> str:
+        words = text.split()
+        rng.shuffle(words)
+        return " ".join(words)
+
+    rngs = [random.Random(b) for b in range(3)]
+    return [[replace(e, id=f"{e.id}-b{b}", input=shuffled(e.input, rngs[b]), source="teacher",
                      created_at=f"2026-11-0{b + 1}T00:00:00+00:00") for e in seeds] for b in range(3)]
 
 

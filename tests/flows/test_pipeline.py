@@ -325,3 +325,46 @@ def test_readmitted_batches_are_whole_newest_first_and_capped(skill_root):
     other.mkdir(parents=True)
     with pytest.raises(DataError, match="20260102-000000.json"):
         _readmitted_examples(skill, other)
+
+
+def test_train_task_caps_the_pool_with_the_configured_sampling_rule(skill_root, prefect_harness, monkeypatch):
+    """student.train.max_pool_examples and pool_sampling reach the train task: the run's own examples
+    always train; of the pool, the newest (or a seeded uniform sample of) max_pool_examples."""
+    from prefect import flow
+
+    import trainers.stage
+    from core.records import Example, write_examples
+    from core.workdir import run_dir as run_folder
+    from flows.pipeline import _append_pool, load_skill, train
+
+    _append_pool("ticket-triage", [Example(id=f"p{d}-{i}", skill="ticket-triage", input=f"ticket {d} {i}",
+                                           output="bug", source="teacher", created_at=f"2026-11-0{d}T00:00:00+00:00")
+                                   for d in (1, 2, 3) for i in range(4)])
+    run = run_folder("ticket-triage", "now")
+    run.mkdir(parents=True)
+    write_examples(run / "accepted.jsonl", [Example(id="own-0", skill="ticket-triage", input="mine", output="bug",
+                                                    source="teacher", created_at="2026-11-01T00:00:00+00:00")])
+    seen = []
+
+    def fake_train(skill, student_path, run_dir, accepted, progress=None):  # records what the trainer was given
+        seen.append([e.id for e in accepted])
+        return {"result": {"notes": [], "steps": 0, "seconds": 0.0, "quantization": "none", "device": "cpu"}}
+
+    monkeypatch.setattr(trainers.stage, "train_skill", fake_train)
+
+    @flow(name="train-only")
+    def train_only(skill):
+        return train.fn(skill, "unused", run)
+
+    skill = load_skill("ticket-triage", "tiny")
+    skill.config.student.train.max_pool_examples = 4
+    train_only(skill)
+    assert seen[-1] == ["p3-0", "p3-1", "p3-2", "p3-3", "own-0"]  # newest pooled + own (own is old, still trains)
+    skill.config.student.train.pool_sampling = "uniform"
+    train_only(skill)
+    train_only(skill)
+    assert len(seen[-1]) == 5 and seen[-1][-1] == "own-0" and seen[-1] == seen[-2]  # seeded: a retry trains the same
+    assert seen[-1] != seen[0]
+    skill.config.student.train.max_pool_examples = None
+    train_only(skill)
+    assert len(seen[-1]) == 13
