@@ -38,6 +38,8 @@ RULES = ("none", "newest", "uniform")
 
 def load_batches(runs_root: Path) -> list[list]:
     """Distinct accepted batches under runs_root, oldest first (by their newest created_at)."""
+    from datetime import datetime, timezone
+
     from core.records import parse_instant, read_examples
 
     seen, batches = set(), []
@@ -45,11 +47,12 @@ def load_batches(runs_root: Path) -> list[list]:
         if "pool" in path.parts:
             continue
         batch = [e for e in read_examples(path) if e.output is not None]
-        key = frozenset(e.id for e in batch)
+        key = frozenset((e.input, e.output) for e in batch)  # content: a rerun of one teacher seed is one batch
         if batch and key not in seen:
             seen.add(key)
             batches.append(batch)
-    return sorted(batches, key=lambda b: max(parse_instant(e.created_at) for e in b))
+    oldest = datetime.min.replace(tzinfo=timezone.utc)  # an example without a valid created_at sorts first
+    return sorted(batches, key=lambda b: max(parse_instant(e.created_at) or oldest for e in b))
 
 
 def build_pool(batches: list[list], seeds: list, filters_cfg) -> tuple[list, list, dict]:
