@@ -46,6 +46,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _first_decode(proc: subprocess.Popen, base: str, log_path: str | Path | None) -> None:
+    """One 1-token completion before the server is handed out. A build of llama-cpp-python for another
+    CPU answers /models and then dies on its first matrix product (SIGILL, "invalid opcode" in
+    libggml-cpu); without this check every teacher request would fail as a bare connection error.
+    Raises TeacherUnreachable (with `.crashed = True`) when the process died."""
+    import signal
+
+    try:
+        httpx.post(f"{base}/completions", json={"prompt": "Hello", "max_tokens": 1, "temperature": 0.0}, timeout=120)
+    except httpx.HTTPError:
+        pass
+    try:
+        proc.wait(0.5 if proc.poll() is None else 0)
+    except subprocess.TimeoutExpired:
+        return  # alive: a failed warm-up alone is the client's to retry and report
+    code = proc.returncode
+    why = (f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_
+           else f"exit code {code}")
+    hint = (" (illegal instruction: this llama-cpp-python build uses CPU instructions this machine does not run, "
+            "e.g. AMX or AVX-512 that the VM does not enable; rebuild it for this CPU: CMAKE_ARGS='-DGGML_NATIVE=OFF' "
+            "pip install --force-reinstall --no-cache-dir 'llama-cpp-python[server]', or use the transformers "
+            "backend)") if code == -signal.SIGILL else ""
+    err = TeacherUnreachable(f"llama.cpp server died on its first decode with {why}{hint}; "
+                             f"see {log_path or 'its output'}")
+    err.crashed = True
+    raise err
+
+
 @contextlib.contextmanager
 def llama_server(model_path: str | Path, n_ctx: int = 2048, n_batch: int = 512,
                  n_threads: int | None = None, startup_timeout_s: float = 120.0,
@@ -80,6 +108,7 @@ def llama_server(model_path: str | Path, n_ctx: int = 2048, n_batch: int = 512,
             if time.time() > deadline:
                 raise TeacherUnreachable(f"llama.cpp server did not answer {base}/models within {startup_timeout_s:.0f} s")
             time.sleep(0.2)
+        _first_decode(proc, base, log_path)
         log.info("llama.cpp server for %s ready at %s", Path(model_path).name, base)
         yield base
     finally:
