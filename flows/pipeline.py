@@ -14,14 +14,15 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 
-from core.records import (Example, Rejected, hash_examples, read_examples, write_examples, write_json,
-                          write_jsonl)
+from core.records import (Example, Rejected, hash_examples, parse_instant, read_examples, write_examples,
+                          write_json, write_jsonl)
 from core.skills import Skill, load_skill
 from core.workdir import check_run_id, pool_dir, registry_root, run_dir as run_folder
 from flows.limits import network_failure, registry_failure
@@ -253,8 +254,10 @@ def _hold(skill: str, run_id: str, examples: list[Example], decision: dict) -> d
         tmp = folder / f".{run_id}{HELD_SIGS}.tmp"
         shutil.copyfile(sigs, tmp)
         os.replace(tmp, folder / f"{run_id}{HELD_SIGS}")
-    info = {"run_id": run_id, "examples": len(examples), "reasons": reasons, "held_at": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "path": str(folder / f"{run_id}.jsonl")}
+    # Microseconds: two runs held within one second still order by when they were held, not by name.
+    held_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    info = {"run_id": run_id, "examples": len(examples), "reasons": reasons, "held_at": held_at,
+            "path": str(folder / f"{run_id}.jsonl")}
     write_json(folder / f"{run_id}.json", info)
     return info
 
@@ -294,7 +297,8 @@ def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
         # Newest batches first, whole batches only, at most student.train.max_pool_examples examples in all:
         # fifty rejected runs do not make the next run fifty times as long.
         info = {r: _read_held_info(folder / f"{r}.json") for r in found}
-        order = sorted(found, key=lambda r: (str(info[r].get("held_at", "")), r))
+        oldest = datetime.min.replace(tzinfo=timezone.utc)  # a record without a valid held_at sorts first
+        order = sorted(found, key=lambda r: (parse_instant(info[r].get("held_at")) or oldest, r))  # instants
         cap, total, runs = skill.config.student.train.max_pool_examples, 0, []
         for r in reversed(order):
             if cap is None or total + info[r]["examples"] <= cap:

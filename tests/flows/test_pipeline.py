@@ -94,7 +94,7 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     held_ids = {e.id for e in read_examples(held["path"])} | {"h-1", "h-2"}
     s3 = _run("tiny_readmit", "r3")
     assert s3["decision"]["promote"] is True, s3["decision"]
-    assert s3["readmitted"]["runs"] == ["h1", "r2"]
+    assert s3["readmitted"]["runs"] == ["r2", "h1"]  # in the order they were held
     trained = {json.loads(x)["id"] for name in ("train.jsonl", "val.jsonl")
                for x in (Path(s3["run_dir"]) / name).read_text().splitlines() if x.strip()}
     assert held_ids <= trained  # it trained with them
@@ -107,7 +107,7 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     indexed = set(open_store("ticket-triage", skill.config.filters).ids())
     assert held_ids <= indexed
     again = _release_held(skill, Path(s3["run_dir"]))
-    assert again["runs"] == ["h1", "r2"]
+    assert again["runs"] == ["r2", "h1"]
     assert read_examples(pool_dir("ticket-triage") / "accepted.jsonl") == pool
     assert set(open_store("ticket-triage", skill.config.filters).ids()) == indexed
 
