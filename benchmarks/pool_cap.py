@@ -38,9 +38,7 @@ RULES = ("none", "newest", "uniform")
 
 def load_batches(runs_root: Path) -> list[list]:
     """Distinct accepted batches under runs_root, oldest first (by their newest created_at)."""
-    from datetime import datetime, timezone
-
-    from core.records import parse_instant, read_examples
+    from core.records import instant_key, read_examples
 
     seen, batches = set(), []
     for path in sorted(runs_root.rglob("accepted.jsonl")):
@@ -51,8 +49,7 @@ def load_batches(runs_root: Path) -> list[list]:
         if batch and key not in seen:
             seen.add(key)
             batches.append(batch)
-    oldest = datetime.min.replace(tzinfo=timezone.utc)  # an example without a valid created_at sorts first
-    return sorted(batches, key=lambda b: max(parse_instant(e.created_at) or oldest for e in b))
+    return sorted(batches, key=lambda b: max(instant_key(e.created_at) for e in b))
 
 
 def build_pool(batches: list[list], seeds: list, filters_cfg) -> tuple[list, list, dict]:

@@ -41,6 +41,15 @@ def parse_instant(value: Any) -> datetime | None:
     return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
+EARLIEST = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def instant_key(value: Any) -> datetime:
+    """Sort key for timestamps: `parse_instant(value)`, or the earliest instant when it is not one
+    (a record without a valid time sorts first)."""
+    return parse_instant(value) or EARLIEST
+
+
 def content_id(skill: str, input: Any, output: Any = None) -> str:
     """A stable id from content, so a re-run produces the same ids."""
     payload = json.dumps([skill, input, output], sort_keys=True, ensure_ascii=False)

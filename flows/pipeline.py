@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 
-from core.records import (Example, Rejected, hash_examples, parse_instant, read_examples, write_examples,
+from core.records import (Example, Rejected, hash_examples, instant_key, read_examples, write_examples,
                           write_json, write_jsonl)
 from core.skills import Skill, load_skill
 from core.workdir import check_run_id, pool_dir, registry_root, run_dir as run_folder
@@ -297,8 +297,7 @@ def _readmitted_examples(skill: Skill, run_dir: Path) -> list[Example]:
         # Newest batches first, whole batches only, at most student.train.max_pool_examples examples in all:
         # fifty rejected runs do not make the next run fifty times as long.
         info = {r: _read_held_info(folder / f"{r}.json") for r in found}
-        oldest = datetime.min.replace(tzinfo=timezone.utc)  # a record without a valid held_at sorts first
-        order = sorted(found, key=lambda r: (parse_instant(info[r].get("held_at")) or oldest, r))  # instants
+        order = sorted(found, key=lambda r: (instant_key(info[r].get("held_at")), r))  # instants
         cap, total, runs = skill.config.student.train.max_pool_examples, 0, []
         for r in reversed(order):
             if cap is None or total + info[r]["examples"] <= cap:

@@ -62,8 +62,10 @@ def _first_decode(proc: subprocess.Popen, base: str, log_path: str | Path | None
     except subprocess.TimeoutExpired:
         return  # alive: a failed warm-up alone is the client's to retry and report
     code = proc.returncode
-    why = (f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.Signals._value2member_map_
-           else f"exit code {code}")
+    try:
+        why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    except ValueError:  # a negative code that is no known signal
+        why = f"exit code {code}"
     hint = (" (illegal instruction: this llama-cpp-python build uses CPU instructions this machine does not run, "
             "e.g. AMX or AVX-512 that the VM does not enable; rebuild it for this CPU: CMAKE_ARGS='-DGGML_NATIVE=OFF' "
             "pip install --force-reinstall --no-cache-dir 'llama-cpp-python[server]', or use the transformers "

@@ -40,12 +40,9 @@ def cap_pool(pool: list[Example], new: list[Example], cap: int | None, rule: str
     if rule == "uniform":
         keep = sorted(random.Random(seed).sample(range(len(pool)), cap))
     else:
-        from datetime import datetime, timezone
+        from core.records import instant_key
 
-        from core.records import parse_instant
-
-        oldest = datetime.min.replace(tzinfo=timezone.utc)
-        order = sorted(range(len(pool)), key=lambda i: (parse_instant(pool[i].created_at) or oldest, i))  # instants
+        order = sorted(range(len(pool)), key=lambda i: (instant_key(pool[i].created_at), i))  # instants
         keep = sorted(order[-cap:])
     return [pool[i] for i in keep] + new, {"pool": len(pool), "pool_used": cap, "cap": cap, "rule": rule}
 
