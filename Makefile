@@ -31,6 +31,7 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/train_step.py --quick
 	$(BIN)/python benchmarks/train_throughput.py --quick
 	$(BIN)/python benchmarks/teacher_throughput.py --quick
+	$(BIN)/python benchmarks/teacher_backends.py --quick
 	$(BIN)/python benchmarks/dedup_throughput.py --quick
 	$(BIN)/python benchmarks/eval_gates.py --quick
 	$(BIN)/python benchmarks/registry_io.py --quick

@@ -3,7 +3,7 @@ request after a fixed delay L, at concurrency C (ideal: C/L requests per second)
 regimes: fault-free, 10% random 429/500 faults, and a real rate limit (a token bucket of R1
 requests/s that answers 429 with Retry-After beyond it, raised to R2 mid-run; L = 150 ms there).
 
-    python benchmarks/teacher_throughput.py [--quick] [--peers] [--repeats N] [--embedded]
+    python benchmarks/teacher_throughput.py [--quick] [--peers] [--repeats N]
 
 Clients, each in every regime, runs interleaved, medians of `--repeats` (3; 1 with --quick):
 - ours: `Teacher` (httpx, adaptive limit, cache off), plus the limiter's decrease factor and
@@ -19,9 +19,9 @@ faults, the ratio to the same client's fault-free throughput; under the rate lim
 converged throughput as a fraction of R1, the share of requests the server throttled (over the
 run, and once converged), the time to reach 0.9 of R2 after the raise and the throughput after
 it. Then a re-run with a warm cache
-(zero requests may be sent). --embedded adds the embedded teacher: the same self-instruct and
-label prompts through the llama.cpp server and through transformers' generate. The server runs
-in its own process so its CPU time is not the client's. One JSON line last.
+(zero requests may be sent). The server runs in its own process so its CPU time is not the
+client's. One JSON line last. The embedded teacher's servers (llama.cpp, transformers) are
+compared in benchmarks/teacher_backends.py.
 """
 
 from __future__ import annotations
@@ -279,7 +279,6 @@ def main() -> None:
                          "$DISTILL_PEERS_PYTHON, else .venv-peers from `make peers`); each peer runs in the first "
                          "of the two that has it")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved runs per client and regime (median)")
-    ap.add_argument("--embedded", action="store_true", help="also time llama.cpp vs transformers (slow on CPU)")
     args = ap.parse_args()
     setup()
     reps = args.repeats or (1 if args.quick else 3)
@@ -381,8 +380,6 @@ def main() -> None:
     result["ours"] = {k: v for k, v in result["fault_free"]["ours"].items() if k not in ("limiter", "retries")}
     result["baseline_openai_gather"] = result["fault_free"]["openai_gather"]
     result["throughput_vs_baseline"] = result["ours_vs"]["fault_free"]["openai_gather"]
-    if args.embedded:
-        result["embedded"] = embedded(8)
     emit(result)
 
 

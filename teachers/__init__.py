@@ -5,8 +5,8 @@ expansion strategies.
         result = run_expansion(skill, teacher, run_dir, seed)
 
 `open_teacher` picks the backend from one config block: an OpenAI-compatible server
-(`backend: openai`), or the local model, served through llama.cpp's server when
-`llama_cpp` is installed and the model is the bundled GGUF (else transformers).
+(`backend: openai`), or the local model in-process through transformers (batched), or the
+bundled GGUF through llama.cpp's server when `teacher.local_server: llama_cpp` asks for it.
 """
 
 from __future__ import annotations
@@ -62,34 +62,22 @@ def settings_from_config(cfg: TeacherConfig) -> ClientSettings:
                           batch_size=cfg.batch_size)
 
 
-def _fast_bf16_cpu() -> bool:
-    import torch
-
-    from teachers.local import inference_dtype
-
-    return not torch.cuda.is_available() and inference_dtype("cpu") == torch.bfloat16
-
-
 def _use_llama_cpp(cfg: TeacherConfig) -> bool:
     from teachers.llama_server import BUNDLED_GGUF, llama_cpp_available
 
-    if cfg.backend != "local" or cfg.local_server == "transformers":
+    if cfg.backend != "local" or cfg.local_server != "llama_cpp":
+        # auto is transformers: batched in-process generate() and one prefill per scored item beat
+        # llama-cpp-python's server on both CPUs measured (benchmarks/teacher_backends.py): it decodes
+        # one request at a time, and its logprobs need logits_all, the 262k-token LM head at every
+        # prompt position (5.8x slower label scores on an AVX2-only EPYC; README, Teachers).
         return False
     if cfg.model != BUNDLED_GGUF:
-        if cfg.local_server == "llama_cpp":
-            raise TeacherError(f"teacher.local_server 'llama_cpp' serves only {BUNDLED_GGUF}; teacher.model is "
-                               f"{cfg.model!r}: set local_server to auto or transformers")
-        return False
-    if cfg.local_server == "auto" and _fast_bf16_cpu():
-        # Measured on such a CPU (2 cores): batched bf16 generate() beat llama-cpp-python's server,
-        # which decodes one request at a time and cannot reuse a prefix across per-item few-shot prompts.
-        return False
-    if llama_cpp_available():
-        return True
-    if cfg.local_server == "llama_cpp":
+        raise TeacherError(f"teacher.local_server 'llama_cpp' serves only {BUNDLED_GGUF}; teacher.model is "
+                           f"{cfg.model!r}: set local_server to auto or transformers")
+    if not llama_cpp_available():
         raise TeacherError("teacher.local_server is 'llama_cpp' but llama_cpp is not installed: "
                            "pip install 'llama-cpp-python[server]', or set teacher.local_server to auto")
-    return False
+    return True
 
 
 @contextlib.contextmanager
@@ -134,10 +122,7 @@ def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_pa
                 from trainers.base_model import resolve_model
 
                 resolved_model = resolve_model(cfg.model, "teacher.model")
-            why = "teacher.local_server is transformers" if cfg.local_server == "transformers" else (
-                "not the bundled GGUF" if cfg.model != "bundled:gemma-3-270m" else
-                "batched bf16 is faster than llama.cpp on this CPU" if _fast_bf16_cpu() else "llama_cpp is not installed")
-            log.info("teacher %s: transformers in-process (%s)", cfg.model, why)
+            log.info("teacher %s: transformers in-process (teacher.local_server %s)", cfg.model, cfg.local_server)
             model = LocalModel(resolved_model, name=cfg.model)
             yield Teacher(LocalBackend(model, cfg.model), settings, cache, prices, name=cfg.model, kind="transformers")
     finally:

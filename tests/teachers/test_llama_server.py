@@ -5,7 +5,7 @@ import pytest
 
 from core.skills import TeacherConfig
 from teachers import open_teacher
-from teachers.base import Failure, Request
+from teachers.base import Failure, Request, TeacherError
 from teachers.client import ClientSettings, Teacher
 from teachers.http import OpenAIBackend
 from teachers.llama_server import llama_cpp_available, llama_server
@@ -70,12 +70,16 @@ def test_chat_endpoint_with_response_format_answers_only_labels(llama_url, skill
 
 
 def test_auto_serving_picks_the_measured_faster_path():
-    from teachers import _fast_bf16_cpu, _use_llama_cpp
+    from teachers import _use_llama_cpp
 
-    # llama.cpp where installed, except on bf16-capable CPUs, where batched transformers measured faster.
-    assert _use_llama_cpp(TeacherConfig()) is (not _fast_bf16_cpu())
-    assert _use_llama_cpp(TeacherConfig(local_server="llama_cpp")) is True
+    # transformers unless llama.cpp is asked for: it measured faster on both CPUs (benchmarks/teacher_backends.py).
+    assert _use_llama_cpp(TeacherConfig()) is False
     assert _use_llama_cpp(TeacherConfig(local_server="transformers")) is False
+    assert _use_llama_cpp(TeacherConfig(backend="openai", base_url="http://127.0.0.1:1/v1",
+                                        local_server="llama_cpp")) is False
+    assert _use_llama_cpp(TeacherConfig(local_server="llama_cpp")) is True
+    with pytest.raises(TeacherError, match="serves only bundled:gemma-3-270m"):
+        _use_llama_cpp(TeacherConfig(local_server="llama_cpp", model="/models/other"))
 
 
 def test_bundled_teacher_is_served_by_llama_cpp(tmp_path, llama_url):

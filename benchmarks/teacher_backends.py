@@ -1,0 +1,79 @@
+"""The embedded teacher's two servers on the pipeline's own workload: new inputs (self_instruct)
+and label scores (score, similar shots) for the same inputs, through llama.cpp's server (with and
+without `logits_all`, which llama-cpp-python needs for any logprobs) and through transformers in
+this CPU's inference dtype. Prints one JSON line last.
+
+    python benchmarks/teacher_backends.py [--skill ticket-triage] [--n 16] [--quick]
+
+--quick: 4 inputs (same keys). The teacher's cache is off, so every backend pays for its own
+requests; the same run seed for every backend, so each sees the same prompts (the transformers
+row writes other inputs, since its sampler differs: its scores are of its own inputs).
+Seconds are wall time of the whole phase, server start excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import emit, setup
+
+
+def _phase(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return round(time.perf_counter() - t0, 2), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skill", default="ticket-triage")
+    ap.add_argument("--n", type=int, default=None, help="new inputs, then as many score requests (default 16)")
+    ap.add_argument("--quick", action="store_true", help="4 inputs")
+    args = ap.parse_args()
+    setup()
+    from teachers import open_teacher
+    from teachers.llama_server import llama_cpp_available
+    from teachers.local import inference_dtype
+    from teachers.strategies import score, self_instruct, shot_picker
+    from core.skills import load_skill
+    from trainers.base_model import resolve_model
+
+    n = args.n or (4 if args.quick else 16)
+    skill = load_skill(args.skill)
+    base = skill.config.teacher.model_copy(update={"cache": False})
+    path = resolve_model(base.model)
+    picker = shot_picker(skill, "similar", seed=7)
+    out: dict = {"benchmark": "teacher_backends", "quick": args.quick, "skill": skill.name, "n": n,
+                 "inference_dtype": str(inference_dtype("cpu")).removeprefix("torch."), "rows": {}}
+    rows = [("transformers", "transformers", True)]
+    if llama_cpp_available():
+        rows = [("llama_cpp_logits_all", "llama_cpp", True), ("llama_cpp", "llama_cpp", False)] + rows
+    else:
+        out["llama_cpp"] = "not installed"
+    for name, server, scoring in rows:
+        tcfg = base.model_copy(update={"local_server": server})
+        with open_teacher(tcfg, path, scoring=scoring) as teacher:
+            row: dict = {}
+            row["new_inputs_s"], (kept, _) = _phase(lambda: self_instruct(skill, teacher, n, seed=7))
+            row["kept"] = len(kept)
+            if scoring and kept:
+                row["scores_s"], (answered, _) = _phase(lambda: score(skill, teacher, kept, seed=7, picker=picker))
+                row["scored"] = len(answered)
+                row["s_per_score"] = round(row["scores_s"] / len(kept), 3)
+            row["s_per_input"] = round(row["new_inputs_s"] / max(1, len(kept)), 3)
+        out["rows"][name] = row
+        print(name, row, flush=True)
+    r = out["rows"]
+    if "llama_cpp" in r:
+        out["logits_all_cost_new_inputs"] = round(r["llama_cpp_logits_all"]["s_per_input"] / r["llama_cpp"]["s_per_input"], 2)
+        if "s_per_score" in r["llama_cpp_logits_all"] and "s_per_score" in r["transformers"]:
+            out["scores_llama_cpp_over_transformers"] = round(
+                r["llama_cpp_logits_all"]["s_per_score"] / r["transformers"]["s_per_score"], 2)
+        out["new_inputs_llama_cpp_over_transformers"] = round(
+            r["llama_cpp"]["s_per_input"] / r["transformers"]["s_per_input"], 2)
+    emit(out)
+
+
+if __name__ == "__main__":
+    main()
