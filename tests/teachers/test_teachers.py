@@ -211,3 +211,33 @@ def test_several_inputs_per_request_are_checked_one_line_at_a_time(skill, fake_s
     assert len(kept) >= 7
     for e in kept:
         assert e.meta["inputs_per_request"] == 4 and e.parent_ids and "line" in e.meta
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 30.0])  # flat (the nucleus past the top k: the full-sort path) to peaked
+def test_nucleus_warper_keeps_what_transformers_top_p_keeps(scale):
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from teachers.local import NucleusWarper
+
+    g = torch.Generator().manual_seed(int(scale * 10))
+    scores = torch.randn(8, 5000, generator=g) * scale
+    scores[0, 100:] = float("-inf")  # a grammar's mask: only 100 tokens allowed
+    scores[1, :] = 0.0  # every token tied
+    ids = torch.zeros(8, 3, dtype=torch.long)
+    ref = TopPLogitsWarper(0.95)(ids, TemperatureLogitsWarper(0.9)(ids, scores.clone()))
+    ours = NucleusWarper(0.9, 0.95, k=256)(ids, scores.clone())
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))  # the same nucleus in every row
+    kept = ~torch.isinf(ref)
+    assert torch.allclose(ours[kept], ref[kept])  # the same temperature-scaled logits inside it
+    assert kept[2:].sum(dim=1).min() >= 1 and (kept[2:].sum(dim=1) < 5000).all()
+    if scale == 0.3:  # the flat rows really took the fallback
+        assert (kept[2:].sum(dim=1) > 256).any()
+
+
+def test_nucleus_warper_rejects_settings_that_are_not_sampling():
+    from teachers.local import NucleusWarper
+
+    for t, p in ((0.0, 0.9), (0.9, 0.0), (0.9, 1.5)):
+        with pytest.raises(ValueError, match="NucleusWarper"):
+            NucleusWarper(t, p)
