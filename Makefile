@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,llama]"
 	touch $@
 
-demo: install          ## the main job on the embedded defaults (~15 min on 2 cores, first run converts the model)
+demo: install          ## the main job on the embedded defaults (2 cores: ~15 min with AVX512-BF16, 20-26 with AVX2 only)
 	$(BIN)/distill run ticket-triage
 
 smoke: install         ## the same pipeline, small profile (~3 min once the model is converted)

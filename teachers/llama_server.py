@@ -1,8 +1,9 @@
 """The embedded default teacher served by llama.cpp (llama-cpp-python's OpenAI-compatible server).
 
-Measured in issue 3 on 2 cores with Gemma 3 270M: 8 self-instruct completions took 9.8 s
-through llama.cpp's server against 30-50 s through transformers' generate, with identical
-greedy answers; so `bundled:gemma-3-270m` is served this way wherever llama_cpp is installed.
+Used when `teacher.local_server: llama_cpp` asks for it. It was the default once (issue 3: 8
+self-instruct completions in 9.8 s against 30-50 s through the transformers path of then); since
+batched generate() and one prefill per scored item, transformers measured faster on both CPUs
+tried, above all for label scores, which need `logits_all` here (benchmarks/teacher_backends.py).
 """
 
 from __future__ import annotations
