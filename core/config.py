@@ -58,7 +58,7 @@ class TeacherConfig(_Strict):
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
     api_key_secret: str | None = Field(None, description="Name of a Prefect Secret block holding the API key (instead of api_key_env).")
     local_server: Literal["auto", "llama_cpp", "transformers"] = Field(
-        "auto", description="How a local teacher is served. auto (= transformers): in-process, batched; llama_cpp: llama-cpp-python's server, bundled:gemma-3-270m only (its GGUF). transformers was faster on both CPUs measured: 1.6x new inputs and 2.3x labels with AVX512-BF16/AMX, 4.2x label scores and 0.84x new inputs on an AVX2-only EPYC, where a run sends about twice as many score requests as new-input ones (benchmarks/teacher_backends.py).")
+        "auto", description="How a local teacher is served. auto (= transformers): in-process, batched; llama_cpp: llama-cpp-python's server, bundled:gemma-3-270m only (its GGUF). transformers was faster on both CPUs measured: 1.6x new inputs and 2.3x labels with AVX512-BF16/AMX, 4.2-5.9x label scores and 0.82-0.84x new inputs on an AVX2-only EPYC (two runs), where a run sends about twice as many score requests as new-input ones (benchmarks/teacher_backends.py).")
     structured_output: bool | Literal["auto"] = Field(
         "auto", description="Send the skill's output schema as response_format: true, false, or auto = only on the chat endpoint (completions servers vary). Answers are validated locally either way.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for HTTP teachers.")
