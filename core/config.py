@@ -499,6 +499,10 @@ class SkillConfig(_Strict):
             if self.teacher.endpoint == "chat" and self.teacher.score_method == "echo":
                 problems.append("teacher.score_method: echo needs prompt logprobs, which chat endpoints do not return; "
                                 "use score_method first_token (or auto), or teacher.endpoint: completions")
+        if (self.teacher.backend == "local" and self.teacher.local_server == "llama_cpp"
+                and self.teacher.model != "bundled:gemma-3-270m"):
+            problems.append(f"teacher.local_server: llama_cpp serves only bundled:gemma-3-270m (its GGUF), not "
+                            f"{self.teacher.model!r}; set local_server to auto or transformers")
         if self.filters.max_label_distance is not None and not task.one_label:
             problems.append("filters.max_label_distance: only classification skills have labels; remove the key")
         if problems:

@@ -67,8 +67,12 @@ def test_config_errors_name_the_key_and_the_fix(skill_root):
     with pytest.raises(ValueError, match="needs an input writer"):
         ExpansionConfig(strategies=["label"])
     path = skill_root / "ticket-triage" / "skill.yaml"
-    path.write_text(path.read_text() + "\nexpansion: {strategies: [rewrite]}\n")
+    original = path.read_text()
+    path.write_text(original + "\nexpansion: {strategies: [rewrite]}\n")
     with pytest.raises(SkillError, match="expansion.*needs an answerer"):
+        load_skill("ticket-triage", root=skill_root)
+    path.write_text(original + "\nteacher: {model: /models/other, local_server: llama_cpp}\n")
+    with pytest.raises(SkillError, match="teacher.local_server: llama_cpp serves only bundled:gemma-3-270m"):
         load_skill("ticket-triage", root=skill_root)
 
 
