@@ -122,8 +122,12 @@ class NucleusWarper:
     other processor (a grammar's mask included)."""
 
     def __init__(self, temperature: float, top_p: float, k: int = 1024):
-        if temperature <= 0 or not 0 < top_p <= 1:
-            raise ValueError(f"NucleusWarper: temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]")
+        import math
+
+        if not (math.isfinite(temperature) and temperature > 0) or not 0 < top_p <= 1 or not (
+                isinstance(k, int) and k >= 1):
+            raise ValueError(f"NucleusWarper: temperature {temperature} must be finite and > 0, top_p {top_p} in "
+                             f"(0, 1], k {k} an int >= 1")
         self.temperature, self.top_p, self.k = temperature, top_p, k
 
     def __call__(self, input_ids, scores):
@@ -134,7 +138,8 @@ class NucleusWarper:
             return scores
         k = min(self.k, scores.shape[-1])
         vals, idx = scores.topk(k, dim=-1)  # descending
-        probs = (vals - torch.logsumexp(scores, dim=-1, keepdim=True)).exp()
+        # the mass in float32 whatever the scores' dtype: bf16 cannot tell 0.95 from 0.949
+        probs = (vals.float() - torch.logsumexp(scores.float(), dim=-1, keepdim=True)).exp()
         before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
         # transformers removes a token when the mass at or below it is <= 1 - top_p, i.e. keeps it
         # while the mass above it is < top_p (the most probable token always stays).

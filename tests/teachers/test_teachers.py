@@ -242,6 +242,7 @@ def test_nucleus_warper_keeps_what_transformers_top_p_keeps(scale):
 def test_nucleus_warper_rejects_settings_that_are_not_sampling():
     from teachers.local import NucleusWarper
 
-    for t, p in ((0.0, 0.9), (0.9, 0.0), (0.9, 1.5)):
+    for t, p, k in ((0.0, 0.9, 8), (float("nan"), 0.9, 8), (float("inf"), 0.9, 8), (0.9, 0.0, 8), (0.9, 1.5, 8),
+                    (0.9, 0.9, 0), (0.9, 0.9, 2.5)):
         with pytest.raises(ValueError, match="NucleusWarper"):
-            NucleusWarper(t, p)
+            NucleusWarper(t, p, k)
