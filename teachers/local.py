@@ -142,9 +142,8 @@ class NucleusWarper:
         probs = (vals.float() - torch.logsumexp(scores.float(), dim=-1, keepdim=True)).exp()
         before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
         # transformers removes a token when the mass at or below it is <= 1 - top_p, i.e. keeps it
-        # while the mass above it is < top_p (the most probable token always stays).
+        # while the mass above it is < top_p (so the most probable token, with none above, always stays).
         keep = before < self.top_p
-        keep[:, 0] = True
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(-1, idx, torch.where(keep, vals, torch.full_like(vals, float("-inf"))))
         short = (probs.sum(dim=-1) < self.top_p).nonzero().flatten()

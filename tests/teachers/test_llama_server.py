@@ -1,6 +1,8 @@
 """The HTTP backend against a real OpenAI-compatible server: llama.cpp's (llama-cpp-python[server])
 serving the bundled Gemma 3 270M GGUF, started and stopped by a session fixture."""
 
+import contextlib
+
 import pytest
 
 from core.skills import TeacherConfig
@@ -22,17 +24,14 @@ def llama_url():
     from teachers.base import TeacherUnreachable
 
     gguf = pkg.assemble()  # the package's own cache (~/.cache), shared across test sessions
-    try:
-        server = llama_server(gguf, n_ctx=1024)
-        url = server.__enter__()
-    except TeacherUnreachable as e:
-        if getattr(e, "crashed", False):  # the installed build cannot run on this CPU: not this code's fault
-            pytest.skip(f"llama.cpp server cannot decode on this machine: {e}")
-        raise
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(llama_server(gguf, n_ctx=1024))
+        except TeacherUnreachable as e:
+            if getattr(e, "crashed", False):  # the installed build cannot run on this CPU: not this code's fault
+                pytest.skip(f"llama.cpp server cannot decode on this machine: {e}")
+            raise
         yield url
-    finally:
-        server.__exit__(None, None, None)
 
 
 def test_completions_labels_are_greedy_deterministic_and_counted(llama_url, skill):
