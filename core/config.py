@@ -380,7 +380,24 @@ class GateConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    target_error_rate: float = Field(0.05, gt=0.0, lt=1.0, description="Largest error rate tolerated on the requests the adapter keeps; below the confidence threshold that achieves it, requests escalate to the large model.")
+    """Which requests the gateway keeps on the small model and which it escalates to the teacher. Every run
+    measures both lanes on the same items (the frozen eval set and the replay sample: the student, and the
+    teacher with the option its audit chose) and routing.json holds the served quality against the teacher
+    share at every threshold; the policy picks one point (eval_gates.routing.choose_point)."""
+
+    policy: Literal["quality", "budget", "target_error"] = Field(
+        "quality", description="quality: the highest served quality, the fewest teacher calls among equal ones, and "
+                               "a band escalated only where the teacher is measured better (sign test at "
+                               "`significance`); budget: the highest served quality with at most max_teacher_share "
+                               "of requests sent to the teacher; target_error: keep only where a one-sided exact "
+                               "(Clopper-Pearson) bound on the kept error is <= target_error_rate (else `fallback`).")
+    max_teacher_share: float = Field(0.2, ge=0.0, le=1.0, description="budget: the largest share of requests the teacher may answer.")
+    target_error_rate: float = Field(0.05, gt=0.0, lt=1.0, description="target_error: the kept error rate the bound must certify (at 95% it takes at least 59 kept answers, all right, to certify 0.05).")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the intervals and of the target_error bound.")
+    significance: float = Field(0.05, gt=0.0, le=1.0, description="quality: a band is escalated only if the teacher beats the student on it at this one-sided p (exact sign test on the items where they differ); 1.0: on the point estimate alone.")
+    fallback: Literal["quality", "budget"] = Field("quality", description="target_error: the policy used when the target cannot be certified on the measured items (said in the run summary and the model card).")
+    signal: Literal["auto", "mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob"] = Field(
+        "auto", description="The confidence the threshold is on: auto = the one that separates right from wrong answers best on this run's items (AUROC; eval_gates.routing.compare_signals), else one named.")
 
 
 class DecodingConfig(_Strict):
@@ -443,7 +460,7 @@ class SkillConfig(_Strict):
     student: StudentConfig = Field(StudentConfig(), description="The small model fine-tuned per skill (QLoRA).")
     gates: GateConfig = Field(GateConfig(), description="When a new adapter may replace production: eval-set and traffic-replay gates.")
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="When the pipeline runs on its own.")
-    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="What the router needs: the error rate to hold on kept requests.")
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Which requests the gateway keeps on the small model and which go to the teacher: the policy and its bounds.")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig, description="How answers are decoded: constrained to the skill's answer grammar or free.")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides, e.g. smoke.")
 

@@ -18,7 +18,8 @@ from core.records import Example, hash_examples, write_json, write_jsonl
 from core.tasks import TaskType, get_task
 from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
 from eval_gates.gates import Decision, gate
-from eval_gates.routing import answer_logprobs, routing_threshold, usable
+from eval_gates.lanes import read_option, read_teacher_answers
+from eval_gates.routing import answer_logprobs
 
 log = logging.getLogger("distill")
 
@@ -129,6 +130,7 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
             return LocalModel(path, adapter_path=adapter, name=Path(adapter).name)
 
     routing = None
+    lanes: dict[str, tuple] = {}  # the candidate's answers per set, for the both-lanes routing curve
     # Each adapter on the base it was trained on: production on the base its own version names
     # (student.base_model may have changed since), the candidate on this run's student.
     bases = {"candidate": student_path, "champion": champion_base(champion_dir, student_path) if champion_dir else None}
@@ -142,6 +144,8 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
             with progress(f"eval: {role} on eval set", len(items)) as advance:
                 p = predict_mod.predict(model, cfg, [e.input for e in items], progress=advance)
             ev, per_item = _score_eval(task, items, p.preds, metric)
+            if role == "candidate" and per_item:
+                lanes["eval"] = (items, p, per_item)
             ev["prompt_tokens_per_call"] = p.mean_prompt_tokens()
             for e, pred, s in zip(items, p.preds, per_item or [{}] * len(items)):
                 rows[e.id][role] = pred
@@ -158,17 +162,23 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
                 rrows[e.id][role] = pred
                 rrows[e.id][f"{role}_agreement"] = s.get(task.primary)
             if role == "candidate" and per_rep:
-                routing = _routing(task, cfg, model, replay_items, r, per_rep, ev, rep)
+                lanes["replay"] = (replay_items, r, per_rep)
         else:
             rep = {"n": 0, "error": "the replay sample is empty: no accepted traffic to replay "
                                     f"({(traffic or {}).get('source', cfg.gates.replay.source)})"}
+        if role == "candidate" and lanes:
+            routing = _routing(task, cfg, model, lanes, ev, rep, read_teacher_answers(run_dir), read_option(run_dir))
+            for set_name, (its, _, _) in lanes.items():
+                rows_of = rows if set_name == "eval" else rrows
+                for e, t in zip(its, routing.pop(f"_teacher_{set_name}", None) or []):
+                    rows_of[e.id]["teacher"] = t
         rep["data"] = {"n": len(replay_items), "replay_sample_hash": data["replay_sample_hash"],
                        "traffic_source": (traffic or {}).get("source"), "skipped": (traffic or {}).get("skipped")}
         out[role] = {"eval": ev, "replay": rep}
         del model
     if routing is None:
         routing = {"mode": "unavailable", "threshold": None,
-                   "error": "no replay results for the candidate: every request should escalate"}
+                   "error": "no scored answers of the candidate: every request should escalate"}
     routing.update(skill=skill.name, target_error_rate=cfg.routing.target_error_rate)
     out["routing"] = routing
     decision: Decision = gate(cfg.gates, out)
@@ -184,30 +194,80 @@ def evaluate_candidate(skill, student_path: str, adapter_dir: str, champion_dir:
     return out
 
 
-def _routing(task, cfg, model, items, r, per_rep, ev, rep) -> dict:
-    """Routing profile from the candidate's replay answers (confidences from the decode, equal to teacher-forced)."""
+def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers: dict | None,
+             option: dict | None) -> dict:
+    """The routing profile from both lanes on the same items: the candidate's answers (with every candidate
+    confidence, read from the decode's own scores) on the eval set and the replay sample, and the teacher's
+    answers with its audited option (teacher_answers.jsonl; None: the teacher lane was not measured, so no
+    valid answer is escalated). Picks the signal, builds the served-quality curve, applies the policy."""
+    from eval_gates import routing as R
+
     try:
         t0 = time.time()
-        if r.confidences is not None:  # read from the decode's own scores (teachers.local.LocalModel.complete)
-            conf = list(r.confidences)
-        else:  # a model without generation confidences: one teacher-forced pass
-            prompts = [render_prompt(cfg, e.input, model.tokenizer) for e in items]
-            conf = answer_logprobs(model.model, model.tokenizer, prompts, r.raw)
-        prof = routing_threshold(conf, [_correct(task, s) for s in per_rep], [bool(s.get("valid", 1.0)) for s in per_rep],
-                                 cfg.routing.target_error_rate)
-        d = prof.to_dict()
-        d.update({
-            "confidence": ("mean token log-probability of the adapter's answer tokens (natural log; the text before "
-                           "the stop newline, tokenized alone), from the greedy decode's scores (= teacher-forced)"),
-            "escalate_when": "output invalid, or confidence < threshold",
-            # Exact values (the threshold is one of them); None where there is no finite confidence.
-            "confidences": [c if usable(c) else None for c in conf],
+        rc = cfg.routing
+        items, sigs, correct, valid, teacher_vals = [], [], [], [], {}
+        for set_name, (its, pred, per) in lanes.items():
+            if pred.signals is None or all(x is None for x in pred.signals):  # a model without decode signals
+                prompts = [render_prompt(cfg, e.input, model.tokenizer) for e in its]
+                conf = answer_logprobs(model.model, model.tokenizer, prompts, pred.raw)
+                s_list = [{"mean_logprob": c} for c in conf]
+            else:
+                s_list = [dict(x or {}) for x in pred.signals]
+            tv = []
+            for e, s, sc, sig in zip(its, pred.preds, per, s_list):
+                t = teacher_answers.get((set_name, e.id)) if teacher_answers is not None else None
+                t_score = float(task.score(e, t)[task.primary]) if t is not None else None
+                tv.append(t)
+                ok, v = _correct(task, sc), bool(sc.get("valid", 1.0))
+                items.append(R.LaneItem(None, v, float(sc[task.primary]), t_score, ok, set_name))
+                sigs.append(sig)
+                correct.append(ok)
+                valid.append(v)
+            teacher_vals[set_name] = tv
+        comparison = R.compare_signals(sigs, correct, valid)
+        signal, why = R.pick_signal(comparison, rc.signal)
+        for it, sig in zip(items, sigs):
+            it.signal = sig.get(signal)
+        curve = R.served_curve(items, rc.confidence_level)
+        pick = R.choose_point(curve, rc.policy, max_teacher_share=rc.max_teacher_share,
+                              target_error_rate=rc.target_error_rate, significance=rc.significance,
+                              fallback=rc.fallback, level=rc.confidence_level)
+        pt = pick["point"]
+        measured = teacher_answers is not None
+        by_set = {name: R.evaluate_point([it for it in items if it.set == name], pt["threshold"],
+                                         kept_all=pick["mode"] == "keep_all_valid") for name in lanes}
+        replay_sigs = [it.signal for it in items if it.set == "replay"]
+        d = {
+            "version": 2, "policy": rc.policy, "mode": pick["mode"], "threshold": pt["threshold"],
+            "reason": pick["reason"] + ("" if measured else "; the teacher lane was not measured in this run "
+                                                             "(teacher_answers.jsonl missing): no valid answer escalates"),
+            "certified": pick.get("certified"), "fallback": pick.get("fallback"),
+            "teacher_measured": measured, "teacher_option": option,
+            "n": curve["n"], "valid": curve["valid"], "kept": pt["kept"],
+            "teacher_share": pt["teacher_share"], "escalation_rate": pt["teacher_share"],
+            "served": {"quality": pt["served"], "low": pt["served_low"], "high": pt["served_high"],
+                       "metric": task.primary},
+            "student_alone": curve["student_alone"], "teacher_alone": curve["teacher_alone"] if measured else None,
+            "by_set": by_set,
+            "kept_error_rate": pt["kept_error_rate"], "kept_error_rate_upper": pt["kept_error_upper"],
+            "max_teacher_share": rc.max_teacher_share, "significance": rc.significance,
+            "confidence_level": rc.confidence_level,
+            "signal": signal, "signal_why": why, "signals": comparison,
+            "confidence": R.SIGNAL_HELP[signal] + " of the adapter's answer (natural log; the text before the stop "
+                                                  "newline), read from the greedy decode's own scores",
+            "escalate_when": "output invalid, or no finite confidence, or confidence < threshold",
+            "curve": curve["points"],
+            # The chosen signal of each replayed answer, exact (the decode parity check reads them).
+            "confidences": [c if R.usable(c) else None for c in replay_sigs],
             "seconds_to_score": round(time.time() - t0, 2),
             # Keys the registry's consumers already read.
-            "expected_quality": {ev.get("primary", task.primary): ev.get(task.primary), "replay_agreement": rep["agreement"]},
-            "escalation": {"on_invalid_output": True, "confidence_threshold": d["threshold"]},
+            "expected_quality": {ev.get("primary", task.primary): ev.get(task.primary),
+                                 "replay_agreement": rep.get("agreement"), "served": pt["served"]},
+            "escalation": {"on_invalid_output": True, "confidence_threshold": pt["threshold"], "signal": signal},
             "latency_s": {"p50": rep.get("p50_s"), "p95": rep.get("p95_s")},
-        })
+        }
+        for name, tv in teacher_vals.items():
+            d[f"_teacher_{name}"] = tv
         return d
     except Exception as e:
         log.exception("routing profile failed")

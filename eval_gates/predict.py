@@ -21,6 +21,9 @@ class Predictions:
     confidences: list[float | None] | None = None
     finish_reasons: list[str] | None = None
     completion_tokens: list[int] | None = None  # tokens each answer generated (for tokens/s)
+    # Every candidate confidence of each answer (eval_gates.routing.SIGNALS -> value); `confidences` is
+    # the one the decode was asked for (its `signal`).
+    signals: list[dict | None] | None = None
 
     def latency(self) -> dict:
         if not self.seconds:
@@ -60,24 +63,33 @@ def answer_grammars(cfg: SkillConfig, n: int, inputs: Sequence[str] | None = Non
 
 def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int | None = None,
            batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None,
-           inputs: Sequence[str] | None = None, **kw) -> Predictions:
+           inputs: Sequence[str] | None = None, signal: str = "mean_logprob", **kw) -> Predictions:
     """The one decoding path for a skill's answers (eval gates, registry.predict, the gateway):
     greedy `model.complete` with confidences from the generation's scores, under the skill's answer
     grammar when `decoding.constrained` (xgrammar; `inputs`, the raw inputs the prompts were made
     from, are needed where the grammar is per request), parsed with the skill's task. `model`: a
     teachers.local.LocalModel (or anything with the same `complete`); `kw` goes to `complete`
-    (e.g. `adapter=`). Returns Predictions in the prompts' order."""
+    (e.g. `adapter=`). `signal`: which of eval_gates.routing.SIGNALS `confidences` holds (routing.json's
+    `signal`; every candidate is in `signals`). Returns Predictions in the prompts' order."""
     grammars = answer_grammars(cfg, len(prompts), inputs)
     if grammars is not None:
         kw["grammars"] = grammars
     completions = model.complete(list(prompts), max_new_tokens=max_new_tokens or answer_tokens(cfg), temperature=0.0,
                                  batch_size=batch_size, progress=progress, confidence=True, **kw)
+
+    def chosen(c):
+        sig = getattr(c, "signals", None)
+        if signal == "mean_logprob" or sig is None:
+            return getattr(c, "confidence", None) if signal == "mean_logprob" else None
+        return sig.get(signal)
+
     return Predictions(
         preds=[parse_output(cfg, c.text) for c in completions],
         raw=[c.text for c in completions],
         prompt_tokens=[c.prompt_tokens for c in completions],
         seconds=[c.seconds for c in completions],
-        confidences=[getattr(c, "confidence", None) for c in completions],
+        confidences=[chosen(c) for c in completions],
+        signals=[getattr(c, "signals", None) for c in completions],
         finish_reasons=[c.finish_reason for c in completions],
         completion_tokens=[c.completion_tokens for c in completions],
     )

@@ -77,12 +77,19 @@ def render_report(result: dict, skill) -> str:
         extra = [r for r in g["reasons"] if r not in {c["reason"] for c in g["checks"]}]
         L += [f"\n{g['name']}: {r}" for r in extra]
     r = result.get("routing") or {}
+    served = r.get("served") or {}
     L += ["", "## Routing profile", "", "| what | value |", "|---|---|",
-          f"| target error rate on kept requests | {_fmt(r.get('target_error_rate'))} |",
-          f"| confidence threshold (mean token log-prob) | {_fmt(r.get('threshold'))} ({r.get('mode')}) |",
-          f"| escalation rate | {_fmt(r.get('escalation_rate'))} |",
+          f"| policy | {r.get('policy')} ({r.get('reason')}) |",
+          f"| confidence signal | {r.get('signal')} ({r.get('signal_why')}) |",
+          f"| threshold | {_fmt(r.get('threshold'))} ({r.get('mode')}) |",
+          f"| teacher share | {_fmt(r.get('teacher_share', r.get('escalation_rate')))} |",
+          f"| served quality (95% interval) | {_fmt(served.get('quality'))} ({_fmt(served.get('low'))}-{_fmt(served.get('high'))}) |",
+          f"| student alone / teacher alone | {_fmt((r.get('student_alone') or {}).get('served'))} / "
+          f"{_fmt((r.get('teacher_alone') or {}).get('served')) if r.get('teacher_alone') else 'not measured'} |",
           f"| error rate on kept requests | {_fmt(r.get('kept_error_rate'))} (95% upper {_fmt(r.get('kept_error_rate_upper'))}) |",
           f"| latency p50 / p95 (s) | {_fmt((r.get('latency_s') or {}).get('p50'))} / {_fmt((r.get('latency_s') or {}).get('p95'))} |"]
+    for name, c in (r.get("signals") or {}).items():
+        L.append(f"| signal {name}: AUROC / calibration error | {_fmt(c.get('auroc'))} / {_fmt(c.get('calibration_error'))} (n {c.get('n')}) |")
     if r.get("error"):
         L.append(f"\nrouting: {r['error']}")
     return "\n".join(L) + "\n"
@@ -140,6 +147,38 @@ def plot_comparison(result: dict, path: Path) -> Path:
     return path
 
 
+def plot_routing(routing: dict, path: Path) -> Path:
+    """Served quality (with its 95% interval) against the share of requests sent to the teacher, one point
+    per threshold; each lane alone as a line; the policy's point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = routing["curve"]
+    xs = [p["teacher_share"] for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.fill_between(xs, [p["served_low"] for p in pts], [p["served_high"] for p in pts], color="#9ecae1", alpha=0.5,
+                    step="mid", label="95% interval")
+    ax.plot(xs, [p["served"] for p in pts], color="#2b8cbe", label="served (student kept, teacher escalated)")
+    for key, color in (("student_alone", "#31a354"), ("teacher_alone", "#de2d26")):
+        v = (routing.get(key) or {}).get("served")
+        if v is not None:
+            ax.axhline(v, color=color, linestyle="--", linewidth=1, label=key.replace("_", " "))
+    ax.plot([routing["teacher_share"]], [(routing.get("served") or {}).get("quality")], "ko",
+            label=f"{routing.get('policy')} policy")
+    ax.set_xlabel("share of requests sent to the teacher")
+    ax.set_ylabel(f"served {(routing.get('served') or {}).get('metric', 'quality')}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"routing on {routing.get('n')} items, signal {routing.get('signal')}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_reports(result: dict, skill, run_dir: Path) -> dict:
     md = render_report(result, skill)
     atomic_write_text(run_dir / "eval_report.md", md)
@@ -148,4 +187,10 @@ def write_reports(result: dict, skill, run_dir: Path) -> dict:
         out["plot"] = str(plot_comparison(result, run_dir / "eval_comparison.png"))
     except Exception as e:  # the plot is for people; the record stands without it
         out["plot_error"] = str(e)
+    r = result.get("routing") or {}
+    if r.get("version") == 2 and r.get("curve"):
+        try:
+            out["routing_plot"] = str(plot_routing(r, run_dir / "routing_curve.png"))
+        except Exception as e:
+            out["routing_plot_error"] = str(e)
     return out

@@ -102,3 +102,335 @@ def percentile(xs: Sequence[float], q: float) -> float | None:
     k = (len(s) - 1) * q
     lo, hi = math.floor(k), math.ceil(k)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+# --- both lanes: the served-quality curve and the routing policies ------------------------------------------------
+#
+# Each item is answered by both lanes (the student, and the teacher with the option its audit chose). Cutting
+# the student's valid answers at a confidence threshold keeps the top k and escalates the rest (invalid answers
+# and answers without a finite confidence always escalate). The served answer of an escalated item is the
+# teacher's; where the teacher gave none, the gateway serves the student's valid answer (lane "degraded"), so
+# the curve does too. A policy picks one point of that curve.
+
+SIGNALS = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob")
+SIGNAL_HELP = {
+    "mean_logprob": "mean natural-log probability of the answer's tokens (the model's own, before any grammar mask)",
+    "min_logprob": "least natural-log probability among the answer's tokens (the model's own)",
+    "mean_grammar_logprob": "mean log-probability of the answer's tokens renormalised over the tokens the grammar "
+                            "allowed at each step",
+    "min_grammar_logprob": "least log-probability among the answer's tokens renormalised over the tokens the grammar "
+                           "allowed: the least certain choice the grammar left open (for a label set, about the "
+                           "chosen label's probability among the labels)",
+}
+DEFAULT_SIGNAL = "mean_logprob"
+
+
+@dataclass
+class LaneItem:
+    """One item as both lanes answered it. `student`/`teacher`: the skill's primary metric of each lane's
+    answer in [0, 1] (teacher None: the teacher gave no answer); `valid`: the student's answer parses and
+    passes the task's checks; `signal`: the student's confidence under the chosen signal."""
+
+    signal: float | None
+    valid: bool
+    student: float
+    teacher: float | None
+    student_correct: bool = False
+    set: str = "eval"
+
+
+def _clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
+    """Two-sided exact interval of a binomial proportion (Clopper and Pearson 1934)."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def upper_bound(k: int, n: int, level: float = 0.95) -> float:
+    """One-sided exact (Clopper-Pearson) upper bound at `level` of a proportion with k successes of n."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(level, k + 1, n - k))
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high) of per-item scores in [0, 1]: exact Clopper-Pearson for pass/fail scores, else a
+    normal interval on the mean (clipped to [0, 1]). (None, None, None) for no items."""
+    return _interval(sum(values), sum(v * v for v in values), len(values),
+                     all(v in (0.0, 1.0) for v in values), level)
+
+
+def _interval(total: float, sq: float, n: int, pass_fail: bool, level: float):
+    if not n:
+        return None, None, None
+    m = total / n
+    if pass_fail:
+        lo, hi = _clopper_pearson(int(round(total)), n, level)
+    else:
+        from scipy.stats import norm
+
+        sd = max(sq / n - m * m, 0.0) ** 0.5 * (n / max(n - 1, 1)) ** 0.5
+        z = float(norm.ppf(0.5 + level / 2))
+        lo, hi = max(0.0, m - z * sd / n ** 0.5), min(1.0, m + z * sd / n ** 0.5)
+    return round(m, 4), round(lo, 4), round(hi, 4)
+
+
+def _served_teacher(it: LaneItem) -> float:
+    """What is served when this item escalates: the teacher's answer, else (no teacher answer) the student's
+    valid answer as the gateway's degraded lane does, else nothing (0)."""
+    if it.teacher is not None:
+        return it.teacher
+    return it.student if it.valid else 0.0
+
+
+def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
+    """The served-quality curve over every threshold on the student's confidence.
+
+    Returns {"n", "points": [...], "student_alone", "teacher_alone"}. Point k keeps the k most confident
+    valid answers (k = 0: every request escalates; cuts only between distinct confidences) with keys
+    threshold (keep when confidence >= it; None at k = 0), kept, teacher_share, served (mean primary metric
+    of the served answers) with served_low/served_high, kept_errors (kept answers the task counts wrong),
+    kept_error_upper (one-sided exact bound at `level`), teacher_wins/student_wins (escalated valid items
+    where the teacher scored higher / lower than the student) and p_teacher_better (one-sided exact sign test
+    on those pairs). Each lane alone is measured on every item."""
+    from scipy.stats import binomtest
+
+    n = len(items)
+    # Invalid answers and answers without a finite confidence always escalate.
+    ranked = sorted((it for it in items if it.valid and usable(it.signal)), key=lambda it: -float(it.signal))
+    pass_fail = all(v in (0.0, 1.0) for it in items for v in (it.student, _served_teacher(it)))
+    # Running sums: served = kept students + escalated teachers, updated as each answer moves to the kept side.
+    total = sum(_served_teacher(it) for it in items)
+    sq = sum(_served_teacher(it) ** 2 for it in items)
+    wins = sum(_served_teacher(it) > it.student for it in ranked)
+    losses = sum(_served_teacher(it) < it.student for it in ranked)
+    kept_errors = 0
+    points = []
+    for k in range(0, len(ranked) + 1):
+        if k:
+            it = ranked[k - 1]
+            t = _served_teacher(it)
+            total += it.student - t
+            sq += it.student ** 2 - t ** 2
+            kept_errors += not it.student_correct
+            wins -= t > it.student
+            losses -= t < it.student
+            if k < len(ranked) and float(ranked[k].signal) == float(it.signal):
+                continue  # ties: a threshold keeps all of them or none
+        m, lo, hi = _interval(total, sq, n, pass_fail, level)
+        p = float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
+        points.append({
+            "threshold": float(ranked[k - 1].signal) if k else None, "kept": k,
+            "teacher_share": round((n - k) / n, 4) if n else 1.0,
+            "served": m, "served_low": lo, "served_high": hi,
+            "kept_errors": kept_errors, "kept_error_rate": round(kept_errors / k, 4) if k else None,
+            "kept_error_upper": round(upper_bound(kept_errors, k, level), 4) if k else None,
+            "teacher_wins": wins, "student_wins": losses, "p_teacher_better": round(p, 5),
+        })
+    alone = {}
+    for name, vals in (("student_alone", [it.student if it.valid else 0.0 for it in items]),
+                       ("teacher_alone", [it.teacher if it.teacher is not None else 0.0 for it in items])):
+        m, lo, hi = mean_interval(vals, level)
+        alone[name] = {"served": m, "served_low": lo, "served_high": hi, "n": len(vals)}
+    alone["teacher_alone"]["answered"] = sum(it.teacher is not None for it in items)
+    return {"n": n, "valid": len(ranked), "points": points, **alone}
+
+
+def min_items_to_certify(target_error: float, level: float = 0.95) -> int:
+    """Fewest kept answers, all right, whose one-sided exact upper bound on the error is <= target_error:
+    the smallest m with (1 - target_error)^m <= 1 - level (59 for 0.05 at 95%)."""
+    return max(1, math.ceil(math.log(1 - level) / math.log(1 - target_error)))
+
+
+def choose_point(curve: dict, policy: str, *, max_teacher_share: float = 0.2, target_error_rate: float = 0.05,
+                 significance: float = 0.05, fallback: str = "quality", level: float = 0.95) -> dict:
+    """The point of `served_curve`'s curve a routing policy picks.
+
+    quality: the highest served quality; among equal ones, the fewest teacher calls; and escalating valid
+      answers only where the teacher is measured better on them (one-sided exact sign test p <= significance
+      on the escalated valid items), else every valid answer is kept. So a band where the teacher is measured
+      no better than the student is never escalated.
+    budget: the highest served quality with teacher_share <= max_teacher_share (fewest teacher calls on ties);
+      when invalid answers alone exceed the budget, every valid answer is kept.
+    target_error: the most answers kept whose one-sided exact (Clopper-Pearson) bound on the kept error rate
+      is <= target_error_rate; when no cut can be certified (too few items), `fallback`'s point, said so.
+    Returns {"policy", "point", "mode", "reason", "certified" (target_error only)}. Raises ValueError for an
+    unknown policy or a curve without points."""
+    points = curve.get("points") or []
+    if not points:
+        raise ValueError("routing curve has no points")
+    keep_all = points[-1]
+    if policy == "quality":
+        best = max(p["served"] or 0.0 for p in points)
+        at_best = [p for p in points if (p["served"] or 0.0) >= best - 1e-12]
+        pt = max(at_best, key=lambda p: p["kept"])
+        reason = f"highest served quality {best:.4f} with the fewest teacher calls"
+        if pt is not keep_all and pt["p_teacher_better"] > significance:
+            reason = (f"the teacher is not measured better on the {pt['teacher_wins'] + pt['student_wins']} "
+                      f"escalated answers where the lanes differ (teacher better {pt['teacher_wins']}, student "
+                      f"{pt['student_wins']}, p={pt['p_teacher_better']:.3g} > significance {significance}): "
+                      "every valid answer is kept")
+            pt = keep_all
+        elif pt is keep_all:
+            reason += ": escalating no valid answer serves better"
+        out = {"policy": "quality", "point": pt, "reason": reason}
+    elif policy == "budget":
+        within = [p for p in points if p["teacher_share"] <= max_teacher_share + 1e-12]
+        if not within:
+            out = {"policy": "budget", "point": keep_all,
+                   "reason": f"invalid answers alone are {keep_all['teacher_share']:.3f} of requests, above "
+                             f"max_teacher_share {max_teacher_share}: every valid answer is kept"}
+        else:
+            best = max(p["served"] or 0.0 for p in within)
+            pt = max((p for p in within if (p["served"] or 0.0) >= best - 1e-12), key=lambda p: p["kept"])
+            out = {"policy": "budget", "point": pt,
+                   "reason": f"highest served quality {best:.4f} within teacher share {max_teacher_share}"}
+    elif policy == "target_error":
+        ok = [p for p in points if p["kept"] and p["kept_error_upper"] is not None
+              and p["kept_error_upper"] <= target_error_rate + 1e-12]
+        if ok:
+            pt = max(ok, key=lambda p: p["kept"])
+            out = {"policy": "target_error", "point": pt, "certified": True,
+                   "reason": f"kept error {pt['kept_error_rate']:.4f}, one-sided {level:.0%} exact bound "
+                             f"{pt['kept_error_upper']:.4f} <= target {target_error_rate}"}
+        else:
+            fb = choose_point(curve, fallback, max_teacher_share=max_teacher_share, significance=significance,
+                              level=level) if fallback != "target_error" else {"point": points[0], "reason": ""}
+            need = min_items_to_certify(target_error_rate, level)
+            out = {"policy": "target_error", "point": fb["point"], "certified": False, "fallback": fallback,
+                   "reason": f"target error {target_error_rate} cannot be certified on {curve.get('n')} items (no "
+                             f"kept set has a one-sided {level:.0%} exact bound within it; that needs at least "
+                             f"{need} kept answers, all right): fell back to the {fallback} policy ({fb['reason']})"}
+    else:
+        raise ValueError(f"routing.policy {policy!r}: use quality, budget or target_error")
+    pt = out["point"]
+    out["mode"] = "escalate_all" if pt["kept"] == 0 else "keep_all_valid" if pt is keep_all else "threshold"
+    return out
+
+
+def share_rule_point(curve: dict, target_share: float) -> dict:
+    """RouteLLM's rule (Ong et al. 2024, "RouteLLM: Learning to Route LLMs with Preference Data", sec. 5):
+    calibrate the threshold so that `target_share` of requests goes to the strong model, whatever the quality.
+    The point whose teacher share is closest to the target from above (the cut that escalates at least it)."""
+    pts = curve["points"]
+    above = [p for p in pts if p["teacher_share"] >= target_share - 1e-12]
+    return max(above, key=lambda p: p["kept"]) if above else pts[0]
+
+
+def legacy_point(curve: dict, target_error_rate: float) -> dict:
+    """The rule before both lanes were measured: the most answers kept whose point estimate of the kept error
+    is <= target_error_rate (no bound, blind to the teacher); every valid answer escalates when none is."""
+    ok = [p for p in curve["points"] if p["kept"] and p["kept_error_rate"] is not None
+          and p["kept_error_rate"] <= target_error_rate + 1e-12]
+    return max(ok, key=lambda p: p["kept"]) if ok else curve["points"][0]
+
+
+def evaluate_point(items: Sequence[LaneItem], threshold: float | None, kept_all: bool = False) -> dict:
+    """Served quality and teacher share of a threshold applied to other items (held-out measurement):
+    keep valid answers with a usable confidence >= threshold (`threshold` None: keep none unless `kept_all`)."""
+    served, esc = [], 0
+    for it in items:
+        keep = it.valid and usable(it.signal) and (kept_all or (threshold is not None and float(it.signal) >= threshold))
+        if keep:
+            served.append(it.student)
+        else:
+            esc += 1
+            served.append(_served_teacher(it))
+    m, lo, hi = mean_interval(served)
+    return {"served": m, "served_low": lo, "served_high": hi, "teacher_share": round(esc / len(items), 4) if items else None,
+            "n": len(items)}
+
+
+# --- which confidence separates right from wrong ------------------------------------------------------------------
+
+
+def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of `scores` ranking positives above negatives (ties count half); None when
+    either class is empty. The Mann-Whitney U statistic divided by n_pos * n_neg."""
+    from scipy.stats import rankdata
+
+    pos = sum(bool(p) for p in positives)
+    neg = len(positives) - pos
+    if not pos or not neg:
+        return None
+    ranks = rankdata(list(scores))
+    r_pos = sum(r for r, p in zip(ranks, positives) if p)
+    return round(float((r_pos - pos * (pos + 1) / 2) / (pos * neg)), 4)
+
+
+def _platt(x, y):
+    """Logistic fit p = sigmoid(a x + b) by maximum likelihood (Platt 1999), a tiny ridge keeping it finite
+    on separable data. Returns (a, b)."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    mu, sd = x.mean(), x.std() or 1.0
+    z = (x - mu) / sd
+
+    def nll(w):
+        t = w[0] * z + w[1]
+        return float(np.sum(np.logaddexp(0, t) - y * t) + 1e-3 * w[0] ** 2)
+
+    w = minimize(nll, [1.0, 0.0], method="L-BFGS-B").x
+    return w[0] / sd, w[1] - w[0] * mu / sd
+
+
+def calibration_error(scores: Sequence[float], positives: Sequence[bool], bins: int = 10) -> float | None:
+    """Expected calibration error (Naeini et al. 2015; Guo et al. 2017) of a two-fold cross-fitted Platt map
+    from the signal to P(right): each half is mapped by the fit on the other half, so the error is measured on
+    held-out items. Equal-width probability bins. None with fewer than 10 items or one class in a half."""
+    import numpy as np
+
+    x, y = np.asarray(scores, float), np.asarray([bool(p) for p in positives], float)
+    n = len(x)
+    if n < 10 or y.min() == y.max():
+        return None
+    idx = np.arange(n)
+    halves = [idx[idx % 2 == 0], idx[idx % 2 == 1]]
+    prob = np.zeros(n)
+    for fit, held in ((halves[0], halves[1]), (halves[1], halves[0])):
+        if y[fit].min() == y[fit].max():
+            return None
+        a, b = _platt(x[fit], y[fit])
+        prob[held] = 1 / (1 + np.exp(-(a * x[held] + b)))
+    which = np.minimum((prob * bins).astype(int), bins - 1)
+    ece = sum(abs(prob[which == j].mean() - y[which == j].mean()) * (which == j).sum() for j in range(bins)
+              if (which == j).any()) / n
+    return round(float(ece), 4)
+
+
+def compare_signals(signals: Sequence[dict | None], correct: Sequence[bool], valid: Sequence[bool]) -> dict:
+    """How well each candidate signal separates right from wrong valid answers: {signal: {"n", "auroc",
+    "calibration_error"}} over the items where that signal is finite. `signals`: one dict per item
+    (SIGNALS -> value, or None)."""
+    out = {}
+    for name in SIGNALS:
+        xs, ys = [], []
+        for s, ok, v in zip(signals, correct, valid):
+            x = (s or {}).get(name)
+            if v and usable(x):
+                xs.append(float(x))
+                ys.append(bool(ok))
+        out[name] = {"n": len(xs), "auroc": auroc(xs, ys) if xs else None,
+                     "calibration_error": calibration_error(xs, ys) if xs else None}
+    return out
+
+
+def pick_signal(comparison: dict, configured: str = "auto") -> tuple[str, str]:
+    """(signal, why): the configured one, or for auto the highest AUROC (ties and unmeasurable -> the default,
+    mean_logprob; a signal measured on fewer items than the default is not preferred)."""
+    if configured != "auto":
+        return configured, f"routing.signal is {configured}"
+    base = comparison.get(DEFAULT_SIGNAL) or {}
+    best, why = DEFAULT_SIGNAL, "default (no signal separates better)"
+    top = base.get("auroc")
+    for name in SIGNALS:
+        c = comparison.get(name) or {}
+        if c.get("auroc") is None or (top is not None and c["auroc"] <= top) or c["n"] < base.get("n", 0):
+            continue
+        best, top, why = name, c["auroc"], f"highest AUROC {c['auroc']:.3f} (mean_logprob {base.get('auroc')})"
+    return best, why

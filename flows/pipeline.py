@@ -125,6 +125,26 @@ def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int, choice: di
             "prompt_tokens": acc["prompt_tokens"], "accounting": acc}
 
 
+@task(name="teacher-lane", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
+      retry_jitter_factor=0.5, retry_condition_fn=network_failure)
+def measure_teacher(skill: Skill, teacher_path: str, run_dir: Path, seed: int, replay_items: list[Example],
+                    choice: dict | None = None) -> dict:
+    """The teacher answers the frozen eval set and the replay sample with this run's option (the one that
+    labelled it), so routing compares both lanes on the same items; writes teacher_answers.jsonl. Cached:
+    a re-run sends nothing twice."""
+    from eval_gates.lanes import measure_teacher_lane
+    from teachers import open_teacher
+    from teachers.strategies import answerer
+
+    with open_teacher(skill.config.teacher, teacher_path, log_dir=run_dir,
+                      scoring=answerer(skill.config) == "score") as teacher:
+        res = measure_teacher_lane(skill, teacher, run_dir, seed, replay_items, choice, progress=stage)
+    acc = res["accounting"]
+    get_run_logger().info("teacher lane: answered %d of %d eval and replay items (%d requests, %d cached) in %.0f s",
+                          res["answered"], res["n"], acc["requests"], acc["cache_hits"], res["seconds"])
+    return res
+
+
 @task(name="filter", cache_policy=NO_CACHE)
 def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) -> dict:
     """Quality, exact and MinHash near-dedup (vs seeds, everything accepted before, the batch),
@@ -394,6 +414,8 @@ def _distill(params: RunParams) -> dict:
         return _refuse(skill, params, run_id, run_dir, audit, t0)
     expansion = (_no_expansion(skill, run_dir) if refused else
                  expand(skill, models.teacher, run_dir, params.seed, audit["use"] if audit else None))
+    teacher_lane = measure_teacher(skill, models.teacher, run_dir, params.seed, replay_items,
+                                   audit["use"] if audit else None)
     filtered = filter_candidates(skill, run_dir, replay_items)
     refreshed = refresh_traffic(skill, run_dir, replay_items)
     if params.stage_pool:
@@ -451,7 +473,9 @@ def _distill(params: RunParams) -> dict:
         "drops": _drops(rejected),
         "audit": _audit_summary(audit),
         "teacher": {"model": expansion["teacher"], "seconds": expansion["seconds"],
-                    "prompt_tokens": expansion["prompt_tokens"], "accounting": expansion.get("accounting")},
+                    "prompt_tokens": expansion["prompt_tokens"], "accounting": expansion.get("accounting"),
+                    "lane": teacher_lane},
+        "routing": routing_summary(evaluation.get("routing")),
         "filters": {"stats": filtered.get("stats"), "index_commit": index_commit},
         "refresh": refreshed,
         "training": {**training["result"], "record": training.get("record"), "loss_curve": training.get("loss_curve")},
@@ -533,12 +557,40 @@ def render_summary_md(s: dict) -> str:
             if m:
                 lines.append(f"| {name} | {_num(m['eval'].get(metric))} | {_num(m['eval'].get('invalid_rate'))} | "
                              f"{_num(m['replay'].get('agreement'))} | {m['replay'].get('p50_s')} |")
+    lines += _routing_md(s.get("routing"))
     lines += ["", "## Gates", ""]
     for g in s["decision"]["gates"]:
         lines.append(f"- **{g['name']}**: {'pass' if g['passed'] else 'FAIL'} — " + "; ".join(g["reasons"]))
     lines += ["", f"Registry: {s['published']['path'] if s['published'] else 'unchanged'}",
               f"Run folder: {s['run_dir']}", f"Wall time: {s['seconds']} s"]
     return "\n".join(lines) + "\n"
+
+
+def routing_summary(r: dict | None) -> dict | None:
+    """The routing profile without its curve and per-item confidences (those stay in routing.json)."""
+    if not r:
+        return None
+    return {k: v for k, v in r.items() if k not in ("curve", "confidences", "signals", "teacher_option")}
+
+
+def _routing_md(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    if r.get("error"):
+        return ["", "## Routing", "", f"Unavailable: {r['error']}"]
+    served, st, te = r.get("served") or {}, r.get("student_alone") or {}, r.get("teacher_alone") or {}
+    out = ["", "## Routing", "", f"Policy **{r.get('policy')}** on {r.get('n')} items (eval set and replay sample), "
+           f"signal {r.get('signal')}: {r.get('reason')}.", "",
+           "| lane | served quality | 95% interval | teacher share |", "|---|---|---|---|",
+           f"| routed ({r.get('mode')}, threshold {_num(r.get('threshold'))}) | {_num(served.get('quality'))} | "
+           f"{_num(served.get('low'))}-{_num(served.get('high'))} | {_num(r.get('teacher_share'))} |",
+           f"| student alone | {_num(st.get('served'))} | {_num(st.get('served_low'))}-{_num(st.get('served_high'))} | 0 |"]
+    if te:
+        out.append(f"| teacher alone | {_num(te.get('served'))} | {_num(te.get('served_low'))}-"
+                   f"{_num(te.get('served_high'))} | 1 |")
+    if r.get("certified") is False:
+        out += ["", f"**target_error not certified**: {r.get('reason')}"]
+    return out
 
 
 def _audit_md(a: dict | None) -> list[str]:

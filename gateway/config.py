@@ -21,7 +21,11 @@ class SkillOverride(_Strict):
                                  "valid answer (invalid ones still go to the teacher); always: every request goes to the teacher.")
     target_error_rate: float | None = Field(
         None, gt=0.0, lt=1.0, description="Re-pick the threshold from routing.json's curve for this kept error rate "
-                                          "(None: the published threshold).")
+                                          "(the target_error policy on a both-lanes curve; None: the published threshold).")
+    policy: Literal["quality", "budget", "target_error"] | None = Field(
+        None, description="Re-pick the routing point from routing.json's both-lanes curve with this policy (None: the "
+                          "published point); see skill.yaml's routing block.")
+    max_teacher_share: float | None = Field(None, ge=0.0, le=1.0, description="budget policy: the largest share of requests sent to the teacher (None: routing.json's).")
     verify_fraction: float | None = Field(None, ge=0.0, le=1.0, description="This skill's verify fraction (None: the gateway's).")
 
 

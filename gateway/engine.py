@@ -18,7 +18,7 @@ class Answer:
 
     raw: str  # the text before the stop newline
     parsed: str | None  # canonical answer (core.prompting.parse_output), None when unparseable
-    confidence: float | None  # mean answer-token log-probability (routing.json's definition)
+    confidence: float | None  # routing.json's `signal` of the answer (default: mean answer-token log-probability)
     finish_reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -31,6 +31,9 @@ def adapter_name(key: str) -> str:
 
 class LocalEngine:
     """One LocalModel per base model; adapters keyed 'skill@version'."""
+
+    # Every routing confidence (eval_gates.routing.SIGNALS): the decode reads them all from its own scores.
+    signals = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob")
 
     def __init__(self):
         self.models: dict[str, Any] = {}  # resolved base path -> teachers.local.LocalModel
@@ -66,15 +69,15 @@ class LocalEngine:
         return self.models[self.where[key]].tokenizer
 
     def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int,
-               inputs: Sequence[str] | None = None) -> list[Answer]:
+               inputs: Sequence[str] | None = None, signal: str = "mean_logprob") -> list[Answer]:
         """Greedy answers with confidences for `prompts`, in order; chunks of 16 sorted by length, as the gates
         decode, under the skill's answer grammar when skill.json says it was measured so (`inputs`: the raw
-        inputs the prompts were made from)."""
+        inputs the prompts were made from). `confidence` is routing.json's `signal`."""
         from eval_gates.predict import DECODE_BATCH, decode
 
         model = self.models[self.where[key]]
         p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
-                   adapter=adapter_name(key), inputs=inputs)
+                   adapter=adapter_name(key), inputs=inputs, signal=signal)
         return [Answer(raw=r, parsed=a, confidence=c, finish_reason=f)
                 for r, a, c, f in zip(p.raw, p.preds, p.confidences, p.finish_reasons)]
 

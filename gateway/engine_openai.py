@@ -40,10 +40,22 @@ def answer_confidence(text: str, lp: dict | None) -> tuple[str, float | None]:
     return answer, (sum(vals) / len(vals) if vals else None)
 
 
+def answer_token_logprobs(text: str, lp: dict | None) -> list[float]:
+    """The log-probabilities of the tokens that start inside the answer (as `answer_confidence` reads them)."""
+    answer = text.split("\n", 1)[0]
+    if not lp or not lp.get("token_logprobs") or not lp.get("text_offset"):
+        return []
+    start = lp["text_offset"][0]
+    return [float(v) for o, v in zip(lp["text_offset"], lp["token_logprobs"]) if v is not None and o - start < len(answer)]
+
+
 class OpenAIEngine:
     """Adapters are served by the remote server (registered at its start with --lora-modules);
     `load` checks the server lists `skill@version` and reads the tokenizer only for chat-template
-    prompts. Thread-safe: every version's batcher calls `decode` from its own thread."""
+    prompts. Thread-safe: every version's batcher calls `decode` from its own thread. Its logprobs are
+    the model's own (vLLM's default logprobs mode): the grammar-renormalised signals are not available."""
+
+    signals = ("mean_logprob", "min_logprob")
 
     def __init__(self, base_url: str, api_key_env: str | None = None, timeout_s: float = TIMEOUT_S,
                  retries: int = RETRIES):
@@ -120,7 +132,7 @@ class OpenAIEngine:
         return self.tokenizers.get(key)
 
     def decode(self, key: str, cfg, prompts: Sequence[str], max_new_tokens: int,
-               inputs: Sequence[str] | None = None) -> list[Answer]:
+               inputs: Sequence[str] | None = None, signal: str = "mean_logprob") -> list[Answer]:
         """Greedy answers with confidences for `prompts`, in order. Under the skill's answer grammar
         when skill.json says it was measured so, as the local engine decodes: each grammar goes out as
         xgrammar EBNF in `structured_outputs: {"grammar": ...}` (vLLM >= 0.10.2; its xgrammar backend
@@ -155,6 +167,10 @@ class OpenAIEngine:
             for i, c in zip(rows, choices):
                 text_i = c.get("text") or ""
                 raw, conf = answer_confidence(text_i, c.get("logprobs"))
+                if signal == "min_logprob":
+                    conf = min(answer_token_logprobs(text_i, c.get("logprobs")), default=None)
+                elif signal != "mean_logprob":
+                    conf = None  # not readable from this server's logprobs (the gateway keeps valid answers)
                 finish = "stop" if "\n" in text_i else (c.get("finish_reason") or "stop")
                 out[i] = Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish)
         return out

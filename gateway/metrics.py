@@ -30,7 +30,14 @@ class Metrics:
         self.store_failures = Gauge("distill_gateway_store_failures", "Failed writes to a store (the traffic database), "
                                     "each retried with the rows held", ["store"], registry=r)
         self.swaps = Counter("distill_gateway_swaps", "Adapter swaps after an alias moved", ["skill"], registry=r)
+        self.teacher_share = Gauge("distill_gateway_teacher_share", "Share of a version's answers the teacher gave "
+                                   "(lane escalate)", ["skill", "version"], registry=r)
+        self.served_quality = Gauge("distill_gateway_served_agreement", "Live estimate of the served answers' "
+                                    "agreement with the teacher: kept answers at the verify lane's agreement rate, "
+                                    "escalated ones are the teacher's (bound: estimate | low | high, exact 95%)",
+                                    ["skill", "version", "bound"], registry=r)
         self._totals: dict[str, list[int]] = {}
+        self.lanes: dict[tuple[str, str], dict[str, int]] = {}  # (skill, version) -> lane -> answers
 
     def observe(self, skill: str, version, lane: str, seconds: float) -> None:
         v = str(version) if version is not None else "none"
@@ -40,6 +47,13 @@ class Metrics:
         t[0] += 1
         t[1] += lane in ("escalate", "degraded_escalate")
         self.escalation_rate.labels(skill).set(t[1] / t[0])
+        c = self.lanes.setdefault((skill, v), {})
+        c[lane] = c.get(lane, 0) + 1
+        self.teacher_share.labels(skill, v).set(c.get("escalate", 0) / sum(c.values()))
+
+    def lane_counts(self, skill: str, version) -> dict[str, int]:
+        """Answers per lane of one version since the start (keep, escalate, degraded)."""
+        return dict(self.lanes.get((skill, str(version) if version is not None else "none"), {}))
 
     def watch(self, name: str, depth: Callable[[], int], lost: Callable[[], int]) -> None:
         self.queue_depth.labels(name).set_function(depth)

@@ -35,15 +35,42 @@ class GatewayError(Exception):
         self.status, self.message, self.extra = status, message, extra
 
 
-def keep_rule(routing: dict, override: SkillOverride) -> tuple[str, float | None]:
+def keep_rule(routing: dict, override: SkillOverride, engine_signals: tuple[str, ...] | None = None) -> tuple[str, float | None]:
     """(mode, threshold) for a version: mode "threshold" keeps a valid answer with confidence >=
     threshold, "never" keeps every valid answer (never escalates a valid one), "always" escalates
-    everything. From routing.json (its threshold, or its curve re-read for the override's
-    target_error_rate) and the skill's override."""
+    everything. From routing.json and the skill's override: a both-lanes profile (version 2) gives its
+    policy's point, or the point the override's policy / max_teacher_share / target_error_rate picks on its
+    curve (eval_gates.routing.choose_point); an older profile its threshold, or its curve re-read for the
+    override's target_error_rate. A profile whose confidence signal the engine cannot read keeps every valid
+    answer (a threshold on a value that is never there would escalate everything)."""
     if override.escalation == "always":
         return "always", None
     if override.escalation == "never":
         return "never", None
+    if routing.get("version") == 2 and isinstance(routing.get("curve"), list) and routing["curve"]:
+        signal = routing.get("signal") or "mean_logprob"
+        if engine_signals is not None and signal not in engine_signals:
+            log.warning("routing signal %s cannot be read from this engine (it reads %s): valid answers are kept",
+                        signal, ", ".join(engine_signals))
+            return "never", None
+        mode, thr = routing.get("mode"), routing.get("threshold")
+        if override.policy or override.max_teacher_share is not None or override.target_error_rate is not None:
+            from eval_gates.routing import choose_point
+
+            policy = override.policy or ("target_error" if override.target_error_rate is not None else
+                                         "budget" if override.max_teacher_share is not None else routing.get("policy"))
+            pick = choose_point({"points": routing["curve"], "n": routing.get("n")}, policy or "quality",
+                                max_teacher_share=override.max_teacher_share if override.max_teacher_share is not None
+                                else routing.get("max_teacher_share", 0.2),
+                                target_error_rate=override.target_error_rate or routing.get("target_error_rate", 0.05),
+                                significance=routing.get("significance", 0.05),
+                                level=routing.get("confidence_level", 0.95))
+            mode, thr = pick["mode"], pick["point"]["threshold"]
+        if mode == "keep_all_valid":
+            return "never", None
+        if mode == "threshold" and isinstance(thr, (int, float)) and math.isfinite(thr):
+            return "threshold", float(thr)
+        return "always", None
     if override.target_error_rate is not None and isinstance(routing.get("curve"), list):
         ok = [c for c in routing["curve"] if isinstance(c, dict) and c.get("error_rate") is not None
               and c["error_rate"] <= override.target_error_rate]
@@ -75,6 +102,7 @@ class Served:
     mode: str
     threshold: float | None
     max_new_tokens: int
+    signal: str = "mean_logprob"  # routing.json's confidence signal: the engine decodes this one
     batcher: DynamicBatcher | None = None
     users: int = 0
     retired: bool = False
@@ -282,14 +310,15 @@ class Gateway:
         routing = {}
         if (Path(folder) / "routing.json").is_file():
             routing = json.loads((Path(folder) / "routing.json").read_text(encoding="utf-8"))
-        mode, thr = keep_rule(routing, self.cfg.override(name))
-        s = Served(name, version, Path(folder), spec, cfg, routing, mode, thr, max_new_tokens_of(spec, cfg))
+        mode, thr = keep_rule(routing, self.cfg.override(name), getattr(self.engine, "signals", None))
+        s = Served(name, version, Path(folder), spec, cfg, routing, mode, thr, max_new_tokens_of(spec, cfg),
+                   signal=routing.get("signal") or "mean_logprob")
         self.engine.load(s.key, s.folder, spec)
         self.tasks.setdefault(name, get_task(cfg))
 
         def run(items, s=s):  # (prompt, input) pairs: a per-request grammar (function calls) needs the input
             return self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
-                                      inputs=[x for _, x in items])
+                                      inputs=[x for _, x in items], signal=s.signal)
 
         s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
                                    on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n))
@@ -376,7 +405,8 @@ class Gateway:
                 escalate.append(i)
         if escalate:
             lane = self.teachers.get(name)
-            futs = [asyncio.wrap_future(lane.submit(inputs[i])) for i in escalate]
+            option = teacher_option_of(served)
+            futs = [asyncio.wrap_future(lane.submit(inputs[i], option)) for i in escalate]
             try:
                 got = await asyncio.wait_for(asyncio.gather(*futs), timeout=self.cfg.teacher_timeout_s)
             except asyncio.TimeoutError:
@@ -457,8 +487,9 @@ class Gateway:
 
     # --- verify -----------------------------------------------------------------------------------------------------
 
-    def _verify_ask(self, name: str, x: str):
-        return self.verify_teachers[name].submit(x).result(timeout=self.cfg.teacher_timeout_s * 4)
+    def _verify_ask(self, name: str, x: str, version: int | None = None):
+        served = self.loaded.get((name, version)) if version is not None else self.production.get(name)
+        return self.verify_teachers[name].submit(x, teacher_option_of(served)).result(timeout=self.cfg.teacher_timeout_s * 4)
 
     def _verify_agree(self, name: str, x: str, slm: str, teacher: str) -> bool:
         from core.records import Example
@@ -473,6 +504,10 @@ class Gateway:
         for bound, key in (("estimate", "error_rate"), ("low", "error_rate_low"), ("high", "error_rate_high")):
             if est[key] is not None:
                 self.metrics.verify_error.labels(job.skill, v, bound).set(est[key])
+        live = self.live(job.skill, job.version)["served_agreement"]
+        for bound in ("estimate", "low", "high"):
+            if live[bound] is not None:
+                self.metrics.served_quality.labels(job.skill, v, bound).set(live[bound])
         if ok is not None:
             self.traffic.update(job.skill, job.request_id, {"verified": ok})
 
@@ -512,15 +547,47 @@ class Gateway:
 
     # --- status -----------------------------------------------------------------------------------------------------
 
+    def live(self, name: str, version: int | None) -> dict:
+        """Live figures of one version since this process started: answers per lane, the teacher share, the
+        verify lane's estimate, and the served answers' agreement with the teacher estimated from it (kept
+        answers agree at the verify rate, escalated answers are the teacher's), with the exact 95% interval
+        carried through the kept share. None where nothing was measured yet."""
+        lanes = self.metrics.lane_counts(name, version)
+        total = sum(lanes.values())
+        est = self.verify.estimate(name, version)
+        kept = lanes.get("keep", 0) / total if total else None
+        agree = {"estimate": None, "low": None, "high": None}
+        if kept is not None and est["error_rate"] is not None:
+            for bound, key in (("estimate", "error_rate"), ("low", "error_rate_high"), ("high", "error_rate_low")):
+                agree[bound] = round(kept * (1 - est[key]) + (1 - kept), 4)
+        agree["basis"] = ("kept answers at the verify lane's agreement rate, escalated answers counted as the "
+                          "teacher's; measured against the teacher, not against gold labels")
+        return {"requests": total, "lanes": lanes,
+                "teacher_share": round(lanes.get("escalate", 0) / total, 4) if total else None,
+                "verify": est, "served_agreement": agree}
+
     def describe(self) -> list[dict]:
         out = []
         for name in self.skills:
             s = self.production.get(name)
+            r = (s.routing if s else None) or {}
             out.append({"id": name, "object": "model", "owned_by": "distill",
                         "version": s.version if s else None, "mode": s.mode if s else "escalate",
-                        "threshold": s.threshold if s else None,
-                        "verify": self.verify.estimate(name, s.version if s else None)})
+                        "threshold": s.threshold if s else None, "signal": s.signal if s else None,
+                        "verify": self.verify.estimate(name, s.version if s else None),
+                        "live": self.live(name, s.version if s else None),
+                        # What the version's run measured at the published point (routing.json).
+                        "measured": {"policy": r.get("policy"), "teacher_share": r.get("teacher_share"),
+                                     "served": r.get("served"), "student_alone": (r.get("student_alone") or {}).get("served"),
+                                     "teacher_alone": (r.get("teacher_alone") or {}).get("served")} if r.get("version") == 2 else None})
         return out
+
+
+def teacher_option_of(served: Served | None) -> dict | None:
+    """The teacher option the version's run measured its teacher lane with (routing.json's teacher_option:
+    answerer, shots, seed, prior), or None for a version published before it was recorded."""
+    opt = (served.routing or {}).get("teacher_option") if served is not None else None
+    return opt if isinstance(opt, dict) else None
 
 
 def new_request_id() -> str:

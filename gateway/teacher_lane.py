@@ -1,10 +1,16 @@
 """The skill's teacher, for the escalate and verify lanes, through the project's teacher client
 (`teachers.open_teacher`: retries, budgets, cache, keys). One worker thread per skill owns the
-client (its SQLite cache is bound to one thread) and answers queued requests in batches."""
+client (its SQLite cache is bound to one thread) and answers queued requests in batches.
+
+The teacher answers exactly as the version's run measured it: with the option in routing.json's
+`teacher_option` (answerer, shots and their seed, the calibration prior), through
+`teachers.strategies.answer_inputs`, the function the pipeline's teacher lane and its labelling use.
+A version published without one is answered with the skill's configured option."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from concurrent.futures import Future
@@ -37,13 +43,14 @@ class TeacherLane:
         self.name = skill.name if skill is not None else "-"
         self._stack: contextlib.ExitStack | None = None
         self._teacher = None
-        self._picker = None
+        self._default_option: dict | None = None
         self._failed_at: float | None = None
         self._why = ""
         self.batcher = DynamicBatcher(self._answer, max_batch, max_wait_ms, name=f"teacher-{self.name}")
 
-    def submit(self, input: str) -> Future:
-        return self.batcher.submit(input)
+    def submit(self, input: str, option: dict | None = None) -> Future:
+        """Future[TeacherAnswer] for `input` under a teacher option (None: the skill's configured one)."""
+        return self.batcher.submit((input, json.dumps(option, sort_keys=True) if option else ""))
 
     def _open(self):
         """The Teacher, opened on first use (in the worker thread); raises RuntimeError while it cannot be."""
@@ -54,12 +61,12 @@ class TeacherLane:
         if self._failed_at is not None and time.monotonic() - self._failed_at < REOPEN_AFTER_S:
             raise RuntimeError(self._why)
         from teachers import open_teacher
-        from teachers.strategies import shot_picker
+        from teachers.strategies import answerer
 
         stack = contextlib.ExitStack()
         try:
-            self._teacher = stack.enter_context(open_teacher(self.skill.config.teacher))
-            self._picker = shot_picker(self.skill)
+            self._teacher = stack.enter_context(open_teacher(self.skill.config.teacher,
+                                                             scoring=answerer(self.skill.config) == "score"))
         except Exception as e:
             stack.close()
             self._failed_at, self._why = time.monotonic(), f"teacher unreachable: {type(e).__name__}: {e}"
@@ -67,45 +74,33 @@ class TeacherLane:
         self._stack, self._failed_at = stack, None
         return self._teacher
 
-    def _answer(self, inputs: Sequence[str]) -> list[TeacherAnswer]:
-        from core import prompting
-        from core.tasks import get_task
-        from teachers.base import Completion, Request
-        from teachers.strategies import answer_max_tokens, response_format_for
+    def _answer(self, items: Sequence[tuple[str, str]]) -> list[TeacherAnswer]:
+        """(input, option as canonical JSON or "") pairs -> answers in order; one teacher call per option."""
+        from teachers.strategies import answer_inputs, teacher_option
 
         try:
             teacher = self._open()
         except RuntimeError as e:
-            return [TeacherAnswer(None, str(e)) for _ in inputs]
-        cfg = self.skill.config
-        task = get_task(cfg)
-        prompts = []
-        for x in inputs:
-            shots = self._picker.pick(x)
-            prompts.append(prompting.format_prompt(cfg, x, [(s.input, s.output) for s in shots]))
-        rf = response_format_for(self.skill)
-        reqs = [Request(prompt=p, max_tokens=answer_max_tokens(cfg), temperature=0.0, stop=("\n",), response_format=rf)
-                for p in prompts]
-
-        def check(c, i):
-            answer = prompting.parse_output(cfg, c.text)
-            if answer is None:
-                return "unparseable_answer"
-            bad = task.output_problem(answer, inputs[i])
-            return bad[0] if bad else None
-
+            return [TeacherAnswer(None, str(e)) for _ in items]
+        groups: dict[str, list[int]] = {}
+        for i, (_, opt) in enumerate(items):
+            groups.setdefault(opt, []).append(i)
+        out: list[TeacherAnswer | None] = [None] * len(items)
         try:
-            outcomes = teacher.run(reqs, validate=check)
+            for opt, idx in groups.items():
+                if opt:
+                    option = json.loads(opt)
+                else:
+                    if self._default_option is None:
+                        self._default_option = teacher_option(self.skill, teacher, None, 0)
+                    option = self._default_option
+                got = answer_inputs(self.skill, teacher, [items[i][0] for i in idx], option)
+                for i, v in zip(idx, got):
+                    out[i] = TeacherAnswer(v.answer, v.error, v.raw)
         except Exception as e:  # error-rate stop, unreachable endpoint: this batch has no teacher answer
             self._close()
-            return [TeacherAnswer(None, f"teacher failed: {type(e).__name__}: {e}") for _ in inputs]
-        out = []
-        for o in outcomes:
-            if isinstance(o, Completion):
-                out.append(TeacherAnswer(prompting.parse_output(cfg, o.text), raw=o.text))
-            else:
-                out.append(TeacherAnswer(None, f"teacher: {o.cause}" + (f" ({o.detail[:200]})" if o.detail else ""), o.text))
-        return out
+            return [TeacherAnswer(None, f"teacher failed: {type(e).__name__}: {e}") for _ in items]
+        return out  # type: ignore[return-value]
 
     def _close(self) -> None:
         if self._stack is not None:

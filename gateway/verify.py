@@ -34,10 +34,10 @@ class VerifyJob:
 
 
 class VerifyLane:
-    """submit(job) -> bool (False: dropped, queue full). `ask(skill, input)` returns the teacher's
+    """submit(job) -> bool (False: dropped, queue full). `ask(skill, input, version)` returns the teacher's
     TeacherAnswer (blocking, in the worker thread); `agree(skill, input, slm, teacher)` -> bool."""
 
-    def __init__(self, ask: Callable[[str, str], Any], agree: Callable[[str, str, str, str], bool], max_queue: int = 1000,
+    def __init__(self, ask: Callable[[str, str, int | None], Any], agree: Callable[[str, str, str, str], bool], max_queue: int = 1000,
                  on_result: Callable[[VerifyJob, bool | None, Any], None] | None = None):
         self.ask, self.agree, self.on_result = ask, agree, on_result
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
@@ -68,7 +68,7 @@ class VerifyLane:
             ok: bool | None = None
             t = None
             try:
-                t = self.ask(job.skill, job.input)
+                t = self.ask(job.skill, job.input, job.version)
                 if t is not None and t.answer is not None:
                     ok = bool(self.agree(job.skill, job.input, job.answer, t.answer))
             except Exception as e:

@@ -116,6 +116,7 @@ def render_model_card(
     limits: list[str],
     serving: dict[str, Any] | None = None,
     decoding: dict[str, Any] | None = None,
+    routing: dict[str, Any] | None = None,
 ) -> str:
     """README.md for a registry version: YAML front matter + what/how/data/metrics/limits.
 
@@ -124,6 +125,8 @@ def render_model_card(
     local path), and a "Base weights" section says which weights it was trained and gated on.
     `serving` is :func:`registry.serving.serving_info` of the adapter (vLLM rank and problems).
     `decoding` is skill.json's ``decoding`` ({"constrained": bool, "engine": str}): how the gates decoded.
+    `routing` is routing.json: a both-lanes profile (version 2) adds a "Routing" section with the policy,
+    the chosen point, its served quality and teacher share, each lane alone, and whether a target was certified.
     `metrics` may be nested (e.g. per-gate ``{"value", "threshold", "passed"}``); nested
     keys are shown dotted. If `data_summary` has a ``description`` it leads the
     "What it does" section; its other keys are listed under "Training data".
@@ -207,6 +210,8 @@ def render_model_card(
         else "No metrics were recorded."
     )
 
+    routing_md = _routing_section(routing)
+
     limits_md = "\n".join(f"- {str(x).strip()}" for x in limits if str(x).strip()) or "- None recorded."
 
     sections = [
@@ -217,6 +222,25 @@ def render_model_card(
         "## How to load\n\n" + how,
         "## Training data\n\n" + "\n\n".join(data_parts),
         "## Evaluation metrics\n\n" + metrics_md,
+        *(["## Routing\n\n" + routing_md] if routing_md else []),
         "## Limits\n\n" + limits_md,
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def _routing_section(r: dict[str, Any] | None) -> str | None:
+    """The routing point of a both-lanes profile (routing.json version 2) as a card section, else None."""
+    if not r or r.get("version") != 2:
+        return None
+    served, st, te = r.get("served") or {}, r.get("student_alone") or {}, r.get("teacher_alone") or {}
+    rows = [("Policy", r.get("policy")), ("Why", r.get("reason")), ("Mode", r.get("mode")),
+            ("Confidence signal", r.get("signal")), ("Threshold", r.get("threshold")),
+            ("Teacher share", r.get("teacher_share")),
+            ("Served quality (95% interval)", f"{served.get('quality')} ({served.get('low')}-{served.get('high')})"),
+            ("Student alone", st.get("served")), ("Teacher alone", te.get("served") if te else "not measured"),
+            ("Items (eval set + replay)", r.get("n"))]
+    if r.get("certified") is False:
+        rows.append(("target_error certified", f"no: {r.get('reason')}"))
+    return (_table(("Item", "Value"), rows) + "\n\nThe gateway keeps a valid answer whose confidence is at or above "
+            "the threshold and sends the rest to the teacher, answering with the option recorded in `routing.json` "
+            "(`teacher_option`); the whole curve is in `routing.json`.")

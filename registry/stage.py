@@ -88,7 +88,7 @@ def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_
     version = reg.publish(
         skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=spec,
         model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits, serving,
-                                               decoding=spec.get("decoding")),
+                                               decoding=spec.get("decoding"), routing=routing),
         alias=alias, reason=f"run {run_id}: every gate passed",
     )
     # No storage call after the commit: a transient error here would make the task retry a done publish.

@@ -35,14 +35,17 @@ class Completion:
     # second pass, only where the generated tokens differ from the answer text's own tokens).
     confidence_source: str | None = None
     token_logprobs: list[float] | None = field(default=None, repr=False)  # per answer token
+    # Every candidate routing confidence (eval_gates.routing.SIGNALS -> value); `confidence` is mean_logprob.
+    signals: dict[str, float | None] | None = field(default=None, repr=False)
 
 
 def teacher_forced_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16,
-                            device=None) -> list[float | None]:
+                            device=None, per_token: bool = False) -> list:
     """Mean log-probability per answer token given its prompt (None for an empty answer): one
     teacher-forced forward pass of prompt + answer. The prompt is tokenized as the tokenizer does
     it (with its special tokens), the answer alone without special tokens; the stop newline is not
-    part of the answer. Returns one float (natural log, <= 0) or None per (prompt, answer)."""
+    part of the answer. Returns one float (natural log, <= 0) or None per (prompt, answer); with
+    `per_token`, the list of the answer tokens' log-probabilities instead of their mean."""
     import torch
 
     device = device or next(model.parameters()).device
@@ -78,7 +81,19 @@ def teacher_forced_logprobs(model, tokenizer, prompts: Sequence[str], answers: S
             a = pairs[i][1]
             # Answer token t is predicted at kept position keep - len(a) - 1 + t.
             pos = torch.arange(keep - len(a) - 1, keep - 1, device=logp.device)
-            out[i] = float(logp[row, pos, torch.tensor(a, device=logp.device)].mean())
+            lps = logp[row, pos, torch.tensor(a, device=logp.device)]
+            out[i] = [float(x) for x in lps] if per_token else float(lps.mean())
+    return out
+
+
+def answer_signals(lps: Sequence[float] | None, grammar_lps: Sequence[float] | None) -> dict[str, float | None]:
+    """The candidate routing confidences of one answer (eval_gates.routing.SIGNALS) from its tokens'
+    log-probabilities: the model's own (`lps`) and renormalised over what the grammar allowed
+    (`grammar_lps`; equal to `lps` when decoding is free). None where a list is empty or missing."""
+    out: dict[str, float | None] = {}
+    for prefix, xs in (("", lps), ("grammar_", grammar_lps)):
+        out[f"mean_{prefix}logprob"] = sum(xs) / len(xs) if xs else None
+        out[f"min_{prefix}logprob"] = min(xs) if xs else None
     return out
 
 
@@ -93,6 +108,7 @@ class _ChosenLogprob:
 
     def __init__(self):
         self.steps: list = []
+        self.masked: list = []  # per step: the choice's log-probability renormalised over the allowed tokens
         self.chosen: list = []
         self._lp = None
         self.capture = _Capture(self)
@@ -100,12 +116,26 @@ class _ChosenLogprob:
     def __call__(self, input_ids, scores):
         import torch
 
-        lp = self._lp if self._lp is not None else torch.log_softmax(scores.float(), dim=-1)
-        self._lp = None
         best = scores.argmax(dim=-1)
-        self.steps.append(lp.gather(-1, best[:, None])[:, 0].detach().cpu())
+        masked = torch.log_softmax(scores.float(), dim=-1).gather(-1, best[:, None])[:, 0].detach().cpu()
+        if self._lp is not None:  # under a grammar: the unmasked distribution came from `capture`
+            self.steps.append(self._lp.gather(-1, best[:, None])[:, 0].detach().cpu())
+            self._lp = None
+        else:
+            self.steps.append(masked)
+        self.masked.append(masked)
         self.chosen.append(best.detach().cpu())
         return scores
+
+    def answer_steps(self, tok, ids: list[int], n: int) -> int:
+        """How many generated tokens make up the answer: those before the EOS or the token that writes the
+        stop newline (the answer text itself may tokenize differently)."""
+        m = 0
+        for t in range(min(n, len(self.steps))):
+            if ids[t] == tok.eos_token_id or "\n" in tok.decode(ids[: t + 1], skip_special_tokens=True):
+                break
+            m = t + 1
+        return m
 
 
 class NucleusWarper:
@@ -376,16 +406,27 @@ class LocalModel:
                         a_ids = tok(text, add_special_tokens=False)["input_ids"]
                         if a_ids and ids[: len(a_ids)] == a_ids and len(a_ids) <= len(recorder.steps):
                             lps = [float(recorder.steps[t][row]) for t in range(len(a_ids))]
+                            glps = [float(recorder.masked[t][row]) for t in range(len(a_ids))]
                             c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "scores"
+                            c.signals = answer_signals(lps, glps)
                         else:
+                            m = recorder.answer_steps(tok, ids, n)
+                            c.signals = answer_signals(None, [float(recorder.masked[t][row]) for t in range(m)])
                             redo.append((i, batch[row], text))
                     results[i] = c
                 if redo:
                     with torch.inference_mode(), self._use(adapter):
-                        confs = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
-                                                        batch_size=batch_size, device=self.device)
-                    for (i, _, _), conf in zip(redo, confs):
-                        results[i].confidence, results[i].confidence_source = conf, "forced"
+                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
+                                                         batch_size=batch_size, device=self.device, per_token=True)
+                    for (i, _, _), lps in zip(redo, forced):
+                        c = results[i]
+                        c.token_logprobs = lps
+                        c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
+                        grammar_lps = None if grammars is not None else lps  # free decoding: nothing renormalised
+                        got = answer_signals(lps, grammar_lps)
+                        if grammars is not None:  # the renormalised ones come from the decode's own steps
+                            got.update({k: v for k, v in (c.signals or {}).items() if "grammar" in k})
+                        c.signals = got
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]

@@ -59,7 +59,7 @@ class ShotPicker:
             raise ValueError(f"shot mode must be 'random' or 'similar', got {mode!r}")
         self.cfg, self.pool, self.k, self.mode = cfg, list(pool), k, mode
         self.one_label = get_task(cfg).one_label  # shots balanced over the labels
-        self.rng = random.Random(seed + 1)
+        self.seed = seed
         self.bm25 = None
         if mode == "similar" and self.pool:
             from rank_bm25 import BM25Okapi
@@ -68,15 +68,20 @@ class ShotPicker:
             self.bm25 = BM25Okapi([tokens(similarity_text(cfg, s.input)) or ["<empty>"] for s in self.pool])
 
     def pick(self, input: str) -> list[Example]:
+        """The shots for `input`: a function of (pool, k, mode, seed, input) only, never of the order inputs
+        are asked in, so the gateway's escalate lane shows the teacher exactly the shots the pipeline labelled
+        and was measured with (and a resumed run rebuilds the same prompts)."""
         if self.k <= 0 or not self.pool:
             return []
+        # str seeds hash with SHA-512 in `random`: stable across processes (no PYTHONHASHSEED).
+        rng = random.Random(f"{self.seed + 1}\x1f{input}")
         if self.mode == "random":
             if self.one_label:
-                return balanced_shots(self.pool, self.k, self.rng)
-            return self.rng.sample(self.pool, min(self.k, len(self.pool)))
+                return balanced_shots(self.pool, self.k, rng)
+            return rng.sample(self.pool, min(self.k, len(self.pool)))
         scores = self.bm25.get_scores(tokens(similarity_text(self.cfg, input)))
-        # Ties (no shared words) fall back to the pool order, shuffled once per call for variety.
-        jitter = {id(s): self.rng.random() for s in self.pool}
+        # Ties (no shared words) fall back to the pool order, shuffled per input for variety.
+        jitter = {id(s): rng.random() for s in self.pool}
         ranked = sorted(range(len(self.pool)), key=lambda i: (-scores[i], jitter[id(self.pool[i])]))
         ranked = [i for i in ranked if self.pool[i].input != input]  # never the input itself
         if self.one_label:

@@ -478,6 +478,83 @@ def score(skill: Skill, teacher: Teacher, examples: list[Example], seed: int = 0
     return kept, rejected
 
 
+# --- the teacher option: one way to ask the teacher, measured by the audit and used everywhere -----------------------
+
+
+def teacher_option(skill: Skill, teacher: Teacher, choice: dict[str, Any] | None, seed: int,
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """The complete recipe the teacher answers with: {"answerer": label|score|self_consistency, "shots":
+    random|similar, "few_shot": k, "seed": int, and for score "calibration": none|contextual with its
+    content-free "prior" {label: p}}. `choice` is the audit's pick ({"shots", "calibration"}); without it
+    the config's settings (auto: random shots, calibrated scores). Computing the prior sends
+    `teacher.calibration_shot_sets` x 3 requests (cached). The pipeline labels its data, answers the eval
+    set and the replay sample with this option, and publishes it beside the adapter so the gateway's
+    escalate and verify lanes answer with the very teacher that was measured (`answer_inputs`)."""
+    progress = progress or _no_progress
+    tc = skill.config.teacher
+    choice = dict(choice or {})
+    who = answerer(skill.config)
+    option: dict[str, Any] = {"answerer": who,
+                              "shots": choice.get("shots") or ("random" if tc.shot_selection == "auto" else tc.shot_selection),
+                              "few_shot": tc.few_shot, "seed": int(seed)}
+    if who == "score":
+        option["calibration"] = choice.get("calibration") or ("contextual" if tc.calibration == "auto" else tc.calibration)
+        option["prior"] = None
+        if option["calibration"] == "contextual":
+            from teachers.scoring import content_free_prior
+
+            with progress("teacher: content-free prior", tc.calibration_shot_sets * 3) as advance:
+                prior = content_free_prior(skill.config, teacher, skill.seeds, seed, advance=advance)
+            option["prior"] = {k: round(v, 4) for k, v in prior.items()}
+    return option
+
+
+def answer_examples(skill: Skill, teacher: Teacher, examples: list[Example], option: dict[str, Any],
+                    advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+    """Answer `examples` (inputs without outputs) with a `teacher_option`: its answerer, its shots (drawn
+    per input from every seed with its seed) and its prior. Returns (answered, rejected) as the answerers do."""
+    seed = int(option.get("seed", 0))
+    picker = shot_picker(skill, option.get("shots"), seed=seed)
+    who = option.get("answerer") or answerer(skill.config)
+    if who == "label":
+        return label(skill, teacher, examples, seed=seed, advance=advance, picker=picker)
+    if who == "score":
+        return score(skill, teacher, examples, seed=seed, advance=advance, picker=picker, prior=option.get("prior"))
+    if who == "self_consistency":
+        return self_consistency(skill, teacher, examples, seed=seed, advance=advance, picker=picker)
+    raise ValueError(f"teacher option: unknown answerer {who!r} (label, score or self_consistency)")
+
+
+@dataclass
+class TeacherVerdict:
+    """The teacher's answer to one input under an option: `answer` (canonical) or `error` (why none)."""
+
+    answer: str | None
+    confidence: float | None = None
+    error: str | None = None
+    raw: str | None = None
+
+
+def answer_inputs(skill: Skill, teacher: Teacher, inputs: list[str], option: dict[str, Any],
+                  advance: Callable[..., None] = lambda *a, **k: None) -> list[TeacherVerdict]:
+    """The teacher's answer to each input (in order) under `option`, through `answer_examples`: the path the
+    pipeline's evaluate stage measures the teacher lane on and the gateway's escalate/verify lanes serve."""
+    blanks = [Example(id=content_id(skill.name, x, str(i)), skill=skill.name, input=x, output=None, source="traffic",
+                      meta={}) for i, x in enumerate(inputs)]
+    answered, rejected = answer_examples(skill, teacher, blanks, option, advance)
+    got = {e.input: e for e in answered}
+    why = {r.example.input: r for r in rejected}
+    out = []
+    for x in inputs:
+        e = got.get(x)
+        if e is not None and e.output is not None:
+            out.append(TeacherVerdict(e.output, e.confidence, None, e.meta.get("raw_answer")))
+        else:
+            r = why.get(x)
+            out.append(TeacherVerdict(None, None, f"teacher: {r.reason}" if r else "teacher: no answer"))
+    return out
+
+
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
@@ -533,32 +610,19 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         inputs += k
         rejected += r
         by["rewrite"] = {"kept": len(k), "dropped": len(r)}
-    who = answerer(skill.config)
-    picker = shot_picker(skill, shots, seed=seed)
-    used: dict[str, Any] = {"answerer": who, "shots": shots}
-    if who == "label":
-        with progress("teacher: labels", len(inputs)) as advance:
-            answered, r = label(skill, teacher, inputs, seed=seed, advance=advance, picker=picker)
-    elif who == "score":
-        prior = None
-        used["calibration"] = calibration
-        if calibration == "contextual":
-            from teachers.scoring import content_free_prior
-
-            with progress("teacher: content-free prior", tc.calibration_shot_sets * 3) as advance:
-                prior = content_free_prior(skill.config, teacher, skill.seeds, seed, advance=advance)
-            used["prior"] = {k: round(v, 4) for k, v in prior.items()}
-        with progress("teacher: label scores", len(inputs)) as advance:
-            answered, r = score(skill, teacher, inputs, seed=seed, advance=advance, picker=picker, prior=prior)
-    else:
-        total = len(inputs) * ec.self_consistency_samples
-        with progress("teacher: self-consistency samples", total) as advance:
-            answered, r = self_consistency(skill, teacher, inputs, seed=seed, advance=advance, picker=picker)
+    option = teacher_option(skill, teacher, {"shots": shots, "calibration": calibration}, seed, progress)
+    who = option["answerer"]
+    title = {"label": "teacher: labels", "score": "teacher: label scores"}.get(who, "teacher: self-consistency samples")
+    total = len(inputs) * (ec.self_consistency_samples if who == "self_consistency" else 1)
+    with progress(title, total) as advance:
+        answered, r = answer_examples(skill, teacher, inputs, option, advance=advance)
     rejected += r
     by[who] = {"kept": len(answered), "dropped": len(r)}
+    used = {k: v for k, v in option.items() if k not in ("seed", "few_shot")}
     accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested, "answering": used}
     if run_dir is not None:
         write_examples(Path(run_dir) / "generated.jsonl", answered)
+        write_json(Path(run_dir) / "teacher_option.json", option)  # the teacher lane answers with it too
         write_json(Path(run_dir) / "teacher_accounting.json", accounting)
     return ExpansionResult(examples=answered, rejected=rejected, inputs=len(inputs), requested=requested,
                            teacher=teacher.name, accounting=accounting, seconds=round(time.perf_counter() - t0, 2),

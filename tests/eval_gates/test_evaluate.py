@@ -51,9 +51,13 @@ def test_candidate_vs_champion_writes_record_routing_and_reports(skill_root, tin
     paired = next(c for g in d["gates"] for c in g["checks"] if c["name"] == "paired:accuracy")
     assert paired["detail"]["method"] == "mcnemar" and paired["bound"] == -1.0
     assert d["promote"] is True  # the tiny profile's margin is 1.0: anything passes but a crash
-    # Routing profile: a confidence per replayed request, threshold math on them.
+    # Routing profile: both lanes on the eval items and the replayed requests (no teacher lane measured
+    # here: nothing valid escalates), a confidence per replayed request.
     r = json.loads((run / "routing.json").read_text())
-    assert r["target_error_rate"] == 0.05 and r["n"] == 6 and len(r["confidences"]) == 6
+    assert r["target_error_rate"] == 0.05 and r["n"] == 26 and len(r["confidences"]) == 6
+    assert r["policy"] == "quality" and r["teacher_measured"] is False and r["mode"] != "threshold"
+    assert set(r["signals"]) == {"mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob"}
+    assert r["by_set"]["eval"]["n"] == 20 and r["by_set"]["replay"]["n"] == 6
     assert all(c is None or c <= 0 for c in r["confidences"])
     assert r["mode"] in ("threshold", "keep_all_valid", "escalate_all") and 0 <= r["escalation_rate"] <= 1
     assert r["escalation"]["confidence_threshold"] == r["threshold"] and r["latency_s"]["p95"] is not None
@@ -148,7 +152,7 @@ def test_json_task_skill_end_to_end(tiny_model_path, adapters, tmp_path):
     cand = out["candidate"]["eval"]
     assert out["task"] == "function_call" and cand["primary"] == "ast_accuracy" and cand["n"] == 4
     assert {"ast_accuracy", "name_accuracy", "invalid_rate", "failure_kinds"} <= set(cand)
-    assert out["candidate"]["replay"]["n"] == 3 and out["routing"]["n"] == 3
+    assert out["candidate"]["replay"]["n"] == 3 and out["routing"]["n"] == 7
     md = (tmp_path / "eval_report.md").read_text()
     assert "Errors (candidate)" in md and "paired:ast_accuracy" in md and "Confusion matrix" not in md
 

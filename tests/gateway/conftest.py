@@ -80,6 +80,10 @@ def teacher_skill(skill_root, fake_teacher):
     cfg = yaml.safe_load(path.read_text())
     cfg["teacher"] = {"backend": "openai", "base_url": fake_teacher.base_url, "model": "fake", "endpoint": "completions",
                       "few_shot": 2, "cache": False, "max_retries": 1, "timeout_s": 5}
+    # The label answerer: the fake's scripted label is the teacher's answer (the lane answers with the skill's
+    # option; test_teacher_option.py covers the score answerer and its calibration).
+    cfg.setdefault("expansion", {})["strategies"] = ["self_instruct", "label"]
+    cfg.setdefault("filters", {}).pop("target_precision", None)  # needs a confidence per answer (score)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return skill_root
 

@@ -1,6 +1,7 @@
 """One decoding path: the eval gate's per-item answers == registry.predict's == the gateway's for one
 published version, and the confidence read from the generation's own scores equals the teacher-forced
-mean answer-token log-probability that built routing.json (within 1e-4)."""
+mean answer-token log-probability (within 1e-4); routing.json's chosen signal is read the same way by the
+gate and the gateway."""
 
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def test_gate_registry_and_gateway_answer_alike(skill_root, teacher_skill, tiny_
     assert p.cfg.decoding.constrained  # skill.json says the gates decoded under the grammar: so does the consumer
     comps = p.local.complete(p.prompts(replay_inputs), max_new_tokens=p.spec["max_new_tokens"],
                              confidence=True, grammars=answer_grammars(p.cfg, len(replay_inputs), replay_inputs))
-    assert [c.confidence for c in comps] == pytest.approx(routing["confidences"], abs=1e-6)
+    signal = routing["signal"]  # the confidence the run chose (routing.signal auto: the best-separating one)
+    assert signal in ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob")
+    assert [c.signals[signal] for c in comps] == pytest.approx(routing["confidences"], abs=1e-6)
     forced = answer_logprobs(p.model, p.tokenizer, [format_prompt(skill.config, x) for x in replay_inputs],
                              [c.text for c in comps])
     for c, f in zip(comps, forced):
@@ -57,7 +60,9 @@ def test_gate_registry_and_gateway_answer_alike(skill_root, teacher_skill, tiny_
             assert abs(c.confidence - f) < 1e-4
     assert sum(c.confidence_source == "scores" for c in comps) >= len(comps) // 2  # read, not recomputed
 
-    # The gateway: same answers (the small model's, whatever lane) and the same confidences.
+    # The gateway: same answers (the small model's, whatever lane) and the same confidences, read with the
+    # signal of the routing.json it serves (the run's own, published as the next version).
+    version = publish(reg, trained_adapter, routing, "r2")
     g = run_gateway(GatewayConfig(skills=[SKILL], max_wait_ms=500, traffic_url=f"sqlite:///{tmp_path}/traffic.db"))
     r = httpx.post(f"{g.url}/v1/skills/{SKILL}:predict", json={"inputs": inputs}, timeout=120)
     assert r.status_code == 200, r.text

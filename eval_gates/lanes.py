@@ -1,0 +1,75 @@
+"""The teacher lane, measured: the teacher answers the frozen eval set and the replay sample with the
+option its audit chose (the one that labelled the run), so routing can compare both lanes on the same
+items. Plain functions; the flow's `teacher-lane` task opens the teacher and calls `measure_teacher_lane`.
+
+Files in the run folder: teacher_option.json (the recipe, published beside the adapter for the gateway's
+escalate and verify lanes) and teacher_answers.jsonl (one row per item: set, id, answer, confidence, error).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Sequence
+
+from core.records import Example, read_jsonl, write_json, write_jsonl
+
+Progress = Callable[[str, int | None], ContextManager[Callable[..., None]]]
+
+OPTION_FILE = "teacher_option.json"
+ANSWERS_FILE = "teacher_answers.jsonl"
+
+
+def eval_items(skill) -> list[Example]:
+    """The frozen eval items the gates score (gates.eval_limit applied)."""
+    cfg = skill.config
+    return skill.eval_set[: cfg.gates.eval_limit] if cfg.gates.eval_limit else list(skill.eval_set)
+
+
+def measure_teacher_lane(skill, teacher, run_dir: str | Path, seed: int, replay_items: Sequence[Example],
+                         choice: dict | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Answer the eval set and `replay_items` with the run's teacher option (teacher_option.json, written by
+    the expansion; made here from the audit's `choice` when the expansion did not run). Writes
+    teacher_answers.jsonl and returns {"option", "n", "answered", "seconds", "accounting"} (requests, cache
+    hits: a re-run pays nothing twice)."""
+    from teachers.strategies import answer_inputs, teacher_option
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    opt_path = run_dir / OPTION_FILE
+    if opt_path.is_file():
+        option = json.loads(opt_path.read_text(encoding="utf-8"))
+    else:
+        option = teacher_option(skill, teacher, choice, seed, progress)
+        write_json(opt_path, option)
+    rows = []
+    for name, items in (("eval", eval_items(skill)), ("replay", list(replay_items))):
+        if not items:
+            continue
+        if progress is not None:
+            with progress(f"teacher lane: {name} set", len(items)) as advance:
+                got = answer_inputs(skill, teacher, [e.input for e in items], option, advance=advance)
+        else:
+            got = answer_inputs(skill, teacher, [e.input for e in items], option)
+        rows += [{"set": name, "id": e.id, "answer": v.answer, "confidence": v.confidence, "error": v.error}
+                 for e, v in zip(items, got)]
+    write_jsonl(run_dir / ANSWERS_FILE, rows)
+    return {"option": {k: v for k, v in option.items() if k != "prior"}, "n": len(rows),
+            "answered": sum(r["answer"] is not None for r in rows), "seconds": round(time.perf_counter() - t0, 2),
+            "accounting": teacher.report()}
+
+
+def read_teacher_answers(run_dir: str | Path) -> dict[tuple[str, str], str | None] | None:
+    """{(set, id): answer or None} from the run folder's teacher_answers.jsonl; None when the teacher lane
+    was not measured in this run."""
+    path = Path(run_dir) / ANSWERS_FILE
+    if not path.is_file():
+        return None
+    return {(r["set"], r["id"]): r.get("answer") for _, r in read_jsonl(path)}
+
+
+def read_option(run_dir: str | Path) -> dict | None:
+    """The run's teacher option (teacher_option.json), or None."""
+    path = Path(run_dir) / OPTION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
