@@ -196,3 +196,31 @@ def test_production_is_scored_on_the_base_its_own_version_names(skill_root, tiny
     with pytest.raises(ModelError, match="production version"):
         evaluate_candidate(skill, tiny_model_path, adapters[0], str(champion), items, tmp_path / "run2",
                            load_model=load_model)
+
+
+def test_routing_measures_both_lanes_on_the_same_items(skill_root, tiny_model_path, adapters, tmp_path):
+    """teacher_answers.jsonl in the run folder (the teacher-lane task's output): a teacher right on every eval
+    item and wrong on every replayed one. The curve holds each lane alone and the served quality of every cut;
+    the quality policy's point is at least as good as the better lane alone."""
+    from core.records import write_jsonl
+
+    skill = load_skill("ticket-triage", profile="tiny", root=skill_root)
+    items, traffic = replay_items(skill)
+    ev = skill.eval_set[:10]
+    wrong = {lab: next(x for x in skill.config.labels if x != lab) for lab in skill.config.labels}
+    write_jsonl(tmp_path / "teacher_answers.jsonl",
+                [{"set": "eval", "id": e.id, "answer": e.output} for e in ev] +
+                [{"set": "replay", "id": e.id, "answer": wrong[e.output]} for e in items])
+    out = evaluate_candidate(skill, tiny_model_path, adapters[0], None, items, tmp_path, traffic=traffic)
+    r = json.loads((tmp_path / "routing.json").read_text())
+    assert r["version"] == 2 and r["teacher_measured"] is True and r["n"] == 16
+    assert r["teacher_alone"]["served"] == round(10 / 16, 4)
+    best_alone = max(r["teacher_alone"]["served"], r["student_alone"]["served"])
+    assert r["served"]["quality"] >= best_alone and r["served"]["low"] <= r["served"]["quality"] <= r["served"]["high"]
+    assert r["curve"][0]["teacher_share"] == 1.0 and r["curve"][0]["served"] == r["teacher_alone"]["served"]
+    assert out["routing"]["by_set"]["eval"]["n"] == 10
+    rows = [json.loads(x) for x in (tmp_path / "eval_items.jsonl").read_text().splitlines()]
+    assert [x["teacher"] for x in rows if x["set"] == "eval"] == [e.output for e in ev]
+    assert (tmp_path / "routing_curve.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "eval_report.md").read_text()
+    assert "| policy | quality" in md and "student alone / teacher alone" in md

@@ -88,3 +88,151 @@ def test_label_thresholds_ignore_and_drop_nan_confidences():
     f = LabelThresholds(t, 0.9, classification=True)
     ex = Example(id="1", skill="s", input="x", output="a", source="teacher", confidence=math.nan)
     assert f.check(ex)[0] == "below_label_threshold"
+
+
+# --- both lanes: the served-quality curve and the policies (issue 31) ----------------------------------------------
+
+from eval_gates.routing import (LaneItem, auroc, calibration_error, choose_point, compare_signals, evaluate_point,
+                                legacy_point, min_items_to_certify, pick_signal, served_curve, share_rule_point,
+                                upper_bound)
+
+
+def _lanes(n=200, teacher_acc=0.95, seed=0, invalid=0.02):
+    """A student right more often when confident; a teacher right `teacher_acc` of the time, everywhere."""
+    import random
+
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        c = rng.random()
+        s = 1.0 if rng.random() < 0.45 + 0.5 * c else 0.0
+        t = 1.0 if rng.random() < teacher_acc else 0.0
+        items.append(LaneItem(signal=c - 1, valid=rng.random() >= invalid, student=s, teacher=t, student_correct=bool(s)))
+    return items
+
+
+def _brute_served(items, k):
+    ranked = sorted((it for it in items if it.valid), key=lambda it: -it.signal)
+    kept = {id(it) for it in ranked[:k]}
+    return sum(it.student if id(it) in kept else (it.teacher if it.teacher is not None else (it.student if it.valid else 0))
+               for it in items) / len(items)
+
+
+def test_curve_points_are_the_served_quality_of_each_cut_with_exact_intervals():
+    items = _lanes(120, seed=1)
+    curve = served_curve(items)
+    assert curve["n"] == 120 and curve["points"][0]["kept"] == 0 and curve["points"][-1]["kept"] == curve["valid"]
+    for p in curve["points"]:
+        assert p["served"] == round(_brute_served(items, p["kept"]), 4)
+        assert p["served_low"] <= p["served"] <= p["served_high"]
+        assert p["teacher_share"] == round((120 - p["kept"]) / 120, 4)
+        if p["kept"]:  # a threshold keeps exactly the profiled answers
+            assert sum(it.valid and it.signal >= p["threshold"] for it in items) == p["kept"]
+    assert curve["student_alone"]["served"] == round(sum(it.student if it.valid else 0 for it in items) / 120, 4)
+    assert curve["teacher_alone"]["served"] == round(sum(it.teacher for it in items) / 120, 4)
+
+
+def test_quality_never_escalates_to_a_teacher_measured_no_better():
+    """The issue's demo: the teacher (0.34 right) worse than the student on every band."""
+    items = _lanes(140, teacher_acc=0.34, seed=2)
+    pick = choose_point(served_curve(items), "quality")
+    assert pick["mode"] == "keep_all_valid"
+    assert pick["point"]["teacher_share"] == round(sum(not it.valid for it in items) / 140, 4)  # invalid answers only
+    student = served_curve(items)["student_alone"]["served"]
+    assert pick["point"]["served"] >= student
+    # A teacher equal to the student, answer for answer: nothing gains, nothing escalates.
+    same = [LaneItem(it.signal, it.valid, it.student, it.student, it.student_correct) for it in items]
+    assert choose_point(served_curve(same), "quality")["mode"] == "keep_all_valid"
+
+
+def test_quality_escalates_the_weak_band_of_a_strong_teacher_and_beats_both_lanes():
+    items = [LaneItem(-0.05 - i / 1000, True, 1.0, 1.0 if i % 20 else 0.0, True) for i in range(100)]  # confident: right
+    items += [LaneItem(-1 - i / 100, True, 1.0 if i % 2 else 0.0, 1.0 if i % 20 else 0.0, bool(i % 2))
+              for i in range(60)]  # unsure band: half right; the teacher 95%
+    curve = served_curve(items)
+    pick = choose_point(curve, "quality")
+    p = pick["point"]
+    # The band's two most confident answers are ties between the lanes (both wrong, both right): keeping them
+    # serves the same with two teacher calls fewer.
+    assert pick["mode"] == "threshold" and p["kept"] == 102 and p["teacher_share"] == round(58 / 160, 4)
+    assert p["served"] > curve["student_alone"]["served"] and p["served"] > curve["teacher_alone"]["served"]
+    assert p["p_teacher_better"] <= 0.05
+    # The same pick re-measured on items it was not chosen on holds up.
+    again = evaluate_point(items, p["threshold"])
+    assert again["served"] == p["served"] and again["teacher_share"] == p["teacher_share"]
+
+
+def test_quality_needs_evidence_before_it_escalates():
+    """One lucky teacher answer in a band of ties is not a measured improvement (sign test)."""
+    items = [LaneItem(-0.1 * i, True, 1.0, 1.0, True) for i in range(30)]
+    items.append(LaneItem(-9.0, True, 0.0, 1.0, False))  # the least confident answer: the teacher got it
+    pick = choose_point(served_curve(items), "quality")
+    assert pick["mode"] == "keep_all_valid" and "not measured better" in pick["reason"]
+    loose = choose_point(served_curve(items), "quality", significance=1.0)  # the point estimate alone
+    assert loose["mode"] == "threshold" and loose["point"]["kept"] == 30
+
+
+def test_budget_holds_the_teacher_share():
+    items = _lanes(200, seed=3)
+    curve = served_curve(items)
+    for share in (0.0, 0.1, 0.2, 0.5):
+        pick = choose_point(curve, "budget", max_teacher_share=share)
+        within = [p for p in curve["points"] if p["teacher_share"] <= share]
+        if within:
+            assert pick["point"]["teacher_share"] <= share
+            assert pick["point"]["served"] == max(p["served"] for p in within)
+        else:  # invalid answers alone exceed it: valid answers are all kept, and it says so
+            assert pick["mode"] == "keep_all_valid" and "above max_teacher_share" in pick["reason"]
+
+
+def test_target_error_certifies_with_an_exact_bound_or_says_it_cannot():
+    assert min_items_to_certify(0.05) == 59 and upper_bound(0, 59) <= 0.05 < upper_bound(0, 58)
+    ok = [LaneItem(-i / 100, True, 1.0, 0.0, True) for i in range(80)] + \
+         [LaneItem(-5 - i, True, 0.0, 1.0, False) for i in range(10)]
+    pick = choose_point(served_curve(ok), "target_error", target_error_rate=0.05)
+    assert pick["certified"] is True and pick["point"]["kept"] == 80 and pick["point"]["kept_error_upper"] <= 0.05
+    few = ok[:30] + ok[80:]  # 30 right answers cannot certify 5%
+    pick = choose_point(served_curve(few), "target_error", target_error_rate=0.05, fallback="quality")
+    assert pick["certified"] is False and pick["fallback"] == "quality"
+    assert "cannot be certified on 40 items" in pick["reason"] and "59 kept answers" in pick["reason"]
+    assert pick["point"] == choose_point(served_curve(few), "quality")["point"]
+
+
+def test_peer_and_legacy_rules():
+    items = _lanes(200, seed=4)
+    curve = served_curve(items)
+    p = share_rule_point(curve, 0.2)
+    assert p["teacher_share"] >= 0.2 and all(q["teacher_share"] < 0.2 or q["kept"] <= p["kept"] for q in curve["points"])
+    q = legacy_point(curve, 0.05)
+    assert q["kept"] == 0 or q["kept_error_rate"] <= 0.05
+
+
+def test_auroc_and_calibration_error():
+    import random
+
+    assert auroc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5 and auroc([0.1], [True]) is None
+    rng = random.Random(0)
+    xs = [rng.random() for _ in range(60)]
+    ys = [rng.random() < 0.5 for _ in xs]
+    pairs = sum((a > b) + 0.5 * (a == b) for a, ya in zip(xs, ys) if ya for b, yb in zip(xs, ys) if not yb)
+    assert auroc(xs, ys) == round(pairs / (sum(ys) * (60 - sum(ys))), 4)
+    # A signal that is the true probability: small held-out calibration error; too few items: None.
+    p = [rng.random() for _ in range(4000)]
+    y = [rng.random() < q for q in p]
+    assert calibration_error(p, y) < 0.05 and calibration_error(p[:5], y[:5]) is None
+
+
+def test_signal_choice_prefers_the_one_that_separates():
+    import random
+
+    rng = random.Random(5)
+    correct = [rng.random() < 0.7 for _ in range(100)]
+    sigs = [{"mean_logprob": rng.random(), "min_logprob": (1.0 if ok else 0.0) + rng.random() * 0.5,
+             "mean_grammar_logprob": None, "min_grammar_logprob": None} for ok in correct]
+    comp = compare_signals(sigs, correct, [True] * 100)
+    assert comp["min_logprob"]["auroc"] > 0.9 > comp["mean_logprob"]["auroc"] and comp["mean_grammar_logprob"]["n"] == 0
+    assert pick_signal(comp)[0] == "min_logprob" and pick_signal(comp, "mean_logprob")[0] == "mean_logprob"
+    flat = compare_signals([{"mean_logprob": 1.0}] * 4, [True] * 4, [True] * 4)
+    assert pick_signal(flat)[0] == "mean_logprob"  # nothing measurable: the default

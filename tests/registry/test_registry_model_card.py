@@ -267,3 +267,15 @@ def test_the_cards_transformers_and_peft_snippets_run(tiny_model_path, tmp_path)
         script = code.replace("<registry>", str(reg.root)) + "\nprint('LOADED', type(model).__name__)\n"
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
         assert out.returncode == 0 and "LOADED Peft" in out.stdout, out.stderr[-3000:]
+
+
+def test_routing_section_names_the_policy_point_and_an_uncertified_target():
+    r = {"version": 2, "policy": "target_error", "mode": "keep_all_valid", "threshold": None, "signal": "min_logprob",
+         "teacher_share": 0.02, "served": {"quality": 0.81, "low": 0.73, "high": 0.87}, "n": 140,
+         "student_alone": {"served": 0.8}, "teacher_alone": {"served": 0.55}, "certified": False,
+         "reason": "target error 0.05 cannot be certified on 140 items"}
+    text = card(routing=r)
+    section = text.split("## Routing", 1)[1].split("## Limits")[0]
+    assert "target_error" in section and "0.81 (0.73-0.87)" in section and "| Teacher share | 0.02 |" in section
+    assert "cannot be certified on 140 items" in section and "| Teacher alone | 0.55 |" in section
+    assert "## Routing" not in card(routing={"mode": "threshold", "threshold": -0.1})  # an older profile: no section
