@@ -14,10 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import structured
+from core.names import NameRule
 
 # Lowercase letters, digits and dashes: a name is a path component in seeds/, the work dir
-# and the registry, so it can never hold '/', '..', a drive or a hidden-file dot.
-SKILL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# and the registry, so it can never hold '/', '..', a drive or a hidden-file dot. Whole string
+# (NameRule: fullmatch), so "ticket-triage\n" is refused too.
+SKILL_NAME = NameRule(r"[a-z0-9][a-z0-9-]{0,63}", "1-64 lowercase letters, digits and '-', starting with a letter "
+                                                   "or digit (e.g. ticket-triage)")
+SKILL_NAME_RE = SKILL_NAME.regex  # unanchored: use SKILL_NAME.ok (fullmatch), never SKILL_NAME_RE.match
 
 
 class SkillError(ValueError):
@@ -26,10 +30,7 @@ class SkillError(ValueError):
 
 def skill_name_problem(name: Any) -> str | None:
     """Why `name` cannot be a skill name, or None."""
-    if not isinstance(name, str) or not SKILL_NAME_RE.match(name):
-        return (f"skill name {name!r} is not allowed: use 1-64 lowercase letters, digits and '-', "
-                f"starting with a letter or digit (e.g. ticket-triage)")
-    return None
+    return SKILL_NAME.problem("skill name", name)
 
 
 def check_skill_name(name: Any) -> str:
