@@ -71,7 +71,7 @@ class TeacherConfig(_Strict):
     max_retries: int = Field(4, ge=0, le=20, description="Retries per request on 429, 5xx, timeouts and broken connections (exponential backoff with jitter).")
     backoff_base_s: float = Field(0.5, gt=0, le=60, description="First retry waits about this long (x0.5-1.5 jitter), doubling each time.")
     backoff_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between retries (Retry-After may ask for more).")
-    max_retry_wait_s: float = Field(120.0, gt=0, le=3600, description="Longest wait a server's Retry-After / retry-after-ms may impose; a non-finite or negative hint is ignored (backoff instead).")
+    max_retry_wait_s: float = Field(120.0, gt=0, le=3600, description="Longest wait a server's Retry-After / retry-after-ms may impose; a hint that is not RFC 9110 delay-seconds (ASCII digits) or an HTTP-date (e.g. 1e9, 5.0, -1) is ignored (backoff instead).")
     max_error_rate: float = Field(0.2, ge=0.0, le=1.0, description="Stop the run (TeacherErrorRateExceeded) when more requests than this share fail after retries.")
     error_rate_min_requests: int = Field(20, ge=1, description="Finished requests before the error rate is checked mid-run (it is always checked at the end).")
     invalid_retries: int = Field(2, ge=0, le=10, description="Re-asks of an answer that does not parse or fails the output schema before it is dropped.")
