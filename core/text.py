@@ -62,7 +62,8 @@ def invisible_code_points() -> frozenset[int]:
 
 
 @lru_cache(maxsize=1)
-def _invisible_table() -> dict[int, None]:
+def invisible_table() -> dict[int, None]:
+    """A str.translate table that removes every `invisible_code_points` member."""
     return dict.fromkeys(invisible_code_points())
 
 
@@ -74,7 +75,7 @@ def _unicode_table() -> dict[int, str | None]:
     for c in range(sys.maxunicode + 1):
         if unicodedata.category(chr(c)).startswith("P"):
             table[c] = " "
-    table.update(_invisible_table())
+    table.update(invisible_table())
     return table
 
 
@@ -89,7 +90,7 @@ def normalize(text: str) -> str:
         text = _TAG.sub(" ", text)
     if text.isascii():  # no invisible, blank or compatibility character is ASCII
         return " ".join(text.lower().translate(_ASCII_TABLE).split())
-    text = text.translate(_invisible_table())
+    text = text.translate(invisible_table())
     # casefold's output need not be NFKC ("ǰ" -> "ǰ"): normalized again, then invisibles NFKC made
     # (U+FFA0 -> U+3164) dropped with the punctuation.
     text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
@@ -104,3 +105,12 @@ def words(text: str) -> list[str]:
     if not norm.isascii():
         norm = _NO_SPACE_SCRIPTS.sub(r" \1 ", norm)
     return norm.split()
+
+
+def label_form(text: str) -> str:
+    """How labels compare everywhere: skill.yaml's labels, the output parser, the metric, seeds, eval
+    and traffic references, the gateway's answers. Unicode canonical caseless form (D145: NFD, full
+    case folding, composed again as NFC; surrounding white space dropped): "facturación" written
+    decomposed (NFD) or composed (NFC), "STRASSE" and "straße", "ΟΔΟΣ" and "οδος" have one form each.
+    Full case folding is Unicode's default, not the Turkic one: "I" folds to "i", not "ı". str -> str."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold()).strip()
