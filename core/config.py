@@ -21,7 +21,7 @@ from core.names import NameRule
 # (NameRule: fullmatch), so "ticket-triage\n" is refused too.
 SKILL_NAME = NameRule(r"[a-z0-9][a-z0-9-]{0,63}", "1-64 lowercase letters, digits and '-', starting with a letter "
                                                    "or digit (e.g. ticket-triage)")
-SKILL_NAME_RE = SKILL_NAME.regex  # unanchored: use SKILL_NAME.ok (fullmatch), never SKILL_NAME_RE.match
+SKILL_NAME_RE = SKILL_NAME.regex  # ends in \Z: .match and .fullmatch both take the whole string
 
 
 class SkillError(ValueError):

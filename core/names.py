@@ -20,7 +20,8 @@ class NameRule:
     `rule` is the human text of the rule, used in error messages ("1-128 ASCII letters, ...")."""
 
     def __init__(self, pattern: str, rule: str):
-        self.regex = re.compile(pattern)
+        # Ends in \Z as well, so even `.regex.match` (a caller's, later) cannot stop before the end.
+        self.regex = re.compile(rf"(?:{pattern})\Z")
         self.rule = rule
 
     def match(self, name: Any) -> re.Match[str] | None:

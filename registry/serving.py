@@ -20,10 +20,10 @@ from registry.store import RegistryError
 
 from core.lora_serving import EMBEDDING_MODULES, VLLM_MAX_LORA_RANKS, target_modules_problem  # noqa: F401
 # Tensor names vLLM's LoRA loader accepts (vllm/lora/utils.py parse_fine_tuned_lora_name).
-# Whole name: vllm_tensor_problems uses fullmatch.
+# Whole name (\Z, and vllm_tensor_problems uses fullmatch): no trailing newline.
 VLLM_LORA_TENSOR = re.compile(
     r"base_model\.model\.(?P<module>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\."
-    r"(?:lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)"
+    r"(?:lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)\Z"
 )
 
 

@@ -28,6 +28,19 @@ def test_name_rule_is_whole_string():
         assert not rule.ok(bad), repr(bad)
     assert rule.problem("thing", "abc\n") == "thing 'abc\\n' is not allowed: use lowercase letters"
     assert rule.problem("thing", "abc") is None
+    assert rule.regex.match("abc\n") is None and rule.regex.match("abcd1") is None  # .match is whole too
+
+
+def test_exported_name_patterns_are_whole_string_with_match_too():
+    from core.config import SKILL_NAME_RE
+    from core.structured import FUNCTION_NAME_RE
+    from registry.serving import VLLM_LORA_TENSOR
+
+    for pattern, good in ((SKILL_NAME_RE, "ticket-triage"), (FUNCTION_NAME_RE, "get_weather"),
+                          (VLLM_LORA_TENSOR, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")):
+        assert pattern.match(good)
+        for bad in variants(good) + [good + "/../x"]:
+            assert not pattern.match(bad), (pattern.pattern, bad)
 
 
 # ---- run ids -------------------------------------------------------------------------------------------------------
