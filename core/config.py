@@ -14,10 +14,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import structured
+from core.names import NameRule
 
 # Lowercase letters, digits and dashes: a name is a path component in seeds/, the work dir
-# and the registry, so it can never hold '/', '..', a drive or a hidden-file dot.
-SKILL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# and the registry, so it can never hold '/', '..', a drive or a hidden-file dot. Whole string
+# (NameRule: fullmatch), so "ticket-triage\n" is refused too.
+SKILL_NAME = NameRule(r"[a-z0-9][a-z0-9-]{0,63}", "1-64 lowercase letters, digits and '-', starting with a letter "
+                                                   "or digit (e.g. ticket-triage)")
+SKILL_NAME_RE = SKILL_NAME.regex  # ends in \Z: .match and .fullmatch both take the whole string
 
 
 class SkillError(ValueError):
@@ -26,10 +30,7 @@ class SkillError(ValueError):
 
 def skill_name_problem(name: Any) -> str | None:
     """Why `name` cannot be a skill name, or None."""
-    if not isinstance(name, str) or not SKILL_NAME_RE.match(name):
-        return (f"skill name {name!r} is not allowed: use 1-64 lowercase letters, digits and '-', "
-                f"starting with a letter or digit (e.g. ticket-triage)")
-    return None
+    return SKILL_NAME.problem("skill name", name)
 
 
 def check_skill_name(name: Any) -> str:
@@ -70,7 +71,7 @@ class TeacherConfig(_Strict):
     max_retries: int = Field(4, ge=0, le=20, description="Retries per request on 429, 5xx, timeouts and broken connections (exponential backoff with jitter).")
     backoff_base_s: float = Field(0.5, gt=0, le=60, description="First retry waits about this long (x0.5-1.5 jitter), doubling each time.")
     backoff_max_s: float = Field(30.0, gt=0, le=600, description="Longest wait between retries (Retry-After may ask for more).")
-    max_retry_wait_s: float = Field(120.0, gt=0, le=3600, description="Longest wait a server's Retry-After / retry-after-ms may impose; a non-finite or negative hint is ignored (backoff instead).")
+    max_retry_wait_s: float = Field(120.0, gt=0, le=3600, description="Longest wait a server's Retry-After / retry-after-ms may impose; a hint that is not RFC 9110 delay-seconds (ASCII digits) or an HTTP-date (e.g. 1e9, 5.0, -1) is ignored (backoff instead).")
     max_error_rate: float = Field(0.2, ge=0.0, le=1.0, description="Stop the run (TeacherErrorRateExceeded) when more requests than this share fail after retries.")
     error_rate_min_requests: int = Field(20, ge=1, description="Finished requests before the error rate is checked mid-run (it is always checked at the end).")
     invalid_retries: int = Field(2, ge=0, le=10, description="Re-asks of an answer that does not parse or fails the output schema before it is dropped.")

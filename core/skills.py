@@ -170,6 +170,8 @@ def scan_examples(path: Path, cfg: SkillConfig, kind: str) -> tuple[list[tuple[i
             continue
         input, bad_in = _json_text(cfg, obj["input"], "input", json_in)
         output, bad_out = _json_text(cfg, obj["output"], "output", json_out)
+        if output is not None:  # a label as declared in skill.yaml, whatever its Unicode form or case here
+            output = get_task(cfg).canonical_output(output)
         bad = bad_in or bad_out or get_task(cfg).example_problem(input, output, kind)
         if bad:
             problems.append(f"{where}: {bad}")
@@ -272,7 +274,7 @@ def scan_traffic(path: Path, cfg: SkillConfig) -> tuple[int, list[str]]:
             p = task.input_problem(request)
             bad = f"request: {p[0]}: {p[1]}" if p else None
         if bad is None and obj["accepted"]:
-            p = task.output_problem(reference, request)
+            p = task.output_problem(task.canonical_output(reference), request)
             bad = f"reference: {p[0]}: {p[1]}" if p else None
         if bad:
             problems.append(f"{where}: {bad}")

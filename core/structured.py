@@ -16,10 +16,13 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from core.names import NameRule
+
 Problem = tuple[str, str]  # (snake_case reason, human detail)
 
 # OpenAI's rule for function names.
-FUNCTION_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+FUNCTION_NAME = NameRule(r"[A-Za-z0-9_.\-]{1,64}", "1-64 letters, digits, '_', '.', '-'")  # whole string
+FUNCTION_NAME_RE = FUNCTION_NAME.regex
 # "" in a list of acceptable values means "omitting the argument is also right" (BFCL).
 OMITTED = ""
 
@@ -180,7 +183,7 @@ def check_tool(tool: Any) -> Problem | None:
         return "invalid_tool", 'each tool must be {"type": "function", "function": {...}}'
     fn = tool["function"]
     name = fn.get("name")
-    if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+    if not FUNCTION_NAME.ok(name):
         return "invalid_tool", f"function name {name!r} must be 1-64 letters, digits, '_', '.', '-'"
     unknown = set(fn) - {"name", "description", "parameters", "strict"}
     if unknown:

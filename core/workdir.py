@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
+
+from core.names import NameRule
 
 # A run id becomes one folder name under runs/<skill>/: one safe path part.
 RUN_ID_RULE = ("1-128 ASCII letters, digits, '_', '-' or '.', starting with a letter or digit "
                "(one folder name: no '/', no '..', not absolute)")
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The whole string (NameRule: fullmatch): "r1\n" is not a run id.
+RUN_ID = NameRule(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", RUN_ID_RULE)
 
 
 def work_dir() -> Path:
@@ -35,9 +37,7 @@ def runs_dir(skill: str) -> Path:
 
 def run_id_problem(run_id: Any) -> str | None:
     """Why `run_id` cannot name a run folder, or None."""
-    if isinstance(run_id, str) and _RUN_ID_RE.match(run_id):
-        return None
-    return f"run id {run_id!r} is not allowed: use {RUN_ID_RULE}"
+    return RUN_ID.problem("run id", run_id)
 
 
 def check_run_id(run_id: Any) -> str:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from core.skills import GateConfig
+from core.text import label_form
 from eval_gates.stats import paired_interval
 
 log = logging.getLogger("distill")
@@ -83,9 +84,11 @@ def _cannot_run(gate: GateResult, check: str, label: str, cand: dict, empty: str
 
 
 def _slices_for(keys: dict[str, float], available: list[str]) -> dict[str, float]:
-    """Expand '*' to every slice; explicit entries win."""
+    """Expand '*' to every slice; explicit entries win. A key names the slice it equals by
+    `core.text.label_form` (a label written in NFD in gates.slice_floor, NFC in skill.yaml)."""
     out = {s: keys["*"] for s in available} if "*" in keys else {}
-    out.update({k: v for k, v in keys.items() if k != "*"})
+    by_form = {label_form(s): s for s in available}
+    out.update({(k if k in available else by_form.get(label_form(k), k)): v for k, v in keys.items() if k != "*"})
     return out
 
 

@@ -107,6 +107,7 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
     source = obj.get("reference_source", "unknown")
     if source not in ("llm", "human", "unknown"):
         raise ValueError("'reference_source' must be 'llm' or 'human'")
+    reference = task.canonical_output(reference)  # a label as declared, whatever its Unicode form or case
     if task.one_label and reference not in cfg.labels:
         raise ValueError(f"reference {reference!r} is not one of the labels {cfg.labels}")
     return TrafficRecord(id=obj["id"], timestamp=obj["timestamp"], request=request, reference=reference,

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 from core.records import Example
 from core.skills import FilterConfig, SkillConfig
+from core.tasks.base import label_of
 from filters.base import ExampleFilter
 from filters.normalize import words
 
@@ -34,7 +35,7 @@ class QualityFilter(ExampleFilter):
                 return (bad[0], {"problem": bad[1], "output": ex.output[:200]}) if bad else None
             reason = prompting.validate_output(self.skill, ex.output, ex.input)
             return (reason, {"output": ex.output[:200]}) if reason else None
-        if self.labels and ex.output not in self.labels:
+        if self.labels and label_of(sorted(self.labels), ex.output) is None:  # Unicode form and case aside
             return "not_a_label", {"output": ex.output, "labels": sorted(self.labels)}
         return None
 

@@ -4,7 +4,7 @@ Same layout and API as the local :class:`registry.store.Registry`; what differs 
 the guarantees are kept without rename or flock:
 
 * **Staging, then one visible step.** A publisher uploads every file under
-  ``<skill>/.staging/<time>-<id>/`` first (no lock held: slow uploads block nobody), then,
+  ``<skill>/.staging/<random id>/`` first (no lock held: slow uploads block nobody), then,
   holding the skill's lock, claims version N, copies the staged files into
   ``<skill>/versions/N/`` (server-side copies) and writes ``checksums.json`` LAST. That
   manifest is the version's marker: readers list only versions that have one, so a
@@ -30,8 +30,13 @@ the guarantees are kept without rename or flock:
   promise that one publisher at a time writes it. Reading works everywhere.
 * **Atomic alias moves.** One object ``PUT`` replaces ``aliases.json`` (readers see the
   old or the new content); alias writers hold the lock.
-* **Leftovers.** Staging prefixes and unmarked claimed versions older than
-  ``ABANDONED_AFTER_S`` are removed by the next publisher.
+* **Leftovers, judged on the store's clock only.** The next publisher removes staging prefixes and
+  unmarked claimed versions older than ``ABANDONED_AFTER_S``, where "older" compares the store's own
+  modification times (S3 ``LastModified``) with the store's time of the lease it has just renewed:
+  never a writer's wall clock (a publisher whose clock ran 2 h behind lost its live upload to another's
+  clean-up). A publisher waiting for the lock refreshes its staging (``.alive``) so it never looks
+  abandoned, the cleaner's own staging (named in its lease) is never removed, and a store that
+  records no modification times gets no clean-up at all.
 
 * **Verified before an alias moves.** A publish re-reads the version it just committed and checks
   every file's sha256 before pointing an alias at it; promote and rollback do the same.
@@ -46,12 +51,12 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -69,10 +74,11 @@ CLAIM_FILE = ".claim"
 LOCK_LEASE_S = 300.0
 # How long a publisher waits for the lock before giving up with a clear error.
 LOCK_WAIT_S = 600.0
-# Staging uploads / claimed-but-unmarked versions older than this belong to a dead publisher.
+# Staging uploads / claimed-but-unmarked versions older than this, by the store's own clock, belong to
+# a dead publisher. A live one waiting for the lock refreshes its staging every tenth of it.
 ABANDONED_AFTER_S = 3600.0
+ALIVE_FILE = ".alive"
 SINGLE_WRITER_ENV = "DISTILL_REGISTRY_SINGLE_WRITER"
-_STAGING_TOKEN_RE = re.compile(r"^([0-9]{1,12})-.")
 # memory:// lives in this process: one mutex makes its create-if-absent and compare-and-swap exact.
 _MEMORY_GUARD = threading.Lock()
 
@@ -81,6 +87,25 @@ def _precondition_failed(e: BaseException) -> bool:
     """s3fs maps a failed If-None-Match to FileExistsError, a failed If-Match to OSError(EINVAL)."""
     return isinstance(e, FileExistsError) or (isinstance(e, OSError) and e.errno == errno.EINVAL
                                               and "condition" in str(e).lower())
+
+
+def modified_at(info: dict[str, Any]) -> float | None:
+    """An object's modification time as the STORE recorded it (POSIX seconds), from an fsspec info
+    dict: S3 ``LastModified``, Azure ``last_modified``, GCS ``updated``, local ``mtime``, memory://
+    ``created``. None when the store records none (its objects are then never judged stale)."""
+    for key in ("LastModified", "last_modified", "updated", "mtime", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return None
 
 
 def _lease(data: bytes) -> dict[str, Any]:
@@ -244,6 +269,17 @@ class ObjectRegistry(Registry):
             return []
         return sorted(p[len(self.base) + 1:] for p in found if p.startswith(prefix))
 
+    def _find_times(self, rel: str) -> dict[str, float | None]:
+        """{path relative to the registry root: the store's modification time (`modified_at`)} for
+        every file under `rel` (fresh listing)."""
+        self.fs.invalidate_cache()
+        prefix = self._p(rel).rstrip("/") + "/"
+        try:
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(self.base) + 1:]: modified_at(info) for p, info in found.items() if p.startswith(prefix)}
+
     def _version_names(self, skill: str, version: int) -> set[str]:
         base = f"{skill}/{VERSIONS_DIR}/{version}/"
         return {r[len(base):] for r in self._find(base.rstrip("/"))} - {CLAIM_FILE}
@@ -330,16 +366,21 @@ class ObjectRegistry(Registry):
     # ------------------------------------------------------------------ lock
 
     @contextmanager
-    def _lock(self, skill: str) -> Iterator[None]:
-        """Hold ``<skill>/.lock`` (see the module docstring); raises RegistryUnavailable after LOCK_WAIT_S."""
+    def _lock(self, skill: str, staging: str | None = None) -> Iterator[None]:
+        """Hold ``<skill>/.lock`` (see the module docstring); raises RegistryUnavailable after LOCK_WAIT_S.
+
+        `staging`: this publisher's staging prefix, named in its lease and refreshed (``.alive``) while
+        it waits, so no other publisher's clean-up takes it for abandoned."""
         rel = f"{_check_name('skill', skill)}/{LOCK_FILE}"
         self._require_exclusion(f"lock skill {skill!r}")
         owner = uuid.uuid4().hex
+        # taken_at: for people reading the lease; nothing compares it (it is this host's clock).
         body = json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
-                           "taken_at": time.time()}).encode()
+                           "taken_at": time.time(), "staging": staging}).encode()
         deadline = time.monotonic() + LOCK_WAIT_S
         watched: tuple[str, float] | None = None  # (token of the lease seen, monotonic time first seen)
         delay = 0.02
+        beat = time.monotonic()
         while True:
             if self._create(rel, body):
                 break
@@ -360,6 +401,9 @@ class ObjectRegistry(Registry):
             if time.monotonic() > deadline:
                 raise RegistryUnavailable(f"{self._where(rel)}: could not get the skill's lock in {LOCK_WAIT_S:.0f} s "
                                           "(another publisher holds it)")
+            if staging is not None and time.monotonic() - beat >= ABANDONED_AFTER_S / 10:
+                self._touch(staging)  # still alive: the holder's clean-up keeps it
+                beat = time.monotonic()
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
         held = self._held()
@@ -373,6 +417,24 @@ class ObjectRegistry(Registry):
             except Exception as e:  # after a commit: log it; a lease left behind is broken after LOCK_LEASE_S
                 log.warning("%s: could not release the lock (%s: %s); it will be broken after %.0f s",
                             self._where(rel), type(e).__name__, e, LOCK_LEASE_S)
+
+    def _touch(self, staging: str) -> None:
+        """Rewrite ``<staging>/.alive``: the store stamps it with its own time."""
+        self.fs.pipe_file(self._p(f"{staging}/{ALIVE_FILE}"), uuid.uuid4().hex.encode())
+
+    def _store_now(self, skill: str) -> float | None:
+        """The store's own current time: this thread's lease on `skill` renewed (a compare-and-swap of
+        it with a fresh nonce), then its modification time as the store records it. None when the
+        store records none. RegistryUnavailable when the lease is no longer ours."""
+        rel = f"{skill}/{LOCK_FILE}"
+        owner = self._held().get(skill, (None, 0.0))[0]
+        current = self._token(rel)
+        lease = _lease(current[1]) if current is not None else {}
+        if owner is None or lease.get("owner") != owner or \
+                not self._replace_if(rel, current[0], json.dumps({**lease, "renewed": uuid.uuid4().hex}).encode()):
+            raise RegistryUnavailable(f"skill {skill!r}: the lock was taken over: not cleaning up")
+        self.fs.invalidate_cache()
+        return modified_at(self.fs.info(self._p(rel)))
 
     def _held(self) -> dict[str, tuple[str, float]]:
         if not hasattr(self._tls, "held"):
@@ -411,28 +473,40 @@ class ObjectRegistry(Registry):
         claimed = self._version_files(skill)  # claimed numbers are never reused
         return max(claimed, default=0) + 1
 
-    def _clean_abandoned(self, skill: str) -> None:
-        """Remove what dead publishers left: old staging uploads and old unmarked versions."""
-        now = time.time()
-        staging: dict[str, list[str]] = {}
-        for rel in self._find(f"{skill}/{STAGING_DIR}"):
+    def _clean_abandoned(self, skill: str, keep: str | None = None) -> None:
+        """Remove what dead publishers left (lock held): staging uploads and unmarked versions whose
+        newest object is older than ABANDONED_AFTER_S, both times the store's own (`_store_now`,
+        `modified_at`), never a writer's clock. `keep`: this publisher's own staging, never removed.
+        Objects without a modification time, and everything on a store that records none, stay."""
+        now = self._store_now(skill)
+        if now is None:
+            log.warning("%s: the store records no modification times: leftovers are not cleaned up",
+                        self._where(skill))
+            return
+
+        def abandoned(times: list[float | None]) -> bool:
+            return bool(times) and None not in times and now - max(times) > ABANDONED_AFTER_S  # type: ignore[type-var]
+
+        staging: dict[str, dict[str, float | None]] = {}
+        for rel, when in self._find_times(f"{skill}/{STAGING_DIR}").items():
             parts = rel.split("/")
             if len(parts) > 3:  # <skill>/.staging/<token>/<file>; anything else is not ours
-                staging.setdefault(parts[2], []).append(rel)
-        for token, rels in staging.items():
-            m = _STAGING_TOKEN_RE.match(token)
-            if m and now - int(m.group(1)) > ABANDONED_AFTER_S:
-                self.fs.rm([self._p(r) for r in rels])
+                staging.setdefault(f"{skill}/{STAGING_DIR}/{parts[2]}", {})[rel] = when
+        for prefix, files in staging.items():
+            if prefix != keep and abandoned(list(files.values())):
+                self.fs.rm([self._p(r) for r in files])
         for n, names in self._version_files(skill).items():
             if CHECKSUMS_FILE in names or names == {CLAIM_FILE}:
                 continue
-            claim = self._read_text(f"{skill}/{VERSIONS_DIR}/{n}/{CLAIM_FILE}")
+            vrel = f"{skill}/{VERSIONS_DIR}/{n}"
+            claim = self._read_text(f"{vrel}/{CLAIM_FILE}")
             try:
-                claimed_at = float(json.loads(claim)["time"]) if claim else 0.0
-            except (ValueError, KeyError, TypeError):
-                claimed_at = 0.0
-            if now - claimed_at > ABANDONED_AFTER_S:
-                self.fs.rm([self._p(f"{skill}/{VERSIONS_DIR}/{n}/{x}") for x in names - {CLAIM_FILE}])
+                withdrawn = bool(json.loads(claim).get("withdrawn")) if claim else False  # our marker, not a clock
+            except (ValueError, AttributeError):
+                withdrawn = False
+            times = self._find_times(vrel)
+            if withdrawn or abandoned(list(times.values())):
+                self.fs.rm([self._p(f"{vrel}/{x}") for x in names - {CLAIM_FILE}])
 
     def publish(
         self,
@@ -455,7 +529,7 @@ class ObjectRegistry(Registry):
         if existing is not None:
             log.info("%s run %s is already published as version %d: not publishing it again", skill, run_id, existing)
             return existing
-        staging = f"{skill}/{STAGING_DIR}/{int(time.time())}-{uuid.uuid4().hex}"
+        staging = f"{skill}/{STAGING_DIR}/{uuid.uuid4().hex}"  # no clock in the name: nobody may judge it by one
         checksums: dict[str, str] = {}
         try:
             for name in ADAPTER_FILES:
@@ -465,13 +539,18 @@ class ObjectRegistry(Registry):
                 data = text.encode("utf-8")
                 checksums[name] = sha256_bytes(data)
                 self.fs.pipe_file(self._p(f"{staging}/{name}"), data)
-            with self._lock(skill):
+            with self._lock(skill, staging=staging):
                 existing = self.published_run(skill, run_id)
                 if existing is not None:
                     log.info("%s run %s is already published as version %d: not publishing it again",
                              skill, run_id, existing)
                     return existing
-                self._clean_abandoned(skill)
+                self._clean_abandoned(skill, keep=staging)
+                missing = set(checksums) - {r.rsplit("/", 1)[-1] for r in self._find(staging)}
+                if missing:  # only after a pause longer than ABANDONED_AFTER_S: upload again
+                    raise RegistryUnavailable(
+                        f"{self._where(staging)}: the staged upload lost {', '.join(sorted(missing))} (removed as "
+                        f"abandoned after {ABANDONED_AFTER_S:g} s by the store's clock); publish again")
                 version = self._commit(skill, staging, checksums, model_card)
                 if alias is not None:
                     try:
@@ -501,7 +580,7 @@ class ObjectRegistry(Registry):
         """Claim the next number, copy the staged files in, write the marker last (lock held)."""
         version = self._next_version(skill)
         vrel = f"{skill}/{VERSIONS_DIR}/{version}"
-        claim = json.dumps({"time": time.time(), "staging": staging}).encode()
+        claim = json.dumps({"time": time.time(), "staging": staging}).encode()  # time: for people, never compared
         if not self._create(f"{vrel}/{CLAIM_FILE}", claim):
             raise RegistryError(
                 f"version {version} of skill {skill!r} already exists at {self._where(vrel)}; versions are immutable"

@@ -20,9 +20,10 @@ from registry.store import RegistryError
 
 from core.lora_serving import EMBEDDING_MODULES, VLLM_MAX_LORA_RANKS, target_modules_problem  # noqa: F401
 # Tensor names vLLM's LoRA loader accepts (vllm/lora/utils.py parse_fine_tuned_lora_name).
+# Whole name (\Z, and vllm_tensor_problems uses fullmatch): no trailing newline.
 VLLM_LORA_TENSOR = re.compile(
-    r"^base_model\.model\.(?P<module>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\."
-    r"(?:lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)$"
+    r"base_model\.model\.(?P<module>[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)\."
+    r"(?:lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B)\Z"
 )
 
 
@@ -51,7 +52,7 @@ def vllm_tensor_problems(names: Iterable[str]) -> list[str]:
     """The tensor names vLLM's LoRA loader refuses (empty: it loads every one), each with the reason."""
     out = []
     for name in sorted(names):
-        if not VLLM_LORA_TENSOR.match(name):
+        if not VLLM_LORA_TENSOR.fullmatch(name):
             what = ("a whole base-model weight (an embedding or head in target_modules makes PEFT save it)"
                     if any(f".{m}." in f".{name}" for m in EMBEDDING_MODULES) else "not a LoRA factor")
             out.append(f"{name}: {what}; vLLM accepts only base_model.model.<module>.lora_A.weight/lora_B.weight")

@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from core.names import NameRule
 from core.records import atomic_write_text, now_iso, parse_jsonl_lines, split_jsonl, write_json
 from core.workdir import registry_root, work_dir
 
@@ -60,10 +61,11 @@ ACTIONS = ("publish", "promote", "rollback")
 PRODUCTION = "production"
 CACHE_DIR = "registry-cache"  # under DISTILL_HOME: local copies of versions pulled from remote storage
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Whole-string rules (NameRule: fullmatch; `$` would let "production\n" or "3\n" through).
+_NAME = NameRule(r"[A-Za-z0-9][A-Za-z0-9_.-]*", "letters, digits, '_', '-', '.', not starting with '.' or '-'")
 # Version numbers as written in paths and refs: ASCII digits, no leading zero ("²".isdigit() is True,
 # and int("٣") is 3: neither is a version folder name).
-_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
+_VERSION = NameRule(r"[1-9][0-9]{0,17}", "integers 1, 2, 3, ...")
 _URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 log = logging.getLogger("distill." + __name__)
 
@@ -117,12 +119,12 @@ def storage_error(where: str, action: str, e: BaseException) -> RegistryError:
 
 def is_version_name(name: Any) -> bool:
     """True for the folder names of versions: ASCII digits without a leading zero ("3", not "03", "²")."""
-    return isinstance(name, str) and bool(_VERSION_RE.match(name))
+    return _VERSION.ok(name)
 
 
 def is_skill_name(name: Any) -> bool:
     """True for names the registry accepts as a skill (letters, digits, '_', '-', '.', not starting with '.' or '-')."""
-    return isinstance(name, str) and bool(_NAME_RE.match(name))
+    return _NAME.ok(name)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -157,10 +159,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _check_name(kind: str, name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RegistryError(
-            f"invalid {kind} name {name!r}: use letters, digits, '_', '-', '.', not starting with '.' or '-'"
-        )
+    if not _NAME.ok(name):
+        raise RegistryError(f"invalid {kind} name {name!r}: use {_NAME.rule}")
     return name
 
 

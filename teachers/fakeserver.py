@@ -78,7 +78,8 @@ class TokenBucket:
 class FakeOpenAIServer:
     """`rate_limit`: requests/s allowed (token bucket of `burst` requests, 5% of a second's by
     default); a request beyond it is refused at once with 429 and the wait for the next token
-    in `Retry-After` (seconds, 3 decimals) and `retry-after-ms`, before any fault or delay."""
+    in `Retry-After` (whole seconds, rounded up: RFC 9110 delay-seconds) and `retry-after-ms`, before
+    any fault or delay."""
 
     def __init__(self, delay_s: float = 0.0, fault: FaultPolicy | None = None,
                  answer: Callable[[str, dict], str] = default_answer, slow_s: float = 5.0, retry_after: str = "1",
@@ -167,7 +168,7 @@ class FakeOpenAIServer:
             self.limited_times.append(time.monotonic())
             ms = math.ceil(wait * 1000)
             return web.json_response({"error": {"message": "rate limit exceeded", "type": "requests"}}, status=429,
-                                     headers={"Retry-After": f"{ms / 1000:.3f}", "retry-after-ms": str(ms)})
+                                     headers={"Retry-After": str(math.ceil(ms / 1000)), "retry-after-ms": str(ms)})
         fault = self.fault(prompt, self.per_prompt[prompt], self.total) if self.fault else None
         if fault:
             self.faults[fault] += 1

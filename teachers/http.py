@@ -8,11 +8,11 @@ header of the client and nowhere else (not in errors, identity, cache or logs).
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -41,41 +41,64 @@ def first_token_scores(top: dict[str, float], options: tuple[str, ...]) -> dict[
     return out
 
 
-def _seconds(value: float) -> float | None:
-    """A finite, non-negative wait, else None (inf, NaN and negative hints are not hints)."""
-    return value if math.isfinite(value) and value >= 0 else None
+# RFC 9110 10.2.3: Retry-After = HTTP-date / delay-seconds, delay-seconds = 1*DIGIT (ASCII digits only:
+# not "1e9", "5.0", "+5", " 5", "inf" or "٣"). More than 10 digits (over 300 years) is not a wait either.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
+# The three HTTP-date forms a recipient must accept (RFC 9110 5.6.7), whole string, ASCII only.
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = r"(?P<mon>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"(?P<h>[0-9]{2}):(?P<m>[0-9]{2}):(?P<s>[0-9]{2})"
+_HTTP_DATES = (
+    re.compile(rf"{_DAY}, (?P<d>[0-9]{{2}}) {_MONTH} (?P<y>[0-9]{{4}}) {_TIME} GMT"),  # IMF-fixdate
+    re.compile(r"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+               rf"(?P<d>[0-9]{{2}})-{_MONTH}-(?P<y>[0-9]{{2}}) {_TIME} GMT"),  # obsolete RFC 850
+    re.compile(rf"{_DAY} {_MONTH} (?P<d>[ 0-9][0-9]) {_TIME} (?P<y>[0-9]{{4}})"),  # obsolete asctime (GMT)
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(value: str) -> datetime | None:
+    """An RFC 9110 HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms) as an aware
+    UTC datetime; None for anything else (another zone, missing "GMT", extra spaces, a bad day)."""
+    for form in _HTTP_DATES:
+        m = form.fullmatch(value)
+        if m is None:
+            continue
+        year = int(m["y"])
+        if len(m["y"]) == 2:  # RFC 9110: a two-digit year more than 50 years ahead is in the past century
+            now = datetime.now(timezone.utc).year
+            year += now - now % 100
+            if year > now + 50:
+                year -= 100
+        try:
+            return datetime(year, _MONTHS.index(m["mon"]) + 1, int(m["d"]), int(m["h"]), int(m["m"]), int(m["s"]),
+                            tzinfo=timezone.utc)
+        except ValueError:  # 31 Feb, 25:00:00
+            return None
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds, or an HTTP date read as UTC whatever this machine's
-    time zone (RFC 9110: GMT; a date without a zone is taken as UTC too); None when absent,
-    unreadable, non-finite or negative (the caller backs off instead)."""
+    """Retry-After as seconds, per RFC 9110: delay-seconds (`1*DIGIT`, ASCII) or an HTTP-date (always
+    GMT, whatever this machine's time zone; a date in the past is 0). None when absent or anything
+    else ("1e9", "5.0", "-1", "+5", " 5", "inf", "٣", 11+ digits): the caller backs off on its own."""
     if not value:
         return None
-    try:
-        return _seconds(float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    if _DELAY_SECONDS.fullmatch(value):
+        return float(int(value))
+    when = http_date(value)
+    if when is None:
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _retry_after_of(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms` (OpenAI's, more precise) or `Retry-After`; None if neither
-    holds a usable value. Callers cap it (ClientSettings.max_retry_wait_s)."""
+    """Seconds to wait from `retry-after-ms` (OpenAI's, more precise; ASCII digits only, like
+    delay-seconds) or `Retry-After`; None if neither holds a valid value. Callers cap it
+    (ClientSettings.max_retry_wait_s)."""
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            got = _seconds(float(ms) / 1000)
-        except ValueError:
-            got = None
-        if got is not None:
-            return got
+    if ms and _DELAY_SECONDS.fullmatch(ms):
+        return int(ms) / 1000
     return _retry_after(headers.get("retry-after"))
 
 

@@ -32,6 +32,7 @@ from core.records import Example, Rejected, content_id, write_examples, write_js
 from core.skills import Skill, SkillConfig
 from core.tasks import answer_grammar_for, get_task
 from core.tasks.base import NEW_TOOLS
+from core.text import normalize
 from teachers.base import Completion, Failure, Request
 from teachers.client import Teacher
 from teachers.shots import ShotPicker
@@ -238,7 +239,9 @@ def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str
             rejected.append(Rejected(ex, stage, o.cause, detail))
             continue
         bad = _validate_input(cfg, inp)
-        if bad is None and plan.meta.get("source_input") and " ".join(plan.meta["source_input"].split()).lower() == text.lower():
+        # The one notion of "same text" (core.text.normalize): a rewrite that only adds invisibles,
+        # case or punctuation is the source again.
+        if bad is None and plan.meta.get("source_input") and normalize(plan.meta["source_input"]) == normalize(text):
             bad = "unchanged_rewrite"
         if bad:
             rejected.append(Rejected(ex, stage, bad, {"raw": o.text[:200]}))

@@ -28,12 +28,14 @@ Every metric is in [0, 1] so one `margin` means the same for every type.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+import regex
+
 from core import structured
 from core.records import Example
+from core.text import invisible_table, label_form
 
 if TYPE_CHECKING:  # core.config validates `task` against this registry: no import at run time
     from core.config import SkillConfig
@@ -63,10 +65,28 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+# A character of a label key: a word character or a combining mark (the dot "İ" folds to, a
+# mark NFC has no precomposed letter for); anything else but '-' separates words.
+_NOT_KEY = regex.compile(r"[^\w\p{M}\-]|_")
+
+
 def label_key(text: str) -> str:
-    """How an answer is matched to a label: case-folded (any script), punctuation other than '-'
-    dropped, '_' and spaces alike ("Feature Request." -> "feature request")."""
-    return " ".join(re.sub(r"[^\w\- ]|_", " ", text.casefold()).split())
+    """How an answer is read as a label (the lenient parse): `core.text.label_form` (NFC, case-folded
+    in any script), invisible code points dropped, punctuation other than '-' dropped, '_' and spaces
+    alike ("Feature Request." -> "feature request", "FACTURACIÓN" -> "facturación" whichever
+    normal form either is written in)."""
+    folded = label_form(text if text.isascii() else text.translate(invisible_table()))
+    return " ".join(_NOT_KEY.sub(" ", folded).split())
+
+
+def label_of(labels: Sequence[str], text: str | None) -> str | None:
+    """The label of `labels` (as declared) that `text` is, compared by `core.text.label_form`; None
+    when `text` is None or no label. The one strict label comparison of the metric, the seeds, eval
+    and traffic readers and the quality filter."""
+    if text is None:
+        return None
+    form = label_form(text)
+    return next((lab for lab in labels if label_form(lab) == form), None)
 
 
 def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> list[str]:
@@ -78,9 +98,11 @@ def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> lis
     out = []
     if len(cfg.labels) < minimum:
         out.append(f"labels: a {cfg.task} skill needs at least {minimum} labels")
-    if len(set(cfg.labels)) != len(cfg.labels):
-        out.append("labels: duplicate label")
-    if any(not lab.strip() or lab != lab.strip() or "\n" in lab for lab in cfg.labels):
+    dups = sorted({lab for lab in cfg.labels if cfg.labels.count(lab) > 1})
+    if dups:
+        out.append(f"labels: duplicate label(s) {', '.join(map(repr, dups))}")
+    # One line as str.splitlines sees it (U+2028, U+0085, \r too): the parser reads the first line.
+    if any(not lab.strip() or lab != lab.strip() or len(lab.splitlines()) != 1 for lab in cfg.labels):
         out.append("labels: each label is a non-empty single line without surrounding spaces")
     seen: dict[str, str] = {}
     for lab in cfg.labels:  # every label must parse back as itself
@@ -88,8 +110,8 @@ def labels_problems(cfg: "SkillConfig", required: bool, minimum: int = 2) -> lis
         if not key:
             out.append(f"labels: {lab!r} has no letters or digits, so no answer can be read as it; rename it")
         elif key in seen and seen[key] != lab:
-            out.append(f"labels: {seen[key]!r} and {lab!r} read the same once case and punctuation are ignored; "
-                       f"rename one")
+            out.append(f"labels: {seen[key]!r} and {lab!r} read the same once Unicode form (NFC), case and "
+                       f"punctuation are ignored (key {key!r}); rename one")
         seen.setdefault(key, lab)
     return out
 
@@ -168,6 +190,12 @@ class TaskType:
     def output_problem(self, output: str, input: str | None = None) -> Problem | None:
         """(snake_case reason, detail) when `output` (canonical text) is not a valid answer, else None."""
         return None if output.strip() else ("empty_output", "the answer is empty")
+
+    def canonical_output(self, output: str) -> str:
+        """A human-written answer (a seeds or eval row, a traffic reference) as the type stores and
+        compares it; label types give each label as declared in skill.yaml (`label_of`). Default:
+        unchanged. Never raises: a non-answer comes back as it is, for `output_problem` to judge."""
+        return output
 
     def input_problem(self, input: str) -> Problem | None:
         """(snake_case reason, detail) when `input` is not a valid input, else None."""

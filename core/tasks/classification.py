@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from core.records import Example
-from core.tasks.base import INVALID, TaskType, label_key, labels_problems, no_output_schema, register
+from core.tasks.base import INVALID, TaskType, label_key, label_of, labels_problems, no_output_schema, register
 
 
 def classification_metrics(golds: list[str], preds: list[str | None], labels: list[str]) -> dict:
@@ -86,15 +86,23 @@ class Classification(TaskType):
         words = (raw or "").strip().split()
         return len(words) > 1 and self.parse_output(raw) is not None
 
+    def label_of(self, text):
+        """The declared label `text` is (Unicode form and case aside: core.text.label_form), or None."""
+        return label_of(self.cfg.labels, text)
+
+    def canonical_output(self, output):
+        return self.label_of(output) or output
+
     def output_problem(self, output, input=None):
         labels = self.cfg.labels
-        return None if output in labels else ("not_a_label", f"{output!r} is not one of {labels}")
+        return None if self.label_of(output) is not None else ("not_a_label", f"{output!r} is not one of {labels}")
 
     def example_problem(self, input, output, kind):
         bad = self.input_problem(input)
         if bad:
             return f"input: {bad[0]}: {bad[1]}"
-        return None if output in self.cfg.labels else f"output {output!r} is not one of the labels {self.cfg.labels}"
+        return None if self.label_of(output) is not None else \
+            f"output {output!r} is not one of the labels {self.cfg.labels}"
 
     def answer_schema(self, input=None):
         # A JSON string among the labels (a quoted label, which parse_output accepts).
@@ -113,21 +121,27 @@ class Classification(TaskType):
 
     # --- metric --------------------------------------------------------------------------------------------------
 
+    # Gold and prediction are both read as declared labels (label_of): a gold written in NFD and a
+    # prediction in NFC, or in another case, are the same label.
+
     def score(self, example: Example, prediction):
-        valid = prediction is not None and prediction in self.cfg.labels
-        return {"accuracy": float(valid and prediction == example.output), "valid": float(valid)}
+        pred = self.label_of(prediction)
+        valid = pred is not None
+        return {"accuracy": float(valid and pred == self.label_of(example.output)), "valid": float(valid)}
 
     def error(self, example, prediction):
-        if prediction is None or prediction not in self.cfg.labels:
+        pred = self.label_of(prediction)
+        if pred is None:
             return "invalid_output"
-        return None if prediction == example.output else f"{example.output} -> {prediction}"
+        gold = self.canonical_output(example.output or "")
+        return None if pred == gold else f"{gold} -> {pred}"
 
     def slice_of(self, example):
-        return example.output  # per-label recall: the gold label is the slice
+        return self.canonical_output(example.output or "")  # per-label recall: the gold label is the slice
 
     def aggregate(self, per_item, examples, predictions):
-        preds = [p if p in self.cfg.labels else None for p in predictions]
-        m = classification_metrics([e.output for e in examples], preds, self.cfg.labels)
+        preds = [self.label_of(p) for p in predictions]
+        m = classification_metrics([self.canonical_output(e.output or "") for e in examples], preds, self.cfg.labels)
         m["primary"] = self.primary
         m["slices"] = dict(m["per_label_recall"])
         m["errors"] = self.error_counts(examples, predictions)

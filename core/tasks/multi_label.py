@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from core.tasks.base import TaskType, labels_problems, no_output_schema, register
+from core.tasks.base import TaskType, label_key, label_of, labels_problems, no_output_schema, register
 
 SEPARATOR = ", "
 
@@ -41,13 +41,14 @@ class MultiLabel(TaskType):
 
     def _set(self, text: str | None) -> list[str] | None:
         """The labels named in `text` (canonical answer or raw model output), in declared order;
-        None when an item is not a label or nothing is named."""
+        None when an item is not a label or nothing is named. Items are read by `label_key`, the
+        classification parser's rule (Unicode form, case, punctuation and '_' vs ' ' aside)."""
         if not text:
             return None
-        by_key = {re.sub(r"\s+", "_", lab.strip().lower()): lab for lab in self.cfg.labels}
+        by_key = {label_key(lab): lab for lab in self.cfg.labels}
         got = set()
         for part in re.split(r"[,;]", text):
-            key = re.sub(r"\s+", "_", re.sub(r"[^\w\- ]", " ", part).strip().lower())
+            key = label_key(part)
             if not key:
                 continue
             if key not in by_key:
@@ -66,11 +67,16 @@ class MultiLabel(TaskType):
         labels = self._set(first)
         return SEPARATOR.join(labels) if labels else None
 
+    def canonical_output(self, output):
+        # Each item as declared (label_form), order and separators kept: output_problem still judges them.
+        parts = output.split(SEPARATOR)
+        return SEPARATOR.join(label_of(self.cfg.labels, part) or part for part in parts)
+
     def output_problem(self, output, input=None):
         labels = self._set(output)
         if labels is None:
             return "not_a_label", f"{output!r} is not one or more of {self.cfg.labels} joined by ', '"
-        if SEPARATOR.join(labels) != output:
+        if SEPARATOR.join(labels) != self.canonical_output(output):  # Unicode form and case of each item aside
             return "not_canonical", f"write the labels once each, in the declared order: {SEPARATOR.join(labels)!r}"
         return None
 

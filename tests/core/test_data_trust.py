@@ -23,11 +23,23 @@ REPO = Path(__file__).resolve().parents[2]
 ZWSP = "\u200b"
 
 
-def _zero_width(text: str) -> str:
+def _zero_width(text: str, mark: str = ZWSP) -> str:
     out = []
     for i, w in enumerate(text.split(" "), 1):
-        out.append(w + (ZWSP if i % 3 == 0 else ""))
-    return out[0][:2] + ZWSP + " ".join(out)[2:]  # and one inside the first word (short texts too)
+        out.append(w + (mark if i % 3 == 0 else ""))
+    return out[0][:2] + mark + " ".join(out)[2:]  # and one inside the first word (short texts too)
+
+
+def _inside_words(text: str, mark: str) -> str:
+    """`mark` inside every word of 3+ characters (after its second character)."""
+    return " ".join(w[:2] + mark + w[2:] if len(w) > 2 else w for w in text.split(" "))
+
+
+# Invisible code points not in category Cf (the old normalizer kept them): the combining grapheme
+# joiner (Mn), a variation selector (Mn), a Hangul filler (Lo), a tag character (Cf, but unassigned
+# in older data), a Mongolian free variation selector (Mn).
+INVISIBLES = {"cgj": "\u034f", "vs16": "\ufe0f", "hangul_filler": "\u3164", "halfwidth_filler": "\uffa0",
+              "choseong_filler": "\u115f", "tag": "\U000e0041", "mongolian_fvs": "\u180b"}
 
 
 # ---- one normalizer ---------------------------------------------------------------------------------------------
@@ -66,7 +78,7 @@ def _contamination(eval_items: list[Example]) -> Contamination:
 
 
 @pytest.mark.parametrize("skill_name", ["ticket-triage", "json-extraction", "tool-calling"])
-@pytest.mark.parametrize("disguise", ["zero_width", "html_escape"])
+@pytest.mark.parametrize("disguise", ["zero_width", "html_escape", *INVISIBLES])
 def test_disguised_copies_of_every_shipped_eval_item_are_contamination(skill_name, disguise):
     from filters.stage import dedup_text
 
@@ -76,8 +88,11 @@ def test_disguised_copies_of_every_shipped_eval_item_are_contamination(skill_nam
     missed = []
     for ev in skill.eval_set:
         shown = text(ev.input)
-        fake = _zero_width(shown) if disguise == "zero_width" else \
-            "<p>" + html.escape(shown).replace(" ", "&nbsp;", 2) + "</p>"
+        if disguise in INVISIBLES:
+            fake = _inside_words(shown, INVISIBLES[disguise])
+        else:
+            fake = _zero_width(shown) if disguise == "zero_width" else \
+                "<p>" + html.escape(shown).replace(" ", "&nbsp;", 2) + "</p>"
         inp = fake
         if ev.input.startswith("{"):  # a function call: the request is disguised, the tools kept
             inp = canonical_json({**json.loads(ev.input), "request": fake})

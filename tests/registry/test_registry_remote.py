@@ -171,14 +171,18 @@ def test_failed_alias_move_withdraws_the_version(url, adapter, monkeypatch):
 
 
 def test_a_version_without_its_marker_is_invisible_then_cleaned(url, adapter, monkeypatch):
-    """A publisher that died after claiming and copying but before writing checksums.json."""
+    """A publisher that died after claiming and copying but before writing checksums.json. Age is the
+    store's own: the objects' modification times against the store's time of the renewed lease (S3
+    keeps whole seconds, hence the margins)."""
+    monkeypatch.setattr(remote_mod, "ABANDONED_AFTER_S", 2.0)
     reg = Registry(url)
     reg.publish(SKILL, adapter, **publish_args())
-    old = time.time() - remote_mod.ABANDONED_AFTER_S - 10
-    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/2/.claim", json.dumps({"time": old}).encode())
+    future = time.time() + 86400  # what a claim says about its time is never read
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/2/.claim", json.dumps({"time": future}).encode())
     reg.fs.pipe_file(f"{reg.base}/{SKILL}/versions/2/adapter_model.safetensors", b"half")
-    reg.fs.pipe_file(f"{reg.base}/{SKILL}/.staging/{int(old)}-dead/adapter_model.safetensors", b"half")
-    young = f"{reg.base}/{SKILL}/.staging/{int(time.time())}-alive/adapter_model.safetensors"
+    reg.fs.pipe_file(f"{reg.base}/{SKILL}/.staging/{int(future)}-dead/adapter_model.safetensors", b"half")
+    time.sleep(3.5)
+    young = f"{reg.base}/{SKILL}/.staging/0-alive/adapter_model.safetensors"  # a name that "looks" 56 years old
     reg.fs.pipe_file(young, b"uploading")
     assert reg.versions(SKILL) == [1]
     with pytest.raises(RegistryError, match="no version 2"):
@@ -291,7 +295,7 @@ def test_a_holder_too_slow_for_its_lease_commits_nothing(url, adapter, tmp_path,
     assert reg.publish(SKILL, adapter, **publish_args()) == 1
     before = reg.snapshot(SKILL)
     monkeypatch.setattr(remote_mod, "LOCK_LEASE_S", 0.4)
-    monkeypatch.setattr(ObjectRegistry, "_clean_abandoned", lambda self, skill: time.sleep(0.3))
+    monkeypatch.setattr(ObjectRegistry, "_clean_abandoned", lambda self, skill, **kw: time.sleep(0.3))
     with pytest.raises(RegistryUnavailable, match="more than half its lease"):
         reg.publish(SKILL, make_adapter(tmp_path, "a2", b"weights-v2"), **publish_args())
     after = reg.snapshot(SKILL)
@@ -343,3 +347,122 @@ def test_two_processes_publishing_to_s3_concurrently(s3_url, adapter, monkeypatc
         reg.verify(SKILL, v)
         assert json.loads(reg._read_text(f"{SKILL}/versions/{v}/README.md").split("# v")[1]) == v
     assert not [k for k in reg.snapshot(SKILL) if k.startswith(".") or "/." in k and not k.endswith("/.claim")]
+
+
+# ---- issue 35 (5): a clean-up never judges another writer's staging by that writer's clock --------------------------
+
+
+def _per_thread_clock(offsets: dict[str, float]):
+    """registry.remote's `time` with a wall clock per thread name (hosts whose clocks disagree)."""
+    import threading
+
+    real = time.time
+    return type("HostClocks", (), {
+        "time": staticmethod(lambda: real() + offsets.get(threading.current_thread().name, 0.0)),
+        "monotonic": staticmethod(time.monotonic), "sleep": staticmethod(time.sleep)})
+
+
+def _publish_while_another_waits(url, tmp_path, monkeypatch, hold_s: float = 0.0) -> dict:
+    """B takes the lock; A uploads its staging and waits for it; B (after `hold_s`) cleans up and
+    publishes; then A publishes. Returns {"A": version or exception, "B": ...}."""
+    import threading
+    from contextlib import contextmanager
+
+    b_inside, a_waiting = threading.Event(), threading.Event()
+    real_clean, real_lock = ObjectRegistry._clean_abandoned, ObjectRegistry._lock
+
+    def clean(self, skill, **kw):
+        if threading.current_thread().name == "B":
+            b_inside.set()
+            assert a_waiting.wait(60)
+            time.sleep(hold_s)
+        return real_clean(self, skill, **kw)
+
+    @contextmanager
+    def lock(self, skill, **kw):
+        if threading.current_thread().name == "A":
+            a_waiting.set()  # its upload is staged; now it waits for the lock B holds
+        with real_lock(self, skill, **kw):
+            yield
+
+    monkeypatch.setattr(ObjectRegistry, "_clean_abandoned", clean)
+    monkeypatch.setattr(ObjectRegistry, "_lock", lock)
+    results: dict = {}
+
+    def run(name):
+        try:
+            results[name] = Registry(url).publish(SKILL, make_adapter(tmp_path, name, f"weights-{name}".encode()),
+                                                  **publish_args())
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            results[name] = e
+
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    assert b_inside.wait(60)
+    a = threading.Thread(target=run, args=("A",), name="A")
+    a.start()
+    a.join(120)
+    b.join(120)
+    return results
+
+
+@pytest.mark.parametrize("offsets", [{"A": -7200.0}, {"B": 7200.0}], ids=["A-2h-behind", "B-2h-ahead"])
+def test_a_delayed_publisher_keeps_its_staging_while_another_publishes(url, tmp_path, monkeypatch, offsets):
+    """The issue's example: A (its clock 2 h behind; or B's 2 h ahead) staged its upload and waits for
+    the lock; B publishes and cleans up. B's clean-up took A's live staging (the token carried A's
+    clock) and A failed with FileNotFoundError."""
+    monkeypatch.setattr(remote_mod, "time", _per_thread_clock(offsets))
+    results = _publish_while_another_waits(url, tmp_path, monkeypatch)
+    assert results == {"B": 1, "A": 2}
+    reg = Registry(url)
+    reg.verify(SKILL, 2)
+    assert reg.resolve(SKILL, version=2).joinpath("adapter_model.safetensors").read_bytes() == b"weights-A"
+    assert reg.aliases(SKILL) == {"production": 2}
+    assert not [k for k in reg.snapshot(SKILL) if k.startswith(".staging")]
+
+
+def test_a_waiting_publisher_refreshes_its_staging_past_the_abandon_age(url, tmp_path, monkeypatch):
+    """A waits for the lock longer than ABANDONED_AFTER_S: its `.alive` keeps its staging young on the
+    store's clock, so B's clean-up leaves it (a live publisher's upload is never removed)."""
+    monkeypatch.setattr(remote_mod, "ABANDONED_AFTER_S", 3.0)
+    results = _publish_while_another_waits(url, tmp_path, monkeypatch, hold_s=4.5)
+    assert results == {"B": 1, "A": 2}
+    Registry(url).verify(SKILL, 2)
+
+
+def test_a_publisher_never_removes_its_own_staging(url, adapter, monkeypatch):
+    """Everything is "abandoned" at once (ABANDONED_AFTER_S = 0): the staging the cleaner's own lease
+    names still stays (the old code, comparing its token's whole seconds, removed it and failed)."""
+    monkeypatch.setattr(remote_mod, "ABANDONED_AFTER_S", 0.0)
+    reg = Registry(url)
+    assert reg.publish(SKILL, adapter, **publish_args()) == 1
+    assert reg.publish(SKILL, adapter, **publish_args()) == 2
+    reg.verify(SKILL, 2)
+
+
+def test_a_staging_lost_to_a_long_pause_is_a_clear_transient_error(url, adapter, monkeypatch):
+    """If a publisher was paused past ABANDONED_AFTER_S and its upload went, it says so (no FileNotFoundError)."""
+    reg = Registry(url)
+    real_clean = ObjectRegistry._clean_abandoned
+
+    def clean(self, skill, keep=None):
+        real_clean(self, skill, keep=keep)
+        self.fs.rm(self._p(keep), recursive=True)  # as if removed while this publisher slept
+
+    monkeypatch.setattr(ObjectRegistry, "_clean_abandoned", clean)
+    with pytest.raises(RegistryUnavailable, match="publish again"):
+        reg.publish(SKILL, adapter, **publish_args())
+    assert reg.versions(SKILL) == []
+
+
+def test_modification_times_are_read_from_every_store_shape():
+    from datetime import datetime, timedelta, timezone
+
+    from registry.remote import modified_at
+
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert modified_at({"LastModified": when}) == when.timestamp()  # S3
+    assert modified_at({"LastModified": when.astimezone(timezone(timedelta(hours=-8)))}) == when.timestamp()
+    assert modified_at({"updated": "2026-01-02T03:04:05Z"}) == when.timestamp()  # GCS
+    assert modified_at({"mtime": 12.5}) == 12.5 and modified_at({"created": when}) == when.timestamp()  # local, memory
+    assert modified_at({"name": "x", "size": 1}) is None and modified_at({"mtime": True}) is None

@@ -433,3 +433,54 @@ def test_a_reason_with_a_unicode_line_separator_keeps_history_and_rollback(reg, 
     assert len(hist) == 3 and hist[-1]["reason"] == f"bad{sep}version 2"
     assert main(["registry", "rollback", SKILL, "--reason", f"undo{sep}it", "--root", str(reg.root)]) == 0
     assert [h["to"] for h in reg.alias_history(SKILL)] == [1, 2, 1, 2] and reg.aliases(SKILL)["production"] == 2
+
+
+@pytest.mark.parametrize("offsets", [{"A": -7200.0}, {"B": 7200.0}], ids=["A-2h-behind", "B-2h-ahead"])
+def test_a_delayed_publisher_loses_nothing_to_another_publishers_clean_up(reg, tmp_path, monkeypatch, offsets):
+    """Issue 35 (5) on the local store: A (its wall clock 2 h behind, or B's ahead) waits for the lock
+    while B publishes and removes stale temp folders. Here a publisher stages only while holding the
+    lock, and B's clean-up judges no clock, so A's upload cannot be another's leftover: both publish."""
+    import threading
+    import time
+    from contextlib import contextmanager
+
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + offsets.get(threading.current_thread().name, 0.0))
+    b_inside, a_waiting = threading.Event(), threading.Event()
+    real_clean, real_lock = Registry._remove_stale_temps, Registry._lock
+
+    def clean(self, sdir):
+        if threading.current_thread().name == "B":
+            b_inside.set()
+            assert a_waiting.wait(60)
+            time.sleep(0.2)  # A is in flock() now
+        return real_clean(self, sdir)
+
+    @contextmanager
+    def lock(self, skill):
+        if threading.current_thread().name == "A":
+            a_waiting.set()
+        with real_lock(self, skill):
+            yield
+
+    monkeypatch.setattr(Registry, "_remove_stale_temps", clean)
+    monkeypatch.setattr(Registry, "_lock", lock)
+    results: dict = {}
+
+    def run(name):
+        try:
+            results[name] = publish(Registry(reg.root), make_adapter(tmp_path, name, f"weights-{name}".encode()))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results[name] = e
+
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    assert b_inside.wait(60)
+    a = threading.Thread(target=run, args=("A",), name="A")
+    a.start()
+    a.join(60)
+    b.join(60)
+    assert results == {"B": 1, "A": 2}
+    reg.verify(SKILL, 2)
+    assert (reg.path(SKILL, 2) / "adapter_model.safetensors").read_bytes() == b"weights-A"
+    assert temp_leftovers(reg) == []

@@ -43,12 +43,12 @@ def test_each_fault_is_retried_and_nothing_is_lost(fake_server):
 
 
 def test_429_honours_retry_after(fake_server):
-    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="0.6")
+    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="1")
     t = _teacher(srv, max_in_flight=8)
     t0 = time.perf_counter()
     out = t.run(_reqs(8))
     assert all(not isinstance(o, Failure) for o in out)
-    assert time.perf_counter() - t0 >= 0.6  # nobody retried before Retry-After
+    assert time.perf_counter() - t0 >= 1.0  # nobody retried before Retry-After
     assert t.report()["retries"] == 8
 
 
@@ -121,7 +121,7 @@ def test_limiter_cuts_once_per_window_by_its_factor():
 
 def test_5xx_is_retried_without_a_cut_but_503_with_retry_after_is_congestion(fake_server):
     for kind, cuts in (("500", 0), ("503", 1)):
-        srv = fake_server(fault=lambda p, nth, total, kind=kind: kind if nth == 1 else None, retry_after="0.01")
+        srv = fake_server(fault=lambda p, nth, total, kind=kind: kind if nth == 1 else None, retry_after="0")
         t = _teacher(srv, max_in_flight=8, throttle_tolerance=0.0)
         out = t.run(_reqs(8))
         assert all(not isinstance(o, Failure) for o in out) and t.report()["retries"] == 8
@@ -259,20 +259,27 @@ def test_self_consistency_keeps_the_majority_with_its_share_as_confidence(fake_s
         assert e.meta["strategy"] == "self_instruct" and e.meta["answer_strategy"] == "self_consistency"
 
 
+# RFC 9110: delay-seconds is 1*DIGIT (ASCII); anything else is not a hint (the client backs off instead).
+NOT_DELAY_SECONDS = ["1e9", "1e400", "2.5", "5.0", "+5", "-1", "-3", " 5", "5 ", "5\t", "0x10", "1_000", "inf",
+                     "nan", "Infinity", "soon", "\u0663", "\uff15", "\u00b2", "5\u0663", "1" * 11, "9" * 400, ""]
+
+
 @pytest.mark.parametrize("headers, wait", [
-    ({"retry-after": "2.5"}, 2.5),
+    ({"retry-after": "2"}, 2.0), ({"retry-after": "0"}, 0.0), ({"retry-after": "007"}, 7.0),
+    ({"retry-after": "9999999999"}, 9999999999.0),  # valid, however long: the client caps it
     ({"retry-after-ms": "2500"}, 2.5),  # OpenAI's header alone is honoured
     ({"retry-after-ms": "250", "retry-after": "9"}, 0.25),  # the precise one wins
-    ({"retry-after": "inf"}, None), ({"retry-after": "nan"}, None), ({"retry-after": "1e400"}, None),
-    ({"retry-after": "-3"}, None), ({"retry-after": "soon"}, None), ({"retry-after-ms": "inf"}, None),
+    ({"retry-after-ms": "2.5e3", "retry-after": "9"}, 9.0),  # an invalid precise one falls back to Retry-After
+    ({"retry-after-ms": "inf"}, None), ({"retry-after-ms": "-250"}, None), ({"retry-after-ms": "1e12"}, None),
     ({}, None),
-])
+] + [({"retry-after": v}, None) for v in NOT_DELAY_SECONDS]
+  + [({"retry-after-ms": v}, None) for v in NOT_DELAY_SECONDS])
 def test_retry_hints_are_read_or_refused(headers, wait):
     import httpx
 
     from teachers.http import _retry_after_of
 
-    got = _retry_after_of(httpx.Headers(headers))
+    got = _retry_after_of(httpx.Headers({k: v.encode() for k, v in headers.items()}))  # bytes: "٣" as sent
     assert got == pytest.approx(wait) if wait is not None else got is None
 
 
@@ -290,19 +297,32 @@ def test_http_date_hints_are_utc_whatever_the_machine_time_zone(tz, monkeypatch)
     try:
         when = email.utils.formatdate(_time.time() + 30, usegmt=True)  # "..., 30 Nov 2026 04:00:30 GMT"
         assert _retry_after_of(httpx.Headers({"retry-after": when})) == pytest.approx(30, abs=2)
-        naive = when.replace(" GMT", "")  # no zone: read as UTC too
-        assert _retry_after_of(httpx.Headers({"retry-after": naive})) == pytest.approx(30, abs=2)
+        # The two obsolete forms RFC 9110 still makes recipients accept, GMT too.
+        t = _time.gmtime(_time.time() + 30)
+        rfc850 = _time.strftime("%A, %d-%b-%y %H:%M:%S GMT", t)
+        asctime = _time.strftime("%a %b ", t) + f"{t.tm_mday:2d}" + _time.strftime(" %H:%M:%S %Y", t)
+        for form in (rfc850, asctime):
+            assert _retry_after_of(httpx.Headers({"retry-after": form})) == pytest.approx(30, abs=2), form
+        # Not an HTTP-date: no zone, another zone, extra spaces (email.utils read all of these).
+        for bad in (when.replace(" GMT", ""), when.replace("GMT", "+0900"), when.replace("GMT", "UTC"), when + " ",
+                    " " + when, when.replace(", ", ",  ")):
+            assert _retry_after_of(httpx.Headers({"retry-after": bad})) is None, bad
     finally:
         monkeypatch.delenv("TZ")
         _time.tzset()
 
 
-def test_an_absurd_retry_after_never_stalls_the_run(fake_server):
-    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="inf")
+@pytest.mark.parametrize("hint", ["inf", "1e9", "5.0", "-1"])
+def test_an_absurd_retry_after_never_stalls_the_run(fake_server, hint):
+    # "1e9" was read as 1e9 s and the run idled max_retry_wait_s (120 s) per retry: it is not a hint.
+    srv = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after=hint)
     t = _teacher(srv, max_in_flight=4)
     t0 = time.perf_counter()
     out = t.run(_reqs(4))
     assert all(not isinstance(o, Failure) for o in out) and time.perf_counter() - t0 < 10  # backoff, not forever
+
+
+def test_a_capped_retry_after_waits_the_cap(fake_server):
     capped = fake_server(fault=lambda p, nth, total: "429" if nth == 1 else None, retry_after="86400")
     t = _teacher(capped, max_in_flight=4, max_retry_wait_s=0.5)
     t0 = time.perf_counter()

@@ -109,8 +109,11 @@ def test_rewrite_strategy_keeps_lineage_and_drops_unchanged_copies(skill, fake_s
         if prompt.endswith("Team:"):
             return " billing"
         source = prompt.split("\nTicket: ", 1)[1].split("\nRewritten ticket:")[0]
-        # every third rewrite comes back unchanged, the others reworded
-        return " " + source if body["seed"] % 3 == 0 else " Reworded: " + source.lower()
+        # every third rewrite comes back unchanged (once with invisible joiners and another case: the same
+        # text all the same), the others reworded
+        if body["seed"] % 3 == 0:
+            return " " + ("\u034f".join(source.upper()) if body["seed"] % 2 else source)
+        return " Reworded: " + source.lower()
 
     srv = fake_server(answer=answer)
     cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, max_retries=0, cache=False)
