@@ -41,6 +41,7 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/confidence_filter.py --quick
 	$(BIN)/python benchmarks/constrained_decoding.py --quick
 	$(BIN)/python benchmarks/gateway.py --quick
+	$(BIN)/python benchmarks/routing.py --quick
 	$(BIN)/python benchmarks/pool_cap.py --quick
 
 peers: install         ## the peer clients of benchmarks/teacher_throughput.py --peers (curator in its own venv)

@@ -118,7 +118,7 @@ class _InstantEngine:
     def tokenizer(self, key):
         return None  # skill-template prompts need none
 
-    def decode(self, key, cfg, prompts, max_new_tokens, inputs=None):
+    def decode(self, key, cfg, prompts, max_new_tokens, inputs=None, **kw):
         from gateway.engine import Answer
 
         return [Answer(raw=f" {self.label}", parsed=self.label, confidence=0.0, finish_reason="stop") for _ in prompts]
