@@ -18,7 +18,7 @@ from core.records import Example, hash_examples, write_json, write_jsonl
 from core.tasks import TaskType, get_task
 from eval_gates import predict as predict_mod  # looked up at call time: tests inject faults there
 from eval_gates.gates import Decision, gate
-from eval_gates.lanes import read_option, read_teacher_answers
+from eval_gates.lanes import live_verify, read_option, read_teacher_answers
 from eval_gates.routing import answer_logprobs
 
 log = logging.getLogger("distill")
@@ -266,6 +266,9 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
             "escalation": {"on_invalid_output": True, "confidence_threshold": pt["threshold"], "signal": signal},
             "latency_s": {"p50": rep.get("p50_s"), "p95": rep.get("p95_s")},
         }
+        # What the verify lane measured of the versions served so far (the gateway's traffic table): the live
+        # agreement of production's kept answers with the teacher, beside this run's curve.
+        d["live_verify"] = live_verify(cfg.name, level=rc.confidence_level)
         for name, tv in teacher_vals.items():
             d[f"_teacher_{name}"] = tv
         return d

@@ -73,3 +73,45 @@ def read_option(run_dir: str | Path) -> dict | None:
     """The run's teacher option (teacher_option.json), or None."""
     path = Path(run_dir) / OPTION_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def live_verify(skill_name: str, url: str | None = None, level: float = 0.95) -> dict[str, Any]:
+    """What the gateway's verify lane measured since the last runs: per served version, how many kept answers
+    the teacher re-answered and how many it agreed with, with an exact (Clopper-Pearson) interval, read from
+    the gateway's traffic table (default sqlite:///<DISTILL_HOME>/traffic.db, table traffic_<skill>). The run
+    records it beside its own curve (routing.json `live_verify`): the measured agreement of the version in
+    production against the teacher it escalates to. {"versions": {}} when nothing was verified; {"error"} when
+    the store cannot be read (never fails the run)."""
+    from core.workdir import work_dir
+    from eval_gates.routing import _clopper_pearson
+
+    url = url or f"sqlite:///{(work_dir() / 'traffic.db').resolve()}"
+    table = f"traffic_{skill_name.replace('-', '_').replace('.', '_')}"
+    try:
+        import sqlalchemy as sa
+
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+            return {"source": url, "versions": {}}
+        eng = sa.create_engine(url)
+        try:
+            with eng.connect() as c:
+                if not sa.inspect(c).has_table(table):
+                    return {"source": url, "versions": {}}
+                t = sa.Table(table, sa.MetaData(), autoload_with=c)
+                rows = c.execute(sa.select(t.c.version, t.c.verified, sa.func.count())
+                                 .where(t.c.verified.is_not(None)).group_by(t.c.version, t.c.verified)).all()
+        finally:
+            eng.dispose()
+    except Exception as e:
+        return {"source": url, "error": f"{type(e).__name__}: {e}"}
+    counts: dict[str, list[int]] = {}
+    for version, verified, n in rows:
+        c = counts.setdefault(str(version), [0, 0])
+        c[0 if verified else 1] += int(n)
+    out = {}
+    for v, (agree, disagree) in sorted(counts.items()):
+        n = agree + disagree
+        lo, hi = _clopper_pearson(agree, n, level)
+        out[v] = {"verified": n, "agreed": agree, "agreement": round(agree / n, 4), "low": round(lo, 4),
+                  "high": round(hi, 4)}
+    return {"source": url, "table": table, "versions": out}

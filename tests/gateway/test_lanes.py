@@ -88,6 +88,17 @@ def test_verify_lane_agreement_per_version_and_a_full_queue(teacher_skill, train
     assert _metric(m, "distill_gateway_verify_total", skill=SKILL, version=v1, result="agree") == agree
     assert _metric(m, "distill_gateway_verify_total", skill=SKILL, version=v1, result="disagree") == n - agree
     assert _metric(m, "distill_gateway_verify_error_rate", skill=SKILL, version=v1, bound="high") == pytest.approx(high)
+    # Live figures: the teacher share and the served answers' agreement with the teacher, with its interval.
+    live = httpx.get(g.url + "/v1/models").json()["data"][0]["live"]
+    total = live["requests"]
+    keep = live["lanes"].get("keep", 0) / total
+    assert live["teacher_share"] == round(live["lanes"].get("escalate", 0) / total, 4)
+    sa = live["served_agreement"]
+    assert sa["estimate"] == round(keep * agree / n + (1 - keep), 4)
+    assert sa["low"] == round(keep * (1 - high) + (1 - keep), 4) <= sa["estimate"] <= sa["high"]
+    assert _metric(m, "distill_gateway_teacher_share", skill=SKILL, version=v1) == pytest.approx(live["teacher_share"])
+    assert _metric(m, "distill_gateway_served_agreement", skill=SKILL, version=v1, bound="estimate") == \
+        pytest.approx(sa["estimate"], abs=1e-4)
     # Each verified row says whether the teacher agreed.
     gw.traffic.flush()
     with sqlite3.connect(tmp_path / "traffic.db") as c:
@@ -198,3 +209,32 @@ def test_function_call_skill_answers_with_tool_calls(tool_skill, tiny_model_path
     # Without tools the skill cannot answer: 422 naming the field.
     r = httpx.post(g.url + "/v1/chat/completions", json={**body, "tools": None}, timeout=30)
     assert r.status_code == 422 and "tools" in r.json()["error"]["message"]
+
+
+def test_the_next_run_reads_the_verify_outcomes(tmp_path, monkeypatch):
+    """The gateway's verify lane writes `verified` on kept rows; the next run's routing.json reads them back per
+    version with an exact interval (eval_gates.lanes.live_verify), and a missing or unreadable store is said,
+    never a failure."""
+    from datetime import datetime, timezone
+
+    import sqlalchemy as sa
+
+    from eval_gates.lanes import live_verify
+    from gateway.traffic import traffic_table
+
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    assert live_verify(SKILL) == {"source": f"sqlite:///{tmp_path / 'traffic.db'}", "versions": {}}
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'traffic.db'}")
+    t = traffic_table(sa.MetaData(), f"traffic_{SKILL.replace('-', '_')}")
+    t.metadata.create_all(eng)
+    now = datetime.now(timezone.utc)
+    rows = [dict(id=f"r{i}", created_at=now, skill=SKILL, version=v, request="x", lane="keep",
+                 reference_source="student", verified=ok)
+            for i, (v, ok) in enumerate([(1, True)] * 7 + [(1, False)] * 3 + [(2, True)] * 2 + [(2, None)] * 4)]
+    with eng.begin() as c:
+        c.execute(t.insert(), rows)
+    got = live_verify(SKILL)["versions"]
+    lo, hi = _cp(7, 10)
+    assert got["1"] == {"verified": 10, "agreed": 7, "agreement": 0.7, "low": round(lo, 4), "high": round(hi, 4)}
+    assert got["2"]["verified"] == 2 and got["2"]["agreed"] == 2  # rows never verified are not evidence
+    assert "error" in live_verify(SKILL, url="postgresql+psycopg://nobody@127.0.0.1:1/none")
