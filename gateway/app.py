@@ -337,16 +337,17 @@ class InThread:
         import httpx
         import uvicorn
 
-        port = cfg.port
-        if not port:
-            with socket.socket() as sock:
-                sock.bind((cfg.host, 0))
-                port = sock.getsockname()[1]
+        port, sockets = cfg.port, None
+        if not port:  # bind here and hand the socket over: no other process can take the port in between
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((cfg.host, 0))
+            port, sockets = sock.getsockname()[1], [sock]
         self.app = create_app(cfg, gateway)
         self.gateway = self.app.state.gateway
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=cfg.host, port=port, log_level="warning",
                                                     access_log=False))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, daemon=True)
         self.thread.start()
         self.port, self.url = port, f"http://{cfg.host}:{port}"
         end = time.time() + ready_timeout_s

@@ -140,23 +140,28 @@ class TrafficWriter:
 
     # --- writer thread -----------------------------------------------------------------------------------------
 
-    def _table(self, conn, skill: str):
+    def _table(self, conn, skill: str, created: dict):
         name = self.table_for(skill)
         t = self.tables.get(name)
         if t is None:
-            t = traffic_table(self.metadata, name)
+            t = created.get(name)
+        if t is None:
+            t = self.metadata.tables.get(name)
+            if t is None:
+                t = traffic_table(self.metadata, name)
             t.create(conn, checkfirst=True)
-            self.tables[name] = t
+            created[name] = t  # known to exist only once this transaction commits (a failed batch rolls it back)
         return t
 
     def _commit(self, ops: list[_Op]) -> None:
         import sqlalchemy as sa
 
+        created: dict = {}
         with self.engine.begin() as conn:
             i = 0
             while i < len(ops):
                 op = ops[i]
-                t = self._table(conn, op.skill)
+                t = self._table(conn, op.skill, created)
                 if op.kind == "insert":
                     j = i
                     while j < len(ops) and ops[j].kind == "insert" and ops[j].skill == op.skill:
@@ -166,6 +171,7 @@ class TrafficWriter:
                 else:
                     conn.execute(sa.update(t).where(t.c.id == op.id).values(**op.row))
                     i += 1
+        self.tables.update(created)
         self.written += sum(o.kind == "insert" for o in ops)
         self.updated += sum(o.kind == "update" for o in ops)
 

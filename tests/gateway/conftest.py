@@ -90,7 +90,7 @@ class Running:
     def __init__(self, cfg, gateway=None, require_ready: bool = True):
         from gateway.app import InThread
 
-        self._srv = InThread(cfg.model_copy(update={"port": cfg.port or free_port()}), gateway, ready_timeout_s=120,
+        self._srv = InThread(cfg.model_copy(update={"port": 0}), gateway, ready_timeout_s=120,  # InThread binds a free port
                              require_ready=require_ready)
         self.app, self.gateway, self.server = self._srv.app, self._srv.gateway, self._srv.server
         self.thread, self.port, self.url = self._srv.thread, self._srv.port, self._srv.url
