@@ -95,7 +95,7 @@ def _created(folder: Path | None, default: float) -> int:
 
 def create_app(cfg: GatewayConfig, gateway: Gateway | None = None):
     """The FastAPI app; the Gateway starts with the app (lifespan) and closes with it."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException

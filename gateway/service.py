@@ -285,9 +285,6 @@ class Gateway:
 
     def _load(self, name: str, version: int) -> Served:
         """The loaded version (loading it once: verify, adapter on its base, a batcher)."""
-        from core.tasks import get_task
-        from registry.consumer import max_new_tokens_of, read_spec, skill_config
-
         with self.lock:
             s = self._loaded(name, version)
             if s is not None:

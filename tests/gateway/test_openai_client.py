@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.gateway.conftest import SKILL, publish, random_adapter, routing_with_threshold
+from tests.gateway.test_lanes import tool_skill  # noqa: F401  (fixture)
 
 TICKETS = [json.loads(x)["input"] for x in (REPO / "seeds" / SKILL / "eval.jsonl").read_text().splitlines()[:4]]
 
@@ -239,5 +240,3 @@ def test_tool_calls_through_the_client(tool_skill, tiny_model_path, tmp_path, ru
              400, "tool_choice")
     _refused(lambda: client.chat.completions.create(model=TOOL_SKILL, messages=msgs), 422, "tools")
 
-
-from tests.gateway.test_lanes import tool_skill  # noqa: E402,F401  (fixture)
