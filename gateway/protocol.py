@@ -96,13 +96,14 @@ NO_EFFECT = {
     "parallel_tool_calls": _type(bool, "a boolean"),
 }
 # Refused unless absent, null or the default: each would change the answer in a way a skill cannot honour.
-REFUSED_CHAT = {
-    "audio": "audio output is not supported: a skill answers with text",
-    "prediction": "predicted outputs are not supported",
-    "functions": "the deprecated functions field is not supported; pass tools",
-    "function_call": "the deprecated function_call field is not supported; pass tool_choice",
-    "web_search_options": "web search is not supported",
-}
+# (Keyword form: OpenAI's deprecated `function_call` parameter, not the task type of that name.)
+REFUSED_CHAT = dict(
+    audio="audio output is not supported: a skill answers with text",
+    prediction="predicted outputs are not supported",
+    functions="the deprecated functions field is not supported; pass tools",
+    function_call="the deprecated function_call field is not supported; pass tool_choice",
+    web_search_options="web search is not supported",
+)
 HONOURED_CHAT = {"model", "messages", "stream", "stream_options", "n", "max_tokens", "max_completion_tokens", "stop",
                  "response_format", "tools", "tool_choice", "logprobs", "top_logprobs", "modalities", "logit_bias"}
 HONOURED_COMPLETIONS = {"model", "prompt", "stream", "stream_options", "n", "max_tokens", "stop", "logprobs", "echo",
@@ -238,17 +239,15 @@ def check_for_skill(o: Options, task, served) -> None:
         raise refuse(o.max_tokens_param, f"{o.max_tokens} is below {served.key}'s answer limit of {limit} tokens; an "
                                          f"answer cut short is not an answer: omit it or pass at least {limit}")
     if o.json_object:
-        cfg = getattr(task, "cfg", None)
         calls = is_function_call(task)
-        if calls or cfg is None or getattr(cfg, "output_schema", None) is None:
+        if calls or task is None or not task.json_output:
             what = "a tool call" if calls else "text that is not a JSON object"
             raise refuse("response_format", f"json_object cannot be honoured: this skill answers with {what}")
 
 
 def is_function_call(task) -> bool:
     """Whether the skill answers with a function call (its input carries the request's tools)."""
-    cfg = getattr(task, "cfg", None)
-    return getattr(cfg, "task", None) == "function_call"
+    return bool(getattr(task, "api_tools", False))
 
 
 def select_tools(o: Options, task) -> list | None:

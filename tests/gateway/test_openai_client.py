@@ -240,3 +240,20 @@ def test_tool_calls_through_the_client(tool_skill, tiny_model_path, tmp_path, ru
              400, "tool_choice")
     _refused(lambda: client.chat.completions.create(model=TOOL_SKILL, messages=msgs), 422, "tools")
 
+
+
+def test_json_object_is_honoured_only_for_skills_that_answer_json_objects():
+    from core.config import SkillConfig
+    from core.tasks import get_task
+    from gateway.protocol import Options, check_for_skill
+    from gateway.service import GatewayError
+    from tests.core import skillkit
+
+    def task(kind):
+        return get_task(SkillConfig.model_validate(skillkit.config(kind)))
+
+    check_for_skill(Options(json_object=True), task("extraction"), None)  # answers are JSON objects: accepted
+    for kind in ("classification", "function_call"):
+        with pytest.raises(GatewayError) as e:
+            check_for_skill(Options(json_object=True), task(kind), None)
+        assert e.value.status == 400 and e.value.extra["field"] == "response_format"
