@@ -384,14 +384,21 @@ class Gateway:
 
     def resolve_ref(self, name: str, sel: str) -> int:
         """The version number selector `sel` (an alias or a number) names in the registry (blocking I/O:
-        call it off the event loop). Raises GatewayError 404 naming the versions or aliases there are."""
+        call it off the event loop). Raises GatewayError 404 naming the versions or aliases there are,
+        503 when the registry cannot be read."""
+        try:
+            if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
+                versions = self.registry.versions(name)
+            else:
+                aliases = self.registry.aliases(name)
+        except Exception as e:  # an object store that does not answer: the request may be retried
+            raise GatewayError(503, f"{name}@{sel}: cannot read the registry ({type(e).__name__}: {e})", field="model",
+                               code="registry_unavailable") from None
         if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
-            versions = self.registry.versions(name)
             if int(sel) not in versions:
                 raise GatewayError(404, f"{name}: no version {int(sel)}; versions: {versions}", field="model",
                                    code="model_not_found")
             return int(sel)
-        aliases = self.registry.aliases(name)
         if sel not in aliases:
             raise GatewayError(404, f"{name}: no alias {sel!r}; aliases: {sorted(aliases)}", field="model",
                                code="model_not_found")

@@ -437,9 +437,12 @@ def test_registry_reads_never_block_the_event_loop(v1, trained_adapter, tmp_path
         """An object store: each listing takes a second."""
 
         slow = False
+        down = False
         calls = 0
 
         def versions(self, skill):
+            if self.down:
+                raise ConnectionError("the object store does not answer")
             if self.slow:
                 SlowStore.calls += 1
                 time.sleep(1.0)
@@ -454,6 +457,7 @@ def test_registry_reads_never_block_the_event_loop(v1, trained_adapter, tmp_path
     reg = SlowStore()
     v2 = publish(reg, trained_adapter, routing_with_threshold(None, "keep_all_valid"), "r2", alias="candidate")
     v3 = publish(reg, trained_adapter, routing_with_threshold(None, "keep_all_valid"), "r3", alias=None)
+    v4 = publish(reg, trained_adapter, routing_with_threshold(None, "keep_all_valid"), "r4", alias=None)
     g, _ = _stub(run_gateway, _cfg(tmp_path, poll_s=3600), registry=reg)
     # candidate was read by the poller: answered without a registry read.
     SlowStore.slow = True
@@ -472,3 +476,9 @@ def test_registry_reads_never_block_the_event_loop(v1, trained_adapter, tmp_path
         assert fut.result().status_code == 200
     assert probe < 0.5 and SlowStore.calls == 1, (probe, SlowStore.calls)
     SlowStore.slow = False
+    # A store that does not answer: 503 naming the model (retry later), not a 500; loaded versions still answer.
+    SlowStore.down = True
+    err = _envelope(httpx.post(g.url + "/v1/completions", json={"model": f"{SKILL}@{v4}", "prompt": "x y"}), 503, "model")
+    assert err["code"] == "registry_unavailable"
+    assert httpx.post(g.url + "/v1/completions", json={"model": f"{SKILL}@{v3}", "prompt": "x y"}).status_code == 200
+    SlowStore.down = False
