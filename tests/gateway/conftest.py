@@ -154,7 +154,7 @@ class StubEngine:
     def tokenizer(self, key):
         return None
 
-    def decode(self, key, cfg, prompts, max_new_tokens, inputs=None):
+    def decode(self, key, cfg, prompts, max_new_tokens, inputs=None, **kw):  # kw: what newer engines take (signal)
         from gateway.engine import Answer
 
         time.sleep(self.decode_s)
