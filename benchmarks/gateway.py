@@ -3,6 +3,7 @@ generate loop on the same model and adapter, its own overhead per request, and t
 replay traffic against the rate the routing profile predicted. Prints one JSON line last.
 
     python benchmarks/gateway.py [--quick] [--clients 16] [--requests N]
+    python benchmarks/gateway.py --soak [--quick] [--soak-requests N] [--soak-seconds M]
 
 Full size: the bundled Gemma 3 270M with the ticket-triage demo adapter (the production version in
 the registry `make demo` wrote; DISTILL_REGISTRY or .distill/registry). --quick: a tiny random
@@ -18,6 +19,16 @@ the eval gates build it (decode confidences on eval items, routing_threshold).
    removes), one client, no batching wait: routing, validation, traffic capture and HTTP per request.
 4. escalation: the share of the skill's traffic.jsonl requests not kept, against routing.json's
    escalation_rate.
+
+--soak (instead of 1-4): N requests spread over M seconds on loopback from `clients` threads, a mix
+of valid requests (chat and completions, streamed and not, :predict, a version by number, text with
+a NUL) and malformed ones from issue 32's list (a lone surrogate, empty and null content, non-text
+parts, n=3, logprobs, stop, a bogus tool_choice, max_tokens below the answer, a body that is not
+UTF-8, gzip, a chunked body over max_body_bytes, a non-ASCII wrong token, an unknown model, broken
+JSON), with version 2 promoted half way. The fake OpenAI server is the teacher. It counts: valid
+requests that failed (must be 0), valid answers without their traffic row (must be 0), malformed
+requests that got anything but a 4xx (must be 0) or left a row (must be 0); the traffic writer's
+cleaned and dropped rows. A temporary registry (the demo adapter published twice without --quick).
 """
 
 from __future__ import annotations
@@ -156,13 +167,237 @@ def _quick_registry(work: Path) -> tuple[str, Path]:
     return str(work / "registry"), reg.resolve(SKILL)
 
 
+def _soak_skill_root(work: Path, teacher_url: str) -> Path:
+    """A copy of seeds/ whose ticket-triage teacher is the fake OpenAI server at `teacher_url`."""
+    import shutil
+
+    import yaml
+
+    root = work / "seeds"
+    shutil.copytree(REPO / "seeds", root)
+    path = root / SKILL / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["teacher"] = {"backend": "openai", "base_url": teacher_url, "model": "fake", "endpoint": "completions",
+                      "few_shot": 2, "cache": False, "max_retries": 1, "timeout_s": 10}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+def _soak_teacher(prompt: str, body: dict) -> str:
+    last = prompt.rsplit("Ticket:", 1)[-1].lower()
+    for word, label in (("charge", "billing"), ("refund", "billing"), ("crash", "bug"), ("error", "bug"),
+                        ("password", "account"), ("login", "account"), ("feature", "feature_request")):
+        if word in last:
+            return label
+    return "other"
+
+
+TOKEN = "soak-token"
+
+
+def _soak_requests(inputs: list[str], v2: int, big: int) -> list[tuple[str, str, dict]]:
+    """(kind, "valid" | "malformed", httpx request kwargs) for one round of the mix."""
+    import gzip
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    js = {**auth, "content-type": "application/json"}
+    x = inputs[0]
+    chat = {"model": SKILL, "messages": [{"role": "user", "content": x}]}
+
+    def raw(text: str | bytes, headers=js):
+        return {"method": "POST", "url": "/v1/chat/completions", "headers": headers,
+                "content": text.encode() if isinstance(text, str) else text}
+
+    def post(url, body, headers=auth):
+        return {"method": "POST", "url": url, "headers": headers, "json": body}
+
+    big_body = json.dumps({"model": SKILL, "prompt": "x" * big}).encode()
+    return [
+        ("chat", "valid", post("/v1/chat/completions", chat)),
+        ("chat_stream", "valid", post("/v1/chat/completions", {**chat, "stream": True,
+                                                                "stream_options": {"include_usage": True}})),
+        ("completion", "valid", post("/v1/completions", {"model": SKILL, "prompt": inputs[1]})),
+        ("completion_stream", "valid", post("/v1/completions", {"model": SKILL, "prompt": inputs[2], "stream": True})),
+        ("predict", "valid", post(f"/v1/skills/{SKILL}:predict", {"inputs": inputs[3:5]})),
+        ("version_by_number", "valid", post("/v1/completions", {"model": f"{SKILL}@{v2}", "prompt": inputs[5]})),
+        ("nul_in_text", "valid", post("/v1/completions", {"model": SKILL, "prompt": "charged\x00 twice for one order"})),
+        ("lone_surrogate", "malformed", raw(r'{"model": "%s", "messages": [{"role": "user", "content": '
+                                            r'"charged twice \ud800 refund"}]}' % SKILL)),
+        ("empty_content", "malformed", post("/v1/chat/completions", {**chat, "messages": [{"role": "user", "content": ""}]})),
+        ("whitespace_content", "malformed", post("/v1/chat/completions",
+                                                 {**chat, "messages": [{"role": "user", "content": " \n "}]})),
+        ("null_text_part", "malformed", post("/v1/chat/completions", {**chat, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": None}]}]})),
+        ("image_only", "malformed", post("/v1/chat/completions", {**chat, "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]})),
+        ("n_3", "malformed", post("/v1/chat/completions", {**chat, "n": 3})),
+        ("logprobs", "malformed", post("/v1/chat/completions", {**chat, "logprobs": True})),
+        ("stop", "malformed", post("/v1/chat/completions", {**chat, "stop": ["."]})),
+        ("bogus_tool_choice", "malformed", post("/v1/chat/completions", {**chat, "tool_choice": "bogus"})),
+        ("max_tokens_1", "malformed", post("/v1/chat/completions", {**chat, "max_tokens": 1})),
+        ("not_utf8", "malformed", raw(('{"model": "%s", "prompt": "caf\xe9"}' % SKILL).encode("latin-1"))),
+        ("gzip", "malformed", raw(gzip.compress(json.dumps(chat).encode()), {**js, "content-encoding": "gzip"})),
+        ("chunked_oversize", "malformed", {"method": "POST", "url": "/v1/completions", "headers": js,
+                                           "content": big_body, "chunked": True}),
+        ("non_ascii_token", "malformed", post("/v1/chat/completions", chat, {"Authorization": "Bearer tok-é".encode()})),
+        ("unknown_model", "malformed", post("/v1/chat/completions", {**chat, "model": "no-such-skill"})),
+        ("broken_json", "malformed", raw('{"model": ')),
+    ]
+
+
+def soak(args) -> None:
+    """--soak: see the module docstring. Prints one JSON line; exits 1 when a count that must be 0 is not."""
+    import os
+    import random
+
+    import httpx
+    import sqlalchemy as sa
+
+    from gateway.app import InThread
+    from gateway.config import GatewayConfig
+    from registry import Registry
+    from teachers.fakeserver import FakeOpenAIServer
+
+    n = args.soak_requests or (150 if args.quick else 600)
+    seconds = args.soak_seconds or (20.0 if args.quick else 120.0)
+    fake = FakeOpenAIServer(answer=_soak_teacher).start()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["DISTILL_SEEDS_DIR"] = str(_soak_skill_root(work, fake.base_url))
+        if args.quick:
+            registry, folder = _quick_registry(work)
+        else:
+            from core.workdir import registry_root
+
+            src = Registry(os.environ.get("DISTILL_REGISTRY") or str(registry_root()))
+            try:
+                demo = src.resolve(SKILL)
+            except Exception as e:
+                raise SystemExit(f"no production version of {SKILL} ({e}); run `make demo` first, or pass --quick") from None
+            registry = str(work / "registry")
+            info = src.show(SKILL)
+            Registry(registry).publish(SKILL, demo, metrics=info["metrics"], lineage=info["lineage"],
+                                       routing=info["routing"], skill_spec=info["skill"],
+                                       model_card="---\nlibrary_name: peft\n---\n", alias="production")
+            folder = Registry(registry).resolve(SKILL)
+        reg = Registry(registry)
+        info = reg.show(SKILL)
+        v2 = reg.publish(SKILL, folder, metrics=info["metrics"], lineage={"run_id": "soak-v2"}, routing=info["routing"],
+                         skill_spec=info["skill"], model_card="---\nlibrary_name: peft\n---\n", alias=None)
+        os.environ["SOAK_TOKENS"] = TOKEN
+        cfg = GatewayConfig(registry=registry, skills=[SKILL], port=0, poll_s=0.5, teacher_timeout_s=30,
+                            traffic_url=f"sqlite:///{work / 'soak.db'}", traffic_flush_ms=50, max_body_bytes=64_000,
+                            auth_tokens_env="SOAK_TOKENS", max_batch=16, max_wait_ms=5.0)
+        skill = __import__("core.skills", fromlist=["load_skill"]).load_skill(SKILL, root=REPO / "seeds")
+        pool = [e.input for e in skill.eval_set]
+        rng = random.Random(0)
+        srv = InThread(cfg)
+        results: list[dict] = []
+        lock = threading.Lock()
+        t0 = time.monotonic()
+        schedule = []
+        while len(schedule) < n:
+            mix = _soak_requests(rng.sample(pool, 6), v2, 100_000)
+            schedule += [m for m in mix if m[1] == "valid"] * 2 + mix  # about half valid
+        schedule = schedule[:n]
+        rng.shuffle(schedule)
+        nxt = iter(enumerate(schedule))
+        promoted = {"at_s": None}
+
+        def send(c: httpx.Client, req: dict) -> httpx.Response:
+            req = dict(req)
+            if req.pop("chunked", False):
+                data = req.pop("content")
+                req["content"] = iter([data[i: i + 8192] for i in range(0, len(data), 8192)])
+            return c.request(**req)
+
+        def worker():
+            with httpx.Client(base_url=srv.url, timeout=120) as c:
+                while True:
+                    with lock:
+                        item = next(nxt, None)
+                    if item is None:
+                        return
+                    i, (kind, klass, req) = item
+                    wait = t0 + i * seconds / n - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    if i == n // 2:
+                        reg.promote(SKILL, v2, reason="soak")
+                        promoted["at_s"] = round(time.monotonic() - t0, 2)
+                    t = time.perf_counter()
+                    try:
+                        r = send(c, req)
+                        body = r.text
+                        status, ids = r.status_code, [x for x in r.headers.get("x-distill-request-id", "").split(",") if x]
+                        version = r.headers.get("x-distill-version")
+                    except httpx.HTTPError as e:
+                        status, ids, body, version = f"{type(e).__name__}", [], "", None
+                    ok_stream = not req.get("json", {}).get("stream") or body.rstrip().endswith("data: [DONE]")
+                    with lock:
+                        results.append({"kind": kind, "class": klass, "status": status, "ids": ids, "version": version,
+                                        "ms": (time.perf_counter() - t) * 1000, "stream_ok": ok_stream})
+
+        try:
+            threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.monotonic() - t0
+            srv.gateway.traffic.flush(60)
+            tw = srv.gateway.traffic
+            traffic = {"written": tw.written, "cleaned": tw.cleaned, "dropped": tw.dropped, "lost": tw.lost}
+        finally:
+            srv.stop()
+            fake.stop()
+        engine = sa.create_engine(cfg.traffic_url)
+        with engine.connect() as conn:
+            rows = {r[0]: r[1] for r in conn.execute(sa.text(f"select id, request from {cfg.table_for(SKILL)}"))}
+        engine.dispose()
+
+    valid = [r for r in results if r["class"] == "valid"]
+    bad = [r for r in results if r["class"] == "malformed"]
+    valid_ids = {i for r in valid for i in r["ids"]}
+    by_kind: dict[str, dict[str, int]] = {}
+    for r in results:
+        k = by_kind.setdefault(r["kind"], {})
+        k[str(r["status"])] = k.get(str(r["status"]), 0) + 1
+    counts = {
+        "valid_sent": len(valid),
+        "valid_failed": sum(r["status"] != 200 or not r["stream_ok"] for r in valid),
+        "valid_rows_missing": len(valid_ids - set(rows)),
+        "malformed_sent": len(bad),
+        "malformed_not_4xx": sum(not (isinstance(r["status"], int) and 400 <= r["status"] < 500) for r in bad),
+        "malformed_rows": len(set(rows) - valid_ids),
+        "rows": len(rows),
+        "rows_not_utf8_text": sum(1 for v in rows.values() if "\x00" in v or any(0xD800 <= ord(ch) <= 0xDFFF for ch in v)),
+    }
+    lat = [r["ms"] for r in valid]
+    ok = all(counts[k] == 0 for k in ("valid_failed", "valid_rows_missing", "malformed_not_4xx", "malformed_rows",
+                                      "rows_not_utf8_text")) and traffic["lost"] == 0
+    emit({"benchmark": "gateway_soak", "quick": args.quick, "ok": ok, "requests": n, "seconds_asked": seconds,
+          "seconds": round(wall, 2), "clients": args.clients, "promoted_v2_at_s": promoted["at_s"],
+          "versions_served": sorted({v for r in valid if r["version"] for v in r["version"].split(",")}),
+          **counts, "traffic": traffic, "valid_p50_ms": _quantile(lat, 0.5), "valid_p95_ms": _quantile(lat, 0.95),
+          "by_kind": by_kind})
+    if not ok:
+        raise SystemExit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny random model (under a minute)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--requests", type=int, default=None, help="requests per pass (default 64 quick, 128 full)")
+    ap.add_argument("--soak", action="store_true", help="valid and malformed requests with a promote half way (see above)")
+    ap.add_argument("--soak-requests", type=int, default=None, help="soak: requests (default 150 quick, 600 full)")
+    ap.add_argument("--soak-seconds", type=float, default=None, help="soak: seconds to spread them over (20 quick, 120)")
     args = ap.parse_args()
     setup()
+    if args.soak:
+        soak(args)
+        return
 
     from core.skills import load_skill
     from gateway.app import InThread

@@ -266,7 +266,7 @@ def cmd_gateway(args) -> int:
         "registry": args.registry or str(registry_root()), "skills": args.skill or None, "host": args.host,
         "port": args.port, "backend": args.backend, "backend_url": args.backend_url,
         "backend_api_key_env": args.backend_api_key_env, "max_batch": args.max_batch,
-        "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "verify_fraction": args.verify_fraction,
+        "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "max_versions": args.max_versions, "verify_fraction": args.verify_fraction,
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
         "overrides": overrides})
     print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-batch", type=int, default=16, help="most requests of one skill per decoded batch")
     w.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill, in ms")
     w.add_argument("--poll-s", type=float, default=10.0, help="seconds between reads of the registry's aliases")
+    w.add_argument("--max-versions", type=int, default=4,
+                   help="most versions loaded on demand (SKILL@N, SKILL@ALIAS) at once; the least recently used idle one is unloaded")
     w.add_argument("--verify-fraction", type=float, default=0.0, help="share of kept answers checked by the teacher")
     w.add_argument("--traffic-url", default=None,
                    help="SQLAlchemy URL of the traffic database (default sqlite:///$DISTILL_HOME/traffic.db)")

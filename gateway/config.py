@@ -63,6 +63,8 @@ class GatewayConfig(_Strict):
     max_input_chars: int = Field(8000, ge=1, description="Longest input (characters); longer gets 413 naming this limit.")
     max_inputs: int = Field(64, ge=1, description="Most inputs in one :predict call.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body in bytes; larger gets 413.")
+    max_versions: int = Field(4, ge=0, description="Most versions loaded on demand at once (SKILL@N or SKILL@ALIAS other "
+                                                   "than a production version); beyond it the least recently used idle one is unloaded.")
     overrides: dict[str, SkillOverride] = Field(default_factory=dict, description="Per-skill routing overrides, by skill name.")
 
     def table_for(self, skill: str) -> str:

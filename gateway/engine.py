@@ -5,6 +5,7 @@ a vLLM server started with `--lora-modules SKILL@VERSION=FOLDER`."""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,18 @@ class Answer:
     finish_reason: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """A confidence as a float, or None when there is none or it is NaN/inf (a -inf token logprob):
+    None routes as "no usable confidence" (escalate) and serializes as JSON null."""
+    if x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def adapter_name(key: str) -> str:
@@ -78,8 +91,11 @@ class LocalEngine:
         model = self.models[self.where[key]]
         p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
                    adapter=adapter_name(key), inputs=inputs, signal=signal)
-        return [Answer(raw=r, parsed=a, confidence=c, finish_reason=f)
-                for r, a, c, f in zip(p.raw, p.preds, p.confidences, p.finish_reasons)]
+        ptoks = p.prompt_tokens or [0] * len(prompts)
+        ctoks = p.completion_tokens or [0] * len(prompts)
+        return [Answer(raw=r, parsed=a, confidence=finite_or_none(c), finish_reason=f, prompt_tokens=int(pt),
+                       completion_tokens=int(ct))
+                for r, a, c, f, pt, ct in zip(p.raw, p.preds, p.confidences, p.finish_reasons, ptoks, ctoks)]
 
     def close(self) -> None:
         self.models.clear()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from gateway.engine import Answer
+from gateway.engine import Answer, finite_or_none
 
 log = logging.getLogger("distill.gateway")
 
@@ -24,6 +24,11 @@ TIMEOUT_S = 120.0
 
 class RemoteError(RuntimeError):
     """The server answered with an error that retrying will not fix, or kept failing."""
+
+
+class RemoteUnavailable(RemoteError):
+    """The server kept failing (network, 429, 5xx) through every retry: not the inputs' fault, so a
+    failed batch is not split and decoded item by item."""
 
 
 def answer_confidence(text: str, lp: dict | None) -> tuple[str, float | None]:
@@ -36,8 +41,29 @@ def answer_confidence(text: str, lp: dict | None) -> tuple[str, float | None]:
         return answer, None
     offsets, values = lp["text_offset"], lp["token_logprobs"]
     start = offsets[0]
-    vals = [float(v) for o, v in zip(offsets, values) if v is not None and o - start < len(answer)]
-    return answer, (sum(vals) / len(vals) if vals else None)
+    try:
+        vals = [float(v) for o, v in zip(offsets, values) if v is not None and o - start < len(answer)]
+    except (TypeError, ValueError):  # a logprob that is not a number: no confidence
+        return answer, None
+    # A -inf (or NaN) token logprob leaves no usable mean: None, routed as an invalid confidence.
+    return answer, (finite_or_none(sum(vals) / len(vals)) if vals else None)
+
+
+def _token_counts(choice: dict, usage: dict | None, rows: int) -> tuple[int, int]:
+    """(prompt, completion) tokens of one choice: its own token ids where the server returns them
+    (vLLM's return_token_ids), else the generated tokens of its logprobs; the call's usage when the
+    call had one prompt; 0 where the server says nothing."""
+    usage = usage if isinstance(usage, dict) else {}
+    p, c = choice.get("prompt_token_ids"), choice.get("token_ids")
+    lp = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else {}
+    prompt = len(p) if isinstance(p, list) else (int(usage.get("prompt_tokens") or 0) if rows == 1 else 0)
+    if isinstance(c, list):
+        completion = len(c)
+    elif isinstance(lp.get("tokens"), list):
+        completion = len(lp["tokens"])
+    else:
+        completion = int(usage.get("completion_tokens") or 0) if rows == 1 else 0
+    return prompt, completion
 
 
 def answer_token_logprobs(text: str, lp: dict | None) -> list[float]:
@@ -98,7 +124,7 @@ class OpenAIEngine:
                 return r.json()
             except ValueError:
                 last = f"malformed JSON: {r.text[:200]}"
-        raise RemoteError(f"{self.base_url}{path}: no answer after {self.retries + 1} attempts ({last})")
+        raise RemoteUnavailable(f"{self.base_url}{path}: no answer after {self.retries + 1} attempts ({last})")
 
     # --- the engine interface ------------------------------------------------------------------------------------
 
@@ -156,8 +182,9 @@ class OpenAIEngine:
             groups.setdefault(text, []).append(i)
         out: list[Answer | None] = [None] * len(prompts)
         for text, rows in groups.items():
+            # return_token_ids (vLLM >= 0.10.2): per-choice prompt token counts for the response's usage
             body = {"model": key, "prompt": [prompts[i] for i in rows], "max_tokens": int(max_new_tokens),
-                    "temperature": 0.0, "stop": ["\n"], "logprobs": 1}
+                    "temperature": 0.0, "stop": ["\n"], "logprobs": 1, "return_token_ids": True}
             if text is not None:
                 body["structured_outputs"] = {"grammar": text}
             data = self._call("POST", "/completions", json=body)
@@ -172,7 +199,9 @@ class OpenAIEngine:
                 elif signal != "mean_logprob":
                     conf = None  # not readable from this server's logprobs (the gateway keeps valid answers)
                 finish = "stop" if "\n" in text_i else (c.get("finish_reason") or "stop")
-                out[i] = Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish)
+                ptoks, ctoks = _token_counts(c, data.get("usage"), len(rows))
+                out[i] = Answer(raw=raw, parsed=parse_output(cfg, raw), confidence=conf, finish_reason=finish,
+                                prompt_tokens=ptoks, completion_tokens=ctoks)
         return out
 
     def close(self) -> None:

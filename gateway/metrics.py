@@ -29,6 +29,11 @@ class Metrics:
         self.queue_lost = Gauge("distill_gateway_queue_lost", "Items dropped because a queue was full", ["queue"], registry=r)
         self.store_failures = Gauge("distill_gateway_store_failures", "Failed writes to a store (the traffic database), "
                                     "each retried with the rows held", ["store"], registry=r)
+        self.store_dropped = Gauge("distill_gateway_store_dropped", "Rows a store refused on their own (poison rows): "
+                                   "dropped and counted, later rows are written", ["store"], registry=r)
+        self.store_cleaned = Gauge("distill_gateway_store_cleaned", "Rows whose text was repaired before writing (lone "
+                                   "surrogates, NUL -> U+FFFD)", ["store"], registry=r)
+        self.refused = Counter("distill_gateway_refused", "Requests refused with a 4xx, by status", ["status"], registry=r)
         self.swaps = Counter("distill_gateway_swaps", "Adapter swaps after an alias moved", ["skill"], registry=r)
         self.teacher_share = Gauge("distill_gateway_teacher_share", "Share of a version's answers the teacher gave "
                                    "(lane escalate)", ["skill", "version"], registry=r)

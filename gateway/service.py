@@ -106,6 +106,7 @@ class Served:
     batcher: DynamicBatcher | None = None
     users: int = 0
     retired: bool = False
+    last_used: float = 0.0  # time.monotonic() of the last request addressed to it (least-recently-used unloading)
 
     @property
     def key(self) -> str:
@@ -125,6 +126,8 @@ class Result:
     latency_ms: float
     reason: str | None = None
     extra: dict = field(default_factory=dict)
+    prompt_tokens: int = 0  # the small model's tokens for this input (0 when it did not decode it)
+    completion_tokens: int = 0
 
 
 class Gateway:
@@ -168,6 +171,11 @@ class Gateway:
         self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
         self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
         self.metrics.store_failures.labels("traffic").set_function(lambda: self.traffic.failures)
+        self.metrics.store_dropped.labels("traffic").set_function(lambda: self.traffic.dropped)
+        self.metrics.store_cleaned.labels("traffic").set_function(lambda: self.traffic.cleaned)
+        self.load_errors: dict[str, dict] = {}  # skill -> {"version", "error"}: its production version did not load
+        self.alias_cache: dict[str, dict[str, int]] = {}  # skill -> aliases as the poller last read them
+        self._load_locks: dict[tuple[str, int], threading.Lock] = {}
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.skills: list[str] = []
@@ -244,12 +252,15 @@ class Gateway:
         self._discover()
         for name in self.skills:
             try:
-                version = self.registry.aliases(name).get("production")
+                aliases = self.registry.aliases(name)
             except Exception as e:
                 log.warning("skill %s: cannot read aliases (%s); keeping what is served", name, e)
                 continue
+            self.alias_cache[name] = dict(aliases)
+            version = aliases.get("production")
             current = self.production.get(name)
             if version is None:
+                self.load_errors.pop(name, None)
                 if name not in self.production:
                     self.production[name] = None
                 continue
@@ -259,7 +270,9 @@ class Gateway:
                 new = self._load(name, int(version))
             except Exception as e:
                 log.error("skill %s: cannot load version %s (%s); keeping what is served", name, version, e)
+                self.load_errors[name] = {"version": int(version), "error": f"{type(e).__name__}: {e}"}
                 continue
+            self.load_errors.pop(name, None)
             with self.lock:
                 self.production[name] = new
                 if current is not None:
@@ -279,13 +292,19 @@ class Gateway:
             keep = []
             for s in self.retired:
                 in_use = s.users > 0 or (s.batcher is not None and s.batcher.inflight > 0) or \
-                    any(p is s for p in self.production.values())
+                    any(p is s for p in self.production.values()) or \
+                    time.monotonic() - s.last_used < REAP_GRACE_S  # just looked up: its request may not have queued yet
                 if in_use:
                     keep.append(s)
                     continue
                 self.loaded.pop((s.skill, s.version), None)
                 if s.batcher:
                     s.batcher.close(wait=False)
+                    try:
+                        self.metrics.queue_depth.remove(f"batch:{s.key}")
+                        self.metrics.queue_lost.remove(f"batch:{s.key}")
+                    except KeyError:
+                        pass
                 try:
                     self.engine.unload(s.key)
                 except Exception:
@@ -294,16 +313,31 @@ class Gateway:
 
     def _load(self, name: str, version: int) -> Served:
         """The loaded version (loading it once: verify, adapter on its base, a batcher)."""
+        with self.lock:
+            s = self._loaded(name, version)
+            if s is not None:
+                return s
+            gate = self._load_locks.setdefault((name, version), threading.Lock())
+        with gate:  # one load per version: concurrent first requests wait for it instead of loading it again
+            with self.lock:
+                s = self._loaded(name, version)
+            if s is not None:
+                return s
+            return self._load_new(name, version)
+
+    def _loaded(self, name: str, version: int) -> Served | None:
+        """The loaded version (taken back from the retired list if it was there), or None. Call under self.lock."""
+        s = self.loaded.get((name, version))
+        if s is not None:
+            s.retired = False
+            if s in self.retired:
+                self.retired.remove(s)
+        return s
+
+    def _load_new(self, name: str, version: int) -> Served:
         from core.tasks import get_task
         from registry.consumer import max_new_tokens_of, read_spec, skill_config
 
-        with self.lock:
-            s = self.loaded.get((name, version))
-            if s is not None:
-                s.retired = False
-                if s in self.retired:
-                    self.retired.remove(s)
-                return s
         folder = self.registry.resolve(name, version=version)
         spec = read_spec(folder)
         cfg = skill_config(spec, name=name)
@@ -317,11 +351,16 @@ class Gateway:
         self.tasks.setdefault(name, get_task(cfg))
 
         def run(items, s=s):  # (prompt, input) pairs: a per-request grammar (function calls) needs the input
-            return self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
-                                      inputs=[x for _, x in items], signal=s.signal)
+            answers = self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
+                                         inputs=[x for _, x in items], signal=s.signal)
+            for a in answers:  # every backend: a NaN/inf confidence is no confidence (routed so, JSON null)
+                if a is not None and a.confidence is not None and not math.isfinite(a.confidence):
+                    a.confidence = None
+            return answers
 
         s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
-                                   on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n))
+                                   on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n),
+                                   split=_input_fault)
         self.metrics.watch(f"batch:{s.key}", s.batcher.depth, lambda: 0)
         with self.lock:
             self.loaded[(name, version)] = s
@@ -334,23 +373,77 @@ class Gateway:
 
     async def lookup(self, ref: str) -> Served | None:
         """The version `ref` names: 'skill' (production), 'skill@alias', 'skill@N'. None: the skill has
-        no production version (requests escalate). Raises GatewayError 404 for an unknown skill or version."""
+        no production version (requests escalate). Raises GatewayError 404 for an unknown skill or version,
+        503 for a version that cannot be loaded. Registry reads and loads run off the event loop (a
+        loaded version and the poller's aliases need none)."""
         if not isinstance(ref, str) or not ref:
             raise GatewayError(422, "model: required (a skill name, e.g. ticket-triage or ticket-triage@3)", field="model")
         name, _, sel = ref.partition("@")
         if name not in self.skills:
-            raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills) or 'none'}", known=self.skills)
+            raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills) or 'none'}", known=self.skills,
+                               field="model", code="model_not_found")
         if not sel or sel == "production":
-            return self.production.get(name)
+            s = self.production.get(name)
+            if s is not None:
+                s.last_used = time.monotonic()
+            return s
+        version = self._cached_version(name, sel)
+        if version is None:
+            version = await asyncio.to_thread(self.resolve_ref, name, sel)
+        with self.lock:
+            s = self._loaded(name, version)
+        if s is None:
+            try:
+                s = await asyncio.to_thread(self._load, name, version)
+            except GatewayError:
+                raise
+            except Exception as e:  # a checksum that fails, an adapter the backend does not serve
+                raise GatewayError(503, f"{name}@{version}: cannot be loaded ({type(e).__name__}: {e})", field="model",
+                                   code="model_unavailable") from None
+        s.last_used = time.monotonic()
+        self._evict()
+        return s
+
+    def _cached_version(self, name: str, sel: str) -> int | None:
+        """The version a selector names without reading the registry: a loaded version number, or an
+        alias the poller read (as stale as the production alias, at most poll_s). None: ask the registry."""
         if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
-            version = int(sel)
-            if version not in self.registry.versions(name):
-                raise GatewayError(404, f"{name}: no version {version}; versions: {self.registry.versions(name)}")
-        else:
-            version = self.registry.aliases(name).get(sel)
-            if version is None:
-                raise GatewayError(404, f"{name}: no alias {sel!r}; aliases: {sorted(self.registry.aliases(name))}")
-        return await asyncio.to_thread(self._load, name, int(version))
+            return int(sel) if (name, int(sel)) in self.loaded else None
+        return self.alias_cache.get(name, {}).get(sel)
+
+    def resolve_ref(self, name: str, sel: str) -> int:
+        """The version number selector `sel` (an alias or a number) names in the registry (blocking I/O:
+        call it off the event loop). Raises GatewayError 404 naming the versions or aliases there are,
+        503 when the registry cannot be read."""
+        try:
+            if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
+                versions = self.registry.versions(name)
+            else:
+                aliases = self.registry.aliases(name)
+        except Exception as e:  # an object store that does not answer: the request may be retried
+            raise GatewayError(503, f"{name}@{sel}: cannot read the registry ({type(e).__name__}: {e})", field="model",
+                               code="registry_unavailable") from None
+        if sel.isascii() and sel.isdigit() and not sel.startswith("0"):
+            if int(sel) not in versions:
+                raise GatewayError(404, f"{name}: no version {int(sel)}; versions: {versions}", field="model",
+                                   code="model_not_found")
+            return int(sel)
+        if sel not in aliases:
+            raise GatewayError(404, f"{name}: no alias {sel!r}; aliases: {sorted(aliases)}", field="model",
+                               code="model_not_found")
+        return int(aliases[sel])
+
+    def _evict(self) -> None:
+        """Retire the least recently used versions loaded on demand beyond max_versions (production
+        versions never count); the poller unloads them once idle."""
+        with self.lock:
+            pinned = {id(p) for p in self.production.values() if p is not None}
+            extra = sorted((s for s in self.loaded.values() if id(s) not in pinned and not s.retired),
+                           key=lambda s: s.last_used)
+            for s in extra[: max(0, len(extra) - self.cfg.max_versions)]:
+                log.info("unloading %s when idle: more than max_versions=%d versions loaded on demand", s.key,
+                         self.cfg.max_versions)
+                self._retire(s)
 
     # --- the lanes --------------------------------------------------------------------------------------------------
 
@@ -366,23 +459,43 @@ class Gateway:
                 t = self.tasks[name] = get_task(lane.skill.config)
         return t
 
-    def check_input(self, x: str, where: str) -> None:
+    def check_input(self, x: str, where: str, task=None) -> None:
+        """Raise GatewayError naming `where` for an input no lane can answer: not text, too long (413),
+        text UTF-8 cannot encode (a lone surrogate), empty, or one the skill's task refuses (422)."""
+        if not isinstance(x, str):
+            raise GatewayError(422, f"{where}: must be text", field=where, code="invalid_type")
         if len(x) > self.cfg.max_input_chars:
             raise GatewayError(413, f"{where}: {len(x)} characters; the limit is max_input_chars={self.cfg.max_input_chars}",
-                               limit="max_input_chars")
+                               limit="max_input_chars", field=where, code="input_too_long")
+        bad = unencodable(x)
+        if bad is not None:
+            raise GatewayError(422, f"{where}: not valid Unicode text (a lone surrogate U+{ord(x[bad]):04X} at character "
+                                    f"{bad}); it cannot be encoded as UTF-8", field=where, code="invalid_text")
+        if not x.strip():
+            raise GatewayError(422, f"{where}: the input is empty", field=where, code="empty_input")
+        if task is not None:
+            try:
+                problem = task.input_problem(x)
+            except Exception:
+                problem = None
+            if problem:
+                raise GatewayError(422, f"{where}: {problem[1]} ({problem[0]})", field=where, code=problem[0])
 
-    async def answer(self, ref: str, inputs: list[str], request_id: str | None = None) -> list[Result]:
-        """Answer each input through the lanes. Raises GatewayError (404 unknown, 413 too long,
-        503 no answer: the teacher is unreachable and the small model's answer is invalid)."""
+    async def answer(self, ref: str, inputs: list[str], request_id: str | None = None,
+                     where: list[str] | None = None) -> list[Result]:
+        """Answer each input through the lanes. `where`: each input's name in the request (for errors;
+        default inputs[i]). Raises GatewayError (404 unknown, 413 too long, 422 an input no lane can
+        answer, 503 no answer: the teacher is unreachable and the small model's answer is invalid)."""
         t0 = time.perf_counter()
         rid = request_id or new_request_id()
         if len(inputs) > self.cfg.max_inputs:
             raise GatewayError(413, f"inputs: {len(inputs)} inputs; the limit is max_inputs={self.cfg.max_inputs}",
-                               limit="max_inputs")
-        for i, x in enumerate(inputs):
-            self.check_input(x, f"inputs[{i}]" if len(inputs) > 1 else "input")
+                               limit="max_inputs", field="inputs")
         served = await self.lookup(ref)
         name = ref.partition("@")[0]
+        task = self.task(name, served)
+        for i, x in enumerate(inputs):  # before any decode: one bad input never reaches a batch
+            self.check_input(x, where[i] if where else f"inputs[{i}]" if len(inputs) > 1 else "input", task)
         ids = [rid] if len(inputs) == 1 else [f"{rid}-{i}" for i in range(len(inputs))]
         if served is None:
             answers: list[Answer | None] = [None] * len(inputs)
@@ -433,6 +546,7 @@ class Gateway:
             r.latency_ms = ms
             a = answers[i]
             r.extra["slm_answer"] = a.parsed if a is not None else None
+            r.prompt_tokens, r.completion_tokens = (a.prompt_tokens, a.completion_tokens) if a is not None else (0, 0)
             teacher_answer = r.answer if r.lane == "escalate" else None
             self._capture(name, r.version, inputs[i], r.id, a, r.answer, r.lane, ms, teacher_answer)
             self.metrics.observe(name, r.version, r.lane, ms / 1000)
@@ -515,14 +629,38 @@ class Gateway:
 
     def feedback(self, request_id: str, verdict: str, answer: str | None = None, skill: str | None = None) -> str:
         """Settle a traffic row: accepted, rejected, or corrected (with `answer`: reference_source human).
-        Returns the skill. Raises GatewayError 404 for an unknown request id (without `skill`), 422 for a bad body."""
+        Returns the skill. Raises GatewayError 404 for an id that is neither a recent answer of this
+        process nor a row of the skill's table, 422 for a bad body or the call id of a multi-input
+        request (naming its per-input ids), 503 when the table cannot be checked. Blocking (it may
+        read the traffic database): call it off the event loop."""
         from datetime import datetime, timezone
 
-        name = skill or self.recent.get(request_id)
+        for where, text in (("id", request_id), ("answer", answer), ("skill", skill)):
+            if isinstance(text, str) and unencodable(text) is not None:
+                raise GatewayError(422, f"{where}: not valid Unicode text (a lone surrogate)", field=where, code="invalid_text")
+        name = self.recent.get(request_id)
         if name is None:
-            raise GatewayError(404, f"id: unknown request id {request_id!r} (pass 'skill' for requests older than this process)")
-        if name not in self.skills:
-            raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills)}", known=self.skills)
+            parts = [k for k in (f"{request_id}-{i}" for i in range(self.cfg.max_inputs)) if k in self.recent]
+            if parts:
+                raise GatewayError(422, f"id: {request_id!r} names a call of {len(parts)} inputs; send feedback for one of "
+                                        f"its per-input ids: {', '.join(parts)}", field="id", ids=parts, code="ambiguous_id")
+            name = skill
+            if name is None:
+                raise GatewayError(404, f"id: unknown request id {request_id!r} (pass 'skill' for requests older than this "
+                                        f"process)", field="id", code="unknown_id")
+            if name not in self.skills:
+                raise GatewayError(404, f"unknown skill {name!r}; known: {', '.join(self.skills)}", known=self.skills,
+                                   field="skill")
+            try:
+                found = self.traffic.exists(name, request_id)
+            except Exception as e:
+                raise GatewayError(503, f"id: cannot check {request_id!r} in the traffic table ({type(e).__name__}); "
+                                        f"retry later", field="id") from None
+            if not found:
+                raise GatewayError(404, f"id: no request {request_id!r} in {name}'s traffic table", field="id",
+                                   code="unknown_id")
+        elif skill is not None and skill != name:
+            raise GatewayError(422, f"skill: request {request_id!r} was answered by {name}, not {skill}", field="skill")
         now = datetime.now(timezone.utc)
         if verdict == "accepted":
             values = {"accepted": True}
@@ -592,3 +730,25 @@ def teacher_option_of(served: Served | None) -> dict | None:
 
 def new_request_id() -> str:
     return "req-" + uuid.uuid4().hex[:24]
+
+
+# A retired version used this recently is not unloaded yet: its request may be between lookup and queueing.
+REAP_GRACE_S = 2.0
+
+
+def unencodable(text: str) -> int | None:
+    """The index of the first character UTF-8 cannot encode (a lone surrogate, which a JSON body can
+    carry as an escape), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def _input_fault(e: BaseException) -> bool:
+    """Whether a failed batch may be the fault of one of its items (then each is decoded alone):
+    not when the backend is unreachable or keeps failing."""
+    from gateway.engine_openai import RemoteUnavailable
+
+    return not isinstance(e, (RemoteUnavailable, MemoryError))

@@ -2,12 +2,19 @@
 inserts them in batches into the per-skill traffic table the replay gate and the refresh read
 (`gates.replay: {source: sql, url: ..., table: traffic_<skill>, columns: {reference_source:
 reference_source}}`). A full queue drops the row and counts it; a database that stops answering
-holds rows in the queue (retried with backoff) and never blocks a request."""
+holds rows in the queue (retried with backoff) and never blocks a request.
+
+Poison rows: every text value is cleaned before it is queued (a lone surrogate, which UTF-8
+cannot encode, and NUL, which PostgreSQL text refuses, become U+FFFD; counted in `cleaned`), so
+the table only holds text the pipeline's readers accept. A batch the database still refuses while
+it answers a probe is written row by row; a row refused alone is dropped and counted in
+`dropped`, and every later row is written. Only a database that does not answer holds rows."""
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +25,26 @@ log = logging.getLogger("distill.gateway")
 
 # Longest pause between attempts while the database does not answer.
 MAX_BACKOFF_S = 5.0
+
+# What no store can hold as text: lone surrogates (not encodable as UTF-8) and NUL (PostgreSQL).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(value: Any) -> tuple[Any, bool]:
+    """(value, changed): a str with every lone surrogate and NUL replaced by U+FFFD; other values as given."""
+    if isinstance(value, str) and _UNSTORABLE.search(value):
+        return _UNSTORABLE.sub("\ufffd", value), True
+    return value, False
+
+
+def clean_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(row, changed): `row` with every text value cleaned (clean_text)."""
+    changed = False
+    out = {}
+    for k, v in row.items():
+        out[k], c = clean_text(v)
+        changed |= c
+    return out, changed
 
 
 def traffic_table(metadata, name: str):
@@ -59,7 +86,8 @@ class TrafficWriter:
     """write(row) / update(skill, id, values): never block; rows are written by a background thread.
 
     `url`: SQLAlchemy URL; `table_for(skill)` -> table name. Counters: written, lost (queue full),
-    failures (database errors, each retried)."""
+    failures (database errors, each retried), cleaned (rows whose text was repaired), dropped (rows
+    the database refused on their own: poison rows, never retried)."""
 
     def __init__(self, url: str, table_for: Callable[[str], str], max_queue: int = 10_000, batch: int = 256,
                  flush_ms: float = 200.0, on_lost: Callable[[int], None] | None = None):
@@ -75,7 +103,7 @@ class TrafficWriter:
         self.metadata = sa.MetaData()
         self.tables: dict[str, Any] = {}
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.written = self.lost = self.failures = self.updated = 0
+        self.written = self.lost = self.failures = self.updated = self.cleaned = self.dropped = 0
         self.last_error: str | None = None
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -86,6 +114,9 @@ class TrafficWriter:
     # --- request side (never blocks) ---------------------------------------------------------------------------
 
     def _put(self, op: _Op) -> bool:
+        op.row, changed = clean_row(op.row)
+        op.id = clean_text(op.id)[0]
+        self.cleaned += changed
         try:
             self.q.put_nowait(op)
             return True
@@ -109,23 +140,28 @@ class TrafficWriter:
 
     # --- writer thread -----------------------------------------------------------------------------------------
 
-    def _table(self, conn, skill: str):
+    def _table(self, conn, skill: str, created: dict):
         name = self.table_for(skill)
         t = self.tables.get(name)
         if t is None:
-            t = traffic_table(self.metadata, name)
+            t = created.get(name)
+        if t is None:
+            t = self.metadata.tables.get(name)
+            if t is None:
+                t = traffic_table(self.metadata, name)
             t.create(conn, checkfirst=True)
-            self.tables[name] = t
+            created[name] = t  # known to exist only once this transaction commits (a failed batch rolls it back)
         return t
 
     def _commit(self, ops: list[_Op]) -> None:
         import sqlalchemy as sa
 
+        created: dict = {}
         with self.engine.begin() as conn:
             i = 0
             while i < len(ops):
                 op = ops[i]
-                t = self._table(conn, op.skill)
+                t = self._table(conn, op.skill, created)
                 if op.kind == "insert":
                     j = i
                     while j < len(ops) and ops[j].kind == "insert" and ops[j].skill == op.skill:
@@ -135,6 +171,7 @@ class TrafficWriter:
                 else:
                     conn.execute(sa.update(t).where(t.c.id == op.id).values(**op.row))
                     i += 1
+        self.tables.update(created)
         self.written += sum(o.kind == "insert" for o in ops)
         self.updated += sum(o.kind == "update" for o in ops)
 
@@ -156,15 +193,59 @@ class TrafficWriter:
                 self._commit(self._held)
                 self._held = []
                 backoff = 0.1
-            except Exception as e:  # the database is down or refuses: keep the rows, retry later
+                continue
+            except Exception as e:  # the database is down, or it refuses something in this batch
                 self.failures += 1
-                self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                log.warning("traffic: cannot write %d rows (%s); retrying in %.1f s", len(self._held), self.last_error, backoff)
-                if self._stop.wait(backoff) and self.failures > 3:
-                    self.lost += len(self._held)  # shutting down with the database away
-                    self._held = []
-                    return
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                self.last_error = _why(e)
+            if self._reachable():
+                # The database answers, so the rows are the problem: write them one by one, drop what it refuses.
+                self._isolate()
+                continue
+            log.warning("traffic: cannot write %d rows (%s); retrying in %.1f s", len(self._held), self.last_error, backoff)
+            if self._stop.wait(backoff) and self.failures > 3:
+                self.lost += len(self._held)  # shutting down with the database away
+                self._held = []
+                return
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _reachable(self) -> bool:
+        import sqlalchemy as sa
+
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+            return True
+        except Exception:
+            return False
+
+    def _isolate(self) -> None:
+        """Commit the held ops one at a time; an op the database refuses alone (while it still answers) is dropped."""
+        while self._held:
+            op = self._held[0]
+            try:
+                self._commit([op])
+            except Exception as e:
+                self.failures += 1
+                self.last_error = _why(e)
+                if not self._reachable():
+                    return  # the database went away meanwhile: keep the rest held
+                self.dropped += 1
+                log.error("traffic: dropped a %s of row %s for %s that the database refuses (%s)", op.kind,
+                          op.id or op.row.get("id"), op.skill, self.last_error)
+            self._held.pop(0)
+
+    def exists(self, skill: str, id: str) -> bool:
+        """Whether row `id` is in `skill`'s table (False when the table does not exist). Raises when the database does not answer."""
+        import sqlalchemy as sa
+
+        name = self.table_for(skill)
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(name):
+                return False
+            t = self.tables.get(name)
+            if t is None:
+                t = traffic_table(sa.MetaData(), name)
+            return conn.execute(sa.select(t.c.id).where(t.c.id == id)).first() is not None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued row is committed (tests, shutdown). True when drained."""
@@ -181,3 +262,7 @@ class TrafficWriter:
         self._stop.set()
         self.thread.join(timeout=timeout)
         self.engine.dispose()
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"

@@ -210,6 +210,9 @@ class FakeOpenAIServer:
     def _choice(prompt: str, text: str, body: dict, chat: bool, index: int) -> dict:
         choice = ({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} if chat
                   else {"index": index, "text": text, "finish_reason": "stop"})
+        if body.get("return_token_ids") and not chat:  # vLLM >= 0.10.2: the tokens of each choice (4 chars a token here)
+            choice["prompt_token_ids"] = list(range(max(1, len(prompt) // 4)))
+            choice["token_ids"] = list(range(max(1, len(text) // 4)))
         if body.get("echo") and not chat and body.get("logprobs") is not None:
             # Prompt logprobs (vLLM / OpenAI legacy completions): one token per word, logprob -len(word)/10.
             toks = [(m.start(), m.group(0)) for m in re.finditer(r"\s*\S+", prompt)]

@@ -132,6 +132,7 @@ class TaskType:
     answer_tokens: ClassVar[int] = 160  # longest answer generated in evaluation (gates.max_new_tokens unset)
     teacher_answer_tokens: ClassVar[int] = 256  # longest teacher answer (teacher.answer_max_tokens unset)
     answer_format: ClassVar[str] = "text"  # skill.json's answer_format: label | json | text
+    api_tools: ClassVar[bool] = False  # the API request's `tools` are part of the input; answers are tool calls
     slice_name: ClassVar[str] = "per-slice"  # how reports title the per-slice table
     # `distill new-skill`: instruction, input_name, output_name, floor, example [, labels, output_schema,
     # max_length, eval_example].

@@ -223,6 +223,7 @@ def ast_check(example: Example, prediction: str | None) -> tuple[bool, str | Non
 class FunctionCall(TaskType):
     name, primary = "function_call", "ast_accuracy"
     json_input = True
+    api_tools = True
     answer_format = "json"
     scaffold = {
         "instruction": 'Call one of the functions to answer the request. Reply with one JSON object: '

@@ -91,10 +91,11 @@ def teacher_skill(skill_root, fake_teacher):
 class Running:
     """A gateway under uvicorn in a thread (gateway.app.InThread) on a free port; .url, .app, .gateway, .stop()."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, gateway=None, require_ready: bool = True):
         from gateway.app import InThread
 
-        self._srv = InThread(cfg.model_copy(update={"port": cfg.port or free_port()}), ready_timeout_s=120)
+        self._srv = InThread(cfg.model_copy(update={"port": 0}), gateway, ready_timeout_s=120,  # InThread binds a free port
+                             require_ready=require_ready)
         self.app, self.gateway, self.server = self._srv.app, self._srv.gateway, self._srv.server
         self.thread, self.port, self.url = self._srv.thread, self._srv.port, self._srv.url
 
@@ -106,8 +107,8 @@ class Running:
 def run_gateway():
     started = []
 
-    def start(cfg):
-        g = Running(cfg)
+    def start(cfg, gateway=None, require_ready: bool = True):
+        g = Running(cfg, gateway, require_ready)
         started.append(g)
         return g
 
@@ -123,3 +124,53 @@ def routing_with_threshold(threshold: float | None, mode: str = "threshold") -> 
 
 def read_json(p: Path) -> dict:
     return json.loads(p.read_text())
+
+
+class StubEngine:
+    """An engine without a model, for the HTTP and lane tests that need no real decode: answers the
+    skill's first label (or `answer(prompt)`), with `confidence`; `load_s` makes each load slow;
+    an input holding `poison` fails any batch it is in (a fault of that input alone). Counts loads
+    and unloads per key."""
+
+    def __init__(self, confidence: float | None = 0.0, load_s: float = 0.0, poison: str | None = None,
+                 decode_s: float = 0.0, answer=None):
+        import collections
+
+        self.confidence, self.load_s, self.poison, self.decode_s, self.answer = confidence, load_s, poison, decode_s, answer
+        self.loads: collections.Counter = collections.Counter()
+        self.unloads: collections.Counter = collections.Counter()
+        self.batches: list[int] = []
+        self.loaded: set[str] = set()
+        self.label = "billing"
+
+    def load(self, key, folder, spec):
+        if key in self.loaded:  # what PEFT says when an adapter name is added twice
+            raise ValueError(f"adapter {key} already loaded")
+        time.sleep(self.load_s)
+        self.loaded.add(key)
+        self.loads[key] += 1
+        self.label = (spec.get("labels") or ["x"])[0]
+
+    def unload(self, key):
+        self.loaded.discard(key)
+        self.unloads[key] += 1
+
+    def tokenizer(self, key):
+        return None
+
+    def decode(self, key, cfg, prompts, max_new_tokens, inputs=None, **kw):  # kw: what newer engines take (signal)
+        from gateway.engine import Answer
+
+        time.sleep(self.decode_s)
+        self.batches.append(len(prompts))
+        if self.poison is not None and any(self.poison in p for p in prompts):
+            raise RuntimeError("the backend cannot decode this batch")
+        out = []
+        for p in prompts:
+            label = self.answer(p) if self.answer else self.label
+            out.append(Answer(raw=f" {label}", parsed=label, confidence=self.confidence, finish_reason="stop",
+                              prompt_tokens=len(p.split()), completion_tokens=1))
+        return out
+
+    def close(self):
+        pass

@@ -90,8 +90,9 @@ def test_lanes_headers_errors_auth_and_metrics(teacher_skill, trained_adapter, t
     assert r.status_code == 413 and "max_input_chars=200" in r.json()["error"]["message"]
     r = httpx.post(g.url + "/v1/chat/completions", json={**body, "model": f"{SKILL}@9"}, headers=auth)
     assert r.status_code == 404 and "no version 9" in r.json()["error"]["message"]
-    # Metrics: requests by skill, version and lane; queue gauges.
-    m = httpx.get(g.url + "/metrics").text
+    # Metrics: requests by skill, version and lane; queue gauges (behind the token, like every path but the probes).
+    assert httpx.get(g.url + "/metrics").status_code == 401
+    m = httpx.get(g.url + "/metrics", headers=auth).text
     assert f'distill_gateway_requests_total{{lane="' in m and f'skill="{SKILL}"' in m
     assert 'distill_gateway_queue_lost{queue="traffic"} 0.0' in m and "distill_gateway_escalation_rate" in m
     # The token never appears in the traffic table.
