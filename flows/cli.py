@@ -258,10 +258,13 @@ def cmd_gateway(args) -> int:
     from gateway import GatewayConfig
     from gateway.app import serve
 
-    overrides = {}
-    for item in args.escalation or []:
-        skill, _, mode = item.partition("=")
-        overrides[skill] = {"escalation": mode}
+    overrides: dict[str, dict] = {}
+    for flag, key in (("escalation", "escalation"), ("routing_policy", "policy"), ("max_teacher_share", "max_teacher_share")):
+        for item in getattr(args, flag, None) or []:
+            skill, sep, value = item.partition("=")
+            if not sep or not skill or not value:
+                raise SystemExit(f"--{flag.replace('_', '-')} {item!r}: expected SKILL=VALUE, e.g. ticket-triage=budget")
+            overrides.setdefault(skill, {})[key] = value
     cfg = GatewayConfig.model_validate({
         "registry": args.registry or str(registry_root()), "skills": args.skill or None, "host": args.host,
         "port": args.port, "backend": args.backend, "backend_url": args.backend_url,
@@ -353,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--profile", default="default", help="skill profile for the teacher block of each skill.yaml")
     w.add_argument("--escalation", action="append", metavar="SKILL=MODE",
                    help="per-skill override: threshold | never | always (repeatable)")
+    w.add_argument("--routing-policy", action="append", metavar="SKILL=POLICY",
+                   help="per-skill override: re-pick the routing point on routing.json's both-lanes curve with "
+                        "quality | budget | target_error (repeatable)")
+    w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
+                   help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")
     w.set_defaults(fn=cmd_gateway)
     return p
 
