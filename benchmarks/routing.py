@@ -17,7 +17,9 @@ both ways, so no rule is scored on the items it was tuned on):
 Reported per rule: served quality (the skill's primary metric of the answers served), teacher share, and cost
 per 1,000 requests (--teacher-price per 1,000 teacher answers, --student-price per 1,000 student answers; the
 student answers every request). Then the same with a strong teacher: the project's fake OpenAI server
-scripted to answer right 95% of the time (a deterministic 5% of items get another item's answer).
+scripted to answer right 95% of the time (a deterministic 5% of items get another item's answer), and for
+label skills with the teacher lane as it was before both lanes were measured (a plain greedy few-shot prompt,
+`plain_greedy_teacher`): its `today` row is the old gateway's behaviour.
 
     python benchmarks/routing.py [--quick] [--skills ticket-triage ...] [--teacher-price 10] [--student-price 0.2]
     python benchmarks/routing.py --through-gateway     # also: ticket-triage's eval set and replay sample
@@ -298,7 +300,12 @@ def main() -> None:
                    "signal_auroc": {k: v["auroc"] for k, v in comparison.items()},
                    "student_seconds": student_s, "teacher_seconds": teacher_s, "teacher_requests": acc,
                    "teacher_option": {k: v for k, v in (option or {}).items() if k != "prior"} or "configured"}
-            for lane_name, answers in (("audited_teacher", audited), ("strong_teacher_95", strong)):
+            lanes = [("audited_teacher", audited), ("strong_teacher_95", strong)]
+            if get_one_label(cfg):  # the lane before this issue: a plain greedy few-shot prompt (label answerer)
+                plain, _, _ = _audited_answers(skill, examples, {"answerer": "label", "shots": "random", "seed": 0,
+                                                                 "few_shot": cfg.teacher.few_shot}, args.quick)
+                lanes.append(("plain_greedy_teacher", plain))
+            for lane_name, answers in lanes:
                 items = _lane_items(skill, examples, preds, answers, signal)
                 row[lane_name] = cross_fit(items, cfg, args.teacher_price, args.student_price)
             rows[name] = row
