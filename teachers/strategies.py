@@ -551,7 +551,7 @@ def answer_inputs(skill: Skill, teacher: Teacher, inputs: list[str], option: dic
     for x in inputs:
         e = got.get(x)
         if e is not None and e.output is not None:
-            out.append(TeacherVerdict(e.output, e.confidence, None, e.meta.get("raw_answer")))
+            out.append(TeacherVerdict(e.output, e.confidence, None, e.meta.get("raw_answer") or e.output))
         else:
             r = why.get(x)
             out.append(TeacherVerdict(None, None, f"teacher: {r.reason}" if r else "teacher: no answer"))
