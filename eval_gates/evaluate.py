@@ -199,13 +199,15 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
     """The routing profile from both lanes on the same items: the candidate's answers (with every candidate
     confidence, read from the decode's own scores) on the eval set and the replay sample, and the teacher's
     answers with its audited option (teacher_answers.jsonl; None: the teacher lane was not measured, so no
-    valid answer is escalated). Picks the signal, builds the served-quality curve, applies the policy."""
+    valid answer is escalated). Picks the signal, builds the served-quality curve on the items whose reference
+    is independent of the teacher (the eval set's gold answers, replayed requests a person labelled), applies
+    the policy."""
     from eval_gates import routing as R
 
     try:
         t0 = time.time()
         rc = cfg.routing
-        items, sigs, correct, valid, teacher_vals = [], [], [], [], {}
+        items, item_sigs, all_sigs, sigs, correct, valid, teacher_vals = [], [], [], [], [], [], {}
         for set_name, (its, pred, per) in lanes.items():
             if pred.signals is None or all(x is None for x in pred.signals):  # a model without decode signals
                 prompts = [render_prompt(cfg, e.input, model.tokenizer) for e in its]
@@ -216,17 +218,24 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
             tv = []
             for e, s, sc, sig in zip(its, pred.preds, per, s_list):
                 t = teacher_answers.get((set_name, e.id)) if teacher_answers is not None else None
-                t_score = float(task.score(e, t)[task.primary]) if t is not None else None
                 tv.append(t)
                 ok, v = _correct(task, sc), bool(sc.get("valid", 1.0))
-                items.append(R.LaneItem(None, v, float(sc[task.primary]), t_score, ok, set_name))
+                # Every answer's signals count for the signal choice and the replay confidences; the curve
+                # takes only items whose reference can judge the teacher: a replayed request's LLM reference
+                # may be the teacher's own earlier answer (the gateway's escalate lane writes them), which
+                # would score the teacher against itself.
+                if set_name == "eval" or (e.meta or {}).get("reference_source") == "human":
+                    t_score = float(task.score(e, t)[task.primary]) if t is not None else None
+                    items.append(R.LaneItem(None, v, float(sc[task.primary]), t_score, ok, set_name))
+                    item_sigs.append(sig)
+                all_sigs.append((set_name, sig))
                 sigs.append(sig)
                 correct.append(ok)
                 valid.append(v)
             teacher_vals[set_name] = tv
         comparison = R.compare_signals(sigs, correct, valid)
         signal, why = R.pick_signal(comparison, rc.signal)
-        for it, sig in zip(items, sigs):
+        for it, sig in zip(items, item_sigs):
             it.signal = sig.get(signal)
         curve = R.served_curve(items, rc.confidence_level)
         pick = R.choose_point(curve, rc.policy, max_teacher_share=rc.max_teacher_share,
@@ -235,13 +244,16 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
         pt = pick["point"]
         measured = teacher_answers is not None
         by_set = {name: R.evaluate_point([it for it in items if it.set == name], pt["threshold"],
-                                         kept_all=pick["mode"] == "keep_all_valid") for name in lanes}
-        replay_sigs = [it.signal for it in items if it.set == "replay"]
+                                         kept_all=pick["mode"] == "keep_all_valid")
+                  for name in lanes if any(it.set == name for it in items)}
+        replay_sigs = [sig.get(signal) for name, sig in all_sigs if name == "replay"]
+        excluded = sum(1 for name, _ in all_sigs if name == "replay") - sum(it.set == "replay" for it in items)
         d = {
             "version": 2, "policy": rc.policy, "mode": pick["mode"], "threshold": pt["threshold"],
             "reason": pick["reason"] + ("" if measured else "; the teacher lane was not measured in this run "
                                                              "(teacher_answers.jsonl missing): no valid answer escalates"),
-            "certified": pick.get("certified"), "fallback": pick.get("fallback"),
+            "certified": pick.get("certified"), "fallback": pick.get("fallback"), "fallback_policy": rc.fallback,
+            "replay_items_without_an_independent_reference": excluded,
             "teacher_measured": measured, "teacher_option": option,
             "n": curve["n"], "valid": curve["valid"], "kept": pt["kept"],
             "teacher_share": pt["teacher_share"], "escalation_rate": pt["teacher_share"],

@@ -199,14 +199,16 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
     from scipy.stats import binomtest
 
     n = len(items)
-    # Invalid answers and answers without a finite confidence always escalate.
+    # Invalid answers always escalate; a valid answer without a finite confidence escalates at every threshold,
+    # and is kept only at the last point, "keep every valid answer" (what the gateway does in that mode).
     ranked = sorted((it for it in items if it.valid and usable(it.signal)), key=lambda it: -float(it.signal))
+    unscored = [it for it in items if it.valid and not usable(it.signal)]
     pass_fail = all(v in (0.0, 1.0) for it in items for v in (it.student, _served_teacher(it)))
     # Running sums: served = kept students + escalated teachers, updated as each answer moves to the kept side.
     total = sum(_served_teacher(it) for it in items)
     sq = sum(_served_teacher(it) ** 2 for it in items)
-    wins = sum(_served_teacher(it) > it.student for it in ranked)
-    losses = sum(_served_teacher(it) < it.student for it in ranked)
+    wins = sum(_served_teacher(it) > it.student for it in ranked + unscored)
+    losses = sum(_served_teacher(it) < it.student for it in ranked + unscored)
     kept_errors = 0
     points = []
     for k in range(0, len(ranked) + 1):
@@ -220,14 +222,24 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
             losses -= t < it.student
             if k < len(ranked) and float(ranked[k].signal) == float(it.signal):
                 continue  # ties: a threshold keeps all of them or none
+        kept = k
+        if k == len(ranked) and unscored:  # keep every valid answer
+            for it in unscored:
+                t = _served_teacher(it)
+                total += it.student - t
+                sq += it.student ** 2 - t ** 2
+                kept_errors += not it.student_correct
+                wins -= t > it.student
+                losses -= t < it.student
+            kept += len(unscored)
         m, lo, hi = _interval(total, sq, n, pass_fail, level)
         p = float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
         points.append({
-            "threshold": float(ranked[k - 1].signal) if k else None, "kept": k,
-            "teacher_share": round((n - k) / n, 4) if n else 1.0,
+            "threshold": float(ranked[k - 1].signal) if k else None, "kept": kept,
+            "teacher_share": round((n - kept) / n, 4) if n else 1.0,
             "served": m, "served_low": lo, "served_high": hi,
-            "kept_errors": kept_errors, "kept_error_rate": round(kept_errors / k, 4) if k else None,
-            "kept_error_upper": round(upper_bound(kept_errors, k, level), 4) if k else None,
+            "kept_errors": kept_errors, "kept_error_rate": round(kept_errors / kept, 4) if kept else None,
+            "kept_error_upper": round(upper_bound(kept_errors, kept, level), 4) if kept else None,
             "teacher_wins": wins, "student_wins": losses, "p_teacher_better": round(p, 5),
         })
     alone = {}
@@ -236,7 +248,7 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
         m, lo, hi = mean_interval(vals, level)
         alone[name] = {"served": m, "served_low": lo, "served_high": hi, "n": len(vals)}
     alone["teacher_alone"]["answered"] = sum(it.teacher is not None for it in items)
-    return {"n": n, "valid": len(ranked), "points": points, **alone}
+    return {"n": n, "valid": len(ranked) + len(unscored), "points": points, **alone}
 
 
 def min_items_to_certify(target_error: float, level: float = 0.95) -> int:
@@ -249,63 +261,79 @@ def choose_point(curve: dict, policy: str, *, max_teacher_share: float = 0.2, ta
                  significance: float = 0.05, fallback: str = "quality", level: float = 0.95) -> dict:
     """The point of `served_curve`'s curve a routing policy picks.
 
-    quality: the highest served quality; among equal ones, the fewest teacher calls; and escalating valid
-      answers only where the teacher is measured better on them (one-sided exact sign test p <= significance
-      on the escalated valid items), else every valid answer is kept. So a band where the teacher is measured
-      no better than the student is never escalated.
-    budget: the highest served quality with teacher_share <= max_teacher_share (fewest teacher calls on ties);
-      when invalid answers alone exceed the budget, every valid answer is kept.
+    quality: among the points whose escalated valid answers the teacher is measured better on (one-sided exact
+      sign test p <= significance on the items where the lanes differ; keeping every valid answer always
+      qualifies), the highest served quality, and among equal ones the fewest teacher calls.
+    budget: the highest served quality with at most max_teacher_share of requests sent to the teacher (fewest
+      teacher calls on ties); when invalid answers alone exceed the budget, every valid answer is kept.
     target_error: the most answers kept whose one-sided exact (Clopper-Pearson) bound on the kept error rate
       is <= target_error_rate; when no cut can be certified (too few items), `fallback`'s point, said so.
+    Whatever the policy, a teacher that was not measured (no answer on any item) or that is measured worse than
+    the student on the answers the point would escalate (more items where the student is right and it is not
+    than the reverse) takes no valid answer: every valid answer is kept, and the reason says so.
+    Bounds are compared exact (counts, not the rounded values shown in the curve).
     Returns {"policy", "point", "mode", "reason", "certified" (target_error only)}. Raises ValueError for an
     unknown policy or a curve without points."""
     points = curve.get("points") or []
     if not points:
         raise ValueError("routing curve has no points")
+    n = curve.get("n") or 0
     keep_all = points[-1]
+
+    def served(p):
+        return p["served"] or 0.0
+
     if policy == "quality":
-        best = max(p["served"] or 0.0 for p in points)
-        at_best = [p for p in points if (p["served"] or 0.0) >= best - 1e-12]
-        pt = max(at_best, key=lambda p: p["kept"])
+        ok = [p for p in points if p is keep_all or p["p_teacher_better"] <= significance]
+        best = max(served(p) for p in ok)
+        pt = max((p for p in ok if served(p) >= best - 1e-12), key=lambda p: p["kept"])
+        unproven = [p for p in points if served(p) > best + 1e-12]
         reason = f"highest served quality {best:.4f} with the fewest teacher calls"
-        if pt is not keep_all and pt["p_teacher_better"] > significance:
-            reason = (f"the teacher is not measured better on the {pt['teacher_wins'] + pt['student_wins']} "
-                      f"escalated answers where the lanes differ (teacher better {pt['teacher_wins']}, student "
-                      f"{pt['student_wins']}, p={pt['p_teacher_better']:.3g} > significance {significance}): "
-                      "every valid answer is kept")
-            pt = keep_all
-        elif pt is keep_all:
-            reason += ": escalating no valid answer serves better"
+        if pt is keep_all:
+            reason += ": escalating no valid answer serves measurably better"
+        if unproven:
+            q = max(unproven, key=served)
+            reason += (f" (a cut serving {served(q):.4f} escalates answers the teacher is not measured better on: "
+                       f"teacher better {q['teacher_wins']}, student {q['student_wins']}, p={q['p_teacher_better']:.3g}"
+                       f" > significance {significance})")
         out = {"policy": "quality", "point": pt, "reason": reason}
     elif policy == "budget":
-        within = [p for p in points if p["teacher_share"] <= max_teacher_share + 1e-12]
+        within = [p for p in points if n - p["kept"] <= max_teacher_share * n + 1e-9]
         if not within:
             out = {"policy": "budget", "point": keep_all,
                    "reason": f"invalid answers alone are {keep_all['teacher_share']:.3f} of requests, above "
                              f"max_teacher_share {max_teacher_share}: every valid answer is kept"}
         else:
-            best = max(p["served"] or 0.0 for p in within)
-            pt = max((p for p in within if (p["served"] or 0.0) >= best - 1e-12), key=lambda p: p["kept"])
+            best = max(served(p) for p in within)
+            pt = max((p for p in within if served(p) >= best - 1e-12), key=lambda p: p["kept"])
             out = {"policy": "budget", "point": pt,
                    "reason": f"highest served quality {best:.4f} within teacher share {max_teacher_share}"}
     elif policy == "target_error":
-        ok = [p for p in points if p["kept"] and p["kept_error_upper"] is not None
-              and p["kept_error_upper"] <= target_error_rate + 1e-12]
+        ok = [p for p in points if p["kept"] and upper_bound(p["kept_errors"], p["kept"], level) <= target_error_rate]
         if ok:
             pt = max(ok, key=lambda p: p["kept"])
             out = {"policy": "target_error", "point": pt, "certified": True,
                    "reason": f"kept error {pt['kept_error_rate']:.4f}, one-sided {level:.0%} exact bound "
-                             f"{pt['kept_error_upper']:.4f} <= target {target_error_rate}"}
+                             f"{upper_bound(pt['kept_errors'], pt['kept'], level):.4f} <= target {target_error_rate}"}
         else:
             fb = choose_point(curve, fallback, max_teacher_share=max_teacher_share, significance=significance,
-                              level=level) if fallback != "target_error" else {"point": points[0], "reason": ""}
+                              level=level) if fallback != "target_error" else {"point": keep_all, "reason": ""}
             need = min_items_to_certify(target_error_rate, level)
             out = {"policy": "target_error", "point": fb["point"], "certified": False, "fallback": fallback,
-                   "reason": f"target error {target_error_rate} cannot be certified on {curve.get('n')} items (no "
+                   "reason": f"target error {target_error_rate} cannot be certified on {n} items (no "
                              f"kept set has a one-sided {level:.0%} exact bound within it; that needs at least "
                              f"{need} kept answers, all right): fell back to the {fallback} policy ({fb['reason']})"}
     else:
         raise ValueError(f"routing.policy {policy!r}: use quality, budget or target_error")
+    pt = out["point"]
+    if pt is not keep_all:
+        if (curve.get("teacher_alone") or {}).get("answered") == 0:
+            out["point"], out["reason"] = keep_all, out["reason"] + "; but the teacher lane was not measured (it " \
+                "answered none of the items): no valid answer is escalated to it"
+        elif pt["student_wins"] > pt["teacher_wins"]:
+            out["point"], out["reason"] = keep_all, out["reason"] + (
+                f"; but the teacher is measured worse than the student on the answers it would take (student better "
+                f"on {pt['student_wins']}, teacher on {pt['teacher_wins']}): every valid answer is kept")
     pt = out["point"]
     out["mode"] = "escalate_all" if pt["kept"] == 0 else "keep_all_valid" if pt is keep_all else "threshold"
     return out
@@ -333,7 +361,7 @@ def evaluate_point(items: Sequence[LaneItem], threshold: float | None, kept_all:
     keep valid answers with a usable confidence >= threshold (`threshold` None: keep none unless `kept_all`)."""
     served, esc = [], 0
     for it in items:
-        keep = it.valid and usable(it.signal) and (kept_all or (threshold is not None and float(it.signal) >= threshold))
+        keep = it.valid and (kept_all or (usable(it.signal) and threshold is not None and float(it.signal) >= threshold))
         if keep:
             served.append(it.student)
         else:
@@ -424,7 +452,9 @@ def pick_signal(comparison: dict, configured: str = "auto") -> tuple[str, str]:
     """(signal, why): the configured one, or for auto the highest AUROC (ties and unmeasurable -> the default,
     mean_logprob; a signal measured on fewer items than the default is not preferred)."""
     if configured != "auto":
-        return configured, f"routing.signal is {configured}"
+        if (comparison.get(configured) or {}).get("n"):
+            return configured, f"routing.signal is {configured}"
+        return DEFAULT_SIGNAL, f"routing.signal {configured} is not available from this model's decode: {DEFAULT_SIGNAL}"
     base = comparison.get(DEFAULT_SIGNAL) or {}
     best, why = DEFAULT_SIGNAL, "default (no signal separates better)"
     top = base.get("auroc")

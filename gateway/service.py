@@ -64,6 +64,7 @@ def keep_rule(routing: dict, override: SkillOverride, engine_signals: tuple[str,
                                 else routing.get("max_teacher_share", 0.2),
                                 target_error_rate=override.target_error_rate or routing.get("target_error_rate", 0.05),
                                 significance=routing.get("significance", 0.05),
+                                fallback=routing.get("fallback_policy") or "quality",
                                 level=routing.get("confidence_level", 0.95))
             mode, thr = pick["mode"], pick["point"]["threshold"]
         if mode == "keep_all_valid":

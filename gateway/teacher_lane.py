@@ -44,6 +44,8 @@ class TeacherLane:
         self._stack: contextlib.ExitStack | None = None
         self._teacher = None
         self._default_option: dict | None = None
+        self._seeds_hash: str | None = None
+        self._warned: set[str] = set()
         self._failed_at: float | None = None
         self._why = ""
         self.batcher = DynamicBatcher(self._answer, max_batch, max_wait_ms, name=f"teacher-{self.name}")
@@ -86,10 +88,11 @@ class TeacherLane:
         for i, (_, opt) in enumerate(items):
             groups.setdefault(opt, []).append(i)
         out: list[TeacherAnswer | None] = [None] * len(items)
-        try:
-            for opt, idx in groups.items():
+        for opt, idx in groups.items():
+            try:
                 if opt:
                     option = json.loads(opt)
+                    self._check_seeds(option)
                 else:
                     if self._default_option is None:
                         self._default_option = teacher_option(self.skill, teacher, None, 0)
@@ -97,10 +100,28 @@ class TeacherLane:
                 got = answer_inputs(self.skill, teacher, [items[i][0] for i in idx], option)
                 for i, v in zip(idx, got):
                     out[i] = TeacherAnswer(v.answer, v.error, v.raw)
-        except Exception as e:  # error-rate stop, unreachable endpoint: this batch has no teacher answer
-            self._close()
-            return [TeacherAnswer(None, f"teacher failed: {type(e).__name__}: {e}") for _ in items]
+            except ValueError as e:  # this option is unusable (a bad answerer): its requests only
+                for i in idx:
+                    out[i] = TeacherAnswer(None, f"teacher option: {e}")
+            except Exception as e:  # error-rate stop, unreachable endpoint: no teacher answer for the rest
+                self._close()
+                for i in range(len(items)):
+                    if out[i] is None:
+                        out[i] = TeacherAnswer(None, f"teacher failed: {type(e).__name__}: {e}")
+                break
         return out  # type: ignore[return-value]
+
+    def _check_seeds(self, option: dict) -> None:
+        """Warn once per option when the shots would come from other seeds than the measured run's."""
+        from core.records import hash_examples
+
+        want = option.get("seeds_hash")
+        if want and self._seeds_hash is None:
+            self._seeds_hash = hash_examples(self.skill.seeds)
+        if want and want != self._seeds_hash and want not in self._warned:
+            self._warned.add(want)
+            log.warning("skill %s: its seeds changed since the served version's run measured the teacher; the "
+                        "escalate lane's shots come from today's seeds", self.name)
 
     def _close(self) -> None:
         if self._stack is not None:

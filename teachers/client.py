@@ -142,11 +142,22 @@ class Teacher:
             else:
                 miss.append(i)
         if miss:
-            todo = [(j, keys[j], reqs[j]) for j in miss]
+            # Identical requests in one batch (two inputs that got the same prompt) are sent once and the answer
+            # settles all of them: the same key would get the same cached answer anyway.
+            same: dict[str, list[int]] = {}
+            for j in miss:
+                same.setdefault(keys[j], []).append(j)
+            todo = [(js[0], k, reqs[js[0]]) for k, js in same.items()]
+            acc.cache_hits += len(miss) - len(todo)
+
+            def settle_all(j: int, ans: Outcome) -> None:
+                for jj in same[keys[j]]:
+                    settle(jj, ans)
+
             if hasattr(self.backend, "send"):
-                _run_coro(self._send_all(todo, settle))
+                _run_coro(self._send_all(todo, settle_all))
             else:
-                self._send_local(todo, settle)
+                self._send_local(todo, settle_all)
 
     def _transport_failure(self, f: Failure) -> None:
         self.accounting.fail(f.cause)

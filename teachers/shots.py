@@ -73,8 +73,9 @@ class ShotPicker:
         and was measured with (and a resumed run rebuilds the same prompts)."""
         if self.k <= 0 or not self.pool:
             return []
-        # str seeds hash with SHA-512 in `random`: stable across processes (no PYTHONHASHSEED).
-        rng = random.Random(f"{self.seed + 1}\x1f{input}")
+        # bytes seeds hash with SHA-512 in `random`: stable across processes (no PYTHONHASHSEED); surrogatepass
+        # so any str (a lone surrogate included) has bytes.
+        rng = random.Random(f"{self.seed + 1}\x1f".encode() + input.encode("utf-8", "surrogatepass"))
         if self.mode == "random":
             if self.one_label:
                 return balanced_shots(self.pool, self.k, rng)

@@ -19,6 +19,7 @@ example or a `Rejected` with its reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import time
@@ -497,9 +498,16 @@ def teacher_option(skill: Skill, teacher: Teacher, choice: dict[str, Any] | None
     tc = skill.config.teacher
     choice = dict(choice or {})
     who = answerer(skill.config)
+    from core.records import hash_examples
+
     option: dict[str, Any] = {"answerer": who,
                               "shots": choice.get("shots") or ("random" if tc.shot_selection == "auto" else tc.shot_selection),
-                              "few_shot": tc.few_shot, "seed": int(seed)}
+                              "few_shot": tc.few_shot, "seed": int(seed),
+                              # The shots come from these seeds: a lane on other seeds is not the measured teacher.
+                              "seeds_hash": hash_examples(skill.seeds)}
+    if who == "self_consistency":
+        ec = skill.config.expansion
+        option.update(samples=ec.self_consistency_samples, temperature=ec.self_consistency_temperature)
     if who == "score":
         option["calibration"] = choice.get("calibration") or ("contextual" if tc.calibration == "auto" else tc.calibration)
         option["prior"] = None
@@ -508,7 +516,7 @@ def teacher_option(skill: Skill, teacher: Teacher, choice: dict[str, Any] | None
 
             with progress("teacher: content-free prior", tc.calibration_shot_sets * 3) as advance:
                 prior = content_free_prior(skill.config, teacher, skill.seeds, seed, advance=advance)
-            option["prior"] = {k: round(v, 4) for k, v in prior.items()}
+            option["prior"] = dict(prior)  # unrounded: a rounded 0 would be divided by
     return option
 
 
@@ -517,6 +525,17 @@ def answer_examples(skill: Skill, teacher: Teacher, examples: list[Example], opt
     """Answer `examples` (inputs without outputs) with a `teacher_option`: its answerer, its shots (drawn
     per input from every seed with its seed) and its prior. Returns (answered, rejected) as the answerers do."""
     seed = int(option.get("seed", 0))
+    cfg = skill.config
+    if option.get("few_shot") is not None or option.get("samples") is not None:
+        # The option's own settings, whatever the config says now.
+        cfg = cfg.model_copy(deep=True)
+        if option.get("few_shot") is not None:
+            cfg.teacher.few_shot = int(option["few_shot"])
+        if option.get("samples") is not None:
+            cfg.expansion.self_consistency_samples = int(option["samples"])
+            cfg.expansion.self_consistency_temperature = float(option.get("temperature",
+                                                                          cfg.expansion.self_consistency_temperature))
+        skill = dataclasses.replace(skill, config=cfg)
     picker = shot_picker(skill, option.get("shots"), seed=seed)
     who = option.get("answerer") or answerer(skill.config)
     if who == "label":
@@ -621,7 +640,9 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         answered, r = answer_examples(skill, teacher, inputs, option, advance=advance)
     rejected += r
     by[who] = {"kept": len(answered), "dropped": len(r)}
-    used = {k: v for k, v in option.items() if k not in ("seed", "few_shot")}
+    used = {k: v for k, v in option.items() if k not in ("seed", "few_shot", "seeds_hash", "samples", "temperature")}
+    if used.get("prior"):
+        used["prior"] = {k: round(v, 4) for k, v in used["prior"].items()}
     accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested, "answering": used}
     if run_dir is not None:
         write_examples(Path(run_dir) / "generated.jsonl", answered)
