@@ -236,3 +236,57 @@ def test_signal_choice_prefers_the_one_that_separates():
     assert pick_signal(comp)[0] == "min_logprob" and pick_signal(comp, "mean_logprob")[0] == "mean_logprob"
     flat = compare_signals([{"mean_logprob": 1.0}] * 4, [True] * 4, [True] * 4)
     assert pick_signal(flat)[0] == "mean_logprob"  # nothing measurable: the default
+
+
+# --- found by a hostile review -------------------------------------------------------------------------------------
+
+
+def test_quality_takes_the_best_point_the_teacher_is_measured_better_on():
+    """The highest-quality cut escalates a wide band where the evidence is thin; a narrower one is proven."""
+    sure = [LaneItem(-0.01 * i, True, 1.0, 1.0, True) for i in range(100)]
+    mixed = [LaneItem(-1 - 0.01 * i, True, float(i % 2), float(i % 3 != 0), bool(i % 2)) for i in range(30)]
+    weak = [LaneItem(-5 - 0.01 * i, True, 0.0, 1.0, False) for i in range(10)]  # the teacher wins all 10
+    curve = served_curve(sure + mixed + weak)
+    pick = choose_point(curve, "quality")
+    assert pick["mode"] == "threshold" and pick["point"]["p_teacher_better"] <= 0.05
+    assert pick["point"]["served"] > curve["points"][-1]["served"]  # better than keeping everything
+
+
+def test_no_policy_hands_a_band_to_a_teacher_measured_worse_or_not_measured():
+    good = [LaneItem(-0.01 * i, True, 1.0, 1.0, True) for i in range(100)]
+    bad = [LaneItem(-3 - 0.01 * i, True, 1.0 if i % 4 else 0.0, 0.0, bool(i % 4)) for i in range(40)]
+    for policy in ("target_error", "budget", "quality"):
+        pick = choose_point(served_curve(good + bad), policy, max_teacher_share=0.3)
+        assert pick["mode"] == "keep_all_valid", (policy, pick["reason"])
+    unmeasured = [LaneItem(it.signal, it.valid, it.student, None, it.student_correct) for it in good + bad]
+    pick = choose_point(served_curve(unmeasured), "target_error")
+    assert pick["mode"] == "keep_all_valid" and "not measured" in pick["reason"]
+
+
+def test_the_keep_all_point_keeps_answers_without_a_confidence_as_the_gateway_does():
+    items = [LaneItem(-0.1 * i, True, 1.0, 0.0, True) for i in range(8)] + \
+            [LaneItem(None, True, 1.0, 0.0, True), LaneItem(float("nan"), True, 0.0, 1.0, False)]
+    curve = served_curve(items)
+    last = curve["points"][-1]
+    assert last["kept"] == 10 and last["teacher_share"] == 0.0 and last["served"] == 0.9
+    assert evaluate_point(items, None, kept_all=True)["served"] == 0.9
+    assert curve["points"][-2]["kept"] == 7  # below it, thresholds keep scored answers only
+
+
+def test_bounds_and_shares_are_compared_exact_not_rounded():
+    # 298 right answers: the exact bound is 0.0100024 > 0.01 (299 needed); rounded it would read 0.01.
+    items = [LaneItem(-0.001 * i, True, 1.0, 1.0, True) for i in range(298)]
+    assert choose_point(served_curve(items), "target_error", target_error_rate=0.01)["certified"] is False
+    assert choose_point(served_curve(items + [LaneItem(-1.0, True, 1.0, 1.0, True)]), "target_error",
+                        target_error_rate=0.01)["certified"] is True
+    # 4004 items: a share of 801/4004 = 0.20005 is over a 0.2 budget even though it rounds to 0.2.
+    many = [LaneItem(-0.001 * i, True, 0.0 if i >= 3203 else 1.0, 1.0, i < 3203) for i in range(4004)]
+    pick = choose_point(served_curve(many), "budget", max_teacher_share=0.2)
+    assert 4004 - pick["point"]["kept"] <= 0.2 * 4004
+
+
+def test_a_configured_signal_the_decode_lacks_falls_back_to_the_default():
+    comp = compare_signals([{"mean_logprob": -0.1 * i} for i in range(20)], [i % 2 == 0 for i in range(20)],
+                           [True] * 20)
+    signal, why = pick_signal(comp, "min_grammar_logprob")
+    assert signal == "mean_logprob" and "not available" in why

@@ -249,3 +249,57 @@ def test_nucleus_warper_rejects_settings_that_are_not_sampling():
                     (0.9, 0.9, 0), (0.9, 0.9, 2.5)):
         with pytest.raises(ValueError, match="NucleusWarper"):
             NucleusWarper(t, p, k)
+
+
+def test_identical_requests_in_one_batch_are_sent_once(tmp_path):
+    """Two inputs that get the same prompt (per-input shot draws make that deterministic) cost one request."""
+    from core.config import TeacherConfig
+    from teachers import open_teacher
+    from teachers.base import Request
+    from teachers.fakeserver import FakeOpenAIServer
+
+    server = FakeOpenAIServer().start()
+    try:
+        cfg = TeacherConfig(backend="openai", base_url=server.base_url, model="fake", cache=False)
+        with open_teacher(cfg) as teacher:
+            reqs = [Request(prompt=p, max_tokens=4) for p in ("a", "b", "a", "a")]
+            got = teacher.run(reqs)
+            acc = teacher.report()
+        assert [g.text for g in got][0] == got[2].text == got[3].text != got[1].text
+        assert server.total == 2  # what the server received
+        assert acc["sent"] == 2 and acc["cache_hits"] == 2
+    finally:
+        server.stop()
+
+
+def test_the_teacher_option_is_the_whole_recipe(skill_root):
+    """The option's own few_shot and unrounded prior answer, whatever the config says now."""
+    from core.skills import load_skill
+    from teachers.strategies import answer_examples, teacher_option
+
+    skill = load_skill("ticket-triage", "tiny", root=skill_root)
+    seen = {}
+
+    class Recorder:  # a Teacher that records the prompts it is asked and scores every label alike
+        name = "rec"
+
+        def run(self, reqs, validate=None, progress=None):
+            from teachers.base import Completion
+
+            seen["prompts"] = [r.prompt for r in reqs]
+            from teachers.scoring import label_options
+
+            return [Completion(text=json.dumps({o: -1.0 for o in label_options(skill.config)}), finish_reason="stop",
+                               prompt_tokens=1, completion_tokens=1, seconds=0.0) for _ in reqs]
+
+    prior = {lab: (1 - 3e-5 * (len(skill.config.labels) - 1)) if i == 0 else 3e-5
+             for i, lab in enumerate(skill.config.labels)}
+    option = {"answerer": "score", "shots": "random", "few_shot": 1, "seed": 3, "calibration": "contextual",
+              "prior": prior}
+    from core.records import Example
+
+    x = Example(id="x", skill=skill.name, input="my invoice shows the wrong amount", output=None, source="traffic")
+    answered, _ = answer_examples(skill, Recorder(), [x], option)
+    assert skill.config.teacher.few_shot != 1 and seen["prompts"][0].count(f"\n{skill.config.output_name}:") == 2
+    # Equal raw scores divided by the prior: the labels with the 3e-5 prior win (a rounded prior of 0 would not).
+    assert answered[0].output != skill.config.labels[0]
