@@ -80,6 +80,14 @@ def _use_llama_cpp(cfg: TeacherConfig) -> bool:
     return True
 
 
+def open_skill_teacher(skill, resolved_model: str | None, log_dir: str | Path | None):
+    """open_teacher for a skill's run: its teacher config, label scores kept where its answerer scores."""
+    from teachers.strategies import answerer
+
+    return open_teacher(skill.config.teacher, resolved_model, log_dir=log_dir,
+                        scoring=answerer(skill.config) == "score")
+
+
 @contextlib.contextmanager
 def open_teacher(cfg: TeacherConfig, resolved_model: str | None = None, cache_path: str | Path | None = None,
                  log_dir: str | Path | None = None, scoring: bool = False) -> Iterator[Teacher]:

@@ -61,6 +61,23 @@ def hub_id(spec: str) -> str | None:
     return spec
 
 
+def adapter_base_model(folder: str | Path) -> str | None:
+    """The base model an adapter folder names: skill.json's base_model, else adapter_config.json's
+    base_model_name_or_path; None when neither names one. Here, below eval_gates and registry, so both
+    read it the same way without eval_gates importing registry/."""
+    import json
+
+    def field(name: str, key: str):
+        try:
+            data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data.get(key) if isinstance(data, dict) else None
+
+    base = field("skill.json", "base_model") or field("adapter_config.json", "base_model_name_or_path")
+    return str(base) if base else None
+
+
 def check_model_spec(spec: str, key: str) -> None:
     """Fail before a run starts when a model cannot be found (nothing is downloaded at run time)."""
     if spec in BUNDLED:
