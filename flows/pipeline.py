@@ -26,11 +26,12 @@ from flows.progress import stage, step_progress
 
 @task(name="provision-models", cache_policy=NO_CACHE)
 def provision_models(skill: Skill) -> Models:
-    from trainers.base_model import model_revision, resolve_model
+    from trainers.base_model import check_answer_caps, model_revision, resolve_model
 
     cfg = skill.config
     teacher = resolve_model(cfg.teacher.model) if cfg.teacher.backend == "local" else cfg.teacher.model
     student = resolve_model(cfg.student.base_model)
+    check_answer_caps(skill, student)  # an explicit answer cap that cuts an allowed answer stops the run here
     return Models(teacher=teacher, student=student, student_revision=model_revision(student))
 
 

@@ -177,6 +177,20 @@ def _convert_gguf(target: Path) -> None:
     log.info("converted in %.0f s -> %s", time.time() - t0, target)
 
 
+def check_answer_caps(skill, resolved: str) -> None:
+    """Refuse (SkillError) an explicit gates.max_new_tokens / teacher.answer_max_tokens that would cut an
+    answer the grammar allows, in this student's tokens (core/answer_cap.py), before the teacher works."""
+    from core.answer_cap import cap_problems
+    from core.config import SkillError
+
+    cfg = skill.config
+    if cfg.gates.max_new_tokens is None and cfg.teacher.answer_max_tokens is None:
+        return
+    problems = cap_problems(cfg, load_tokenizer(resolved), [e.input for e in skill.seeds])
+    if problems:
+        raise SkillError(f"skill {cfg.name}: " + "; ".join(problems))
+
+
 def load_tokenizer(resolved: str):
     from transformers import AutoTokenizer
 
