@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo smoke test bench serve peers clean
+.PHONY: install install-llama demo smoke test bench serve peers clean
 
 install: $(VENV)/.installed
 
@@ -12,8 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,llama]"
+	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
+
+# Opt-in: llama.cpp serves the bundled teacher only with `teacher.local_server: llama_cpp`; the default path
+# never uses it. Compiles llama-cpp-python once (~5-7 min; pip caches the wheel). Pays off only for new-input
+# writing on an AVX2-only CPU (0.82-0.84x of transformers' time); label scores were 4-6x slower (README, Teachers).
+install-llama: install
+	$(BIN)/pip install -q -e ".[dev,llama]"
 
 demo: install          ## the main job on the embedded defaults (2 cores: ~15 min with AVX512-BF16, 20-26 with AVX2 only)
 	$(BIN)/distill run ticket-triage
@@ -45,7 +51,7 @@ bench: install         ## quick benchmarks (each prints one JSON line last)
 	$(BIN)/python benchmarks/pool_cap.py --quick
 
 peers: install         ## the peer clients of benchmarks/teacher_throughput.py --peers (curator in its own venv)
-	$(BIN)/pip install -q -e ".[dev,llama,peers]"
+	$(BIN)/pip install -q -e ".[dev,peers]"
 	$(PYTHON) -m venv .venv-peers
 	.venv-peers/bin/pip install -q "bespokelabs-curator==0.1.31"
 

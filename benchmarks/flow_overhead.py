@@ -98,6 +98,7 @@ def instrumented(mode: str):
     import eval_gates.evaluate
     import flows.limits
     import flows.pipeline as pipeline
+    import flows.summary
 
     t: dict[str, float] = {"prefect_in_stages": 0.0}
     saved = {}
@@ -128,7 +129,7 @@ def instrumented(mode: str):
     if mode == "plain":
         patches = [(pipeline, name, timed(obj.fn, obj.name)) for name, obj in tasks.items()]
         patches += [(pipeline, "get_run_logger", lambda: logging.getLogger("distill.flows")),
-                    (pipeline, "_artifact", lambda summary: None),
+                    (flows.summary, "_artifact", lambda summary: None),
                     (flows.limits, "teacher_expansion_slot", contextlib.nullcontext),
                     (eval_gates.evaluate, "attach_artifacts", lambda result, skill_name: None)]
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -76,7 +76,7 @@ class TeacherConfig(_Strict):
     error_rate_min_requests: int = Field(20, ge=1, description="Finished requests before the error rate is checked mid-run (it is always checked at the end).")
     invalid_retries: int = Field(2, ge=0, le=10, description="Re-asks of an answer that does not parse or fails the output schema before it is dropped.")
     retry_temperature: float = Field(0.7, ge=0.0, le=2.0, description="Least temperature of a re-ask (a greedy re-ask would repeat the same answer).")
-    answer_max_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer when labeling; None: 8 for classification (one label), 256 otherwise.")
+    answer_max_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer when labeling, in tokens; None: 8 for classification (one label), 24 multi_label, 256 otherwise, raised to hold the longest answer the grammar allows (core/answer_cap.py). A smaller value is refused naming the answer it would cut.")
     cache: bool = Field(True, description="Durable response cache in <work dir>/cache/teacher.sqlite: a re-run sends no cached request.")
     prices: PriceTable | None = Field(None, description="Prices for the cost estimate in teacher_accounting.json, e.g. {prompt_per_1k: 0.15, completion_per_1k: 0.6}.")
     few_shot: int = Field(8, ge=0, le=64, description="Seed examples shown in each labeling prompt.")
@@ -109,7 +109,7 @@ ANSWERERS = ("label", "score", "self_consistency")
 
 
 class ExpansionConfig(_Strict):
-    target_examples: int = Field(64, ge=0, le=100_000, description="New inputs the teacher writes per run (self_instruct).")
+    target_examples: Annotated[int, Field(ge=0, le=100_000)] | Literal["auto"] = Field(64, description="New inputs the teacher writes per run (self_instruct); auto: the size measured best for the task type, scaled with the label count (core/config.py auto_target_examples: 192 for ticket-triage's 5 labels, where 64 scored 0.56 and 128 0.70 against 0.74).")
     inputs_per_request: int = Field(1, ge=1, le=32, description="New inputs self_instruct asks for in one request (the style shots are read once for all of them; the Alpaca recipe asked for 20 per call); each line is checked on its own, a cut last line is dropped. Inputs with new functions (function_call) stay one per request.")
     strategies: list[Strategy] = Field(
         default_factory=lambda: ["self_instruct", "label"],
@@ -147,11 +147,11 @@ class ExpansionConfig(_Strict):
 class AuditConfig(_Strict):
     enabled: bool = Field(True, description="Score the teacher on the human seeds (k-fold) before expansion.")
     folds: int = Field(5, ge=2, le=50, description="k: every seed is answered once, with shots only from the other folds.")
-    floor: float | None = Field(
-        None, ge=0.0, le=1.0, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run refuses the teacher's data (audit.on_fail) with the reason in decision.json. None: no floor.")
+    floor: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["auto"] | None = Field(
+        None, description="Least audit score, on the skill's primary metric (accuracy, field_f1, ast_accuracy or chrf), needed to expand; below it the run refuses the teacher's data (audit.on_fail) with the reason in decision.json. None: no floor. auto: from the task (core/config.py auto_audit_floor): 2.5x chance for a label set (at most halfway from chance to 1), else the gates' floor on the primary metric.")
     max_items: int | None = Field(None, ge=2, description="Audit at most this many seeds (stratified sample): bounds teacher cost on big seed sets.")
     on_fail: Literal["stop", "skip_expansion"] = Field(
-        "stop", description="Below the floor: stop the run before expansion (nothing trained or published), or skip_expansion: train on the seeds, the accepted pool and new traffic without this run's teacher data (the gates still decide).")
+        "stop", description="Below the floor: stop the run before expansion (nothing trained or published), or skip_expansion: train on the seeds, the accepted pool and new traffic without this run's teacher data (the gates still decide). stop is the default: seeds alone trained a 0.32 student on ticket-triage (chance 0.20, its gate floor 0.35; 0.62-0.84 with teacher data), so a seeds-only run costs a training and is rejected.")
 
 
 class FilterConfig(_Strict):
@@ -373,7 +373,7 @@ class GateConfig(_Strict):
     seed: int = Field(0, ge=0, description="Bootstrap seed: the same data gives the same decision.")
     slice_floor: dict[str, float] = Field(default_factory=dict, description="Absolute floor per label/slice on its recall (classification) or primary metric; '*' applies to every slice.")
     slice_max_drop: dict[str, float] = Field(default_factory=dict, description="Largest tolerated drop per label/slice against production; '*' applies to every slice.")
-    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer generated in evaluation (default: 8 for classification, 160 otherwise).")
+    max_new_tokens: int | None = Field(None, ge=1, le=4096, description="Longest answer generated in evaluation and serving, in tokens (default: 8 for classification, 24 multi_label, 160 otherwise, raised to hold the longest answer the grammar allows: core/answer_cap.py). A smaller value is refused naming the answer it would cut.")
     eval_limit: int | None = Field(None, ge=1, description="Score only the first N eval items (smoke runs).")
     publish_alias: Literal["production", "candidate"] = Field(
         "production", description="Alias a version that passes every gate gets; smoke runs publish as candidate.")
@@ -503,6 +503,10 @@ class SkillConfig(_Strict):
 
         task = task_class(self.task)
         problems = task.config_problems(self)  # every cross-key problem in one message
+        if self.audit.floor == "auto":
+            self.audit.floor = auto_audit_floor(self)
+        if self.expansion.target_examples == "auto":
+            self.expansion.target_examples = auto_target_examples(self)
         if "strategies" not in self.expansion.model_fields_set and task.default_answerer != "label":
             self.expansion.strategies = [s if s != "label" else task.default_answerer for s in self.expansion.strategies]
         if self.filters.target_precision is not None and not set(self.expansion.strategies) & {"score",
@@ -526,6 +530,43 @@ class SkillConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+# `auto` keys (what `distill new-skill` writes), resolved from the task and its labels when the config loads.
+# Chance multiple of the audit floor: the 270M teacher's labels for an 8-label skill scored 0.29 on the seeds
+# (2.3x chance, 0.125) and more of them made the student worse (0.48 against 0.57); on ticket-triage it scored
+# 0.58 (2.9x chance, 0.20) and its data lifted the student from 0.32 (seeds alone) to 0.74. 2.5x lies between.
+AUDIT_FLOOR_CHANCE_MULTIPLE = 2.5
+# New inputs per label: ticket-triage's 192 over 5 labels (64 scored 0.56, 128 0.70, 192 0.74 over 6 runs,
+# benchmarks/student_stability.py); never fewer than those 192.
+EXAMPLES_PER_LABEL, LEAST_LABEL_EXAMPLES = 192 / 5, 192
+
+
+def auto_audit_floor(cfg: "SkillConfig") -> float | None:
+    """audit.floor: auto. A label set: AUDIT_FLOOR_CHANCE_MULTIPLE x chance (1 / labels), at most halfway
+    from chance to 1 (two labels: 0.75, not 1.25). Other types have no chance level: the gates' floor on the
+    primary metric (a teacher below what the student must reach cannot teach it); None without one."""
+    from core.tasks import task_class
+
+    task = task_class(cfg.task)
+    if task.one_label and cfg.labels:
+        chance = 1 / len(cfg.labels)
+        return round(min(AUDIT_FLOOR_CHANCE_MULTIPLE * chance, (1 + chance) / 2), 3)
+    floor = cfg.gates.floor
+    return floor.get(task.primary, floor.get("primary"))
+
+
+def auto_target_examples(cfg: "SkillConfig") -> int:
+    """expansion.target_examples: auto. A label set: EXAMPLES_PER_LABEL per label, rounded up to 16, at least
+    LEAST_LABEL_EXAMPLES (8 labels: 320); other types: what the shipped skill of the type runs with
+    (the task type's `expansion_examples`)."""
+    import math
+
+    from core.tasks import task_class
+
+    if cfg.labels:
+        return max(LEAST_LABEL_EXAMPLES, math.ceil(EXAMPLES_PER_LABEL * len(cfg.labels) / 16) * 16)
+    return task_class(cfg.task).expansion_examples
 
 
 # Built-in profiles, deep-merged over the skill file; a skill may redefine them under `profiles:`.

@@ -226,6 +226,17 @@ def _cross_problems(cfg: SkillConfig, seeds: list[tuple[int, Example]], seeds_pa
     return out
 
 
+def _cap_problems(cfg: SkillConfig, inputs: list[str]) -> list[str]:
+    """An explicit answer cap that would cut an allowed answer, counted with the student's tokenizer when
+    it is on this machine (core/answer_cap.py); the run's start checks again with the resolved model."""
+    from core.answer_cap import cap_problems, local_tokenizer
+
+    if cfg.gates.max_new_tokens is None and cfg.teacher.answer_max_tokens is None:
+        return []  # the defaults hold every answer: no tokenizer to load
+    tokenizer = local_tokenizer(cfg.student.base_model)
+    return [] if tokenizer is None else cap_problems(cfg, tokenizer, inputs)
+
+
 def load_skill(name: str, profile: str = "default", root: Path | None = None) -> Skill:
     root = root or seeds_root()
     folder = skill_dir(root, name)
@@ -340,6 +351,7 @@ def validate_all(root: Path | None = None) -> list[SkillReport]:
         if len(scanned) == 2:
             rep.problems += _cross_problems(cfg, scanned["seeds"][1], scanned["seeds"][0],
                                             scanned["eval"][1], scanned["eval"][0])
+        rep.problems += _cap_problems(cfg, [e.input for _, e in scanned.get("seeds", (None, []))[1]])
         source = cfg.gates.replay.source
         if source == "sql":
             rep.counts["traffic"] = "sql"

@@ -68,13 +68,10 @@ def champion_base(champion_dir: str | Path, default: str) -> str:
     (else adapter_config.json's base_model_name_or_path), resolved like the student's. `default`
     (this run's student) only for a folder that names no base. Raises ModelError when that base
     cannot be found: production is never scored on a base it was not trained on."""
-    from registry.consumer import base_model_of
-    from registry.store import RegistryError
-    from trainers.base_model import resolve_model
+    from trainers.base_model import adapter_base_model, resolve_model
 
-    try:
-        spec = base_model_of(champion_dir)
-    except RegistryError:
+    spec = adapter_base_model(champion_dir)
+    if spec is None:
         log.warning("%s names no base model: scoring it on this run's student base %s", champion_dir, default)
         return default
     return resolve_model(spec, f"base_model of the production version ({champion_dir})")

@@ -36,10 +36,14 @@ class Predictions:
 
 
 def answer_tokens(cfg: SkillConfig) -> int:
-    """Longest generated answer: a label is a few tokens; a one-line JSON object or text needs more."""
+    """Longest generated answer: gates.max_new_tokens, else the task type's default (a label is a few
+    tokens; a one-line JSON object or text needs more) raised to hold the longest answer the grammar
+    allows (core/answer_cap.py: a label of 12 tokens is never cut at 8)."""
+    from core.answer_cap import default_cap
+
     if cfg.gates.max_new_tokens:
         return cfg.gates.max_new_tokens
-    return get_task(cfg).answer_tokens
+    return default_cap(cfg, get_task(cfg).answer_tokens)
 
 
 # Prompts per generate() call: the batch size the eval gates measure with, and registry.predict uses.

@@ -89,6 +89,10 @@ def _failure(state):
         return e
 
 
+# Retries only where the network is (teacher endpoint, registry storage); the deterministic
+# stages (provision, filter, train, evaluate) would fail the same way again. A retried expansion
+# re-sends nothing already answered (durable response cache); per-request retries with backoff
+# and the endpoint's rpm/tpm budget live in the teacher client (teachers/client.py).
 def network_failure(task, task_run, state) -> bool:
     """retry_condition_fn of teacher-expansion: retry what a later attempt can fix (the endpoint
     down, too many failed requests, a broken connection), never a bad key, config or data.

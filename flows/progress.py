@@ -21,6 +21,18 @@ def set_progress(progress) -> None:
     _progress = progress
 
 
+def step_progress(advance: Callable[..., None]) -> Callable[[int, int, dict], None]:
+    """A trainer's progress(step, total, logs) callback that advances a stage by the steps done since."""
+    last = [0]
+
+    def progress(step: int, total: int, logs: dict) -> None:
+        if step > last[0]:
+            advance(step - last[0], total)
+            last[0] = step
+
+    return progress
+
+
 @contextlib.contextmanager
 def stage(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """Yield advance(n, total=None) for a stage of `total` units (total may be set later)."""

@@ -46,13 +46,13 @@ class Shard(BaseModel):
 def prepare(shard: Shard) -> tuple[Skill, str, Path, list[Example]]:
     """What the two tasks need, as in distill_skill: the skill, the teacher path, the run folder, the replay hold-out."""
     from eval_gates.replay import replay_items as sample_replay
-    from flows.pipeline import _read_pool, provision_models
+    from filters.pool import trained_traffic
+    from flows.pipeline import provision_models
 
     skill = load_skill(shard.skill, shard.profile)
     run_dir = run_folder(skill.name, shard.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trained = {e.meta.get("traffic_id") for e in _read_pool(skill.name) if e.source == "traffic"}
-    replay, _ = sample_replay(skill, trained - {None})
+    replay, _ = sample_replay(skill, trained_traffic(skill.name))
     return skill, provision_models.fn(skill).teacher, run_dir, replay
 
 
@@ -85,9 +85,9 @@ def on_dask(n_workers: int = 2, address: str | None = None, **cluster_kwargs):
 def commit_shard(shard: Shard) -> dict:
     """Append a filtered shard to the skill's pool and dedup index (what the end of a successful run does)."""
     from filters import commit_index
-    from flows.pipeline import _append_pool
+    from filters.pool import append_pool
 
     skill = load_skill(shard.skill, shard.profile)
     run_dir = run_folder(skill.name, shard.run_id)
-    pool = _append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
+    pool = append_pool(skill.name, read_examples(run_dir / "accepted.jsonl"))
     return {"pool": pool, "index": commit_index(skill.name, skill.config.filters, run_dir)}

@@ -76,13 +76,10 @@ def skill_config(spec: dict[str, Any], name: str = "registry-skill"):
 
 def base_model_of(folder: str | Path) -> str:
     """The base model spec: skill.json's base_model, else adapter_config.json's base_model_name_or_path."""
-    spec = read_spec(folder)
-    base = spec.get("base_model")
-    if not base:
-        try:
-            base = json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except (OSError, json.JSONDecodeError):
-            base = None
+    from trainers.base_model import adapter_base_model
+
+    read_spec(folder)  # a clear error for a folder without a readable skill.json
+    base = adapter_base_model(folder)
     if not base:
         raise RegistryError(f"{folder}: neither skill.json nor adapter_config.json names the base model")
     return str(base)

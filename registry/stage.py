@@ -61,6 +61,15 @@ def skill_spec(cfg) -> dict[str, Any]:
     return spec
 
 
+def production(reg: Registry, skill: str) -> tuple[int | None, str | None]:
+    """(version, local folder) of the skill's production alias, (None, None) without one. The folder is
+    local also for remote registries (pulled into the cache), so the eval gates can load it."""
+    version = reg.aliases(skill).get("production")
+    if version is None:
+        return None, None
+    return version, str(reg.resolve(skill, version=version))
+
+
 def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_dir: str, evaluation: dict,
                 decision: dict, lineage: dict, data_summary: dict) -> dict[str, Any]:
     """Publish a run's adapter with its metrics, lineage, routing, skill.json and model card.

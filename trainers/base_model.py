@@ -61,6 +61,23 @@ def hub_id(spec: str) -> str | None:
     return spec
 
 
+def adapter_base_model(folder: str | Path) -> str | None:
+    """The base model an adapter folder names: skill.json's base_model, else adapter_config.json's
+    base_model_name_or_path; None when neither names one. Here, below eval_gates and registry, so both
+    read it the same way without eval_gates importing registry/."""
+    import json
+
+    def field(name: str, key: str):
+        try:
+            data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data.get(key) if isinstance(data, dict) else None
+
+    base = field("skill.json", "base_model") or field("adapter_config.json", "base_model_name_or_path")
+    return str(base) if base else None
+
+
 def check_model_spec(spec: str, key: str) -> None:
     """Fail before a run starts when a model cannot be found (nothing is downloaded at run time)."""
     if spec in BUNDLED:
@@ -158,6 +175,20 @@ def _convert_gguf(target: Path) -> None:
     os.replace(tmp, target)
     gguf_path.unlink(missing_ok=True)  # 250 MB we no longer need
     log.info("converted in %.0f s -> %s", time.time() - t0, target)
+
+
+def check_answer_caps(skill, resolved: str) -> None:
+    """Refuse (SkillError) an explicit gates.max_new_tokens / teacher.answer_max_tokens that would cut an
+    answer the grammar allows, in this student's tokens (core/answer_cap.py), before the teacher works."""
+    from core.answer_cap import cap_problems
+    from core.config import SkillError
+
+    cfg = skill.config
+    if cfg.gates.max_new_tokens is None and cfg.teacher.answer_max_tokens is None:
+        return
+    problems = cap_problems(cfg, load_tokenizer(resolved), [e.input for e in skill.seeds])
+    if problems:
+        raise SkillError(f"skill {cfg.name}: " + "; ".join(problems))
 
 
 def load_tokenizer(resolved: str):

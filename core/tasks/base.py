@@ -131,6 +131,8 @@ class TaskType:
     default_answerer: ClassVar[str] = "label"  # the answerer when expansion.strategies is not set
     answer_tokens: ClassVar[int] = 160  # longest answer generated in evaluation (gates.max_new_tokens unset)
     teacher_answer_tokens: ClassVar[int] = 256  # longest teacher answer (teacher.answer_max_tokens unset)
+    # expansion.target_examples: auto without labels (with labels: core/config.py auto_target_examples).
+    expansion_examples: ClassVar[int] = 64  # json-extraction ships 64
     answer_format: ClassVar[str] = "text"  # skill.json's answer_format: label | json | text
     api_tools: ClassVar[bool] = False  # the API request's `tools` are part of the input; answers are tool calls
     slice_name: ClassVar[str] = "per-slice"  # how reports title the per-slice table
@@ -231,6 +233,13 @@ class TaskType:
         return None
 
     grammar_needs_input: ClassVar[bool] = False
+
+    def cap_answers(self, inputs: Sequence[str] = ()) -> list[str]:
+        """The completions (`format_completion`'s form) an answer cap must hold whole (core/answer_cap.py):
+        the longest answers the grammar allows where they are a closed set, the skeleton every answer
+        contains where values are free; `inputs` (e.g. the seeds) where the grammar depends on them.
+        [] for free text: no cap is derived or checked."""
+        return []
 
     # --- matching -----------------------------------------------------------------------------------------------
 

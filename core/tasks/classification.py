@@ -111,6 +111,9 @@ class Classification(TaskType):
     def answer_grammar(self, input=None):
         return {"prefix": " ", "choices": list(self.cfg.labels)}
 
+    def cap_answers(self, inputs=()):
+        return [self.format_completion(lab) for lab in self.cfg.labels]  # every label, as generated
+
     # --- teacher -------------------------------------------------------------------------------------------------
 
     def group_key(self, example):

@@ -6,6 +6,7 @@ whitespace folding, numbers by value; empty values (null, "", []) count as absen
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -92,6 +93,11 @@ class Extraction(TaskType):
 
     def answer_grammar(self, input=None):
         return {"prefix": " ", "json_schema": bounded_schema(self.cfg)}
+
+    def cap_answers(self, inputs=()):
+        # Values are free, so no longest answer: the cap must at least hold every key with a null value.
+        keys = list((self.cfg.output_schema or {}).get("properties") or {})
+        return [json_completion(json.dumps({k: None for k in keys}))] if keys else []
 
     # --- metric --------------------------------------------------------------------------------------------------
 

@@ -330,6 +330,16 @@ class FunctionCall(TaskType):
 
     grammar_needs_input = True
 
+    expansion_examples = 32  # each new input is up to 320 tokens of JSON (tool-calling ships 32)
+
+    def cap_answers(self, inputs=()):
+        # Arguments are free; a cap must at least hold a call of the longest function name the inputs offer.
+        from types import SimpleNamespace
+
+        names = {n for x in inputs for n in _tools(SimpleNamespace(input=x)) if n}  # _tools reads .input only
+        longest = max(names, key=len, default=None)
+        return [json_completion(json.dumps({"name": longest, "arguments": {}}))] if longest else []
+
     def answer_grammar(self, input=None):
         """Per request: {"name": one of the request's functions, "arguments": that function's
         parameters} (an anyOf with one branch per tool), bounded so every call ends

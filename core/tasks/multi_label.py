@@ -92,6 +92,9 @@ class MultiLabel(TaskType):
     def answer_grammar(self, input=None):
         return {"prefix": " ", "regex": self._answer_regex()}
 
+    def cap_answers(self, inputs=()):
+        return [" " + SEPARATOR.join(self.cfg.labels)]  # the longest answer: every label once
+
     def group_key(self, example):
         return example.output or ""  # new inputs in the style of seeds sharing one label set
 

@@ -305,6 +305,31 @@ def test_new_skill_writes_a_commented_file_that_loads_back(tmp_path, task):
     assert any("seeds.jsonl: no examples" in p for p in rep.problems)
 
 
+def test_new_skill_writes_the_measured_defaults_and_they_scale_with_its_labels(tmp_path):
+    """Issue 36: `new-skill` wrote target_examples 64 (0.56 on ticket-triage against 0.74 with 192), random
+    shots and no audit floor. Now the measured settings, with `auto` resolved from the labels the user writes."""
+    folder = create_skill("intents", "classification", tmp_path)
+    raw = yaml.safe_load((folder / "skill.yaml").read_text())
+    assert raw["expansion"]["target_examples"] == "auto" and raw["audit"]["floor"] == "auto"
+    assert raw["teacher"]["shot_selection"] == "auto" and raw["teacher"]["calibration"] == "auto"
+    assert raw["audit"]["on_fail"] == "stop" and raw["filters"]["target_precision"] == 0.6
+    assert raw["student"]["train"]["checkpoint_selection"] == "last" and raw["gates"]["margin"] == 0.1
+    assert "# Measured: " in (folder / "skill.yaml").read_text()
+    raw["labels"] = [f"intent_{i}" for i in range(8)]  # the issue's 8-label skill
+    (folder / "skill.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(folder)
+    assert cfg.expansion.target_examples == 320  # 192 per 5 labels, scaled
+    assert cfg.audit.floor == 0.312  # 2.5x chance (0.125): the issue's teacher at 0.29 is refused
+    raw["labels"] = ["yes", "no"]
+    (folder / "skill.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(folder)
+    assert cfg.expansion.target_examples == 192 and cfg.audit.floor == 0.75  # at most halfway from chance to 1
+    # A format (no labels): the shipped skill's size, the gates' floor, and the seeds alone below it.
+    fc = load_config(create_skill("calls", "function_call", tmp_path))
+    assert (fc.expansion.target_examples, fc.audit.floor, fc.audit.on_fail) == (32, fc.gates.floor["ast_accuracy"],
+                                                                                 "skip_expansion")
+
+
 def test_new_skill_filled_with_its_documented_example_line_validates(tmp_path):
     """The example line written in the header of a new skill.yaml is valid data for it."""
     folder = create_skill("doc-example", "function_call", tmp_path)

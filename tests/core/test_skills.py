@@ -78,3 +78,36 @@ def test_config_errors_are_collected_into_one_message(tmp_path):
 def test_unknown_profile(tmp_path):
     with pytest.raises(SkillError, match="unknown profile 'huge'.*smoke"):
         load_skill("ticket-triage", profile="huge", root=REPO / "seeds")
+
+
+def test_distill_skills_refuses_an_answer_cap_that_cuts_a_label(skill_root, capsys):
+    """Issue 36: an explicit cap below the longest label in the student's tokens is refused at
+    `distill skills`, naming the key and the label it would cut; the run's start refuses it too."""
+    import yaml
+
+    from core.answer_cap import count_tokens, local_tokenizer
+    from core.config import SkillError
+    from core.skills import load_skill, validate_all
+    from flows.cli import main
+
+    path = skill_root / "ticket-triage" / "skill.yaml"
+    raw = yaml.safe_load(path.read_text())
+    tok = local_tokenizer(raw["student"]["base_model"])  # the tiny model: a local folder
+    need = max(count_tokens(" " + lab, tok) for lab in raw["labels"]) + 1
+    longest = max(raw["labels"], key=lambda lab: count_tokens(" " + lab, tok))
+    assert need > 2
+    raw["gates"]["max_new_tokens"] = need - 1
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    report = next(r for r in validate_all(skill_root) if r.name == "ticket-triage")
+    assert report.problems == [f"gates.max_new_tokens: {need - 1} tokens would cut the answer {longest!r}, which "
+                               f"needs {need} ({need - 1} tokens and the stop) with the student's tokenizer; set "
+                               f"gates.max_new_tokens to at least {need} or remove the key (the default holds every "
+                               f"answer)"]
+    assert main(["skills"]) == 1 and "gates.max_new_tokens" in capsys.readouterr().out
+    from trainers.base_model import check_answer_caps
+
+    with pytest.raises(SkillError, match=f"would cut the answer {longest!r}"):
+        check_answer_caps(load_skill("ticket-triage", root=skill_root), raw["student"]["base_model"])
+    raw["gates"]["max_new_tokens"] = need
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert next(r for r in validate_all(skill_root) if r.name == "ticket-triage").ok

