@@ -64,7 +64,7 @@ def _engine(ner_model: str | None, regions: tuple[str, ...]):
         import spacy
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import SpacyNlpEngine
-        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+        from presidio_analyzer.predefined_recognizers import IbanRecognizer, PhoneRecognizer
         from presidio_anonymizer import AnonymizerEngine
 
         if ner_model:
@@ -90,10 +90,14 @@ def _engine(ner_model: str | None, regions: tuple[str, ...]):
             registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
         finally:
             plog.setLevel(level)
-        for name in ("EmailRecognizer", "PhoneRecognizer", *(() if ner_model else ("SpacyRecognizer",))):
+        for name in ("EmailRecognizer", "PhoneRecognizer", "IbanRecognizer",
+                     *(() if ner_model else ("SpacyRecognizer",))):
             registry.remove_recognizer(name)
         registry.add_recognizer(_offline_email_recognizer())
         registry.add_recognizer(PhoneRecognizer(supported_regions=regions))
+        # The IBAN recogniser with its own flags: under the registry's IGNORECASE its groups of four also take
+        # the next lower-case word ("DE89 3704 ... 00 thanks"), the checksum then fails and the IBAN is missed.
+        registry.add_recognizer(IbanRecognizer())
         supported = frozenset(e for r in registry.recognizers for e in r.supported_entities)
         analyzer = AnalyzerEngine(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
         _engines[key] = (analyzer, AnonymizerEngine(), supported)
