@@ -180,7 +180,7 @@ def sqlite_file_missing(url: str) -> bool:
         and not Path(u.database).is_file()
 
 
-def read_traffic_sql(url: str, cfg: SkillConfig, missing_ok: bool = False) -> TrafficLog:
+def read_traffic_sql(url: str, cfg: SkillConfig, missing_ok: bool = False, url_key: str = "gates.replay.url") -> TrafficLog:
     """Rows of the traffic table (newest first, at most `recent`... all rows when recent is None).
     `missing_ok`: a SQLite file or a table that does not exist yet reads as no rows (the gateway has not
     served the skill yet); an unreachable database still raises."""
@@ -219,7 +219,7 @@ def read_traffic_sql(url: str, cfg: SkillConfig, missing_ok: bool = False) -> Tr
                 query = query.limit(r.recent * 4)
             rows = conn.execute(query).mappings().all()
     except sa.exc.OperationalError as e:
-        raise DataError(f"{shown}: cannot read traffic ({e.orig}) (gates.replay.url)") from None
+        raise DataError(f"{shown}: cannot read traffic ({e.orig}) ({url_key})") from None
     finally:
         engine.dispose()
     out = TrafficLog(source=f"{shown}#{r.table}")
@@ -228,6 +228,8 @@ def read_traffic_sql(url: str, cfg: SkillConfig, missing_ok: bool = False) -> Tr
         obj = dict(row)
         ident = obj.get("id")
         where = f"{shown}#{r.table}:{ident if ident is not None else f'row {i}'}"
+        if obj.get("accepted") is None and "accepted" in obj:
+            obj["accepted"] = False  # NULL: nobody settled it yet (the gateway's rows before feedback): not accepted
         if ident is not None:
             obj["id"] = str(ident)
             ts = obj.get("timestamp")
@@ -273,8 +275,9 @@ def load_traffic(path: Path | None, cfg: SkillConfig, folder: Path | None = None
     if r.source == "gateway":
         initial = Path(path) if path is not None and r.initial else None
         first = read_traffic_jsonl(initial, cfg) if initial is not None and initial.is_file() else TrafficLog()
-        out = merge_logs(first, read_traffic_sql(gateway_replay(cfg).url, _with_replay(cfg, gateway_replay(cfg)),
-                                                 missing_ok=True))
+        g = gateway_replay(cfg)
+        key = "gates.replay.url" if r.url else "DISTILL_TRAFFIC_URL, or set gates.replay.url"
+        out = merge_logs(first, read_traffic_sql(g.url, _with_replay(cfg, g), missing_ok=True, url_key=key))
     elif r.source == "sql":
         base = folder or (Path(path).parent if path else Path("."))
         out = read_traffic_sql(r.url or default_sql_url(base), cfg)

@@ -74,7 +74,7 @@ def import_jsonl(skill, path: str | Path, url: str, table: str) -> dict[str, int
     import sqlalchemy as sa
 
     from core.privacy import scrubber_for
-    from gateway.traffic import clean_row, traffic_table
+    from gateway.traffic import clean_row, ensure_sqlite_dir, traffic_table
 
     path = Path(path)
     if not path.is_file():
@@ -105,6 +105,7 @@ def import_jsonl(skill, path: str | Path, url: str, table: str) -> dict[str, int
     if scrub is not None:
         rows = [scrub.row(r) for r in rows]
     rows = [clean_row(r)[0] for r in rows]  # what no store can hold as text (lone surrogates, NUL)
+    ensure_sqlite_dir(url)
     engine = _engine(url)
     try:
         with engine.begin() as conn:

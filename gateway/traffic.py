@@ -51,6 +51,17 @@ def clean_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     return out, changed
 
 
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite database file (a fresh DISTILL_HOME has none; SQLite would refuse to open it)."""
+    import sqlalchemy as sa
+
+    from pathlib import Path
+
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def traffic_table(metadata, name: str):
     """The traffic table: the columns eval_gates.replay and flows.refresh read (id, request,
     reference, accepted, created_at, reference_source) plus what the gateway knows."""
@@ -107,6 +118,7 @@ class TrafficWriter:
             kw["connect_args"] = {"connect_timeout": 3}
         elif url.startswith("sqlite"):
             kw["connect_args"] = {"timeout": 5}
+            ensure_sqlite_dir(url)
         self.engine = sa.create_engine(url, **kw)
         self.metadata = sa.MetaData()
         self.tables: dict[str, Any] = {}
