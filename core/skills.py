@@ -347,10 +347,9 @@ def validate_all(root: Path | None = None) -> list[SkillReport]:
             rep.counts["traffic"] = "sql"
         elif source == "gateway":  # the gateway's table (read at run time) and the initial JSONL, when present
             initial = folder / cfg.gates.replay.initial if cfg.gates.replay.initial else None
-            rep.counts["traffic"] = "gateway"
+            rep.counts["traffic"] = "gateway"  # only the gateway's table, read at run time
             if initial is not None and initial.is_file():
-                good, problems = scan_traffic(initial, cfg)
-                rep.counts["traffic"] = f"gateway + {good}"
+                rep.counts["traffic"], problems = scan_traffic(initial, cfg)  # the initial log's lines
                 rep.problems += problems
         elif not (folder / source).is_file():
             rep.problems.append(f"{folder / source}: missing traffic log (gates.replay.source)")
