@@ -319,4 +319,12 @@ def replay_items(skill, trained_ids: set[str] | frozenset[str] = frozenset()) ->
     traffic = load_skill_traffic(skill)
     eligible = TrafficLog([t for t in traffic if t.id not in trained_ids], source=traffic.source,
                           skipped=traffic.skipped) if trained_ids else traffic
-    return [t.as_example(skill.name) for t in replay_sample(eligible, r.sample, seed=r.seed, recent=r.recent)], traffic
+    from core.privacy import scrubber_for
+
+    scrub = scrubber_for(skill.config.privacy)  # the hold-out is written into the run folder: no raw personal data
+    items = [t.as_example(skill.name) for t in replay_sample(eligible, r.sample, seed=r.seed, recent=r.recent)]
+    if scrub is not None:
+        import dataclasses
+
+        items = [dataclasses.replace(e, input=scrub.value(e.input), output=scrub.value(e.output)) for e in items]
+    return items, traffic

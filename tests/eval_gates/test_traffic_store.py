@@ -116,6 +116,7 @@ def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, st
     shipped = [json.loads(x) for x in (skill_root / SKILL / "traffic.jsonl").read_text().splitlines()]
     first = shipped[0]
     rows = [_row(i, q, a, s, acc, 30 - n) for n, (i, q, a, s, acc) in enumerate(SERVED)]
+    rows[0].update(answer="billing (cc jane.roe@example.org)", slm_raw=" billing, cc jane.roe@example.org")
     rows.append(_row("g-kept", "The export button on the reports page does nothing when I click it, write me at "
                                "kept.user@example.com", "bug", "student", None, 1, lane="keep"))
     # A newer copy of a shipped record (a reviewer's correction): the table's copy wins, the id is read once.
@@ -130,6 +131,7 @@ def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, st
     assert "<EMAIL_ADDRESS>" in stored["g-mail"]["request"] and "<CREDIT_CARD>" in stored["g-card"]["request"]
     assert "<PHONE_NUMBER>" in stored["g-phone"]["request"] and "<IBAN_CODE>" in stored["g-iban"]["request"]
     assert stored["g-ip"]["request"].count("<IP_ADDRESS>") == 2
+    assert stored["g-mail"]["answer"] == "billing (cc <EMAIL_ADDRESS>)" and stored["g-mail"]["slm_raw"].endswith("cc <EMAIL_ADDRESS>")
 
     log = load_skill_traffic(skill)
     ids = {t.id for t in log}
@@ -141,6 +143,15 @@ def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, st
     assert any(first["id"] in s.reason and "superseded" in s.reason for s in log.skipped)
     replay, traffic = replay_items(skill)
     assert traffic.summary()["records"] == len(shipped) + len(SERVED)
+    # The whole accepted log as the hold-out: the served requests are in it, scrubbed (the shipped log's address too).
+    every = skill.config.gates.replay.model_copy(update={"sample": 1000})
+    skill.config = skill.config.model_copy(update={"gates": skill.config.gates.model_copy(update={"replay": every})})
+    replay, _ = replay_items(skill)
+    assert {i for i, *_ in SERVED} <= {e.id for e in replay}
+    for e in replay:
+        _assert_no_pii(e.input)
+        assert "tomasz@verdant.pl" not in e.input
+    assert "<EMAIL_ADDRESS>" in next(e.input for e in replay if e.id == "traffic-028")
 
     out = refresh_stage(skill, tmp_path / "run", [], pool=[])
     s = out.summary()
