@@ -190,8 +190,9 @@ class Gateway:
         for name in self.skills:
             self.teachers[name] = self._teacher_lane(name)
             self.verify_teachers[name] = self._teacher_lane(name)
-            self._scrubber(name)  # a privacy block that cannot be honoured fails the start, not each row
         self.poll()
+        for name in self.skills:
+            self._scrubber(name)  # a privacy block that cannot be honoured fails the start, not each row
         self.ready = True
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
         self._poller.start()
@@ -224,8 +225,8 @@ class Gateway:
         return TeacherLane(skill, missing=why)
 
     def _scrubber(self, name: str):
-        """The skill's traffic scrubber, from skill.yaml's privacy block (read as the teacher block is); a
-        skill.yaml that cannot be read gets the defaults: scrubbing on. None: privacy.scrub is off."""
+        """The skill's traffic scrubber, from skill.yaml's privacy block (read as the teacher block is), else
+        from the production version's skill.json, else the defaults: scrubbing on. None: privacy.scrub is off."""
         if name not in self.scrubbers:
             from core.config import PrivacyConfig
             from core.privacy import scrubber_for
@@ -235,8 +236,10 @@ class Gateway:
 
                 privacy = load_skill(name, self.cfg.profile).config.privacy
             except Exception as e:
-                log.info("skill %s: privacy defaults (scrub on): cannot load its skill.yaml (%s)", name, e)
-                privacy = PrivacyConfig()
+                served = self.production.get(name)
+                privacy = served.cfg.privacy if served is not None else PrivacyConfig()
+                log.info("skill %s: privacy from %s (cannot load its skill.yaml: %s)", name,
+                         f"version {served.version}'s skill.json" if served is not None else "the defaults, scrub on", e)
             self.scrubbers[name] = scrubber_for(privacy)
         return self.scrubbers[name]
 

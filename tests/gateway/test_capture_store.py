@@ -99,3 +99,30 @@ def test_the_skills_entity_list_reaches_the_gateway(teacher_skill, tiny_model_pa
     assert "<EMAIL_ADDRESS>" in rows[ids["mail"]]["request"]
     assert "4111 1111 1111 1111" in rows[ids["card"]]["request"]  # not in this skill's list: kept
     assert g.gateway.traffic.scrubbed >= len(ids) and g.gateway.traffic.scrub_failures == 0
+
+
+def test_without_its_skill_yaml_the_gateway_scrubs_as_the_versions_skill_json_says(teacher_skill, tiny_model_path,
+                                                                                    tmp_path, run_gateway, monkeypatch):
+    from gateway import GatewayConfig
+    from gateway.service import Gateway
+
+    path = teacher_skill / SKILL / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["privacy"] = {"entities": ["EMAIL_ADDRESS"]}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    from registry import Registry
+
+    publish(Registry(), random_adapter(tiny_model_path, tmp_path / "adapter"), routing_with_threshold(None, "keep_all_valid"), "r1")
+    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(tmp_path / "elsewhere"))  # the serving host has no skill folders
+    gcfg = GatewayConfig.model_validate({"skills": [SKILL], "max_wait_ms": 20, "poll_s": 0.3, "traffic_flush_ms": 20,
+                                         "teachers": False, "overrides": {SKILL: {"escalation": "never"}}})
+    g = run_gateway(gcfg, Gateway(gcfg, engine=StubEngine()))
+    assert g.gateway.scrubbers[SKILL].entities == ["EMAIL_ADDRESS"]  # skill.json's privacy block
+    for text in (TICKETS["mail"], TICKETS["card"]):
+        r = httpx.post(g.url + "/v1/chat/completions", json={"model": SKILL, "messages": [{"role": "user", "content": text}]},
+                       timeout=60)
+        assert r.status_code == 200 and r.json()["distill"]["lane"] == "keep"
+    assert g.gateway.traffic.flush(30)
+    requests = {row["request"] for row in _rows().values()}
+    assert TICKETS["mail"].replace("ana.lima@example.com", "<EMAIL_ADDRESS>") in requests
+    assert TICKETS["card"] in requests  # CREDIT_CARD is not in this skill's list
