@@ -264,3 +264,28 @@ def test_the_cli_imports_exports_and_counts(skill_root, tmp_path, capsys):
     assert len(lines) == 6 and all("<" in json.loads(x)["request"] or "froze" in x for x in lines)
     assert main(["traffic", "import", SKILL, str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_a_json_skills_log_round_trips_as_json(skill_root, tmp_path):
+    from core.privacy import scrubber_for
+    from core.workdir import traffic_url
+    from gateway import store as st
+
+    skill = load_skill("tool-calling", root=skill_root)
+    shipped = skill_root / "tool-calling" / "traffic.jsonl"
+    assert st.import_jsonl(skill, shipped, traffic_url(), "traffic_tool_calling")["inserted"] == 40
+    buf = io.StringIO()
+    assert st.export_jsonl(traffic_url(), "traffic_tool_calling", buf, skill.config) == 40
+    back = {json.loads(x)["id"]: json.loads(x) for x in buf.getvalue().splitlines()}
+    scrub = scrubber_for(skill.config.privacy)
+    for line in shipped.read_text().splitlines():
+        rec = json.loads(line)
+        got = back[rec["id"]]
+        assert isinstance(got["request"], dict) and got["request"] == scrub.value(rec["request"])
+        assert got["reference"] == scrub.value(rec["reference"]) and got["accepted"] == rec["accepted"]
+    # The default read sees each call once: the shipped log and its imported copy in the table.
+    log = load_skill_traffic(skill)
+    from eval_gates.replay import read_traffic_jsonl
+
+    assert len(log) == len(read_traffic_jsonl(shipped, skill.config)) == len({t.id for t in log})
+    assert all(t.log.endswith("traffic_tool_calling") for t in log)  # equal times: the table's copy
