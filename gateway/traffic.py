@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("distill.gateway")
@@ -54,8 +55,6 @@ def clean_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 def ensure_sqlite_dir(url: str) -> None:
     """Create the folder of a SQLite database file (a fresh DISTILL_HOME has none; SQLite would refuse to open it)."""
     import sqlalchemy as sa
-
-    from pathlib import Path
 
     u = sa.engine.make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
