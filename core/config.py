@@ -347,9 +347,14 @@ class TrafficColumns(_Strict):
 
 
 class ReplayConfig(_Strict):
-    source: str = Field("traffic.jsonl", description="Traffic log: a JSONL file inside the skill folder, or 'sql' for a table read through SQLAlchemy (url, table, columns).")
-    url: str | None = Field(None, description="SQLAlchemy URL of the traffic database (source: sql); default sqlite:///<skill folder>/traffic.db.")
-    table: str = Field("traffic", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="Traffic table (source: sql).")
+    source: str = Field("gateway", description="Traffic log. gateway: the table `distill gateway` writes (url, else "
+                                                "$DISTILL_TRAFFIC_URL, else sqlite:///<DISTILL_HOME>/traffic.db; table "
+                                                "traffic_<skill>) plus the JSONL file `initial` beside it, one id read "
+                                                "once (the newer copy wins); a JSONL file inside the skill folder alone; "
+                                                "or 'sql' for any table read through SQLAlchemy (url, table, columns).")
+    initial: str | None = Field("traffic.jsonl", description="source gateway: the JSONL file in the skill folder read beside the gateway's table (the shipped initial sample; missing file: the table alone; None: the table alone).")
+    url: str | None = Field(None, description="SQLAlchemy URL of the traffic database (source: sql or gateway); default for sql: sqlite:///<skill folder>/traffic.db; for gateway: the gateway's ($DISTILL_TRAFFIC_URL, else sqlite:///<DISTILL_HOME>/traffic.db).")
+    table: str = Field("traffic", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$", description="Traffic table (source: sql; source gateway always reads traffic_<skill>, '-' as '_').")
     columns: TrafficColumns = Field(default_factory=TrafficColumns, description="Column names of the traffic table (source: sql).")
     sample: int = Field(40, ge=1, description="Requests replayed per run (sampled reproducibly).")
     recent: int | None = Field(1000, ge=1, description="Sample among the most recent N accepted requests (None: all of them).")
@@ -358,6 +363,30 @@ class ReplayConfig(_Strict):
     max_invalid_rate: float = Field(0.2, ge=0.0, le=1.0, description="Most outputs that do not parse.")
     max_p95_latency_s: float | None = Field(None, gt=0, description="Largest tolerated p95 latency per request in seconds (None: not gated).")
     settle_window_days: float = Field(14.0, ge=0.0, le=3650.0, description="Continuous refresh: a request not yet accepted when a run first sees it is looked at again by later runs for this many days (a reviewer may accept or correct it later); 0: never.")
+
+
+# What the gateway scrubs by default: presidio's pattern recognisers, which run offline (no NER model).
+DEFAULT_PII_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"]
+
+
+class PrivacyConfig(_Strict):
+    """Personal data in captured traffic: replaced by placeholders (<EMAIL_ADDRESS>) before a row is stored,
+    imported or turned into a training example (core/privacy.py, presidio's analyzer and anonymizer)."""
+
+    scrub: bool = Field(True, description="Replace personal data in traffic before it is stored or trained on (the "
+                                          "gateway's table, `distill traffic import`, the refresh). False: raw text.")
+    entities: list[str] = Field(default_factory=lambda: list(DEFAULT_PII_ENTITIES),
+                                description="presidio entity types to replace: EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD "
+                                            "(Luhn-checked), IBAN_CODE (checksum), IP_ADDRESS, and presidio's other pattern "
+                                            "recognisers (URL, US_SSN, CRYPTO, MAC_ADDRESS, ...); PERSON, LOCATION and other "
+                                            "NER types only with ner_model.")
+    ner_model: str | None = Field(None, description="An installed spaCy pipeline package (e.g. en_core_web_lg) whose NER "
+                                                    "finds names (PERSON) and places; None: pattern recognisers only, "
+                                                    "no names (nothing is downloaded at run time).")
+    phone_regions: list[str] = Field(default_factory=lambda: ["US", "GB", "DE", "FR", "IL", "IN", "CA", "BR"],
+                                     description="Regions whose national phone formats are recognised (international "
+                                                 "+CC numbers are recognised from any region).")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Least presidio score a finding needs to be replaced (0: every pattern match that passes its checksum).")
 
 
 class GateConfig(_Strict):
@@ -463,6 +492,7 @@ class SkillConfig(_Strict):
     schedule: ScheduleConfig = Field(ScheduleConfig(), description="When the pipeline runs on its own.")
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Which requests the gateway keeps on the small model and which go to the teacher: the policy and its bounds.")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig, description="How answers are decoded: constrained to the skill's answer grammar or free.")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Personal data in captured traffic: scrubbed before it is stored or trained on (on by default).")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides, e.g. smoke.")
 
     @field_validator("name")

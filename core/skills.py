@@ -53,7 +53,9 @@ class Skill:
         return self.config.name
 
     def traffic_path(self) -> Path:
-        return self.folder / self.config.gates.replay.source
+        """The JSONL traffic log: gates.replay.source, or for source gateway the file read beside the table."""
+        r = self.config.gates.replay
+        return self.folder / (r.initial or "traffic.jsonl" if r.source == "gateway" else r.source)
 
 
 
@@ -355,6 +357,12 @@ def validate_all(root: Path | None = None) -> list[SkillReport]:
         source = cfg.gates.replay.source
         if source == "sql":
             rep.counts["traffic"] = "sql"
+        elif source == "gateway":  # the gateway's table (read at run time) and the initial JSONL, when present
+            initial = folder / cfg.gates.replay.initial if cfg.gates.replay.initial else None
+            rep.counts["traffic"] = "gateway"  # only the gateway's table, read at run time
+            if initial is not None and initial.is_file():
+                rep.counts["traffic"], problems = scan_traffic(initial, cfg)  # the initial log's lines
+                rep.problems += problems
         elif not (folder / source).is_file():
             rep.problems.append(f"{folder / source}: missing traffic log (gates.replay.source)")
         else:

@@ -20,6 +20,17 @@ def work_dir() -> Path:
     return Path(os.environ.get("DISTILL_HOME", ".distill")).resolve()
 
 
+def traffic_url() -> str:
+    """The traffic database the gateway writes and the pipeline reads by default: $DISTILL_TRAFFIC_URL (any
+    SQLAlchemy URL, e.g. postgresql+psycopg://...), else sqlite:///<work dir>/traffic.db."""
+    return os.environ.get("DISTILL_TRAFFIC_URL") or f"sqlite:///{work_dir() / 'traffic.db'}"
+
+
+def traffic_table_name(skill: str) -> str:
+    """The gateway's traffic table of `skill`: traffic_<skill> with '-' and '.' as '_' (traffic_ticket_triage)."""
+    return "traffic_" + skill.replace("-", "_").replace(".", "_")
+
+
 def models_dir() -> Path:
     return work_dir() / "models"
 

@@ -82,10 +82,10 @@ def live_verify(skill_name: str, url: str | None = None, level: float = 0.95) ->
     records it beside its own curve (routing.json `live_verify`): the measured agreement of the version in
     production against the teacher it escalates to. {"versions": {}} when nothing was verified; {"error"} when
     the store cannot be read (never fails the run)."""
-    from core.workdir import work_dir
+    from core.workdir import traffic_url
     from eval_gates.routing import _clopper_pearson
 
-    url = url or f"sqlite:///{(work_dir() / 'traffic.db').resolve()}"
+    url = url or traffic_url()
     table = f"traffic_{skill_name.replace('-', '_').replace('.', '_')}"
     try:
         import sqlalchemy as sa

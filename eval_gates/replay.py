@@ -35,6 +35,7 @@ class TrafficRecord:
     reference: str
     reference_source: str  # "llm" (the large model's answer), "human" (a person's correction) or "unknown"
     accepted: bool
+    log: str = ""  # the log it was read from (a JSONL path, or url#table): lineage when two are read together
 
     @property
     def instant(self) -> datetime:
@@ -146,6 +147,8 @@ def read_traffic_jsonl(path: Path, cfg: SkillConfig) -> TrafficLog:
     seen: dict[str, tuple[int, str]] = {}
     for lineno, obj, problem in iter_jsonl(path):
         _take(out, seen, f"{path}:{lineno}", cfg, obj, problem)
+    for rec in out:
+        rec.log = out.source
     return out
 
 
@@ -153,12 +156,40 @@ def default_sql_url(folder: Path) -> str:
     return f"sqlite:///{(folder / 'traffic.db').resolve()}"
 
 
-def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
-    """Rows of the traffic table (newest first, at most `recent`... all rows when recent is None)."""
+def gateway_replay(cfg: SkillConfig):
+    """gates.replay as a SQL source on the gateway's table (source gateway): gates.replay.url, else the gateway's
+    store (core.workdir.traffic_url); table traffic_<skill>; its reference_source column read."""
+    from core.workdir import traffic_table_name, traffic_url
+
+    r = cfg.gates.replay
+    columns = r.columns if r.columns.reference_source else r.columns.model_copy(update={"reference_source": "reference_source"})
+    return r.model_copy(update={"source": "sql", "url": r.url or traffic_url(), "table": traffic_table_name(cfg.name),
+                                "columns": columns})
+
+
+def _with_replay(cfg: SkillConfig, replay) -> SkillConfig:
+    return cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"replay": replay})})
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """True for a sqlite URL whose database file does not exist (connecting would create an empty one)."""
+    import sqlalchemy as sa
+
+    u = sa.engine.make_url(url)
+    return u.get_backend_name() == "sqlite" and bool(u.database) and u.database != ":memory:" \
+        and not Path(u.database).is_file()
+
+
+def read_traffic_sql(url: str, cfg: SkillConfig, missing_ok: bool = False, url_key: str = "gates.replay.url") -> TrafficLog:
+    """Rows of the traffic table (newest first, at most `recent`... all rows when recent is None).
+    `missing_ok`: a SQLite file or a table that does not exist yet reads as no rows (the gateway has not
+    served the skill yet); an unreachable database still raises."""
     import sqlalchemy as sa
 
     r = cfg.gates.replay
     cols = r.columns
+    if missing_ok and sqlite_file_missing(url):
+        return TrafficLog(source=f"{url}#{r.table}")
     engine = sa.create_engine(url)
     shown = engine.url.render_as_string(hide_password=True)
     try:
@@ -167,6 +198,8 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
             try:
                 table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
             except sa.exc.NoSuchTableError:
+                if missing_ok:
+                    return TrafficLog(source=f"{shown}#{r.table}")
                 raise DataError(f"{shown}: no table {r.table!r} (gates.replay.table)") from None
             wanted = {"id": cols.id, "request": cols.request, "reference": cols.reference, "accepted": cols.accepted,
                       "timestamp": cols.created_at}
@@ -186,7 +219,7 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
                 query = query.limit(r.recent * 4)
             rows = conn.execute(query).mappings().all()
     except sa.exc.OperationalError as e:
-        raise DataError(f"{shown}: cannot read traffic ({e.orig}) (gates.replay.url)") from None
+        raise DataError(f"{shown}: cannot read traffic ({e.orig}) ({url_key})") from None
     finally:
         engine.dispose()
     out = TrafficLog(source=f"{shown}#{r.table}")
@@ -195,6 +228,8 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
         obj = dict(row)
         ident = obj.get("id")
         where = f"{shown}#{r.table}:{ident if ident is not None else f'row {i}'}"
+        if obj.get("accepted") is None and "accepted" in obj:
+            obj["accepted"] = False  # NULL: nobody settled it yet (the gateway's rows before feedback): not accepted
         if ident is not None:
             obj["id"] = str(ident)
             ts = obj.get("timestamp")
@@ -202,17 +237,48 @@ def read_traffic_sql(url: str, cfg: SkillConfig) -> TrafficLog:
             obj["timestamp"] = parse_instant(ts).isoformat() if isinstance(ts, datetime) else \
                 (str(ts) if ts is not None else None)
         _take(out, seen, where, cfg, obj, "'id' is null" if ident is None else None)
+    for rec in out:
+        rec.log = out.source
+    return out
+
+
+def merge_logs(first: TrafficLog, then: TrafficLog) -> TrafficLog:
+    """One log of two sources, each id once: the newer copy wins (equal times: the one in `then`), the
+    other is recorded as skipped, as duplicates within one source are."""
+    out = TrafficLog(source=" + ".join(x for x in (first.source, then.source) if x),
+                     skipped=[*first.skipped, *then.skipped])
+    where: dict[str, tuple[int, str]] = {}
+    for log_, rec in [(first, r) for r in first] + [(then, r) for r in then]:
+        if rec.id in where:
+            pos, src = where[rec.id]
+            if rec.instant >= out[pos].instant:
+                out[pos] = rec
+                where[rec.id] = (pos, log_.source)
+                out.skipped.append(Skipped(src, f"duplicate id {rec.id!r}: superseded by the copy in {log_.source}"))
+            else:
+                out.skipped.append(Skipped(log_.source, f"duplicate id {rec.id!r}: older than the copy in {src}"))
+            continue
+        where[rec.id] = (len(out), log_.source)
+        out.append(rec)
     return out
 
 
 def load_traffic(path: Path | None, cfg: SkillConfig, folder: Path | None = None) -> TrafficLog:
-    """The skill's traffic: the JSONL file at `path`, or the SQL table when gates.replay.source is 'sql'.
+    """The skill's traffic: per gates.replay.source, the gateway's table plus the JSONL file `path` beside it
+    ('gateway', the default), the JSONL file at `path` alone, or a SQL table ('sql').
 
     Malformed lines/rows are skipped and recorded (TrafficLog.skipped); a missing file or an
-    unreachable database raises DataError naming the config key to fix.
+    unreachable database raises DataError naming the config key to fix. Source gateway: a missing
+    initial file or a table the gateway has not created yet is no traffic, not an error.
     """
     r = cfg.gates.replay
-    if r.source == "sql":
+    if r.source == "gateway":
+        initial = Path(path) if path is not None and r.initial else None
+        first = read_traffic_jsonl(initial, cfg) if initial is not None and initial.is_file() else TrafficLog()
+        g = gateway_replay(cfg)
+        key = "gates.replay.url" if r.url else "DISTILL_TRAFFIC_URL, or set gates.replay.url"
+        out = merge_logs(first, read_traffic_sql(g.url, _with_replay(cfg, g), missing_ok=True, url_key=key))
+    elif r.source == "sql":
         base = folder or (Path(path).parent if path else Path("."))
         out = read_traffic_sql(r.url or default_sql_url(base), cfg)
     else:
@@ -253,4 +319,12 @@ def replay_items(skill, trained_ids: set[str] | frozenset[str] = frozenset()) ->
     traffic = load_skill_traffic(skill)
     eligible = TrafficLog([t for t in traffic if t.id not in trained_ids], source=traffic.source,
                           skipped=traffic.skipped) if trained_ids else traffic
-    return [t.as_example(skill.name) for t in replay_sample(eligible, r.sample, seed=r.seed, recent=r.recent)], traffic
+    from core.privacy import scrubber_for
+
+    scrub = scrubber_for(skill.config.privacy)  # the hold-out is written into the run folder: no raw personal data
+    items = [t.as_example(skill.name) for t in replay_sample(eligible, r.sample, seed=r.seed, recent=r.recent)]
+    if scrub is not None:
+        import dataclasses
+
+        items = [dataclasses.replace(e, input=scrub.value(e.input), output=scrub.value(e.output)) for e in items]
+    return items, traffic

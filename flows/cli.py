@@ -5,6 +5,8 @@
     distill run SKILL [--profile P]         one manual run of the pipeline (Prefect, ephemeral API)
     distill serve                           serve the scheduled deployments from this process
     distill registry list|show|path|pull|promote|rollback ...
+    distill gateway [--port N]              serve the registry's skills (OpenAI-compatible), capturing traffic
+    distill traffic import|export|stats SKILL [FILE]   the captured-traffic store the runs read
 """
 
 from __future__ import annotations
@@ -252,6 +254,39 @@ def cmd_registry(args) -> int:
     return 0
 
 
+def cmd_traffic(args) -> int:
+    """The traffic store the gateway writes and the runs read (gateway/store.py)."""
+    from core.workdir import traffic_table_name, traffic_url
+    from gateway import store
+
+    url = args.url or traffic_url()
+    table = args.table or traffic_table_name(args.skill)
+    if args.traffic_action == "stats":
+        if args.file:
+            return _fail("traffic stats takes no FILE")
+        print(json.dumps(store.stats(url, table), indent=2))
+        return 0
+    from core.skills import load_skill
+
+    if args.traffic_action == "import":
+        if not args.file:
+            return _fail("traffic import needs a FILE: distill traffic import SKILL FILE")
+        got = store.import_jsonl(load_skill(args.skill, args.profile), args.file, url, table)
+        print(f"{args.skill}: {got['inserted']} imported, {got['already']} already in {table} (of {got['read']} lines)")
+        return 0
+    try:
+        cfg = load_skill(args.skill, args.profile).config  # JSON skills: requests back as objects
+    except Exception:
+        cfg = None
+    if args.file:
+        with open(args.file, "w", encoding="utf-8") as f:
+            n = store.export_jsonl(url, table, f, cfg)
+        print(f"{args.skill}: {n} rows -> {args.file}", file=sys.stderr)
+    else:
+        store.export_jsonl(url, table, sys.stdout, cfg)
+    return 0
+
+
 def cmd_gateway(args) -> int:
     """Serve the registry's skills over an OpenAI-compatible API (gateway/, README "Serving: the gateway")."""
     from core.workdir import registry_root
@@ -351,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most versions loaded on demand (SKILL@N, SKILL@ALIAS) at once; the least recently used idle one is unloaded")
     w.add_argument("--verify-fraction", type=float, default=0.0, help="share of kept answers checked by the teacher")
     w.add_argument("--traffic-url", default=None,
-                   help="SQLAlchemy URL of the traffic database (default sqlite:///$DISTILL_HOME/traffic.db)")
+                   help="SQLAlchemy URL of the traffic database (default $DISTILL_TRAFFIC_URL, else "
+                        "sqlite:///$DISTILL_HOME/traffic.db: the store `distill run` reads)")
     w.add_argument("--auth-tokens-env", default=None, help="environment variable with comma-separated bearer tokens")
     w.add_argument("--profile", default="default", help="skill profile for the teacher block of each skill.yaml")
     w.add_argument("--escalation", action="append", metavar="SKILL=MODE",
@@ -362,6 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
                    help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")
     w.set_defaults(fn=cmd_gateway)
+    t = sub.add_parser("traffic", help="the captured-traffic store the runs read: import a JSONL log (scrubbed), "
+                                       "export it, count it")
+    t.add_argument("traffic_action", choices=["import", "export", "stats"])
+    t.add_argument("skill")
+    t.add_argument("file", nargs="?", help="import: the JSONL log (traffic.jsonl format); export: the output file "
+                                           "(default: standard output)")
+    t.add_argument("--url", default=None, help="SQLAlchemy URL of the store (default: $DISTILL_TRAFFIC_URL, else "
+                                               "sqlite:///$DISTILL_HOME/traffic.db, as the gateway)")
+    t.add_argument("--table", default=None, help="table (default: traffic_<skill>, '-' as '_', as the gateway)")
+    t.add_argument("--profile", default="default", help="skill profile (import: its labels and privacy block)")
+    t.set_defaults(fn=cmd_traffic)
     return p
 
 

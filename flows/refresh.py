@@ -132,7 +132,7 @@ def read_all_traffic(skill: Skill) -> TrafficLog:
     since everything since the watermark must be seen."""
     cfg = skill.config
     r = cfg.gates.replay
-    if r.source == "sql" and r.recent is not None:
+    if r.source in ("sql", "gateway") and r.recent is not None:
         replay = r.model_copy(update={"recent": None})
         cfg = cfg.model_copy(update={"gates": cfg.gates.model_copy(update={"replay": replay})})
     return load_traffic(skill.traffic_path(), cfg, folder=skill.folder)
@@ -148,22 +148,32 @@ def student_records(skill: Skill) -> Iterator[tuple[str, str, str]]:
     r = skill.config.gates.replay
     if r.source != "sql":
         path = skill.traffic_path()
-        for lineno, obj, _ in iter_jsonl(path):  # bad lines are reported by the traffic reader
-            if obj is not None and str(obj.get("reference_source", "")).lower() in STUDENT_SOURCES:
-                yield str(obj.get("id")), str(obj.get("timestamp")), f"{path}:{lineno}"
-        return
+        if r.source != "gateway" or (r.initial and path.is_file()):
+            for lineno, obj, _ in iter_jsonl(path):  # bad lines are reported by the traffic reader
+                if obj is not None and str(obj.get("reference_source", "")).lower() in STUDENT_SOURCES:
+                    yield str(obj.get("id")), str(obj.get("timestamp")), f"{path}:{lineno}"
+        if r.source != "gateway":
+            return
+        from eval_gates.replay import gateway_replay
+
+        r = gateway_replay(skill.config)  # and the gateway's table, where its kept answers are
     if not r.columns.reference_source:
         return
     import sqlalchemy as sa
 
-    from eval_gates.replay import default_sql_url
+    from eval_gates.replay import default_sql_url, sqlite_file_missing
 
     cols = r.columns
-    engine = sa.create_engine(r.url or default_sql_url(skill.folder))
+    url = r.url or default_sql_url(skill.folder)
+    if sqlite_file_missing(url):
+        return
+    engine = sa.create_engine(url)
     shown = engine.url.render_as_string(hide_password=True)
     try:
         with engine.connect() as conn:
             schema, _, name = r.table.rpartition(".")
+            if not sa.inspect(conn).has_table(name, schema=schema or None):
+                return  # the reader reported it (source sql) or it is not created yet (source gateway)
             table = sa.Table(name, sa.MetaData(), schema=schema or None, autoload_with=conn)
             src = sa.func.lower(table.c[cols.reference_source])
             rows = conn.execute(sa.select(table.c[cols.id], table.c[cols.created_at])
@@ -174,11 +184,13 @@ def student_records(skill: Skill) -> Iterator[tuple[str, str, str]]:
         yield str(ident), ts.isoformat() if isinstance(ts, datetime) else str(ts), f"{shown}#{r.table}:{ident}"
 
 
-def traffic_example(skill: str, rec: TrafficRecord, log_source: str) -> Example:
-    """A seed candidate from one accepted interaction, with its lineage."""
-    return Example(id=f"traffic:{rec.id}", skill=skill, input=rec.request, output=rec.reference, source="traffic",
+def traffic_example(skill: str, rec: TrafficRecord, log_source: str, scrub=None) -> Example:
+    """A seed candidate from one accepted interaction, with its lineage. `scrub` (core.privacy.Scrubber):
+    personal data in the request and the reference becomes placeholders (logs the gateway did not write)."""
+    request, reference = (scrub.value(rec.request), scrub.value(rec.reference)) if scrub else (rec.request, rec.reference)
+    return Example(id=f"traffic:{rec.id}", skill=skill, input=request, output=reference, source="traffic",
                    meta={"traffic_id": rec.id, "reference_source": rec.reference_source,
-                         "traffic_timestamp": rec.timestamp, "traffic_log": log_source})
+                         "traffic_timestamp": rec.timestamp, "traffic_log": rec.log or log_source})
 
 
 # --- the stage ------------------------------------------------------------------------------------------------------
@@ -226,8 +238,11 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
     """
     from filters import DedupIndex, dedup_text, default_steps, eval_sets_for, run_filters
 
+    from core.privacy import scrubber_for
+
     t0 = time.time()
     cfg = skill.config
+    scrub = scrubber_for(cfg.privacy)  # never train on raw personal data, whoever wrote the log
     run_dir = Path(run_dir)
     mark = committed_watermark(skill.name)
     log = traffic if traffic is not None else read_all_traffic(skill)
@@ -258,7 +273,7 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
                 elif rec.id in holdout:
                     rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "in_replay_holdout", log.source, rec))
                 else:
-                    candidates.append(traffic_example(skill.name, rec, log.source))
+                    candidates.append(traffic_example(skill.name, rec, log.source, scrub))
             continue
         new_records += 1
         seen.append((ts, rec.id))
@@ -272,7 +287,7 @@ def refresh_stage(skill: Skill, run_dir: Path, replay_items: Sequence[Example], 
         elif rec.id in holdout:
             rejected.append(_refusal(skill.name, rec.id, rec.timestamp, "in_replay_holdout", log.source, rec))
         else:
-            candidates.append(traffic_example(skill.name, rec, log.source))
+            candidates.append(traffic_example(skill.name, rec, log.source, scrub))
     students = list(student_records(skill))
     for ident, ts_text, where in students:
         ts = parse_timestamp(ts_text)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,9 +28,11 @@ class SkillOverride(_Strict):
 
 
 def default_traffic_url() -> str:
-    """sqlite:///<DISTILL_HOME>/traffic.db (DISTILL_HOME defaults to ./.distill)."""
-    home = Path(os.environ.get("DISTILL_HOME", ".distill"))
-    return f"sqlite:///{(home / 'traffic.db').resolve()}"
+    """$DISTILL_TRAFFIC_URL, else sqlite:///<DISTILL_HOME>/traffic.db (DISTILL_HOME defaults to ./.distill): the
+    store the pipeline's replay gate and refresh read by default (gates.replay.source: gateway)."""
+    from core.workdir import traffic_url
+
+    return traffic_url()
 
 
 class GatewayConfig(_Strict):
@@ -54,7 +54,7 @@ class GatewayConfig(_Strict):
     teachers: bool = Field(True, description="Open each skill's teacher (skill.yaml's teacher block under DISTILL_SEEDS_DIR); False: no escalation lane (degraded/503).")
     profile: str = Field("default", description="Skill profile applied when reading skill.yaml for the teacher block.")
     accept_teacher_answers: bool = Field(True, description="Write teacher-answered rows as accepted (reference_source llm): the refresh trains on them.")
-    traffic_url: str | None = Field(None, description="SQLAlchemy URL of the traffic database (None: sqlite under DISTILL_HOME; PostgreSQL: postgresql+psycopg://...).")
+    traffic_url: str | None = Field(None, description="SQLAlchemy URL of the traffic database (None: $DISTILL_TRAFFIC_URL, else sqlite under DISTILL_HOME; PostgreSQL: postgresql+psycopg://...).")
     traffic_table: str = Field("traffic_{skill}", pattern=r"^[A-Za-z_{}][A-Za-z0-9_{}]*$", description="Traffic table name; {skill} becomes the skill name with '-' as '_' (one table per skill, as gates.replay.table reads it).")
     traffic_queue: int = Field(10_000, ge=1, description="Traffic queue bound; rows beyond it are dropped and counted, a request never waits on the database.")
     traffic_batch: int = Field(256, ge=1, description="Most rows written in one transaction.")

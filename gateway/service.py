@@ -166,8 +166,9 @@ class Gateway:
         self.ready = False
         from gateway.config import default_traffic_url
 
+        self.scrubbers: dict[str, Any] = {}  # skill -> core.privacy.Scrubber | None (privacy.scrub off)
         self.traffic = TrafficWriter(cfg.traffic_url or default_traffic_url(), cfg.table_for, cfg.traffic_queue,
-                                     cfg.traffic_batch, cfg.traffic_flush_ms)
+                                     cfg.traffic_batch, cfg.traffic_flush_ms, scrub_for=self._scrubber)
         self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
         self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
         self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
@@ -191,6 +192,8 @@ class Gateway:
             self.teachers[name] = self._teacher_lane(name)
             self.verify_teachers[name] = self._teacher_lane(name)
         self.poll()
+        for name in self.skills:
+            self._scrubber(name)  # a privacy block that cannot be honoured fails the start, not each row
         self.ready = True
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
         self._poller.start()
@@ -221,6 +224,25 @@ class Gateway:
                 why = f"cannot load its skill.yaml: {e}"
                 log.warning("skill %s: no teacher (%s); escalations get degraded/503", name, why)
         return TeacherLane(skill, missing=why)
+
+    def _scrubber(self, name: str):
+        """The skill's traffic scrubber, from skill.yaml's privacy block (read as the teacher block is), else
+        from the production version's skill.json, else the defaults: scrubbing on. None: privacy.scrub is off."""
+        if name not in self.scrubbers:
+            from core.config import PrivacyConfig
+            from core.privacy import scrubber_for
+
+            try:
+                from core.skills import load_skill
+
+                privacy = load_skill(name, self.cfg.profile).config.privacy
+            except Exception as e:
+                served = self.production.get(name)
+                privacy = served.cfg.privacy if served is not None else PrivacyConfig()
+                log.info("skill %s: privacy from %s (cannot load its skill.yaml: %s)", name,
+                         f"version {served.version}'s skill.json" if served is not None else "the defaults, scrub on", e)
+            self.scrubbers[name] = scrubber_for(privacy)
+        return self.scrubbers[name]
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.cfg.poll_s):

@@ -8,7 +8,11 @@ Poison rows: every text value is cleaned before it is queued (a lone surrogate, 
 cannot encode, and NUL, which PostgreSQL text refuses, become U+FFFD; counted in `cleaned`), so
 the table only holds text the pipeline's readers accept. A batch the database still refuses while
 it answers a probe is written row by row; a row refused alone is dropped and counted in
-`dropped`, and every later row is written. Only a database that does not answer holds rows."""
+`dropped`, and every later row is written. Only a database that does not answer holds rows.
+
+Personal data: with `scrub_for`, each row's text (request, answer, slm_answer, slm_raw, reference) is
+scrubbed on the writer thread before it is held for a commit (core/privacy.py): only placeholders
+such as <EMAIL_ADDRESS> reach the table."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable
 
 log = logging.getLogger("distill.gateway")
@@ -45,6 +50,15 @@ def clean_row(row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         out[k], c = clean_text(v)
         changed |= c
     return out, changed
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the folder of a SQLite database file (a fresh DISTILL_HOME has none; SQLite would refuse to open it)."""
+    import sqlalchemy as sa
+
+    u = sa.engine.make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def traffic_table(metadata, name: str):
@@ -90,7 +104,11 @@ class TrafficWriter:
     the database refused on their own: poison rows, never retried)."""
 
     def __init__(self, url: str, table_for: Callable[[str], str], max_queue: int = 10_000, batch: int = 256,
-                 flush_ms: float = 200.0, on_lost: Callable[[int], None] | None = None):
+                 flush_ms: float = 200.0, on_lost: Callable[[int], None] | None = None,
+                 scrub_for: Callable[[str], Any] | None = None):
+        """`scrub_for(skill)`: the skill's core.privacy.Scrubber (None: stored as given). Rows are scrubbed on
+        the writer thread (off the request path), before anything is written; a row that cannot be scrubbed
+        is dropped and counted (`dropped`, `scrub_failures`), never written raw."""
         import sqlalchemy as sa
 
         self.url, self.table_for, self.batch, self.flush_s = url, table_for, batch, flush_ms / 1000.0
@@ -99,11 +117,14 @@ class TrafficWriter:
             kw["connect_args"] = {"connect_timeout": 3}
         elif url.startswith("sqlite"):
             kw["connect_args"] = {"timeout": 5}
+            ensure_sqlite_dir(url)
         self.engine = sa.create_engine(url, **kw)
         self.metadata = sa.MetaData()
         self.tables: dict[str, Any] = {}
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self.written = self.lost = self.failures = self.updated = self.cleaned = self.dropped = 0
+        self.scrubbed = self.scrub_failures = 0
+        self.scrub_for = scrub_for
         self.last_error: str | None = None
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -180,11 +201,11 @@ class TrafficWriter:
         while not (self._stop.is_set() and self.q.empty() and not self._held):
             if len(self._held) < self.batch:
                 try:
-                    self._held.append(self.q.get(timeout=self.flush_s or 0.05))
+                    self._hold(self.q.get(timeout=self.flush_s or 0.05))
                     deadline = time.monotonic() + self.flush_s
                     while len(self._held) < self.batch:
                         left = deadline - time.monotonic()
-                        self._held.append(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
+                        self._hold(self.q.get(timeout=left) if left > 0 else self.q.get_nowait())
                 except queue.Empty:
                     pass
             if not self._held:
@@ -207,6 +228,23 @@ class TrafficWriter:
                 self._held = []
                 return
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _hold(self, op: _Op) -> None:
+        """Scrub `op` (personal data -> placeholders) and hold it for the next commit; drop it when scrubbing fails."""
+        if self.scrub_for is not None:
+            try:
+                scrubber = self.scrub_for(op.skill)
+                if scrubber is not None:
+                    op.row = scrubber.row(op.row)
+                    self.scrubbed += 1
+            except Exception as e:  # fail closed: a row that cannot be scrubbed is never written raw
+                self.scrub_failures += 1
+                self.dropped += 1
+                self.last_error = _why(e)
+                log.error("traffic: dropped a %s of row %s for %s: cannot scrub it (%s)", op.kind,
+                          op.id or op.row.get("id"), op.skill, self.last_error)
+                return
+        self._held.append(op)
 
     def _reachable(self) -> bool:
         import sqlalchemy as sa

@@ -58,6 +58,8 @@ def skill_spec(cfg) -> dict[str, Any]:
                         **({"engine": engine_version()} if cfg.decoding.constrained else {}),
                         **({"max_string_chars": cfg.decoding.max_string_chars}
                            if cfg.decoding.constrained and cfg.decoding.max_string_chars else {})}
+    # The privacy block travels with the version: a gateway without the skill's skill.yaml scrubs the same way.
+    spec["privacy"] = cfg.privacy.model_dump()
     return spec
 
 

@@ -13,7 +13,9 @@ from eval_gates.replay import load_traffic, replay_items, replay_sample
 
 REPO = Path(__file__).resolve().parents[2]
 SKILL = load_skill("ticket-triage", root=REPO / "seeds")
-CFG = SKILL.config
+# The JSONL reader alone (the shipped skills read the gateway's table beside it: tests/eval_gates/test_traffic_store.py).
+CFG = SKILL.config.model_copy(update={"gates": SKILL.config.gates.model_copy(
+    update={"replay": SKILL.config.gates.replay.model_copy(update={"source": "traffic.jsonl"})})})
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
