@@ -175,6 +175,10 @@ def test_the_gateway_teacher_lane_answers_with_the_declared_label(tmp_path):
         cfg = yaml.safe_load(path.read_text())
         cfg["teacher"] = {"backend": "openai", "model": "fake", "base_url": server.base_url, "cache": False,
                           "max_retries": 0}
+        # The label answerer: the teacher's written answer is what is normalised (a label set's default
+        # answerer scores the labels instead, where no text comes back).
+        cfg.setdefault("expansion", {})["strategies"] = ["self_instruct", "label"]
+        cfg.setdefault("filters", {}).pop("target_precision", None)
         path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
         skill = load_skill(folder.name, root=tmp_path)
         lane = TeacherLane(skill)
