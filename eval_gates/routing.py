@@ -210,27 +210,27 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
     wins = sum(_served_teacher(it) > it.student for it in ranked + unscored)
     losses = sum(_served_teacher(it) < it.student for it in ranked + unscored)
     kept_errors = 0
+
+    def keep(it: LaneItem) -> None:
+        """Move one answer from the escalated side to the kept side of the running sums."""
+        nonlocal total, sq, kept_errors, wins, losses
+        t = _served_teacher(it)
+        total += it.student - t
+        sq += it.student ** 2 - t ** 2
+        kept_errors += not it.student_correct
+        wins -= t > it.student
+        losses -= t < it.student
+
     points = []
     for k in range(0, len(ranked) + 1):
         if k:
-            it = ranked[k - 1]
-            t = _served_teacher(it)
-            total += it.student - t
-            sq += it.student ** 2 - t ** 2
-            kept_errors += not it.student_correct
-            wins -= t > it.student
-            losses -= t < it.student
-            if k < len(ranked) and float(ranked[k].signal) == float(it.signal):
+            keep(ranked[k - 1])
+            if k < len(ranked) and float(ranked[k].signal) == float(ranked[k - 1].signal):
                 continue  # ties: a threshold keeps all of them or none
         kept = k
         if k == len(ranked) and unscored:  # keep every valid answer
             for it in unscored:
-                t = _served_teacher(it)
-                total += it.student - t
-                sq += it.student ** 2 - t ** 2
-                kept_errors += not it.student_correct
-                wins -= t > it.student
-                losses -= t < it.student
+                keep(it)
             kept += len(unscored)
         m, lo, hi = _interval(total, sq, n, pass_fail, level)
         p = float(binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue) if wins + losses else 1.0
