@@ -151,8 +151,11 @@ def _strong_server(skill, examples, accuracy: float = 0.95):
     from core.prompting import format_input
     from teachers.fakeserver import FakeOpenAIServer
 
+    from core.tasks import get_task
+
     cfg = skill.config
-    golds = [e.output for e in examples]
+    task = get_task(cfg)
+    golds = [_concrete(task, e) for e in examples]
     by_suffix = {}
     for i, e in enumerate(examples):
         right = int(hashlib.sha256(e.input.encode()).hexdigest()[:8], 16) / 16 ** 8 < accuracy
@@ -166,6 +169,24 @@ def _strong_server(skill, examples, accuracy: float = 0.95):
         return " ?"
 
     return FakeOpenAIServer(answer=answer).start()
+
+
+def _concrete(task, example) -> str:
+    """A right answer the teacher could write: the gold itself, or for a gold that lists every acceptable value
+    per argument (function-call eval items, BFCL's form) the first acceptable one ("" first: left out), kept only
+    if the task scores it right."""
+    gold = example.output
+    try:
+        obj = json.loads(gold)
+    except (TypeError, ValueError):
+        return gold
+    args = obj.get("arguments") if isinstance(obj, dict) else None
+    if not isinstance(args, dict) or not any(isinstance(v, list) for v in args.values()):
+        return gold
+    concrete = {k: v[0] for k, v in args.items() if isinstance(v, list) and v and v[0] != ""}
+    concrete.update({k: v for k, v in args.items() if not isinstance(v, list)})
+    answer = json.dumps({**obj, "arguments": concrete}, ensure_ascii=False, separators=(",", ":"))
+    return answer if task.is_correct(task.score(example, answer)) else gold
 
 
 def _strong_answers(skill, examples) -> list[str | None]:
