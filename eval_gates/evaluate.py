@@ -204,7 +204,7 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
     try:
         t0 = time.time()
         rc = cfg.routing
-        items, item_sigs, all_sigs, sigs, correct, valid, teacher_vals = [], [], [], [], [], [], {}
+        items, item_sigs, all_sigs, correct, valid, teacher_vals = [], [], [], [], [], {}
         for set_name, (its, pred, per) in lanes.items():
             if pred.signals is None or all(x is None for x in pred.signals):  # a model without decode signals
                 prompts = [render_prompt(cfg, e.input, model.tokenizer) for e in its]
@@ -226,11 +226,10 @@ def _routing(task, cfg, model, lanes: dict, ev: dict, rep: dict, teacher_answers
                     items.append(R.LaneItem(None, v, float(sc[task.primary]), t_score, ok, set_name))
                     item_sigs.append(sig)
                 all_sigs.append((set_name, sig))
-                sigs.append(sig)
                 correct.append(ok)
                 valid.append(v)
             teacher_vals[set_name] = tv
-        comparison = R.compare_signals(sigs, correct, valid)
+        comparison = R.compare_signals([sig for _, sig in all_sigs], correct, valid)
         signal, why = R.pick_signal(comparison, rc.signal)
         for it, sig in zip(items, item_sigs):
             it.signal = sig.get(signal)

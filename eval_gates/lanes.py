@@ -83,10 +83,11 @@ def live_verify(skill_name: str, url: str | None = None, level: float = 0.95) ->
     production against the teacher it escalates to. {"versions": {}} when nothing was verified; {"error"} when
     the store cannot be read (never fails the run)."""
     from core.workdir import traffic_url
-    from eval_gates.routing import _clopper_pearson
+    from core.workdir import traffic_table_name
+    from eval_gates.stats import clopper_pearson
 
     url = url or traffic_url()
-    table = f"traffic_{skill_name.replace('-', '_').replace('.', '_')}"
+    table = traffic_table_name(skill_name)
     try:
         import sqlalchemy as sa
 
@@ -111,7 +112,7 @@ def live_verify(skill_name: str, url: str | None = None, level: float = 0.95) ->
     out = {}
     for v, (agree, disagree) in sorted(counts.items()):
         n = agree + disagree
-        lo, hi = _clopper_pearson(agree, n, level)
+        lo, hi = clopper_pearson(agree, n, level)
         out[v] = {"verified": n, "agreed": agree, "agreement": round(agree / n, 4), "low": round(lo, 4),
                   "high": round(hi, 4)}
     return {"source": url, "table": table, "versions": out}

@@ -139,16 +139,6 @@ class LaneItem:
     set: str = "eval"
 
 
-def _clopper_pearson(k: int, n: int, level: float) -> tuple[float, float]:
-    """Two-sided exact interval of a binomial proportion (Clopper and Pearson 1934)."""
-    from scipy.stats import beta
-
-    a = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
-    return lo, hi
-
-
 def upper_bound(k: int, n: int, level: float = 0.95) -> float:
     """One-sided exact (Clopper-Pearson) upper bound at `level` of a proportion with k successes of n."""
     from scipy.stats import beta
@@ -168,7 +158,9 @@ def _interval(total: float, sq: float, n: int, pass_fail: bool, level: float):
         return None, None, None
     m = total / n
     if pass_fail:
-        lo, hi = _clopper_pearson(int(round(total)), n, level)
+        from eval_gates.stats import clopper_pearson
+
+        lo, hi = clopper_pearson(int(round(total)), n, level)
     else:
         from scipy.stats import norm
 

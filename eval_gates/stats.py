@@ -26,6 +26,16 @@ class PairedInterval:
         return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Exact two-sided interval for a binomial proportion k/n (Clopper and Pearson 1934); (None, None) when n == 0."""
+    if n == 0:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def is_pass_fail(*series: Sequence[float]) -> bool:
     return all(float(x) in (0.0, 1.0) for s in series for x in s)
 

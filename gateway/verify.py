@@ -11,17 +11,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from eval_gates.stats import clopper_pearson
+
 log = logging.getLogger("distill.gateway")
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float | None, float | None]:
-    """Exact two-sided interval for a binomial proportion k/n; (None, None) when n == 0."""
-    if n == 0:
-        return None, None
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(level, method="exact")
-    return float(ci.low), float(ci.high)
 
 
 @dataclass

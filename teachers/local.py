@@ -117,7 +117,9 @@ class _ChosenLogprob:
         import torch
 
         best = scores.argmax(dim=-1)
-        masked = torch.log_softmax(scores.float(), dim=-1).gather(-1, best[:, None])[:, 0].detach().cpu()
+        s = scores.float()
+        # log_softmax(s)[best] = s[best] - logsumexp(s): one reduction, no second [batch, vocab] tensor per step.
+        masked = (s.gather(-1, best[:, None])[:, 0] - torch.logsumexp(s, dim=-1)).detach().cpu()
         if self._lp is not None:  # under a grammar: the unmasked distribution came from `capture`
             self.steps.append(self._lp.gather(-1, best[:, None])[:, 0].detach().cpu())
             self._lp = None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from core import prompting
-from core.records import Example, Rejected, content_id, write_examples, write_json
+from core.records import Example, Rejected, content_id, hash_examples, write_examples, write_json
 from core.skills import Skill, SkillConfig
 from core.tasks import answer_grammar_for, get_task
 from core.tasks.base import NEW_TOOLS
@@ -501,8 +501,6 @@ def teacher_option(skill: Skill, teacher: Teacher, choice: dict[str, Any] | None
     tc = skill.config.teacher
     choice = dict(choice or {})
     who = answerer(skill.config)
-    from core.records import hash_examples
-
     option: dict[str, Any] = {"answerer": who,
                               "shots": choice.get("shots") or ("random" if tc.shot_selection == "auto" else tc.shot_selection),
                               "few_shot": tc.few_shot, "seed": int(seed),
