@@ -145,6 +145,20 @@ class GrammarCompiler:
                     log.warning("constrained decoding: %s; its answers are decoded free", e)
                 raise
 
+    def matchers(self, specs: Sequence[dict[str, Any] | None]) -> list:
+        """One fresh xgrammar GrammarMatcher per row (teachers.greedy), compiled as `processor` compiles: a None
+        row, or one whose spec does not compile (logged, counted in `failed`), is decoded free (any line)."""
+        free = {"regex": r"[^\n]*\n?"}
+        out = []
+        for spec in specs:
+            try:
+                g = self.compile(spec if spec is not None else free)
+            except GrammarError:
+                self.failed += 1
+                g = self.compile(free)
+            out.append(self.xgr.GrammarMatcher(g))
+        return out
+
     def processor(self, specs: Sequence[dict[str, Any] | None]):
         """A fresh logits processor for one generate() call over len(specs) rows (one spec per row;
         a None row, or one whose spec does not compile (logged, counted in `failed`), is decoded

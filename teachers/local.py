@@ -97,6 +97,17 @@ def answer_signals(lps: Sequence[float] | None, grammar_lps: Sequence[float] | N
     return out
 
 
+def _answer_len(tok, ids: list[int]) -> int:
+    """How many generated tokens make up the answer: those before the EOS or the token that writes the
+    stop newline."""
+    m = 0
+    for t in range(len(ids)):
+        if ids[t] == tok.eos_token_id or "\n" in tok.decode(ids[: t + 1], skip_special_tokens=True):
+            break
+        m = t + 1
+    return m
+
+
 class _ChosenLogprob:
     """A logits processor that records, per decoding step, the log-probability of the greedy
     choice (the argmax) of each row, from the float32 logits generate() decodes with. It changes
@@ -324,6 +335,8 @@ class LocalModel:
         adapter: str | None = ...,  # type: ignore[assignment]
         confidence: bool = False,
         grammars: Sequence[dict | None] | None = None,
+        own: bool = True,
+        decoder: str = "greedy",
     ) -> list[Completion]:
         """Complete each prompt; greedy when temperature is 0. Deterministic for a seed.
 
@@ -338,6 +351,13 @@ class LocalModel:
 
         `grammars`: one grammar spec per prompt (core.tasks' `answer_grammar`; None: free) to
         decode under with xgrammar (teachers.constrained); None: no constraint at all.
+        Greedy completions go through `teachers.greedy.greedy_batch` (one prefill, then one forward per
+        grammar choice, forced tokens jumped); sampled ones through transformers' `generate()`. `own`
+        (greedy, under a grammar): also compute the model's own log-probability of forced tokens; False
+        when only a grammar-renormalised confidence is read (the gateway serving such a signal).
+        `decoder="generate"`: greedy through `generate()` too (the reference the greedy path is tested and
+        benchmarked against).
+
         Raises KeyError for an adapter that is not loaded, constrained.GrammarError for a spec
         xgrammar cannot compile, ValueError when `grammars` and `prompts` differ in length."""
         import torch
@@ -350,6 +370,9 @@ class LocalModel:
         if grammars is not None and all(g is None for g in grammars):
             grammars = None
         tok = self.tokenizer
+        if temperature <= 0 and decoder == "greedy":
+            return self._complete_greedy(prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter,
+                                         confidence, grammars, own)
         greedy_conf = confidence and temperature <= 0
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -371,7 +394,7 @@ class LocalModel:
             else:
                 gen_kwargs.update(temperature=None, top_p=None, top_k=None)
             if stop_at_newline:
-                gen_kwargs.update(stop_strings=["\n"], tokenizer=tok)
+                gen_kwargs["stopping_criteria"] = self._newline_stop()
             recorder = _ChosenLogprob() if greedy_conf else None
             processors: list = [recorder] if recorder is not None else []
             if grammars is not None:
@@ -426,6 +449,80 @@ class LocalModel:
                         c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
                         grammar_lps = None if grammars is not None else lps  # free decoding: nothing renormalised
                         got = answer_signals(lps, grammar_lps)
+                        if grammars is not None:  # the renormalised ones come from the decode's own steps
+                            got.update({k: v for k, v in (c.signals or {}).items() if "grammar" in k})
+                        c.signals = got
+            if progress:
+                progress(len(idx))
+        return [results[i] for i in range(len(prompts))]
+
+    def _newline_stop(self):
+        """transformers' stop-at-newline criterion, built once per model: `generate(stop_strings=...)` rebuilds
+        its table over the whole vocabulary on every call (seconds for Gemma's 262k tokens)."""
+        if getattr(self, "_stop", None) is None:
+            from transformers import StoppingCriteriaList, StopStringCriteria
+
+            self._stop = StoppingCriteriaList([StopStringCriteria(self.tokenizer, ["\n"])])
+        return self._stop
+
+    def _complete_greedy(self, prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter, confidence,
+                         grammars, own) -> list[Completion]:
+        """`complete` at temperature 0 (see there), by teachers.greedy.greedy_batch."""
+        import torch
+
+        from teachers.greedy import greedy_batch
+
+        tok = self.tokenizer
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, Completion] = {}
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            batch = [prompts[i] for i in idx]
+            p_ids = tok(batch)["input_ids"]
+            matchers = None
+            if grammars is not None:
+                matchers = self.grammar_compiler().matchers([grammars[i] for i in idx])
+            with self.lock:
+                t0 = time.time()
+                with torch.inference_mode(), self._use(adapter):
+                    rows = greedy_batch(self.model, tok, p_ids, max_new_tokens, matchers=matchers, bitmask_vocab=vocab,
+                                        stop_at_newline=stop_at_newline, own=own or not grammars, device=self.device)
+                dt = (time.time() - t0) / len(idx)
+                redo: list[tuple[int, str, str]] = []
+                for row_i, (i, row) in enumerate(zip(idx, rows)):
+                    ids = row.ids
+                    n = len(ids)
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    if stop_at_newline:
+                        text = text.split("\n")[0]
+                    c = Completion(text=text, finish_reason=row.finish or "length", prompt_tokens=len(p_ids[row_i]),
+                                   completion_tokens=n, seconds=dt)
+                    if confidence and text:
+                        a_ids = tok(text, add_special_tokens=False)["input_ids"]
+                        if a_ids and ids[: len(a_ids)] == a_ids:
+                            lps = row.lps[: len(a_ids)]
+                            glps = row.glps[: len(a_ids)]
+                            if all(x is not None for x in lps):
+                                c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "scores"
+                                c.signals = answer_signals(lps, glps)
+                            else:  # own log-probabilities of forced tokens were not asked for
+                                c.confidence_source = "scores"
+                                c.signals = answer_signals(None, glps)
+                        else:
+                            m = _answer_len(tok, ids)
+                            c.signals = answer_signals(None, row.glps[:m])
+                            redo.append((i, batch[row_i], text))
+                    results[i] = c
+                if redo:
+                    with torch.inference_mode(), self._use(adapter):
+                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
+                                                         batch_size=batch_size, device=self.device, per_token=True)
+                    for (i, _, _), lps in zip(redo, forced):
+                        c = results[i]
+                        c.token_logprobs = lps
+                        c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
+                        got = answer_signals(lps, None if grammars is not None else lps)
                         if grammars is not None:  # the renormalised ones come from the decode's own steps
                             got.update({k: v for k, v in (c.signals or {}).items() if "grammar" in k})
                         c.signals = got

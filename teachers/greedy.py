@@ -1,0 +1,206 @@
+"""Greedy decoding with the least work an answer needs (the path every greedy `LocalModel.complete` takes).
+
+transformers' `generate()` runs one forward per generated token and, with `stop_strings`, rebuilds a
+table over the whole vocabulary on every call (2-7 s for Gemma's 262k tokens: most of a one-label
+answer's time). Here, per batch:
+
+1. **one prefill** of the left-padded prompts, logits at the last position only (`logits_to_keep=1`);
+2. **rounds**: each unfinished row commits its greedy choice, then every token its grammar *forces*
+   (a grammar state that allows exactly one token needs no forward to choose it: "jump-forward",
+   as SGLang and xgrammar call it); the next forward feeds all of a row's committed tokens at once, with
+   logits only at those positions. A label set whose labels differ in their first token is answered by
+   the prefill and one forward over the forced rest; a grammar-renormalised confidence needs not even that.
+3. a finished row leaves the batch (its KV cache rows are dropped) and its result is final at once.
+
+Greedy choices and log-probabilities are those `generate()` computes (the same float32 logits, argmax
+under the same xgrammar mask), so the answers and confidences the gates measured are the ones served
+(tests/teachers/test_greedy.py compares the two paths token for token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass
+class Row:
+    """One prompt's decode. `ids`: generated token ids (an EOS that ended it included); `lps`: the model's own
+    log-probability of each generated token (None where not computed: an EOS, or `own=False`); `glps`: the same
+    renormalised over the tokens the grammar allowed (equal to the model's own when decoding is free)."""
+
+    ids: list[int] = field(default_factory=list)
+    lps: list[float | None] = field(default_factory=list)
+    glps: list[float] = field(default_factory=list)
+    finish: str | None = None  # "stop" (EOS, newline, grammar complete) or "length"
+    pending: list[int] = field(default_factory=list)  # committed tokens not yet fed to the model (choice + forced)
+    pstart: int = 0  # index in `ids` of pending[0]
+
+
+def _single_allowed(bitmask_row) -> int | None:
+    """The token id when exactly one bit of an xgrammar bitmask row (int32 words, bit j of word w = token
+    32*w + j) is set, else None."""
+    import torch
+
+    nz = torch.nonzero(bitmask_row, as_tuple=False)
+    if nz.numel() != 1:
+        return None
+    w = int(nz[0, 0])
+    word = int(bitmask_row[w]) & 0xFFFFFFFF
+    if word & (word - 1):  # more than one bit in that word
+        return None
+    return 32 * w + word.bit_length() - 1
+
+
+def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                 matchers: Sequence | None = None, bitmask_vocab: int | None = None,
+                 stop_at_newline: bool = True, own: bool = True, device=None) -> list[Row]:
+    """Greedy-decode a batch of tokenized prompts; returns one Row per prompt, in order.
+
+    model: a causal LM (PEFT-wrapped or not) whose forward takes `past_key_values`, `position_ids`,
+    `logits_to_keep`. matchers: one xgrammar GrammarMatcher per row (fresh), or None for free decoding;
+    bitmask_vocab: the logits width the grammar's bitmask covers. stop_at_newline: a token whose text holds a
+    newline ends the row (the answer is the text before it). own: compute the model's own log-probability of
+    the tokens a grammar forced (one forward over them); with False only renormalised ones are exact (a
+    forced token's is 0) and forced tokens' `lps` are None. Raises ValueError on an empty prompt."""
+    import torch
+    from transformers import DynamicCache
+
+    device = device or next(model.parameters()).device
+    n = len(prompt_ids)
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("greedy_batch: an empty prompt (no tokens) cannot be decoded")
+    eos = tokenizer.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = [Row() for _ in range(n)]
+    if n == 0:
+        return rows
+    xgr = None
+    bitmask = None
+    if matchers is not None:
+        import xgrammar as xgr
+
+        bitmask = xgr.allocate_token_bitmask(n, bitmask_vocab)
+
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, p in enumerate(prompt_ids):
+        ids[r, width - len(p):] = torch.tensor(list(p))
+        mask[r, width - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    scores = out.logits[:, -1, :].float()  # [active, vocab]: each active row's next-token logits
+    active = list(range(n))  # batch row -> prompt index
+    next_pos = [len(p) for p in prompt_ids]  # each prompt's next position id
+
+    def text_has_newline(r: int) -> bool:
+        return "\n" in tokenizer.decode(rows[r].ids, skip_special_tokens=True)
+
+    def finish_check(r: int) -> bool:
+        row = rows[r]
+        if row.ids and row.ids[-1] in eos_ids:
+            row.finish = "stop"
+        elif stop_at_newline and text_has_newline(r):
+            row.finish = "stop"
+        elif matchers is not None and matchers[r].is_terminated():
+            row.finish = "stop"
+        elif len(row.ids) >= max_new_tokens:
+            row.finish = "length"
+        return row.finish is not None
+
+    while active:
+        # 1. Choose: each active row that has next-token logits picks its greedy token.
+        s = scores
+        lse = torch.logsumexp(s, dim=-1)
+        masked = s
+        if matchers is not None:
+            for b, r in enumerate(active):
+                matchers[r].fill_next_token_bitmask(bitmask, b)
+            masked = s.clone()
+            xgr.apply_token_bitmask_inplace(masked, bitmask[: len(active)].to(masked.device))
+        best = masked.argmax(dim=-1)
+        own_lp = (s.gather(-1, best[:, None])[:, 0] - lse).tolist()
+        g_lp = (masked.gather(-1, best[:, None])[:, 0] - torch.logsumexp(masked, dim=-1)).tolist()
+        best = best.tolist()
+        for b, r in enumerate(active):
+            row = rows[r]
+            t = best[b]
+            row.pstart = len(row.ids)
+            row.ids.append(t)
+            row.lps.append(own_lp[b])
+            row.glps.append(g_lp[b])
+            row.pending = [t]
+            if matchers is not None and t not in eos_ids:
+                matchers[r].accept_token(t)
+            if finish_check(r):
+                continue
+            # 2. Jump forward over the tokens the grammar forces.
+            while matchers is not None:
+                matchers[r].fill_next_token_bitmask(bitmask, 0)
+                f = _single_allowed(bitmask[0])
+                if f is None:
+                    break
+                row.ids.append(f)
+                row.glps.append(0.0)  # renormalised over one allowed token: log 1
+                if f in eos_ids:
+                    row.lps.append(None)  # an EOS is not part of the answer: never scored
+                    row.finish = "stop"
+                    break
+                matchers[r].accept_token(f)
+                row.lps.append(None)
+                row.pending.append(f)
+                if finish_check(r):
+                    break
+        # 3. Which rows need a forward: unfinished ones (their next choice), and finished ones whose forced
+        #    tokens still lack the model's own log-probability.
+        feed: list[tuple[int, int, list[int], bool]] = []  # (batch row, prompt, tokens to feed, wants next logits)
+        for b, r in enumerate(active):
+            row = rows[r]
+            if row.finish is None:
+                feed.append((b, r, row.pending, True))
+            elif own and len(row.pending) > 1:
+                # Done: the forced tokens after its choice still need their own log-probability, read at the
+                # positions before them (the last committed token's logits are not needed).
+                feed.append((b, r, row.pending[:-1], False))
+        if not feed:
+            break
+        keep_b = [b for b, _, _, _ in feed]
+        if len(keep_b) != len(active):
+            cache.batch_select_indices(torch.tensor(keep_b, dtype=torch.long, device=device))
+            mask = mask[keep_b]
+        active = [r for _, r, _, _ in feed]
+        c = max(len(t) for _, _, t, _ in feed)
+        step_ids = torch.full((len(feed), c), pad, dtype=torch.long)
+        step_mask = torch.zeros((len(feed), c), dtype=torch.long)
+        step_pos = torch.zeros((len(feed), c), dtype=torch.long)
+        for k, (_, r, toks, _) in enumerate(feed):
+            m = len(toks)
+            # Left-padded within the step: each row's last fed token sits in the last column.
+            step_ids[k, c - m:] = torch.tensor(toks)
+            step_mask[k, c - m:] = 1
+            step_pos[k, c - m:] = torch.arange(next_pos[r], next_pos[r] + m)
+            next_pos[r] += m
+        mask = torch.cat([mask, step_mask], dim=1)
+        out = model(input_ids=step_ids.to(device), attention_mask=mask.to(device), position_ids=step_pos.to(device),
+                    past_key_values=cache, use_cache=True, logits_to_keep=c)
+        logits = out.logits.float()  # [rows, c, vocab]
+        if own:
+            # Own log-probabilities of forced tokens: pending[j] is predicted at the column of pending[j - 1].
+            for k, (_, r, toks, _) in enumerate(feed):
+                row = rows[r]
+                for j in range(1, len(row.pending)):
+                    v = logits[k, c - len(toks) + j - 1]
+                    row.lps[row.pstart + j] = float(v[row.pending[j]] - torch.logsumexp(v, -1))
+        keep = [k for k, (_, _, _, nxt) in enumerate(feed) if nxt]
+        if not keep:
+            break
+        if len(keep) != len(feed):
+            cache.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=device))
+            mask = mask[keep]
+            active = [active[k] for k in keep]
+        scores = logits[keep, -1, :]
+    return rows

@@ -1,0 +1,111 @@
+"""The greedy path (teachers.greedy: one prefill, jump-forward over forced tokens, one forward per choice)
+answers exactly as transformers' generate() does, under every kind of grammar and free: same text, finish
+reason, token count and confidences, for prompts of different lengths in one batch, with the length cap
+cutting some answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.config import SkillConfig
+from tests.core import skillkit
+
+pytest.importorskip("xgrammar")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    from teachers.local import LocalModel
+
+    return LocalModel(tiny_model_path)
+
+
+def _same(a, b, tol=1e-4):
+    assert [c.text for c in a] == [c.text for c in b]
+    assert [c.finish_reason for c in a] == [c.finish_reason for c in b]
+    assert [c.completion_tokens for c in a] == [c.completion_tokens for c in b]
+    assert [c.prompt_tokens for c in a] == [c.prompt_tokens for c in b]
+    assert [c.confidence_source for c in a] == [c.confidence_source for c in b]
+    for x, y in zip(a, b):
+        assert (x.confidence is None) == (y.confidence is None)
+        if x.confidence is not None:
+            assert x.confidence == pytest.approx(y.confidence, abs=tol)
+        for k, v in (y.signals or {}).items():
+            got = (x.signals or {}).get(k)
+            assert (got is None) == (v is None), k
+            if v is not None:
+                assert got == pytest.approx(v, abs=tol), k
+
+
+PROMPTS = [f"Ticket: {'the invoice is wrong again ' * (1 + i % 4)}{i}\nTeam:" for i in range(11)]
+
+
+def _both(model, prompts, **kw):
+    a = model.complete(prompts, confidence=True, **kw)
+    b = model.complete(prompts, confidence=True, decoder="generate", **kw)
+    return a, b
+
+
+@pytest.mark.parametrize("labels", [["billing", "bug", "account access", "feature request"],
+                                    ["refund_not_received_by_customer", "refund_requested", "other"]])
+def test_label_grammar_answers_like_generate(tiny, labels):
+    spec = {"prefix": " ", "choices": labels}
+    a, b = _both(tiny, PROMPTS, max_new_tokens=16, grammars=[spec] * len(PROMPTS), batch_size=4)
+    _same(a, b)
+    assert all(c.text.strip() in labels for c in a if c.finish_reason == "stop")
+    assert any(c.finish_reason == "stop" for c in a)
+
+
+def test_schema_grammar_and_length_cap_answer_like_generate(tiny):
+    schema = {"type": "object", "properties": {"person": {"type": ["string", "null"]}, "kind": {"enum": ["order", "support"]}},
+              "required": ["person", "kind"], "additionalProperties": False}
+    spec = {"prefix": " ", "json_schema": schema}
+    for cap in (5, 24):  # 5: every answer is cut mid-object ("length"); 24: some end
+        a, b = _both(tiny, PROMPTS, max_new_tokens=cap, grammars=[spec] * len(PROMPTS), batch_size=16)
+        _same(a, b)
+    assert any(c.finish_reason == "length" for c in a)
+
+
+def test_mixed_grammars_and_free_rows_in_one_batch_answer_like_generate(tiny):
+    specs = [{"prefix": " ", "choices": ["yes", "no"]}, None, {"regex": " [0-9]{1,3}"}] * 4
+    a, b = _both(tiny, PROMPTS + ["x"], max_new_tokens=8, grammars=specs[:12], batch_size=6)
+    _same(a, b)
+
+
+def test_free_decoding_answers_like_generate(tiny):
+    for newline in (True, False):
+        a = tiny.complete(PROMPTS, max_new_tokens=7, confidence=True, stop_at_newline=newline)
+        b = tiny.complete(PROMPTS, max_new_tokens=7, confidence=True, stop_at_newline=newline, decoder="generate")
+        _same(a, b)
+
+
+def test_without_own_logprobs_only_the_renormalised_signals_are_read(tiny):
+    spec = {"prefix": " ", "choices": ["refund_not_received_by_customer", "refund_requested", "other"]}
+    full = tiny.complete(PROMPTS, max_new_tokens=16, confidence=True, grammars=[spec] * len(PROMPTS))
+    lean = tiny.complete(PROMPTS, max_new_tokens=16, confidence=True, grammars=[spec] * len(PROMPTS), own=False)
+    assert [c.text for c in lean] == [c.text for c in full]
+    for x, y in zip(lean, full):
+        if y.confidence_source == "scores":
+            assert x.signals["min_grammar_logprob"] == pytest.approx(y.signals["min_grammar_logprob"], abs=1e-5)
+            assert x.signals["mean_grammar_logprob"] == pytest.approx(y.signals["mean_grammar_logprob"], abs=1e-5)
+
+
+def test_an_empty_prompt_list_and_one_prompt(tiny):
+    assert tiny.complete([], max_new_tokens=4) == []
+    a, b = _both(tiny, ["Ticket: hi\nTeam:"], max_new_tokens=4, grammars=[{"choices": ["a", "b"]}])
+    _same(a, b)
+
+
+def test_the_skill_decode_path_uses_it_and_matches_generate(tiny):
+    from eval_gates.predict import decode
+
+    cfg = SkillConfig.model_validate(skillkit.config("classification", decoding={"constrained": True},
+                                                     labels=["billing", "bug", "account access"]))
+    inputs = [json.dumps({"i": i}) for i in range(5)]
+    prompts = [f"Ticket: {x}\nTeam:" for x in inputs]
+    a = decode(tiny, cfg, prompts, inputs=inputs, signal="min_logprob")
+    b = decode(tiny, cfg, prompts, inputs=inputs, signal="min_logprob", decoder="generate")
+    assert a.raw == b.raw and a.preds == b.preds
+    assert a.confidences == pytest.approx(b.confidences, abs=1e-4)
