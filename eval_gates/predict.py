@@ -67,19 +67,21 @@ def answer_grammars(cfg: SkillConfig, n: int, inputs: Sequence[str] | None = Non
 
 def decode(model, cfg: SkillConfig, prompts: Sequence[str], max_new_tokens: int | None = None,
            batch_size: int = DECODE_BATCH, progress: Callable[[int], None] | None = None,
-           inputs: Sequence[str] | None = None, signal: str = "mean_logprob", **kw) -> Predictions:
+           inputs: Sequence[str] | None = None, signal: str = "mean_logprob", own: bool = True, **kw) -> Predictions:
     """The one decoding path for a skill's answers (eval gates, registry.predict, the gateway):
     greedy `model.complete` with confidences from the generation's scores, under the skill's answer
     grammar when `decoding.constrained` (xgrammar; `inputs`, the raw inputs the prompts were made
     from, are needed where the grammar is per request), parsed with the skill's task. `model`: a
     teachers.local.LocalModel (or anything with the same `complete`); `kw` goes to `complete`
     (e.g. `adapter=`). `signal`: which of eval_gates.routing.SIGNALS `confidences` holds (routing.json's
-    `signal`; every candidate is in `signals`). Returns Predictions in the prompts' order."""
+    `signal`; every candidate is in `signals`). `own=False` (only with a grammar-renormalised `signal`) skips
+    the model's own log-probabilities of grammar-forced tokens: the served answer needs no forward over them.
+    Returns Predictions in the prompts' order."""
     grammars = answer_grammars(cfg, len(prompts), inputs)
     if grammars is not None:
         kw["grammars"] = grammars
     completions = model.complete(list(prompts), max_new_tokens=max_new_tokens or answer_tokens(cfg), temperature=0.0,
-                                 batch_size=batch_size, progress=progress, confidence=True, **kw)
+                                 batch_size=batch_size, progress=progress, confidence=True, own=own, **kw)
 
     def chosen(c):
         sig = getattr(c, "signals", None)

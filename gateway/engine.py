@@ -90,12 +90,46 @@ class LocalEngine:
 
         model = self.models[self.where[key]]
         p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
-                   adapter=adapter_name(key), inputs=inputs, signal=signal)
+                   adapter=adapter_name(key), inputs=inputs, signal=signal, own="grammar" not in signal)
         ptoks = p.prompt_tokens or [0] * len(prompts)
         ctoks = p.completion_tokens or [0] * len(prompts)
         return [Answer(raw=r, parsed=a, confidence=finite_or_none(c), finish_reason=f, prompt_tokens=int(pt),
                        completion_tokens=int(ct))
                 for r, a, c, f, pt, ct in zip(p.raw, p.preds, p.confidences, p.finish_reasons, ptoks, ctoks)]
+
+    def group(self, key: str) -> str:
+        """Which shared batch `key`'s requests join: its base model (versions of every skill on one base are
+        decoded together, each row with its own adapter)."""
+        return self.where[key]
+
+    def decode_mixed(self, jobs: Sequence[tuple]) -> list[Answer]:
+        """Answers for jobs of any loaded versions on one base, in order, decoded in shared batches (PEFT
+        mixed-adapter rows, one cap per row). jobs: (key, cfg, prompt, input, max_new_tokens, signal). Each
+        answer is what `decode` gives for that job alone: the same greedy path, grammar and confidence.
+        Jobs of skills decoded free and of skills under a grammar go in separate batches (a free row under
+        the any-line grammar could answer differently from the free decode the gates measured)."""
+        from eval_gates.predict import DECODE_BATCH, answer_grammars
+        from core.prompting import parse_output
+
+        out: list[Answer | None] = [None] * len(jobs)
+        parts: dict[bool, list[int]] = {}
+        for i, (_, cfg, *_rest) in enumerate(jobs):
+            parts.setdefault(bool(cfg.decoding.constrained), []).append(i)
+        for constrained, idx in parts.items():
+            keys = [jobs[i][0] for i in idx]
+            model = self.models[self.where[keys[0]]]
+            grammars = [answer_grammars(jobs[i][1], 1, [jobs[i][3]])[0] for i in idx] if constrained else None
+            signals = [jobs[i][5] for i in idx]
+            comps = model.complete([jobs[i][2] for i in idx], max_new_tokens=max(jobs[i][4] for i in idx),
+                                   caps=[jobs[i][4] for i in idx], adapters=[adapter_name(k) for k in keys],
+                                   temperature=0.0, batch_size=DECODE_BATCH, confidence=True, grammars=grammars,
+                                   own=any("grammar" not in sg for sg in signals))
+            for i, c, sg in zip(idx, comps, signals):
+                conf = c.confidence if sg == "mean_logprob" else (c.signals or {}).get(sg)
+                out[i] = Answer(raw=c.text, parsed=parse_output(jobs[i][1], c.text), confidence=finite_or_none(conf),
+                                finish_reason=c.finish_reason, prompt_tokens=int(c.prompt_tokens),
+                                completion_tokens=int(c.completion_tokens))
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         self.models.clear()

@@ -16,6 +16,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ class Gateway:
         self.lock = threading.RLock()
         self.production: dict[str, Served | None] = {}
         self.loaded: dict[tuple[str, int], Served] = {}
+        self._shared: dict[str, DynamicBatcher] = {}  # base model -> the batcher every version on it shares
         self.retired: list[Served] = []
         self.teachers: dict[str, Any] = {}
         # The verify lane's own teacher lanes (own worker and client, opened on first use): a slow verify
@@ -205,6 +207,8 @@ class Gateway:
         for s in list(self.loaded.values()):
             if s.batcher:
                 s.batcher.close()
+        for b in list(self._shared.values()):
+            b.close()
         self.verify.close()
         for t in [*self.teachers.values(), *self.verify_teachers.values()]:
             t.close()
@@ -373,21 +377,37 @@ class Gateway:
         self.engine.load(s.key, s.folder, spec)
         self.tasks.setdefault(name, get_task(cfg))
 
-        def run(items, s=s):  # (prompt, input) pairs: a per-request grammar (function calls) needs the input
-            answers = self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
-                                         inputs=[x for _, x in items], signal=s.signal)
-            for a in answers:  # every backend: a NaN/inf confidence is no confidence (routed so, JSON null)
-                if a is not None and a.confidence is not None and not math.isfinite(a.confidence):
-                    a.confidence = None
-            return answers
+        group = getattr(self.engine, "group", None)
+        if group is not None and hasattr(self.engine, "decode_mixed"):
+            # One batcher per base model: every skill and version on it shares each batch (mixed adapters).
+            gkey = group(s.key)
+            with self.lock:
+                shared = self._shared.get(gkey)
+                if shared is None:
+                    shared = self._shared[gkey] = DynamicBatcher(
+                        self._run_mixed, self.cfg.max_batch, self.cfg.max_wait_ms, name=f"base:{Path(gkey).name}",
+                        on_batch=self._observe_mixed, split=_input_fault)
+            s.batcher = SharedLane(shared, s)
+        else:
+            def run(items, s=s):  # (prompt, input) pairs: a per-request grammar (function calls) needs the input
+                return _no_nan(self.engine.decode(s.key, s.cfg, [p for p, _ in items], s.max_new_tokens,
+                                                  inputs=[x for _, x in items], signal=s.signal))
 
-        s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
-                                   on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n),
-                                   split=_input_fault)
+            s.batcher = DynamicBatcher(run, self.cfg.max_batch, self.cfg.max_wait_ms, name=s.key,
+                                       on_batch=lambda n, dt, name=name: self.metrics.batch.labels(name).observe(n),
+                                       split=_input_fault)
         self.metrics.watch(f"batch:{s.key}", s.batcher.depth, lambda: 0)
         with self.lock:
             self.loaded[(name, version)] = s
         return s
+
+    def _run_mixed(self, items) -> list:
+        """A shared batch: (Served, (prompt, input)) items of any versions on one base."""
+        jobs = [(sv.key, sv.cfg, p, x, sv.max_new_tokens, sv.signal) for sv, (p, x) in items]
+        return _no_nan(self.engine.decode_mixed(jobs))
+
+    def _observe_mixed(self, n: int, dt: float) -> None:
+        self.metrics.batch.labels("*").observe(n)
 
     # --- addressing -------------------------------------------------------------------------------------------------
 
@@ -767,6 +787,54 @@ def unencodable(text: str) -> int | None:
         return None
     except UnicodeEncodeError as e:
         return e.start
+
+
+def _no_nan(answers: list) -> list:
+    """Every backend: a NaN/inf confidence is no confidence (routed so, JSON null)."""
+    for a in answers:
+        if a is not None and a.confidence is not None and not math.isfinite(a.confidence):
+            a.confidence = None
+    return answers
+
+
+class SharedLane:
+    """A served version's handle on its base model's shared batcher (the DynamicBatcher interface the service
+    uses: submit, depth, inflight, close). Closing a lane refuses its new items and waits for its own to settle;
+    the shared batcher lives on for the other versions (the service closes it at shutdown)."""
+
+    def __init__(self, shared: DynamicBatcher, served: "Served"):
+        self.shared, self.served = shared, served
+        self.inflight = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def submit(self, item) -> Future:
+        """Queue one (prompt, input) of this version; raises RuntimeError once closed."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.served.key}: closed")
+            self.inflight += 1
+            self._idle.clear()
+        fut = self.shared.submit((self.served, item))
+        fut.add_done_callback(self._settled)
+        return fut
+
+    def _settled(self, _fut) -> None:
+        with self._lock:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+
+    def depth(self) -> int:
+        return self.shared.depth()
+
+    def close(self, wait: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+        if wait:
+            self._idle.wait(timeout=60)
 
 
 def _input_fault(e: BaseException) -> bool:

@@ -52,9 +52,10 @@ def _single_allowed(bitmask_row) -> int | None:
     return 32 * w + word.bit_length() - 1
 
 
-def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
                  matchers: Sequence | None = None, bitmask_vocab: int | None = None,
-                 stop_at_newline: bool = True, own: bool = True, device=None) -> list[Row]:
+                 stop_at_newline: bool = True, own: bool = True, device=None,
+                 adapter_names: Sequence[str] | None = None) -> list[Row]:
     """Greedy-decode a batch of tokenized prompts; returns one Row per prompt, in order.
 
     model: a causal LM (PEFT-wrapped or not) whose forward takes `past_key_values`, `position_ids`,
@@ -62,7 +63,10 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     bitmask_vocab: the logits width the grammar's bitmask covers. stop_at_newline: a token whose text holds a
     newline ends the row (the answer is the text before it). own: compute the model's own log-probability of
     the tokens a grammar forced (one forward over them); with False only renormalised ones are exact (a
-    forced token's is 0) and forced tokens' `lps` are None. Raises ValueError on an empty prompt."""
+    forced token's is 0) and forced tokens' `lps` are None. max_new_tokens: one cap for all rows, or one per row.
+    adapter_names: one PEFT adapter name per row ("__base__" for none): rows of different adapters share every
+    forward (PEFT's mixed-batch inference), so skills on one base are not decoded one after another. Raises
+    ValueError on an empty prompt or lists whose length is not the prompts'."""
     import torch
     from transformers import DynamicCache
 
@@ -76,6 +80,14 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     rows = [Row() for _ in range(n)]
     if n == 0:
         return rows
+    caps = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(caps) != n or (adapter_names is not None and len(adapter_names) != n):
+        raise ValueError(f"greedy_batch: {n} prompts, {len(caps)} caps, "
+                         f"{'no' if adapter_names is None else len(adapter_names)} adapter names")
+
+    def extra(active_rows):  # forward kwargs for the rows in the batch, in batch order
+        return {} if adapter_names is None else {"adapter_names": [adapter_names[r] for r in active_rows]}
+
     xgr = None
     bitmask = None
     if matchers is not None:
@@ -92,7 +104,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=getattr(model, "config", None))
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                past_key_values=cache, use_cache=True, logits_to_keep=1, **extra(range(n)))
     scores = out.logits[:, -1, :].float()  # [active, vocab]: each active row's next-token logits
     active = list(range(n))  # batch row -> prompt index
     next_pos = [len(p) for p in prompt_ids]  # each prompt's next position id
@@ -108,7 +120,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             row.finish = "stop"
         elif matchers is not None and matchers[r].is_terminated():
             row.finish = "stop"
-        elif len(row.ids) >= max_new_tokens:
+        elif len(row.ids) >= caps[r]:
             row.finish = "length"
         return row.finish is not None
 
@@ -186,7 +198,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             next_pos[r] += m
         mask = torch.cat([mask, step_mask], dim=1)
         out = model(input_ids=step_ids.to(device), attention_mask=mask.to(device), position_ids=step_pos.to(device),
-                    past_key_values=cache, use_cache=True, logits_to_keep=c)
+                    past_key_values=cache, use_cache=True, logits_to_keep=c, **extra(active))
         logits = out.logits.float()  # [rows, c, vocab]
         if own:
             # Own log-probabilities of forced tokens: pending[j] is predicted at the column of pending[j - 1].

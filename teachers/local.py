@@ -337,6 +337,8 @@ class LocalModel:
         grammars: Sequence[dict | None] | None = None,
         own: bool = True,
         decoder: str = "greedy",
+        adapters: Sequence[str | None] | None = None,
+        caps: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Complete each prompt; greedy when temperature is 0. Deterministic for a seed.
 
@@ -355,6 +357,9 @@ class LocalModel:
         grammar choice, forced tokens jumped); sampled ones through transformers' `generate()`. `own`
         (greedy, under a grammar): also compute the model's own log-probability of forced tokens; False
         when only a grammar-renormalised confidence is read (the gateway serving such a signal).
+        `adapters` (greedy only): one loaded adapter name (None: the base) per prompt, decoded in shared
+        batches (PEFT mixed-adapter batches; `adapter` is then ignored); `caps`: one max_new_tokens per
+        prompt (greedy only; `max_new_tokens` is then ignored).
         `decoder="generate"`: greedy through `generate()` too (the reference the greedy path is tested and
         benchmarked against).
 
@@ -370,9 +375,14 @@ class LocalModel:
         if grammars is not None and all(g is None for g in grammars):
             grammars = None
         tok = self.tokenizer
+        if (adapters is not None or caps is not None) and not (temperature <= 0 and decoder == "greedy"):
+            raise ValueError("complete: per-prompt adapters and caps are for greedy decoding only")
+        for lst, what in ((adapters, "adapters"), (caps, "caps")):
+            if lst is not None and len(lst) != len(prompts):
+                raise ValueError(f"{what}: {len(lst)} for {len(prompts)} prompts")
         if temperature <= 0 and decoder == "greedy":
             return self._complete_greedy(prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter,
-                                         confidence, grammars, own)
+                                         confidence, grammars, own, adapters, caps)
         greedy_conf = confidence and temperature <= 0
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -466,13 +476,22 @@ class LocalModel:
         return self._stop
 
     def _complete_greedy(self, prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter, confidence,
-                         grammars, own) -> list[Completion]:
+                         grammars, own, adapters=None, caps=None) -> list[Completion]:
         """`complete` at temperature 0 (see there), by teachers.greedy.greedy_batch."""
+        import contextlib
+
         import torch
 
         from teachers.greedy import greedy_batch
 
         tok = self.tokenizer
+        names = None
+        if adapters is not None:
+            for a in set(adapters) - {None}:
+                if a not in self.adapters:
+                    raise KeyError(f"adapter {a!r} is not loaded (loaded: {', '.join(self.adapters) or 'none'})")
+            if self.adapters:  # a plain model (no adapter loaded): every row is the base, nothing to pass
+                names = [a if a is not None else "__base__" for a in adapters]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: dict[int, Completion] = {}
         vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -485,9 +504,12 @@ class LocalModel:
                 matchers = self.grammar_compiler().matchers([grammars[i] for i in idx])
             with self.lock:
                 t0 = time.time()
-                with torch.inference_mode(), self._use(adapter):
-                    rows = greedy_batch(self.model, tok, p_ids, max_new_tokens, matchers=matchers, bitmask_vocab=vocab,
-                                        stop_at_newline=stop_at_newline, own=own or not grammars, device=self.device)
+                use = contextlib.nullcontext() if adapters is not None else self._use(adapter)
+                with torch.inference_mode(), use:
+                    rows = greedy_batch(self.model, tok, p_ids, [caps[i] for i in idx] if caps else max_new_tokens,
+                                        matchers=matchers, bitmask_vocab=vocab, stop_at_newline=stop_at_newline,
+                                        own=own or not grammars, device=self.device,
+                                        adapter_names=[names[i] for i in idx] if names is not None else None)
                 dt = (time.time() - t0) / len(idx)
                 redo: list[tuple[int, str, str]] = []
                 for row_i, (i, row) in enumerate(zip(idx, rows)):
@@ -514,11 +536,14 @@ class LocalModel:
                             c.signals = answer_signals(None, row.glps[:m])
                             redo.append((i, batch[row_i], text))
                     results[i] = c
-                if redo:
-                    with torch.inference_mode(), self._use(adapter):
-                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
+                groups: dict = {}
+                for r in redo:  # the teacher-forced pass runs per adapter
+                    groups.setdefault(adapters[r[0]] if adapters is not None else adapter, []).append(r)
+                for a, rs in groups.items():
+                    with torch.inference_mode(), self._use(a):
+                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in rs], [x for _, _, x in rs],
                                                          batch_size=batch_size, device=self.device, per_token=True)
-                    for (i, _, _), lps in zip(redo, forced):
+                    for (i, _, _), lps in zip(rs, forced):
                         c = results[i]
                         c.token_logprobs = lps
                         c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"

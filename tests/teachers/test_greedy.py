@@ -109,3 +109,46 @@ def test_the_skill_decode_path_uses_it_and_matches_generate(tiny):
     b = decode(tiny, cfg, prompts, inputs=inputs, signal="min_logprob", decoder="generate")
     assert a.raw == b.raw and a.preds == b.preds
     assert a.confidences == pytest.approx(b.confidences, abs=1e-4)
+
+
+def _random_adapter(base: str, folder, seed: int) -> str:
+    """A LoRA adapter with random (non-zero) weights: its answers differ from the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            init_lora_weights=False))
+    peft.save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_mixed_adapter_batches_answer_as_each_adapter_alone(tiny_model_path, tmp_path):
+    """Rows of different adapters (and the base) in one batch: each answers exactly as its adapter alone."""
+    from teachers.local import LocalModel
+
+    model = LocalModel(tiny_model_path)
+    model.add_adapter("a", _random_adapter(tiny_model_path, tmp_path / "a", 1))
+    model.add_adapter("b", _random_adapter(tiny_model_path, tmp_path / "b", 2))
+    spec = {"prefix": " ", "choices": ["billing", "bug", "account access", "feature request", "other"]}
+    who = ["a", "b", None, "b", "a", None, "a", "b", "a", "b", None]
+    caps = [3, 16, 16, 2, 16, 16, 16, 16, 4, 16, 16]
+    mixed = model.complete(PROMPTS, max_new_tokens=16, confidence=True, grammars=[spec] * 11, adapters=who, caps=caps)
+    alone = {}
+    for name in ("a", "b", None):
+        idx = [i for i, w in enumerate(who) if w == name]
+        outs = model.complete([PROMPTS[i] for i in idx], max_new_tokens=16, confidence=True, grammars=[spec] * len(idx),
+                              adapter=name, caps=[caps[i] for i in idx])
+        alone.update(zip(idx, outs))
+    _same(mixed, [alone[i] for i in range(11)])
+    # The adapters really differ (else the test could not tell rows apart).
+    texts = {name: [c.text for c in model.complete(PROMPTS, max_new_tokens=16, grammars=[spec] * 11, adapter=name)]
+             for name in ("a", "b", None)}
+    assert texts["a"] != texts["b"] or texts["a"] != texts[None]
+    assert all(c.completion_tokens <= cap for c, cap in zip(mixed, caps))
+    with pytest.raises(KeyError, match="not loaded"):
+        model.complete(PROMPTS[:2], max_new_tokens=4, adapters=["a", "zzz"])
+    with pytest.raises(ValueError, match="adapters: 1 for 2"):
+        model.complete(PROMPTS[:2], max_new_tokens=4, adapters=["a"])
