@@ -7,6 +7,7 @@
     distill registry list|show|path|pull|promote|rollback ...
     distill gateway [--port N]              serve the registry's skills (OpenAI-compatible), capturing traffic
     distill traffic import|export|stats SKILL [FILE]   the captured-traffic store the runs read
+    distill status [SKILL ...] [--json]     per skill: production version, drift signals against their bands, last trigger
 """
 
 from __future__ import annotations
@@ -287,6 +288,74 @@ def cmd_traffic(args) -> int:
     return 0
 
 
+def _fmt(x, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _band_text(band: dict | None) -> str:
+    if not band:
+        return "-"
+    lo, hi = band.get("low"), band.get("high")
+    return f"<= {_fmt(hi)}" if lo is None else f">= {_fmt(lo)}" if hi is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def cmd_status(args) -> int:
+    """Per skill of the registry: its production version, each drift signal against its band (from the traffic
+    table's latest rows of that version, as the gateway's monitor computes them) and the last drift trigger."""
+    from core.workdir import registry_root, traffic_url
+    from gateway.drift import SIGNALS, TriggerStore, skill_status
+    from registry import Registry
+
+    reg = Registry(args.registry or registry_root())
+    url = args.url or traffic_url()
+    skills = args.skill or reg.skills()
+    try:
+        store = TriggerStore(url)
+        triggers = store.last()
+        store.close()
+    except Exception as e:
+        print(f"warning: cannot read the drift triggers from {url} ({type(e).__name__}: {e})", file=sys.stderr)
+        triggers = {}
+    rows = []
+    for name in skills:
+        try:
+            rows.append(skill_status(name, reg, url, args.profile, triggers=triggers))
+        except Exception as e:  # one skill that cannot be read must not hide the others
+            rows.append({"skill": name, "version": None, "signals": None, "last_trigger": None,
+                         "cooldown_until": None, "error": f"{type(e).__name__}: {e}"})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no skills in registry {reg.location}")
+    for r in rows:
+        lt = r["last_trigger"]
+        trig = (f"last trigger {lt['at']} ({lt['signal']} {_fmt(lt['value'])}, version {lt['version']}, "
+                f"{'emitted' if lt['emitted'] else 'not emitted: no Prefect API'})" if lt else "last trigger: never")
+        cool = f"; cool-down until {r['cooldown_until']}" if lt and r.get("cooldown_until") else ""
+        print(f"{r['skill']}  version {_fmt(r['version'])}  {trig}{cool}")
+        if r.get("enabled") is False:
+            print("  drift.enabled is false: no event is emitted")
+        if r["signals"] is None:
+            print(f"  no signals: {r['error']}")
+            continue
+        print(f"  {'signal':14s} {'value':>7s}  {'band':18s} {'n':>5s}  state")
+        for sig in SIGNALS:
+            f = r["signals"][sig]
+            value = _fmt(f["value"])
+            if f.get("interval"):
+                value += f" [{_fmt(f['interval'][0])}, {_fmt(f['interval'][1])}]"
+            state = f["state"]
+            if state == "out":
+                state += f" since {f['out_since']} ({f['out_requests']} requests)"
+            elif state == "insufficient":
+                state += f" (needs {f['least']})"
+            elif state == "no_band" and f.get("why"):
+                state += f" ({f['why']})"
+            print(f"  {sig:14s} {value:>7s}  {_band_text(f['band']):18s} {f['n']:>5d}  {state}")
+    return 0
+
+
 def cmd_gateway(args) -> int:
     """Serve the registry's skills over an OpenAI-compatible API (gateway/, README "Serving: the gateway")."""
     from core.workdir import registry_root
@@ -409,6 +478,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--table", default=None, help="table (default: traffic_<skill>, '-' as '_', as the gateway)")
     t.add_argument("--profile", default="default", help="skill profile (import: its labels and privacy block)")
     t.set_defaults(fn=cmd_traffic)
+    st = sub.add_parser("status", help="per skill: production version, drift signals against their bands, last "
+                                       "drift trigger")
+    st.add_argument("skill", nargs="*", help="skills to show (default: every skill in the registry)")
+    st.add_argument("--registry", default=None, help="registry folder or URL (default: DISTILL_REGISTRY or "
+                                                     "$DISTILL_HOME/registry)")
+    st.add_argument("--url", default=None, help="SQLAlchemy URL of the traffic store (default: $DISTILL_TRAFFIC_URL, "
+                                                "else sqlite:///$DISTILL_HOME/traffic.db, as the gateway)")
+    st.add_argument("--profile", default="default", help="skill profile whose drift block is read")
+    st.add_argument("--json", action="store_true", help="one JSON list, a dict per skill")
+    st.set_defaults(fn=cmd_status)
     return p
 
 

@@ -554,5 +554,109 @@ class DriftWorker:
             self.store.close()
 
 
+# --- status from the stores (distill status) -------------------------------------------------------------------------
+
+
+def window_from_store(monitor: DriftMonitor, skill: str, version: int, url: str, table: str) -> int:
+    """Feed `monitor` (already watching `version` of `skill`) the version's most recent rows of the traffic table
+    `table` in order of their insertion time: its window_requests latest requests (lane, request text) and its
+    verify_window latest verify outcomes (the `verified` column). Returns the rows read; 0 without the table.
+    The request text is the stored one, scrubbed of personal data (placeholders), unlike the live window's."""
+    import sqlalchemy as sa
+
+    from gateway.traffic import traffic_table
+
+    w = monitor.windows.get(skill)
+    if w is None or w.version != version:
+        return 0
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                return 0
+            t = traffic_table(sa.MetaData(), table)
+            reqs = conn.execute(sa.select(t.c.created_at, t.c.lane, t.c.request).where(t.c.version == version)
+                                .order_by(t.c.created_at.desc()).limit(w.cfg.window_requests)).all()
+            ver = conn.execute(sa.select(t.c.created_at, t.c.verified).where(t.c.version == version)
+                               .where(t.c.verified.is_not(None)).order_by(t.c.created_at.desc())
+                               .limit(w.cfg.verify_window)).all()
+    finally:
+        engine.dispose()
+
+    def ts(x) -> float:
+        return (x if x.tzinfo else x.replace(tzinfo=timezone.utc)).timestamp()
+
+    novel = monitor.novel(skill, version, [r.request for r in reversed(reqs)])
+    feed = [(ts(r.created_at), 0, "request", r.lane, n) for r, n in zip(reversed(reqs), novel)]
+    feed += [(ts(r.created_at), 1, "verify", bool(r.verified), None) for r in reversed(ver)]
+    last = dict(monitor.last_trigger)
+    for at, _, kind, value, n in sorted(feed, key=lambda x: (x[0], x[1])):
+        if kind == "request":
+            monitor.observe(skill, version, value, n, now=at)
+        else:
+            monitor.observe_verify(skill, version, value, now=at)
+    monitor.last_trigger = last  # replaying is not triggering
+    return len(feed)
+
+
+def skill_status(skill: str, registry, url: str, profile: str = "default", now: float | None = None,
+                 triggers: dict[str, dict] | None = None) -> dict[str, Any]:
+    """What `distill status` shows for one skill: {"skill", "version" (production, None without one), "signals"
+    (as DriftMonitor.status, from the traffic table's latest rows of that version, bands from its routing.json
+    and novelty.json at the published routing point: the gateway's per-skill overrides are not known here),
+    "last_trigger" ({"at" ISO 8601, "signal", "version", "emitted", "value"} or None), "cooldown_until",
+    "error" (why there are no signals, or None)}. `triggers`: TriggerStore.last() (read once for all skills)."""
+    from core.config import DriftConfig
+    from gateway.config import SkillOverride
+    from gateway.service import keep_rule
+    from core.workdir import traffic_table_name
+
+    out: dict[str, Any] = {"skill": skill, "version": None, "signals": None, "last_trigger": None,
+                           "cooldown_until": None, "error": None}
+    last = (triggers or {}).get(skill)
+    try:
+        from core.skills import load_skill
+
+        cfg = load_skill(skill, profile).config.drift
+    except Exception:
+        cfg = None
+    version = registry.aliases(skill).get("production")
+    if version is None:
+        out["error"] = "no production version"
+    else:
+        from registry.consumer import read_spec, skill_config
+
+        out["version"] = version = int(version)
+        folder = registry.resolve(skill, version=version)
+        spec = read_spec(folder)
+        scfg = skill_config(spec, name=skill)
+        cfg = cfg or scfg.drift or DriftConfig()
+        routing = json.loads((folder / "routing.json").read_text(encoding="utf-8")) \
+            if (folder / "routing.json").is_file() else {}
+        mode, thr = keep_rule(routing, SkillOverride())
+        novelty, why = None, f"version {version} has no novelty.json (published before drift monitoring)"
+        if (folder / "novelty.json").is_file():
+            from filters.novelty import NoveltyIndex
+
+            try:
+                novelty, why = NoveltyIndex.from_dict(json.loads((folder / "novelty.json").read_text("utf-8"))), None
+            except Exception as e:
+                why = f"novelty.json cannot be used ({e})"
+        from core.tasks import get_task
+
+        monitor = DriftMonitor(last_trigger={skill: last["at"]} if last else None)
+        monitor.set_version(skill, version, cfg, routing, mode, thr, novelty, why, text=get_task(scfg).match_text)
+        window_from_store(monitor, skill, version, url, traffic_table_name(skill))
+        st = monitor.status(skill, now=now)
+        out["signals"], out["cooldown_until"] = st["signals"], st["cooldown_until"]
+        out["enabled"] = cfg.enabled
+    if last:
+        out["last_trigger"] = {"at": _iso(last["at"]), "signal": last["signal"], "version": last["version"],
+                               "emitted": last["emitted"], "value": (last.get("payload") or {}).get("value")}
+        if out["cooldown_until"] is None and cfg is not None:
+            out["cooldown_until"] = _iso(last["at"] + cfg.cooldown_minutes * 60)
+    return out
+
+
 __all__ = ["Band", "DriftEvent", "DriftMonitor", "DriftWorker", "EVENT", "SIGNALS", "TRIGGERS_TABLE", "TriggerStore",
-           "emit_to_prefect", "resource_id", "served_point", "teacher_share_band", "verify_error_band"]
+           "emit_to_prefect", "resource_id", "skill_status", "window_from_store", "served_point", "teacher_share_band", "verify_error_band"]
