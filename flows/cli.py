@@ -339,12 +339,10 @@ def cmd_status(args) -> int:
         if r["signals"] is None:
             print(f"  no signals: {r['error']}")
             continue
-        print(f"  {'signal':14s} {'value':>7s}  {'band':18s} {'n':>5s}  state")
+        print(f"  {'signal':14s} {'value':>6s}  {'exact 95% interval':18s}  {'band':16s} {'n':>5s}  state")
         for sig in SIGNALS:
             f = r["signals"][sig]
-            value = _fmt(f["value"])
-            if f.get("interval"):
-                value += f" [{_fmt(f['interval'][0])}, {_fmt(f['interval'][1])}]"
+            iv = f"[{_fmt(f['interval'][0])}, {_fmt(f['interval'][1])}]" if f.get("interval") else "-"
             state = f["state"]
             if state == "out":
                 state += f" since {f['out_since']} ({f['out_requests']} requests)"
@@ -352,7 +350,7 @@ def cmd_status(args) -> int:
                 state += f" (needs {f['least']})"
             elif state == "no_band" and f.get("why"):
                 state += f" ({f['why']})"
-            print(f"  {sig:14s} {value:>7s}  {_band_text(f['band']):18s} {f['n']:>5d}  {state}")
+            print(f"  {sig:14s} {_fmt(f['value']):>6s}  {iv:18s}  {_band_text(f['band']):16s} {f['n']:>5d}  {state}")
     return 0
 
 
