@@ -299,6 +299,25 @@ def test_novelty_file_errors_and_an_uncalibrated_version():
     assert big["pool"] == {"n": 10, "of": 50}
 
 
+def test_publish_writes_the_versions_novelty_profile(tmp_path):
+    """registry.stage.novelty_profile: what publish_run stores as novelty.json, from the run's train.jsonl and
+    val.jsonl (the inputs the version trained on) and the skill's eval set (calibration, never trained on)."""
+    from core.records import Example, write_examples
+    from core.skills import load_skill
+    from filters.novelty import NoveltyIndex
+    from registry.stage import novelty_profile
+
+    skill = load_skill(SKILL)
+    assert novelty_profile(skill, tmp_path) is None  # no train.jsonl: no novelty signal for that version
+    write_examples(tmp_path / "train.jsonl", skill.seeds[:40])
+    write_examples(tmp_path / "val.jsonl", skill.seeds[40:] + [Example(id="t1", skill=SKILL, input="duplicate?",
+                                                                       output="other", source="human")] * 2)
+    d = novelty_profile(skill, tmp_path)
+    assert d["pool"] == {"n": 51, "of": 51} and d["holdout"]["n"] == len(skill.eval_set)
+    assert d["quantile"] == skill.config.drift.novelty_quantile and d["threshold"] > 0
+    assert NoveltyIndex.from_dict(d).novel([SHIFTED[12]]) == [True]  # "refund?"
+
+
 def test_novelty_cost_per_request():
     """The worker's cost of one request's novelty (hash + nearest of 1,000 signatures): printed, bounded loosely."""
     import time
