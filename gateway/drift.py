@@ -392,7 +392,12 @@ class TriggerStore:
         from gateway.traffic import ensure_sqlite_dir
 
         ensure_sqlite_dir(url)
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        kw: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("postgresql"):
+            kw["connect_args"] = {"connect_timeout": 3}  # a database away must not hold the gateway's start
+        elif url.startswith("sqlite"):
+            kw["connect_args"] = {"timeout": 5}
+        self.engine = sa.create_engine(url, **kw)
         self.table = triggers_table(sa.MetaData())
         self._created = False
 
@@ -454,7 +459,9 @@ def emit_to_prefect(event: DriftEvent) -> bool:
 class DriftWorker:
     """The gateway's side: the request path only enqueues (`request`, `verify`; a full queue drops and counts,
     never waits); one thread computes novelty in batches, runs the monitor, and for each DriftEvent calls
-    `emit` (default emit_to_prefect) and records it in `store`. `set_version`/`drop`/`status` go to the monitor."""
+    `emit` (default emit_to_prefect) and records it in `store`. Before its first observation the thread reads
+    the last trigger per skill back from `store` (so a restart keeps the cool-down; a database that does not
+    answer is logged and the cool-downs start empty). `set_version`/`drop`/`status` go to the monitor."""
 
     def __init__(self, monitor: DriftMonitor, store: TriggerStore | None = None,
                  emit: Callable[[DriftEvent], bool] = emit_to_prefect, max_queue: int = 10_000):
@@ -488,7 +495,21 @@ class DriftWorker:
     def depth(self) -> int:
         return self.q.qsize()
 
+    def _restore(self) -> None:
+        if self.store is None:
+            return
+        try:
+            last = {k: v["at"] for k, v in self.store.last().items()}
+        except Exception as e:
+            log.warning("drift: cannot read the last triggers from the traffic database (%s: %s); cool-downs start "
+                        "empty", type(e).__name__, e)
+            return
+        with self.monitor._lock:
+            for skill, at in last.items():
+                self.monitor.last_trigger[skill] = max(at, self.monitor.last_trigger.get(skill, at))
+
     def _loop(self) -> None:
+        self._restore()
         while not self._stop.is_set() or not self.q.empty():
             try:
                 items = [self.q.get(timeout=0.1)]

@@ -250,18 +250,16 @@ class Gateway:
         return self.scrubbers[name]
 
     def _drift_worker(self, url: str):
-        """The drift monitor's worker, with the triggers recorded in the traffic database; the last trigger per
-        skill is read back, so a restart keeps each skill's cool-down (a database that does not answer: none)."""
+        """The drift monitor's worker, with the triggers recorded in the traffic database (the worker reads each
+        skill's last trigger back on its own thread, so a restart keeps the cool-down without slowing the start)."""
         from gateway.drift import DriftMonitor, DriftWorker, TriggerStore
 
-        store, last = None, {}
         try:
             store = TriggerStore(url)
-            last = {k: v["at"] for k, v in store.last().items()}
         except Exception as e:
-            log.warning("drift: cannot read the last triggers from the traffic database (%s: %s); cool-downs start "
-                        "now", type(e).__name__, e)
-        return DriftWorker(DriftMonitor(last_trigger=last), store)
+            log.warning("drift: triggers are not recorded (%s: %s)", type(e).__name__, e)
+            store = None
+        return DriftWorker(DriftMonitor(), store)
 
     def _watch(self, name: str, served: "Served | None") -> None:
         """Point the drift monitor at the skill's production version (its routing.json bands, its novelty.json,

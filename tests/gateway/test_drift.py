@@ -359,11 +359,17 @@ def test_a_restart_keeps_the_cool_down(tmp_path):
     last = TriggerStore(url).last()
     assert set(last) == {SKILL} and last[SKILL]["emitted"] is True and last[SKILL]["signal"] == "teacher_share"
     assert last[SKILL]["payload"]["version"] == 1 and last[SKILL]["at"] == sent[0].at
-    # A new gateway process reads the last trigger back: still inside the cool-down, nothing is emitted.
-    m2 = DriftMonitor(last_trigger={k: v["at"] for k, v in last.items()})
+    # A new gateway process (a new worker on the same database) reads the last trigger back: still inside the
+    # cool-down, the same drift emits nothing.
+    sent2: list[DriftEvent] = []
+    m2 = DriftMonitor()
     m2.set_version(SKILL, 1, cfg, ROUTING, "threshold", -0.5)
-    t = sent[0].at + 1
-    assert all(m2.observe(SKILL, 1, "escalate", now=t + i) is None for i in range(50))
+    w2 = DriftWorker(m2, TriggerStore(url), emit=lambda ev: sent2.append(ev) or True)
+    for _ in range(30):
+        w2.request(SKILL, 1, "escalate", "I was charged twice")
+    assert w2.flush(20)
+    w2.close()
+    assert not sent2 and m2.suppressed[SKILL] > 0 and m2.last_trigger[SKILL] == sent[0].at
     assert m2.observe(SKILL, 1, "escalate", now=sent[0].at + 601) is not None  # after the cool-down: again
 
 
