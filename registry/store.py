@@ -9,6 +9,7 @@ Layout (the consumer contract)::
                                     lineage.json     seeds hash, dataset hash, teachers, run id, code revision
                                     routing.json     escalation threshold, expected quality, latency
                                     skill.json       prompt template, output schema, task type, base model
+                                    novelty.json     training-input MinHash signatures (drift monitor; optional)
                                     checksums.json   sha256 of every other file in the folder
     <registry>/<skill>/aliases.json                 {"production": N, "candidate": M}
     <registry>/<skill>/alias_history.jsonl          one line per alias move
