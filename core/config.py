@@ -438,7 +438,7 @@ class DriftConfig(_Strict):
     the verify lane's error rate (its exact interval) and the share of novel inputs (no near neighbour in the
     version's training inputs)."""
 
-    enabled: bool = Field(True, description="Watch the signals and emit the event. False: only the clock (schedule.cron) starts runs.")
+    enabled: bool = Field(True, description="Emit the event when a signal stays out of its band. False: the signals are still measured and shown (distill status), and only the clock (schedule.cron) starts runs.")
     # 200 requests: the teacher share's binomial noise is about 0.03 at a share of 0.2, a third of the tolerance.
     window_requests: int = Field(200, ge=10, le=100_000, description="The window: the most recent N requests of the production version.")
     # A day: a quiet skill's window never judges today's traffic by last week's requests.

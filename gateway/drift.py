@@ -245,7 +245,7 @@ class DriftMonitor:
         with self._lock:
             t = self._time(now)
             w = self.windows.get(skill)
-            if w is None or version != w.version or not w.cfg.enabled:
+            if w is None or version != w.version:
                 return None
             w.requests.append((t, lane in ESCALATED_LANES, novel))
             w.seen += 1
@@ -257,7 +257,7 @@ class DriftMonitor:
         with self._lock:
             t = self._time(now)
             w = self.windows.get(skill)
-            if w is None or version != w.version or agreed is None or not w.cfg.enabled:
+            if w is None or version != w.version or agreed is None:
                 return None
             w.verified.append((t, not agreed))
             return self._evaluate(skill, w, t, request=False)
@@ -323,7 +323,7 @@ class DriftMonitor:
         c = w.cfg
         due = [sig for sig in SIGNALS if sig in w.out and w.out[sig][1] >= c.sustain_requests
                and t - w.out[sig][0] >= c.sustain_minutes * 60]
-        if not due:
+        if not due or not c.enabled:  # drift.enabled false: measured and shown, never emitted
             return None
         last = self.last_trigger.get(skill)
         if last is not None and last > t:

@@ -160,6 +160,14 @@ def test_a_window_with_no_requests_judges_nothing():
     assert m.status(SKILL, now=later)["signals"]["teacher_share"]["out_requests"] == 0
 
 
+def test_a_disabled_skill_is_measured_but_never_fires():
+    m = _monitor(_cfg(enabled=False, sustain_requests=0, sustain_minutes=0))
+    t = _in_band(m, 20, 0.0)
+    assert all(m.observe(SKILL, 1, "escalate", now=t + i) is None for i in range(100))
+    st = m.status(SKILL, now=t + 100)
+    assert st["enabled"] is False and st["signals"]["teacher_share"]["state"] == "out" and st["last_trigger"] is None
+
+
 def test_a_new_version_starts_an_empty_window_and_keeps_the_cool_down():
     m = _monitor()
     t = _in_band(m, 20, 0.0)
