@@ -373,7 +373,7 @@ def cmd_gateway(args) -> int:
         "backend_api_key_env": args.backend_api_key_env, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "max_versions": args.max_versions, "verify_fraction": args.verify_fraction,
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
-        "overrides": overrides})
+        "overrides": overrides, "drift": not args.no_drift})
     print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
     try:
         from registry import Registry
@@ -462,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--routing-policy", action="append", metavar="SKILL=POLICY",
                    help="per-skill override: re-pick the routing point on routing.json's both-lanes curve with "
                         "quality | budget | target_error (repeatable)")
+    w.add_argument("--no-drift", action="store_true",
+                   help="do not watch the skills' drift signals (no distill.drift.detected events; README \"Drift "
+                        "triggers a run\")")
     w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
                    help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")
     w.set_defaults(fn=cmd_gateway)
