@@ -54,8 +54,9 @@ def nearest_similarity(signatures: np.ndarray, pool: np.ndarray) -> np.ndarray:
     if len(pool) == 0:
         return np.zeros(len(signatures))
     out = np.empty(len(signatures))
+    eq = np.empty(pool.shape, dtype=bool)  # one buffer; summing its bytes as uint8 is about 2x count_nonzero
     for i, s in enumerate(signatures):
-        out[i] = np.count_nonzero(pool == s[None, :], axis=1).max()
+        out[i] = np.equal(pool, s[None, :], out=eq).view(np.uint8).sum(axis=1, dtype=np.uint16).max()
     return out / pool.shape[1]
 
 

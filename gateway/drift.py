@@ -26,6 +26,7 @@ stamped in the future (a clock set back since) counts as now, so it silences at 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -163,6 +164,42 @@ class _Window:
     out: dict[str, list] = field(default_factory=dict)  # signal -> [first time out, requests out since]
     seen: int = 0
     text: Callable[[str], str] | None = None  # the matching text novelty compares
+    # Running sums over the deques (updated on append and eviction: an observation is O(1)).
+    escalated: int = 0
+    judged: int = 0
+    novel: int = 0
+    disagreed: int = 0
+
+    def add_request(self, t: float, escalated: bool, novel: bool | None) -> None:
+        if len(self.requests) == self.requests.maxlen:
+            self._drop_request(self.requests[0])
+        self.requests.append((t, escalated, novel))
+        self.escalated += escalated
+        self.judged += novel is not None
+        self.novel += bool(novel)
+
+    def _drop_request(self, r: tuple) -> None:
+        self.escalated -= r[1]
+        self.judged -= r[2] is not None
+        self.novel -= bool(r[2])
+
+    def add_verify(self, t: float, disagreed: bool) -> None:
+        if len(self.verified) == self.verified.maxlen:
+            self.disagreed -= self.verified[0][1]
+        self.verified.append((t, disagreed))
+        self.disagreed += disagreed
+
+    def prune(self, oldest: float) -> None:
+        while self.requests and self.requests[0][0] < oldest:
+            self._drop_request(self.requests.popleft())
+        while self.verified and self.verified[0][0] < oldest:
+            self.disagreed -= self.verified.popleft()[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _exact_interval(k: int, n: int) -> tuple[float | None, float | None]:
+    """eval_gates.stats.clopper_pearson, remembered: the verify window asks for the same (k, n) again and again."""
+    return clopper_pearson(k, n)
 
 
 class DriftMonitor:
@@ -247,7 +284,7 @@ class DriftMonitor:
             w = self.windows.get(skill)
             if w is None or version != w.version:
                 return None
-            w.requests.append((t, lane in ESCALATED_LANES, novel))
+            w.add_request(t, lane in ESCALATED_LANES, novel)
             w.seen += 1
             return self._evaluate(skill, w, t, request=True)
 
@@ -259,7 +296,7 @@ class DriftMonitor:
             w = self.windows.get(skill)
             if w is None or version != w.version or agreed is None:
                 return None
-            w.verified.append((t, not agreed))
+            w.add_verify(t, not agreed)
             return self._evaluate(skill, w, t, request=False)
 
     # --- evaluation --------------------------------------------------------------------------------------------
@@ -268,27 +305,20 @@ class DriftMonitor:
     def _prune(w: _Window, t: float) -> None:
         if w.cfg.window_minutes is None:
             return
-        oldest = t - w.cfg.window_minutes * 60
-        for d in (w.requests, w.verified):
-            while d and d[0][0] < oldest:
-                d.popleft()
+        w.prune(t - w.cfg.window_minutes * 60)
 
     def _figures(self, w: _Window, t: float) -> dict[str, dict[str, Any]]:
         """Each signal's value, count, band and state (in | out | insufficient | no_band) at time `t`."""
         self._prune(w, t)
         c = w.cfg
-        n = len(w.requests)
-        esc = sum(1 for _, e, _ in w.requests if e)
-        judged = [x for _, _, x in w.requests if x is not None]
-        k_v = sum(1 for _, d in w.verified if d)
-        n_v = len(w.verified)
-        low, high = clopper_pearson(k_v, n_v)
+        n, esc = len(w.requests), w.escalated
+        k_v, n_v = w.disagreed, len(w.verified)
+        low, high = _exact_interval(k_v, n_v)
         out: dict[str, dict[str, Any]] = {
             "teacher_share": {"value": esc / n if n else None, "n": n, "least": c.min_requests},
             "verify_error": {"value": k_v / n_v if n_v else None, "n": n_v, "least": c.min_verified,
                              "interval": [low, high] if n_v else None},
-            "novelty": {"value": sum(judged) / len(judged) if judged else None, "n": len(judged),
-                        "least": c.min_requests},
+            "novelty": {"value": w.novel / w.judged if w.judged else None, "n": w.judged, "least": c.min_requests},
         }
         for sig, f in out.items():
             band = w.bands.get(sig)

@@ -194,6 +194,36 @@ def test_a_new_version_starts_an_empty_window_and_keeps_the_cool_down():
         t += 5
 
 
+def test_running_sums_equal_the_window_recounted():
+    """The window keeps running counts (O(1) per request); after evictions by count and by age they equal a
+    recount of the requests and outcomes inside the window."""
+    import random
+
+    rng = random.Random(7)
+    cfg = _cfg(window_requests=30, window_minutes=2.0, min_requests=1, verify_window=15, min_verified=1)
+    m = _monitor(cfg)
+    log_r, log_v, t = [], [], 0.0
+    for _ in range(2000):
+        t += rng.choice([0.5, 1.0, 3.0, 40.0])
+        if rng.random() < 0.7:
+            esc, nov = rng.random() < 0.3, rng.choice([None, True, False])
+            m.observe(SKILL, 1, "escalate" if esc else "keep", nov, now=t)
+            log_r.append((t, esc, nov))
+        else:
+            ok = rng.random() < 0.8
+            m.observe_verify(SKILL, 1, ok, now=t)
+            log_v.append((t, not ok))
+        if rng.random() < 0.05:
+            f = m.status(SKILL, now=t)["signals"]
+            r = [x for x in log_r[-30:] if x[0] >= t - 120]
+            v = [x for x in log_v[-15:] if x[0] >= t - 120]
+            judged = [x[2] for x in r if x[2] is not None]
+            assert f["teacher_share"]["n"] == len(r) and f["verify_error"]["n"] == len(v)
+            assert f["teacher_share"]["value"] == (round(sum(x[1] for x in r) / len(r), 4) if r else None)
+            assert f["novelty"]["value"] == (round(sum(judged) / len(judged), 4) if judged else None)
+            assert f["verify_error"]["value"] == (round(sum(x[1] for x in v) / len(v), 4) if v else None)
+
+
 def _exact(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Clopper-Pearson by its definition: beta quantiles (scipy.stats.beta)."""
     from scipy.stats import beta
