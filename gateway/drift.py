@@ -460,6 +460,7 @@ class TriggerStore:
                              "payload": json.loads(r["payload"])} for r in rows}
 
     def close(self) -> None:
+        """Release the database connections."""
         self.engine.dispose()
 
 
@@ -523,6 +524,7 @@ class DriftWorker:
         return self._put(("verify", skill, version, agreed, time.time()))
 
     def depth(self) -> int:
+        """Observations waiting in the queue (the gateway's /metrics queue depth `drift`)."""
         return self.q.qsize()
 
     def _restore(self) -> None:
@@ -599,6 +601,7 @@ class DriftWorker:
         return False
 
     def close(self, timeout: float = 5.0) -> None:
+        """Handle what is queued, stop the thread (waiting at most `timeout` seconds), close the store."""
         self._stop.set()
         self.thread.join(timeout=timeout)
         if self.store is not None:
