@@ -410,6 +410,30 @@ def test_a_restart_keeps_the_cool_down(tmp_path):
     assert m2.observe(SKILL, 1, "escalate", now=sent[0].at + 601) is not None  # after the cool-down: again
 
 
+def test_the_trigger_store_on_postgresql():
+    """The same table in the PostgreSQL traffic store (DISTILL_TRAFFIC_URL=postgresql+psycopg://...)."""
+    import uuid
+
+    from tests.gateway.test_gateway import PG, pg_up
+
+    if not pg_up():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    skill = f"drift-{uuid.uuid4().hex[:8]}"
+    store = TriggerStore(PG)
+    try:
+        for at, sig in ((100.0, "novelty"), (50.0, "teacher_share"), (200.0, "verify_error")):
+            store.record(DriftEvent(skill, 2, sig, at, {"signal": sig, "interval": [0.1, 0.4]}), emitted=sig != "novelty")
+        got = store.last()[skill]
+        assert (got["at"], got["signal"], got["version"], got["emitted"]) == (200.0, "verify_error", 2, True)
+        assert got["payload"]["interval"] == [0.1, 0.4]
+    finally:
+        import sqlalchemy as sa
+
+        with store.engine.begin() as conn:
+            conn.execute(sa.delete(store.table).where(store.table.c.skill == skill))
+        store.close()
+
+
 # --- the drift block ------------------------------------------------------------------------------------------------
 
 
