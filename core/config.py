@@ -430,6 +430,58 @@ class RoutingConfig(_Strict):
         "auto", description="The confidence the threshold is on: auto = the one that separates right from wrong answers best on this run's items (AUROC; eval_gates.routing.compare_signals), else one named.")
 
 
+class DriftConfig(_Strict):
+    """When the served version's live figures leave what its run predicted (routing.json, novelty.json), the
+    gateway emits the Prefect event `distill.drift.detected` for the skill, and prefect.yaml's trigger on it
+    runs the skill's deployment (gateway/drift.py; README "Drift triggers a run"). Three signals, each over a
+    sliding window of the production version's most recent requests: the teacher share (escalated answers),
+    the verify lane's error rate (its exact interval) and the share of novel inputs (no near neighbour in the
+    version's training inputs)."""
+
+    enabled: bool = Field(True, description="Emit the event when a signal stays out of its band. False: the signals are still measured and shown (distill status), and only the clock (schedule.cron) starts runs.")
+    # 200 requests: the teacher share's binomial noise is about 0.03 at a share of 0.2, a third of the tolerance.
+    window_requests: int = Field(200, ge=10, le=100_000, description="The window: the most recent N requests of the production version.")
+    # A day: a quiet skill's window never judges today's traffic by last week's requests.
+    window_minutes: float | None = Field(1440.0, gt=0.0, description="Requests older than this many minutes leave the window (null: by count alone).")
+    # 50: below it a share moves by 0.06 or more from one request's noise, too little to judge.
+    min_requests: int = Field(50, ge=1, description="Fewest requests in the window before the teacher share and novelty are judged.")
+    # 50 requests and 10 minutes: one burst of odd requests (a test script, one customer's batch) is not drift.
+    sustain_requests: int = Field(50, ge=0, description="A signal must stay out of its band for this many consecutive requests before the event (0: no count needed).")
+    sustain_minutes: float = Field(10.0, ge=0.0, description="... and for this many minutes (0: no time needed); both must hold.")
+    # 6 hours: a run takes tens of minutes to hours; the next event waits for what the triggered run published.
+    cooldown_minutes: float = Field(360.0, gt=0.0, description="At most one event per skill in this many minutes (kept across gateway restarts, and the "
+                                                               "trigger's `within` in prefect.yaml, so Prefect also ignores events inside it).")
+    # 0.1: three times the window's noise at a share of 0.2 (sd 0.028 over 200 requests).
+    teacher_share_tolerance: float = Field(0.1, gt=0.0, lt=1.0, description="Teacher-share band: the share routing.json predicts for the served point, plus or minus this.")
+    # 0.05: the verify lane scores against the teacher, whose own mistakes count as disagreements too.
+    verify_error_margin: float = Field(0.05, ge=0.0, lt=1.0, description="Verify band: error rates up to routing.json's kept_error_rate_upper plus this are in band; out of band when the low end of the exact interval of the window's error rate is above it.")
+    # 100 outcomes: at a verify fraction of 0.05 that is the last 2,000 requests, about ten windows.
+    verify_window: int = Field(100, ge=1, le=100_000, description="The verify lane's most recent N outcomes (agree or disagree) of the production version (window_minutes applies too).")
+    # 20: fewer outcomes make an interval too wide to leave any band.
+    min_verified: int = Field(20, ge=1, description="Fewest verify outcomes in the window before the verify error is judged.")
+    # 0.1 of held-out in-distribution inputs count as novel by construction, see novelty_quantile; 0.3 is three times that.
+    novelty_ceiling: float = Field(0.3, gt=0.0, le=1.0, description="Out of band when more than this share of the window's inputs are novel.")
+    # The 10th percentile: about one in-distribution input in ten counts as novel, so 0.3 novel is a shift (measured on
+    # ticket-triage: held-out eval inputs 0.08 novel, hand-written shifted tickets 0.80).
+    novelty_quantile: float = Field(0.1, gt=0.0, lt=1.0, description="Publish time: an input is novel when its nearest training input is less similar "
+                                                                      "(MinHash Jaccard of its words) than this quantile of the eval set's inputs' nearest ones.")
+    # 1,000 signatures of 128 values: 0.5 MB in the version folder, about 0.1 ms per request to compare against.
+    novelty_pool: int = Field(1000, ge=10, le=100_000, description="Publish time: most training inputs whose signatures the version keeps (a seeded sample beyond it).")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "DriftConfig":
+        problems = []
+        if self.min_requests > self.window_requests:
+            problems.append(f"drift.min_requests: {self.min_requests} is more than drift.window_requests "
+                            f"({self.window_requests}); the window could never be judged")
+        if self.min_verified > self.verify_window:
+            problems.append(f"drift.min_verified: {self.min_verified} is more than drift.verify_window "
+                            f"({self.verify_window}); the verify error could never be judged")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class DecodingConfig(_Strict):
     constrained: bool = Field(True, description="Decode the student (evaluation, registry consumer, gateway) and a local transformers teacher under a grammar built from the skill's answers (its labels, its output JSON Schema, a function call's own tools), with xgrammar: answers are always parseable. skill.json records it and consumers decode the same way.")
 
@@ -493,6 +545,7 @@ class SkillConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Which requests the gateway keeps on the small model and which go to the teacher: the policy and its bounds.")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig, description="How answers are decoded: constrained to the skill's answer grammar or free.")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Personal data in captured traffic: scrubbed before it is stored or trained on (on by default).")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="When the gateway's live signals leave what the version's run predicted, a Prefect event starts a run of the skill.")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overrides, e.g. smoke.")
 
     @field_validator("name")

@@ -7,6 +7,7 @@
     distill registry list|show|path|pull|promote|rollback ...
     distill gateway [--port N]              serve the registry's skills (OpenAI-compatible), capturing traffic
     distill traffic import|export|stats SKILL [FILE]   the captured-traffic store the runs read
+    distill status [SKILL ...] [--json]     per skill: production version, drift signals against their bands, last trigger
 """
 
 from __future__ import annotations
@@ -287,6 +288,72 @@ def cmd_traffic(args) -> int:
     return 0
 
 
+def _fmt(x, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _band_text(band: dict | None) -> str:
+    if not band:
+        return "-"
+    lo, hi = band.get("low"), band.get("high")
+    return f"<= {_fmt(hi)}" if lo is None else f">= {_fmt(lo)}" if hi is None else f"[{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def cmd_status(args) -> int:
+    """Per skill of the registry: its production version, each drift signal against its band (from the traffic
+    table's latest rows of that version, as the gateway's monitor computes them) and the last drift trigger."""
+    from core.workdir import registry_root, traffic_url
+    from gateway.drift import SIGNALS, TriggerStore, skill_status
+    from registry import Registry
+
+    reg = Registry(args.registry or registry_root())
+    url = args.url or traffic_url()
+    skills = args.skill or reg.skills()
+    try:
+        store = TriggerStore(url)
+        triggers = store.last()
+        store.close()
+    except Exception as e:
+        print(f"warning: cannot read the drift triggers from {url} ({type(e).__name__}: {e})", file=sys.stderr)
+        triggers = {}
+    rows = []
+    for name in skills:
+        try:
+            rows.append(skill_status(name, reg, url, args.profile, triggers=triggers))
+        except Exception as e:  # one skill that cannot be read must not hide the others
+            rows.append({"skill": name, "version": None, "signals": None, "last_trigger": None,
+                         "cooldown_until": None, "error": f"{type(e).__name__}: {e}"})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no skills in registry {reg.location}")
+    for r in rows:
+        lt = r["last_trigger"]
+        trig = (f"last trigger {lt['at']} ({lt['signal']} {_fmt(lt['value'])}, version {lt['version']}, "
+                f"{'emitted' if lt['emitted'] else 'not emitted: no Prefect API'})" if lt else "last trigger: never")
+        cool = f"; cool-down until {r['cooldown_until']}" if lt and r.get("cooldown_until") else ""
+        print(f"{r['skill']}  version {_fmt(r['version'])}  {trig}{cool}")
+        if r.get("enabled") is False:
+            print("  drift.enabled is false: no event is emitted")
+        if r["signals"] is None:
+            print(f"  no signals: {r['error']}")
+            continue
+        print(f"  {'signal':14s} {'value':>6s}  {'exact 95% interval':18s}  {'band':16s} {'n':>5s}  state")
+        for sig in SIGNALS:
+            f = r["signals"][sig]
+            iv = f"[{_fmt(f['interval'][0])}, {_fmt(f['interval'][1])}]" if f.get("interval") else "-"
+            state = f["state"]
+            if state == "out":
+                state += f" since {f['out_since']} ({f['out_requests']} requests)"
+            elif state == "insufficient":
+                state += f" (needs {f['least']})"
+            elif state == "no_band" and f.get("why"):
+                state += f" ({f['why']})"
+            print(f"  {sig:14s} {_fmt(f['value']):>6s}  {iv:18s}  {_band_text(f['band']):16s} {f['n']:>5d}  {state}")
+    return 0
+
+
 def cmd_gateway(args) -> int:
     """Serve the registry's skills over an OpenAI-compatible API (gateway/, README "Serving: the gateway")."""
     from core.workdir import registry_root
@@ -306,7 +373,7 @@ def cmd_gateway(args) -> int:
         "backend_api_key_env": args.backend_api_key_env, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "max_versions": args.max_versions, "verify_fraction": args.verify_fraction,
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
-        "overrides": overrides})
+        "overrides": overrides, "drift": not args.no_drift})
     print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
     try:
         from registry import Registry
@@ -395,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--routing-policy", action="append", metavar="SKILL=POLICY",
                    help="per-skill override: re-pick the routing point on routing.json's both-lanes curve with "
                         "quality | budget | target_error (repeatable)")
+    w.add_argument("--no-drift", action="store_true",
+                   help="do not watch the skills' drift signals (no distill.drift.detected events; README \"Drift "
+                        "triggers a run\")")
     w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
                    help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")
     w.set_defaults(fn=cmd_gateway)
@@ -409,6 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--table", default=None, help="table (default: traffic_<skill>, '-' as '_', as the gateway)")
     t.add_argument("--profile", default="default", help="skill profile (import: its labels and privacy block)")
     t.set_defaults(fn=cmd_traffic)
+    st = sub.add_parser("status", help="per skill: production version, drift signals against their bands, last "
+                                       "drift trigger")
+    st.add_argument("skill", nargs="*", help="skills to show (default: every skill in the registry)")
+    st.add_argument("--registry", default=None, help="registry folder or URL (default: DISTILL_REGISTRY or "
+                                                     "$DISTILL_HOME/registry)")
+    st.add_argument("--url", default=None, help="SQLAlchemy URL of the traffic store (default: $DISTILL_TRAFFIC_URL, "
+                                                "else sqlite:///$DISTILL_HOME/traffic.db, as the gateway)")
+    st.add_argument("--profile", default="default", help="skill profile whose drift block is read")
+    st.add_argument("--json", action="store_true", help="one JSON list, a dict per skill")
+    st.set_defaults(fn=cmd_status)
     return p
 
 

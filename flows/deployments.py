@@ -54,9 +54,22 @@ def skill_deployment_specs(root: Path | None = None, problems: list[str] | None 
             problems.append(f"skill {name} is not served: {e}")
             continue
         specs.append({"name": name, "flow": "distill-skill", "cron": cfg.schedule.cron,
-                      "timezone": cfg.schedule.timezone, "parameters": {"params": {"skill": name}}})
+                      "timezone": cfg.schedule.timezone, "parameters": {"params": {"skill": name}},
+                      "drift": drift_trigger_spec(name, cfg.drift)})
     specs.append({"name": "refresh-all", "flow": "refresh-all", "cron": REFRESH_ALL_CRON, "parameters": {}})
     return specs
+
+
+def drift_trigger_spec(skill: str, drift) -> dict | None:
+    """The deployment trigger that runs `skill` on its drift event (gateway/drift.py): the event name, the
+    skill's resource id and `within` (drift.cooldown_minutes in seconds: Prefect ignores the skill's further
+    events that long after a run started). None when drift.enabled is false. prefect.yaml declares the same."""
+    from gateway.drift import EVENT, resource_id
+
+    if not drift.enabled:
+        return None
+    return {"type": "event", "enabled": True, "expect": [EVENT], "match": {"prefect.resource.id": resource_id(skill)},
+            "posture": "Reactive", "threshold": 1, "within": int(round(drift.cooldown_minutes * 60))}
 
 
 def train_evaluate_specs(root: Path | None = None) -> list[dict]:
@@ -90,8 +103,15 @@ def build_deployments(root: Path | None = None, stage_pool: str | None = None,
             schedule = {"schedule": Cron(spec["cron"], timezone=spec["timezone"])}
         elif spec["cron"]:
             schedule = {"cron": spec["cron"]}
+        triggers = []
+        if spec.get("drift"):
+            from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+            t = {k: v for k, v in spec["drift"].items() if k != "type"}
+            triggers = [DeploymentEventTrigger.model_validate({**t, "name": f"{spec['name']} drift",
+                                                               "parameters": params})]
         out.append(fl.to_deployment(
-            name=spec["name"], **schedule, parameters=params, concurrency_limit=ONE_AT_A_TIME,
+            name=spec["name"], **schedule, parameters=params, concurrency_limit=ONE_AT_A_TIME, triggers=triggers,
             tags=["distill", spec["name"]], description=f"Distillation pipeline: {spec['name']}"))
     return out
 

@@ -65,6 +65,9 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body in bytes; larger gets 413.")
     max_versions: int = Field(4, ge=0, description="Most versions loaded on demand at once (SKILL@N or SKILL@ALIAS other "
                                                    "than a production version); beyond it the least recently used idle one is unloaded.")
+    drift: bool = Field(True, description="Watch each served skill's drift signals (skill.yaml's drift block) and emit the Prefect "
+                                          "event distill.drift.detected when one leaves its band (needs PREFECT_API_URL; "
+                                          "triggers are recorded in the traffic database either way).")
     overrides: dict[str, SkillOverride] = Field(default_factory=dict, description="Per-skill routing overrides, by skill name.")
 
     def table_for(self, skill: str) -> str:

@@ -172,8 +172,11 @@ class Gateway:
         self.traffic = TrafficWriter(cfg.traffic_url or default_traffic_url(), cfg.table_for, cfg.traffic_queue,
                                      cfg.traffic_batch, cfg.traffic_flush_ms, scrub_for=self._scrubber)
         self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
+        self.drift = self._drift_worker(cfg.traffic_url or default_traffic_url()) if cfg.drift else None
         self.metrics.watch("traffic", self.traffic.depth, lambda: self.traffic.lost)
         self.metrics.watch("verify", self.verify.depth, lambda: self.verify.lost)
+        if self.drift is not None:
+            self.metrics.watch("drift", self.drift.depth, lambda: self.drift.lost)
         self.metrics.store_failures.labels("traffic").set_function(lambda: self.traffic.failures)
         self.metrics.store_dropped.labels("traffic").set_function(lambda: self.traffic.dropped)
         self.metrics.store_cleaned.labels("traffic").set_function(lambda: self.traffic.cleaned)
@@ -210,6 +213,8 @@ class Gateway:
         for b in list(self._shared.values()):
             b.close()
         self.verify.close()
+        if self.drift is not None:
+            self.drift.close()
         for t in [*self.teachers.values(), *self.verify_teachers.values()]:
             t.close()
         self.traffic.close()
@@ -247,6 +252,50 @@ class Gateway:
                          f"version {served.version}'s skill.json" if served is not None else "the defaults, scrub on", e)
             self.scrubbers[name] = scrubber_for(privacy)
         return self.scrubbers[name]
+
+    def _drift_worker(self, url: str):
+        """The drift monitor's worker, with the triggers recorded in the traffic database (the worker reads each
+        skill's last trigger back on its own thread, so a restart keeps the cool-down without slowing the start)."""
+        from gateway.drift import DriftMonitor, DriftWorker, TriggerStore
+
+        try:
+            store = TriggerStore(url)
+        except Exception as e:
+            log.warning("drift: triggers are not recorded (%s: %s)", type(e).__name__, e)
+            store = None
+        return DriftWorker(DriftMonitor(), store)
+
+    def _watch(self, name: str, served: "Served | None") -> None:
+        """Point the drift monitor at the skill's production version (its routing.json bands, its novelty.json,
+        the skill's drift block from skill.yaml, else the version's skill.json)."""
+        if self.drift is None or self.drift.monitor.version(name) == (served.version if served else None):
+            return
+        if served is None:
+            self.drift.monitor.drop(name)
+            return
+        from core.config import DriftConfig
+
+        try:
+            from core.skills import load_skill
+
+            cfg = load_skill(name, self.cfg.profile).config.drift
+        except Exception:
+            cfg = getattr(served.cfg, "drift", None) or DriftConfig()
+        novelty, why = None, None
+        f = served.folder / "novelty.json"
+        if f.is_file():
+            try:
+                from filters.novelty import NoveltyIndex
+
+                novelty = NoveltyIndex.from_dict(json.loads(f.read_text(encoding="utf-8")))
+            except Exception as e:
+                why = f"novelty.json of version {served.version} cannot be used ({e})"
+                log.warning("drift %s: %s", name, why)
+        else:
+            why = f"version {served.version} has no novelty.json (published before drift monitoring)"
+        task = self.tasks.get(name)
+        self.drift.monitor.set_version(name, served.version, cfg, served.routing or {}, served.mode, served.threshold,
+                                       novelty, why, text=task.match_text if task is not None else None)
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.cfg.poll_s):
@@ -290,6 +339,7 @@ class Gateway:
                 self.load_errors.pop(name, None)
                 if name not in self.production:
                     self.production[name] = None
+                self._watch(name, self.production.get(name))
                 continue
             if current is not None and current.version == version:
                 continue
@@ -300,6 +350,7 @@ class Gateway:
                 self.load_errors[name] = {"version": int(version), "error": f"{type(e).__name__}: {e}"}
                 continue
             self.load_errors.pop(name, None)
+            self._watch(name, new)
             with self.lock:
                 self.production[name] = new
                 if current is not None:
@@ -641,6 +692,8 @@ class Gateway:
             if len(self.recent) > 100_000:
                 self.recent.pop(next(iter(self.recent)))
         self.traffic.write(name, row)
+        if self.drift is not None and version is not None:
+            self.drift.request(name, version, lane, x)  # a queue put: the monitor runs on its own thread
 
     # --- verify -----------------------------------------------------------------------------------------------------
 
@@ -667,6 +720,8 @@ class Gateway:
                 self.metrics.served_quality.labels(job.skill, v, bound).set(live[bound])
         if ok is not None:
             self.traffic.update(job.skill, job.request_id, {"verified": ok})
+        if self.drift is not None:
+            self.drift.verify(job.skill, job.version, ok)
 
     # --- feedback ---------------------------------------------------------------------------------------------------
 
@@ -757,6 +812,7 @@ class Gateway:
                         "threshold": s.threshold if s else None, "signal": s.signal if s else None,
                         "verify": self.verify.estimate(name, s.version if s else None),
                         "live": self.live(name, s.version if s else None),
+                        "drift": self.drift.monitor.status(name) if self.drift is not None else None,
                         # What the version's run measured at the published point (routing.json).
                         "measured": {"policy": r.get("policy"), "teacher_share": r.get("teacher_share"),
                                      "served": r.get("served"), "student_alone": (r.get("student_alone") or {}).get("served"),

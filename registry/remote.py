@@ -520,9 +520,10 @@ class ObjectRegistry(Registry):
         model_card: str | Callable[[int], str],
         alias: str | None = PRODUCTION,
         reason: str = "",
+        extra: dict[str, dict[str, Any]] | None = None,
     ) -> int:
         adapter_dir, texts = self._publish_inputs(skill, adapter_dir, metrics, lineage, routing, skill_spec,
-                                                  model_card, alias)
+                                                  model_card, alias, extra)
         self._require_exclusion(f"publish {skill!r}")
         run_id = lineage.get("run_id")
         existing = self.published_run(skill, run_id)  # checked again under the lock

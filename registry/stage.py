@@ -60,7 +60,28 @@ def skill_spec(cfg) -> dict[str, Any]:
                            if cfg.decoding.constrained and cfg.decoding.max_string_chars else {})}
     # The privacy block travels with the version: a gateway without the skill's skill.yaml scrubs the same way.
     spec["privacy"] = cfg.privacy.model_dump()
+    spec["drift"] = cfg.drift.model_dump()  # and the drift monitor's windows and bands
     return spec
+
+
+def novelty_profile(skill, run_dir: str | Path) -> dict[str, Any] | None:
+    """novelty.json for the version a run publishes (filters/novelty.py): signatures of the inputs it trained on
+    (train.jsonl and val.jsonl of the run folder, the task type's matching text) and the novelty threshold
+    calibrated on the skill's eval set, which is never trained on. None when the run folder has no train.jsonl
+    (the version then has no novelty signal; the gateway says so)."""
+    from core.records import read_examples
+    from core.tasks import get_task
+    from filters.novelty import build_novelty
+
+    folder = Path(run_dir)
+    if not (folder / "train.jsonl").is_file():
+        return None
+    text = get_task(skill.config).match_text
+    train = [text(e.input) for name in ("train.jsonl", "val.jsonl") if (folder / name).is_file()
+             for e in read_examples(folder / name)]
+    d = skill.config.drift
+    return build_novelty(train, [text(e.input) for e in skill.eval_set], quantile=d.novelty_quantile,
+                         max_pool=d.novelty_pool)
 
 
 def production(reg: Registry, skill: str) -> tuple[int | None, str | None]:
@@ -96,11 +117,13 @@ def publish_run(reg: Registry, skill, run_id: str, run_dir: str | Path, adapter_
     alias = cfg.gates.publish_alias
     serving = serving_info(adapter_dir)  # the card's vLLM command fits this adapter (or says why none does)
     spec = skill_spec(cfg)
+    novelty = novelty_profile(skill, run_dir)
     version = reg.publish(
         skill.name, adapter_dir, metrics=metrics, lineage=lineage, routing=routing, skill_spec=spec,
         model_card=lambda v: render_model_card(skill.name, v, base, metrics, lineage, data_summary, limits, serving,
                                                decoding=spec.get("decoding"), routing=routing),
         alias=alias, reason=f"run {run_id}: every gate passed",
+        extra={"novelty.json": novelty} if novelty is not None else None,
     )
     # No storage call after the commit: a transient error here would make the task retry a done publish.
     return {"version": version, "alias": alias, "path": str(reg.version_location(skill.name, version))}

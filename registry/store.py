@@ -9,6 +9,7 @@ Layout (the consumer contract)::
                                     lineage.json     seeds hash, dataset hash, teachers, run id, code revision
                                     routing.json     escalation threshold, expected quality, latency
                                     skill.json       prompt template, output schema, task type, base model
+                                    novelty.json     training-input MinHash signatures (drift monitor; optional)
                                     checksums.json   sha256 of every other file in the folder
     <registry>/<skill>/aliases.json                 {"production": N, "candidate": M}
     <registry>/<skill>/alias_history.jsonl          one line per alias move
@@ -547,7 +548,8 @@ class Registry:
     # ---------------------------------------------------------------- writing
 
     def _publish_inputs(self, skill: str, adapter_dir: str | Path, metrics: dict, lineage: dict, routing: dict,
-                        skill_spec: dict, model_card: Any, alias: str | None) -> tuple[Path, dict[str, str]]:
+                        skill_spec: dict, model_card: Any, alias: str | None,
+                        extra: dict[str, dict[str, Any]] | None = None) -> tuple[Path, dict[str, str]]:
         """Check every argument before anything is written; returns the adapter folder and metadata texts."""
         _check_name("skill", skill)
         if alias is not None:
@@ -564,6 +566,12 @@ class Registry:
             "routing.json": _json_text("routing", routing),
             "skill.json": _json_text("skill_spec", skill_spec),
         }
+        for name, obj in (extra or {}).items():
+            if (not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*\.json", name)
+                    or name in texts or name in (*ADAPTER_FILES, CHECKSUMS_FILE)):
+                raise RegistryError(f"extra: bad file name {name!r} (a new <name>.json, lowercase, not one of "
+                                    f"{', '.join([*texts, CHECKSUMS_FILE])})")
+            texts[name] = _json_text(name, obj)
         if not (isinstance(model_card, str) or callable(model_card)):
             raise RegistryError(f"model_card must be a string or a callable(version) -> str, got {type(model_card).__name__}")
         return adapter_dir, texts
@@ -587,15 +595,18 @@ class Registry:
         model_card: str | Callable[[int], str],
         alias: str | None = PRODUCTION,
         reason: str = "",
+        extra: dict[str, dict[str, Any]] | None = None,
     ) -> int:
         """Write a new immutable version of `skill` and (if `alias`) point the alias at it.
 
         `model_card` may be a string, or a callable given the assigned version number
-        (so a card can name its own version without racing other publishers).
+        (so a card can name its own version without racing other publishers). `extra`: more JSON
+        files of the version by name (novelty.json), checksummed like the rest; a name that is not
+        `<name>.json` or clashes with a file above raises RegistryError.
         Returns the new version number.
         """
         adapter_dir, texts = self._publish_inputs(skill, adapter_dir, metrics, lineage, routing, skill_spec,
-                                                  model_card, alias)
+                                                  model_card, alias, extra)
         run_id = lineage.get("run_id")
         with self._lock(skill):
             existing = self.published_run(skill, run_id)

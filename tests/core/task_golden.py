@@ -13,7 +13,7 @@ the old code's): `overlap_key/*` (issue 15: the seed/eval overlap check uses the
 normalizer), `template_spec` (skill.json records prompt_format: issue 16) and `scaffold/*` (comment lines naming core/config.py and the task registry; the
 new keys: gates.replay.settle_window_days, gates.min_paired_items, schedule, student.train.rejected_runs and max_pool_examples, filters.threshold_shrinkage, decoding.constrained, student.train.distillation / distill_alpha / distill_temperature, expansion.inputs_per_request, student.train.checkpoint_selection, decoding.max_string_chars, student.train.readmit_held, student.train.pool_sampling; teacher.local_server's description; teacher.max_retry_wait_s's description, issue 35; the routing block's policy, max_teacher_share, confidence_level, significance, fallback and signal, issue 31; issue 36: the measured settings new-skill writes with their figures (expansion.target_examples, audit.floor
 and teacher.shot_selection auto, audit.on_fail, and for label sets calibration, filters.target_precision,
-max_label_distance, checkpoint_selection, gates.margin) and the answer-cap descriptions; issue 34: the privacy block and gates.replay's gateway source),
+max_label_distance, checkpoint_selection, gates.margin) and the answer-cap descriptions; issue 34: the privacy block and gates.replay's gateway source, and the drift block),
 `ticket-triage/answer_max_tokens` (issue 36: an unset cap holds the longest label, 8 -> 18 tokens by the
 tokenizer-free bound, core/answer_cap.py) and `shots/*` (issue 31: a shot picker's draw is a function of its seed
 and the input alone, so the gateway's teacher lane shows the shots the pipeline measured).

@@ -484,3 +484,17 @@ def test_a_delayed_publisher_loses_nothing_to_another_publishers_clean_up(reg, t
     reg.verify(SKILL, 2)
     assert (reg.path(SKILL, 2) / "adapter_model.safetensors").read_bytes() == b"weights-A"
     assert temp_leftovers(reg) == []
+
+
+def test_extra_json_files_are_part_of_the_version(reg, tmp_path):
+    """publish(extra=...): novelty.json (the drift monitor's training-input signatures) is written, checksummed and
+    pulled like the other metadata; a name that is not a new <name>.json is refused before anything is written."""
+    v = publish(reg, make_adapter(tmp_path), extra={"novelty.json": {"format": 1, "signatures": ""}})
+    folder = reg.resolve(SKILL, version=v)
+    assert json.loads((folder / "novelty.json").read_text()) == {"format": 1, "signatures": ""}
+    assert "novelty.json" in json.loads((folder / "checksums.json").read_text())
+    assert (reg.pull(SKILL, version=v, to=tmp_path / "pulled") / "novelty.json").is_file()
+    for bad in ("routing.json", "checksums.json", "../x.json", "novelty.txt", ".hidden.json"):
+        with pytest.raises(RegistryError, match="extra: bad file name"):
+            publish(reg, make_adapter(tmp_path, f"a-{bad.strip('./')}"), extra={bad: {}})
+    assert reg.versions(SKILL) == [v]
