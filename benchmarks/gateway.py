@@ -52,8 +52,10 @@ def _quantile(xs: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))], 2)
 
 
-def _load(url: str, inputs: list[str], clients: int) -> dict:
-    """`clients` threads post every input once to /v1/completions; wall time, latencies, lanes."""
+def _load(url: str, inputs: list[str], clients: int, models: list[str] | None = None,
+          keep_latencies: bool = False) -> dict:
+    """`clients` threads post every input once to /v1/completions (to `models` in turn, default the skill);
+    wall time, latencies (ms), lanes."""
     import httpx
 
     lat: list[float] = []
@@ -68,9 +70,10 @@ def _load(url: str, inputs: list[str], clients: int) -> dict:
                 with lock:
                     if not queue:
                         return
-                    _, x = queue.pop()
+                    i, x = queue.pop()
                 t0 = time.perf_counter()
-                r = c.post(url + "/v1/completions", json={"model": SKILL, "prompt": x})
+                r = c.post(url + "/v1/completions", json={"model": models[i % len(models)] if models else SKILL,
+                                                          "prompt": x})
                 dt = (time.perf_counter() - t0) * 1000
                 with lock:
                     lat.append(dt)
@@ -85,22 +88,19 @@ def _load(url: str, inputs: list[str], clients: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"requests": len(inputs), "seconds": round(wall, 2), "req_per_s": round(len(inputs) / wall, 2),
-            "p50_ms": _quantile(lat, 0.5), "p95_ms": _quantile(lat, 0.95), "lanes": lanes, "statuses": statuses}
+    out = {"requests": len(inputs), "seconds": round(wall, 2), "req_per_s": round(len(inputs) / wall, 2),
+           "p50_ms": _quantile(lat, 0.5), "p95_ms": _quantile(lat, 0.95), "lanes": lanes, "statuses": statuses}
+    if keep_latencies:
+        out["latencies"] = lat
+    return out
 
 
-def _plain_loop(folder: Path, cfg, inputs: list[str], max_new_tokens: int) -> dict:
-    """The baseline: one generate() per request on the same base + adapter."""
+def _plain_loop(lm, cfg, inputs: list[str], max_new_tokens: int) -> dict:
+    """The baseline users write first: one generate() per request on the same base + adapter."""
     import torch
 
     from core.prompting import format_prompt
-    from registry.consumer import base_model_of
-    from teachers.local import LocalModel
-    from trainers.base_model import resolve_model
 
-    # The same base, adapter and dtype rule the gateway's engine loads; only the batching differs.
-    lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
-                    safetensors_only=True)
     model, tok = lm.model, lm.tokenizer
     lat = []
     t0 = time.perf_counter()
@@ -110,11 +110,56 @@ def _plain_loop(folder: Path, cfg, inputs: list[str], max_new_tokens: int) -> di
         with torch.inference_mode():
             model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
                            top_k=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                           stop_strings=["\n"], tokenizer=tok)
+                           stopping_criteria=lm._newline_stop())
         lat.append((time.perf_counter() - t1) * 1000)
     wall = time.perf_counter() - t0
     return {"requests": len(inputs), "seconds": round(wall, 2), "req_per_s": round(len(inputs) / wall, 2),
             "p50_ms": _quantile(lat, 0.5), "p95_ms": _quantile(lat, 0.95)}
+
+
+def _engine_paths(lm, cfg, prompts: list[str], inputs: list[str], max_new: int, signal: str) -> dict:
+    """In one process, same model, adapter and prompts, batches of 16: the least work any answer needs (one
+    forward, logits at the last position only: the bound), the project's decode path now (teachers.greedy) and
+    before (generate() with the grammar and confidence processors), and transformers' continuous batching
+    (`generate_batch`, no grammar: it takes no per-request logits processor) as the peer engine."""
+    import torch
+
+    from eval_gates.predict import decode
+
+    tok = lm.tokenizer
+    chunks = [prompts[i:i + 16] for i in range(0, len(prompts), 16)]
+    out = {}
+    with torch.inference_mode(), lm._use(lm.default_adapter):
+        lm.model(**tok(chunks[0][:2], return_tensors="pt", padding=True), logits_to_keep=1)  # warm-up
+        t0 = time.perf_counter()
+        for c in chunks:
+            lm.model(**tok(c, return_tensors="pt", padding=True), logits_to_keep=1)
+        out["prefill_bound"] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2)}
+    for name, kw in (("greedy_path", {}), ("generate_path", {"decoder": "generate"})):
+        decode(lm, cfg, prompts[:2], inputs=inputs[:2], max_new_tokens=max_new, signal=signal)
+        t0 = time.perf_counter()
+        p = decode(lm, cfg, prompts, inputs=inputs, max_new_tokens=max_new, signal=signal, **kw)
+        out[name] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2),
+                     "answers": p.raw if name == "greedy_path" else None}
+    same = out["generate_path"].pop("answers") is None and decode(lm, cfg, prompts[:16], inputs=inputs[:16], max_new_tokens=max_new,
+                                                                 signal=signal, decoder="generate").raw == out["greedy_path"]["answers"][:16]
+    out["greedy_path"].pop("answers")
+    out["greedy_matches_generate_first16"] = same
+    try:
+        from transformers import GenerationConfig
+
+        merged = lm.model.merge_and_unload() if hasattr(lm.model, "merge_and_unload") else lm.model
+        gc = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=tok.eos_token_id,
+                              pad_token_id=tok.pad_token_id)
+        ids = [tok(p)["input_ids"] for p in prompts]
+        merged.generate_batch(ids[:4], generation_config=gc, progress_bar=False)
+        t0 = time.perf_counter()
+        merged.generate_batch(ids, generation_config=gc, progress_bar=False)
+        out["transformers_continuous_batching"] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2),
+                                                   "note": "merged adapter, no grammar, no confidence"}
+    except Exception as e:  # the peer may not run on this CPU / version: say why
+        out["transformers_continuous_batching"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return out
 
 
 class _InstantEngine:
@@ -133,6 +178,12 @@ class _InstantEngine:
         from gateway.engine import Answer
 
         return [Answer(raw=f" {self.label}", parsed=self.label, confidence=0.0, finish_reason="stop") for _ in prompts]
+
+    def group(self, key):
+        return "instant"
+
+    def decode_mixed(self, jobs):
+        return [self.decode(j[0], j[1], [j[2]], j[4])[0] for j in jobs]
 
     def close(self):
         pass
@@ -431,34 +482,79 @@ def main() -> None:
         inputs = [(traffic + [e.input for e in skill.eval_set])[i % (len(traffic) + len(skill.eval_set))]
                   for i in range(n)]
         max_new = int(spec.get("max_new_tokens") or 8)
+        signal = routing.get("signal") or "mean_logprob"
 
-        plain = _plain_loop(Path(folder), cfg, inputs, max_new)
-        gcfg = GatewayConfig(registry=registry, skills=[SKILL], teachers=False, port=0, poll_s=3600,
+        from core.prompting import render_prompt
+        from registry.consumer import base_model_of
+        from teachers.local import LocalModel
+        from trainers.base_model import resolve_model
+
+        # The same base, adapter and dtype rule the gateway's engine loads.
+        lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
+                        safetensors_only=True)
+        prompts = [render_prompt(cfg, x, lm.tokenizer) for x in inputs]
+        engine = _engine_paths(lm, cfg, prompts, inputs, max_new, signal)
+        plain = _plain_loop(lm, cfg, inputs[: max(8, n // 8)], max_new)
+        del lm
+        bound = engine["prefill_bound"]["req_per_s"]
+
+        # A second version of the skill (the same adapter published again: a second adapter on the base) for the
+        # mixed load: half the requests to each.
+        reg2 = work / "registry2"
+        import shutil
+
+        shutil.copytree(Path(registry) / SKILL, reg2 / SKILL)
+        Registry(str(reg2)).publish(SKILL, folder, metrics={"eval": {}}, lineage={"run_id": "bench-mixed"},
+                                    routing=routing, skill_spec=spec, model_card="---\nlibrary_name: peft\n---\n",
+                                    alias=None, reason="benchmarks/gateway.py: a second adapter for the mixed load")
+        clients = sorted({1, 4, args.clients})
+        gcfg = GatewayConfig(registry=str(reg2), skills=[SKILL], teachers=False, port=0, poll_s=3600,
                              traffic_url=f"sqlite:///{work / 'traffic.db'}", max_batch=16, max_wait_ms=5.0)
+        versions = sorted(int(p.name) for p in (reg2 / SKILL / "versions").iterdir() if p.name.isdigit())
+        loads = {}
         srv = InThread(gcfg)
         try:
-            _load(srv.url, inputs[: args.clients], args.clients)  # warm-up: the first batch pays for compilation
-            batched = _load(srv.url, inputs, args.clients)
+            _load(srv.url, inputs[: args.clients], args.clients)  # warm-up
+            for k in clients:
+                loads[k] = _load(srv.url, inputs[: max(16, n * k // args.clients)] if k < args.clients else inputs, k)
+                loads[k]["share_of_bound"] = round(loads[k]["req_per_s"] / bound, 3)
             escalation = _load(srv.url, traffic, args.clients)
+            mixed = None
+            if len(versions) >= 2:
+                refs = [f"{SKILL}@{versions[-1]}", f"{SKILL}@{versions[-2]}"]
+                mixed = _load(srv.url, inputs, args.clients, models=refs)
+                mixed["share_of_bound"] = round(mixed["req_per_s"] / bound, 3)
+                mixed["models"] = refs
         finally:
             srv.stop()
-        ocfg = gcfg.model_copy(update={"max_wait_ms": 0.0, "traffic_url": f"sqlite:///{work / 'traffic2.db'}"})
-        osrv = InThread(ocfg, Gateway(ocfg, engine=_InstantEngine()))
-        try:
-            _load(osrv.url, inputs[:8], 1)
-            overhead = _load(osrv.url, inputs, 1)
-        finally:
-            osrv.stop()
+        overhead = _overhead(gcfg, work, inputs)
 
     kept = escalation["lanes"].get("keep", 0)
     emit({"benchmark": "gateway", "quick": args.quick, "model": "tiny random Gemma 3" if args.quick else spec.get(
-              "base_model"), "clients": args.clients, "requests": n,
-          "plain_loop": plain, "gateway": batched,
-          "throughput_ratio": round(batched["req_per_s"] / plain["req_per_s"], 2),
-          "overhead_per_request_ms": {"p50": overhead["p50_ms"], "p95": overhead["p95_ms"]},
+              "base_model"), "clients": args.clients, "requests": n, "signal": signal,
+          "engine": engine, "plain_loop": plain,
+          "gateway": {f"{k}_clients": v for k, v in loads.items()}, "mixed_versions": mixed,
+          "keep_share_of_bound_at_max_clients": loads[args.clients]["share_of_bound"],
+          "throughput_ratio_vs_plain_loop": round(loads[args.clients]["req_per_s"] / plain["req_per_s"], 2),
+          "overhead_per_request_ms": overhead,
           "escalation": {"measured_on_traffic": round(1 - kept / len(traffic), 4), "traffic_requests": len(traffic),
                          "lanes": escalation["lanes"], "predicted_by_routing_json": routing.get("escalation_rate"),
                          "routing_mode": routing.get("mode"), "threshold": routing.get("threshold")}})
+
+
+def _overhead(gcfg, work: Path, inputs: list[str]) -> dict:
+    """The gateway's own cost per request: an engine that answers at once, one client, no batching wait."""
+    from gateway.app import InThread
+    from gateway.service import Gateway
+
+    ocfg = gcfg.model_copy(update={"max_wait_ms": 0.0, "traffic_url": f"sqlite:///{work / 'traffic2.db'}"})
+    osrv = InThread(ocfg, Gateway(ocfg, engine=_InstantEngine()))
+    try:
+        _load(osrv.url, inputs[:16], 1)
+        o = _load(osrv.url, (inputs * 4)[:400], 1, keep_latencies=True)
+    finally:
+        osrv.stop()
+    return {"p50": o["p50_ms"], "p99": _quantile(o.pop("latencies"), 0.99), "requests": o["requests"]}
 
 
 if __name__ == "__main__":

@@ -426,7 +426,8 @@ class RoutingConfig(_Strict):
     confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the intervals and of the target_error bound.")
     significance: float = Field(0.05, gt=0.0, le=1.0, description="quality: a band is escalated only if the teacher beats the student on it at this one-sided p (exact sign test on the items where they differ); 1.0: on the point estimate alone.")
     fallback: Literal["quality", "budget"] = Field("quality", description="target_error: the policy used when the target cannot be certified on the measured items (said in the run summary and the model card).")
-    signal: Literal["auto", "mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob"] = Field(
+    signal: Literal["auto", "mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob",
+                    "min_margin"] = Field(
         "auto", description="The confidence the threshold is on: auto = the one that separates right from wrong answers best on this run's items (AUROC; eval_gates.routing.compare_signals), else one named.")
 
 

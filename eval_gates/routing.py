@@ -112,7 +112,7 @@ def percentile(xs: Sequence[float], q: float) -> float | None:
 # teacher's; where the teacher gave none, the gateway serves the student's valid answer (lane "degraded"), so
 # the curve does too. A policy picks one point of that curve.
 
-SIGNALS = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob")
+SIGNALS = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob", "min_margin")
 SIGNAL_HELP = {
     "mean_logprob": "mean natural-log probability of the answer's tokens (the model's own, before any grammar mask)",
     "min_logprob": "least natural-log probability among the answer's tokens (the model's own)",
@@ -121,6 +121,8 @@ SIGNAL_HELP = {
     "min_grammar_logprob": "least log-probability among the answer's tokens renormalised over the tokens the grammar "
                            "allowed: the least certain choice the grammar left open (for a label set, about the "
                            "chosen label's probability among the labels)",
+    "min_margin": "least margin, over the answer's open choices, of the chosen token's log-probability over the "
+                  "runner-up's among the tokens the grammar allowed (top-1 minus top-2: Scheffer et al. 2001)",
 }
 DEFAULT_SIGNAL = "mean_logprob"
 

@@ -46,7 +46,7 @@ class LocalEngine:
     """One LocalModel per base model; adapters keyed 'skill@version'."""
 
     # Every routing confidence (eval_gates.routing.SIGNALS): the decode reads them all from its own scores.
-    signals = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob")
+    signals = ("mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob", "min_margin")
 
     def __init__(self):
         self.models: dict[str, Any] = {}  # resolved base path -> teachers.local.LocalModel
@@ -90,7 +90,7 @@ class LocalEngine:
 
         model = self.models[self.where[key]]
         p = decode(model, cfg, prompts, max_new_tokens=max_new_tokens, batch_size=DECODE_BATCH,
-                   adapter=adapter_name(key), inputs=inputs, signal=signal, own="grammar" not in signal)
+                   adapter=adapter_name(key), inputs=inputs, signal=signal, own=signal in ("mean_logprob", "min_logprob"))
         ptoks = p.prompt_tokens or [0] * len(prompts)
         ctoks = p.completion_tokens or [0] * len(prompts)
         return [Answer(raw=r, parsed=a, confidence=finite_or_none(c), finish_reason=f, prompt_tokens=int(pt),
@@ -123,7 +123,7 @@ class LocalEngine:
             comps = model.complete([jobs[i][2] for i in idx], max_new_tokens=max(jobs[i][4] for i in idx),
                                    caps=[jobs[i][4] for i in idx], adapters=[adapter_name(k) for k in keys],
                                    temperature=0.0, batch_size=DECODE_BATCH, confidence=True, grammars=grammars,
-                                   own=any("grammar" not in sg for sg in signals))
+                                   own=any(sg in ("mean_logprob", "min_logprob") for sg in signals))
             for i, c, sg in zip(idx, comps, signals):
                 conf = c.confidence if sg == "mean_logprob" else (c.signals or {}).get(sg)
                 out[i] = Answer(raw=c.text, parsed=parse_output(jobs[i][1], c.text), confidence=finite_or_none(conf),

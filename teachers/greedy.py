@@ -32,6 +32,10 @@ class Row:
     ids: list[int] = field(default_factory=list)
     lps: list[float | None] = field(default_factory=list)
     glps: list[float] = field(default_factory=list)
+    # Per generated token: the log-probability margin of the greedy choice over the runner-up among the tokens the
+    # grammar allowed (top-1 minus top-2, the classic margin confidence: Scheffer et al. 2001); None where the
+    # token was forced (no runner-up) or is an EOS.
+    margins: list[float | None] = field(default_factory=list)
     finish: str | None = None  # "stop" (EOS, newline, grammar complete) or "length"
     pending: list[int] = field(default_factory=list)  # committed tokens not yet fed to the model (choice + forced)
     pstart: int = 0  # index in `ids` of pending[0]
@@ -134,9 +138,11 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                 matchers[r].fill_next_token_bitmask(bitmask, b)
             masked = s.clone()
             xgr.apply_token_bitmask_inplace(masked, bitmask[: len(active)].to(masked.device))
+        top2 = masked.topk(2, dim=-1).values
         best = masked.argmax(dim=-1)
         own_lp = (s.gather(-1, best[:, None])[:, 0] - lse).tolist()
         g_lp = (masked.gather(-1, best[:, None])[:, 0] - torch.logsumexp(masked, dim=-1)).tolist()
+        margin = (top2[:, 0] - top2[:, 1]).tolist()  # a difference of logits is a difference of log-probabilities
         best = best.tolist()
         for b, r in enumerate(active):
             row = rows[r]
@@ -145,6 +151,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             row.ids.append(t)
             row.lps.append(own_lp[b])
             row.glps.append(g_lp[b])
+            row.margins.append(margin[b] if margin[b] != float("inf") else None)
             row.pending = [t]
             if matchers is not None and t not in eos_ids:
                 matchers[r].accept_token(t)
@@ -158,6 +165,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                     break
                 row.ids.append(f)
                 row.glps.append(0.0)  # renormalised over one allowed token: log 1
+                row.margins.append(None)
                 if f in eos_ids:
                     row.lps.append(None)  # an EOS is not part of the answer: never scored
                     row.finish = "stop"

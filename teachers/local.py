@@ -86,14 +86,20 @@ def teacher_forced_logprobs(model, tokenizer, prompts: Sequence[str], answers: S
     return out
 
 
-def answer_signals(lps: Sequence[float] | None, grammar_lps: Sequence[float] | None) -> dict[str, float | None]:
+def answer_signals(lps: Sequence[float] | None, grammar_lps: Sequence[float] | None,
+                   margins: Sequence[float | None] | None = None) -> dict[str, float | None]:
     """The candidate routing confidences of one answer (eval_gates.routing.SIGNALS) from its tokens'
     log-probabilities: the model's own (`lps`) and renormalised over what the grammar allowed
-    (`grammar_lps`; equal to `lps` when decoding is free). None where a list is empty or missing."""
+    (`grammar_lps`; equal to `lps` when decoding is free), and `margins` (per token, the greedy choice's
+    log-probability margin over the runner-up; None for a forced token): `min_margin` is the least over the
+    answer's choices (None when every token was forced or margins were not read: the generate() path).
+    None where a list is empty or missing."""
     out: dict[str, float | None] = {}
     for prefix, xs in (("", lps), ("grammar_", grammar_lps)):
         out[f"mean_{prefix}logprob"] = sum(xs) / len(xs) if xs else None
         out[f"min_{prefix}logprob"] = min(xs) if xs else None
+    ms = [m for m in (margins or []) if m is not None]
+    out["min_margin"] = min(ms) if ms else None
     return out
 
 
@@ -524,16 +530,16 @@ class LocalModel:
                         a_ids = tok(text, add_special_tokens=False)["input_ids"]
                         if a_ids and ids[: len(a_ids)] == a_ids:
                             lps = row.lps[: len(a_ids)]
-                            glps = row.glps[: len(a_ids)]
+                            glps, margins = row.glps[: len(a_ids)], row.margins[: len(a_ids)]
                             if all(x is not None for x in lps):
                                 c.token_logprobs, c.confidence, c.confidence_source = lps, sum(lps) / len(lps), "scores"
-                                c.signals = answer_signals(lps, glps)
+                                c.signals = answer_signals(lps, glps, margins)
                             else:  # own log-probabilities of forced tokens were not asked for
                                 c.confidence_source = "scores"
-                                c.signals = answer_signals(None, glps)
+                                c.signals = answer_signals(None, glps, margins)
                         else:
                             m = _answer_len(tok, ids)
-                            c.signals = answer_signals(None, row.glps[:m])
+                            c.signals = answer_signals(None, row.glps[:m], row.margins[:m])
                             redo.append((i, batch[row_i], text))
                     results[i] = c
                 groups: dict = {}
@@ -548,8 +554,9 @@ class LocalModel:
                         c.token_logprobs = lps
                         c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
                         got = answer_signals(lps, None if grammars is not None else lps)
-                        if grammars is not None:  # the renormalised ones come from the decode's own steps
-                            got.update({k: v for k, v in (c.signals or {}).items() if "grammar" in k})
+                        # the renormalised ones and the margin come from the decode's own steps
+                        got.update({k: v for k, v in (c.signals or {}).items()
+                                    if "grammar" in k and grammars is not None or k == "min_margin"})
                         c.signals = got
             if progress:
                 progress(len(idx))

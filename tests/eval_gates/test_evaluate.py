@@ -58,7 +58,7 @@ def test_candidate_vs_champion_writes_record_routing_and_reports(skill_root, tin
     assert r["target_error_rate"] == 0.05 and r["n"] == 20 + human and len(r["confidences"]) == 6
     assert r["replay_items_without_an_independent_reference"] == 6 - human
     assert r["policy"] == "quality" and r["teacher_measured"] is False and r["mode"] != "threshold"
-    assert set(r["signals"]) == {"mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob"}
+    assert set(r["signals"]) == {"mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob", "min_margin"}
     assert r["by_set"]["eval"]["n"] == 20 and r["by_set"].get("replay", {"n": 0})["n"] == human
     assert all(c is None or c <= 0 for c in r["confidences"])
     assert r["mode"] in ("threshold", "keep_all_valid", "escalate_all") and 0 <= r["escalation_rate"] <= 1

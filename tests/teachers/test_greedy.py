@@ -33,6 +33,8 @@ def _same(a, b, tol=1e-4):
         if x.confidence is not None:
             assert x.confidence == pytest.approx(y.confidence, abs=tol)
         for k, v in (y.signals or {}).items():
+            if k == "min_margin":  # read by the greedy path only (generate()'s recorder does not keep a runner-up)
+                continue
             got = (x.signals or {}).get(k)
             assert (got is None) == (v is None), k
             if v is not None:
@@ -152,3 +154,24 @@ def test_mixed_adapter_batches_answer_as_each_adapter_alone(tiny_model_path, tmp
         model.complete(PROMPTS[:2], max_new_tokens=4, adapters=["a", "zzz"])
     with pytest.raises(ValueError, match="adapters: 1 for 2"):
         model.complete(PROMPTS[:2], max_new_tokens=4, adapters=["a"])
+
+
+def test_the_margin_is_the_choice_over_the_runner_up_among_allowed_tokens(tiny):
+    """min_margin: top-1 minus top-2 log-probability among the labels' first tokens, at the one open choice."""
+    import torch
+
+    labels = ["billing", "bug", "account access", "feature request", "other"]
+    spec = {"prefix": " ", "choices": labels}
+    (c,) = tiny.complete([PROMPTS[0]], max_new_tokens=16, confidence=True, grammars=[spec])
+    assert c.signals["min_margin"] is not None and c.signals["min_margin"] >= 0
+    # Recompute by hand: the logits after the prompt + " " prefix tokens the grammar forced, over allowed firsts.
+    tok = tiny.tokenizer
+    ids = tok(PROMPTS[0])["input_ids"]
+    firsts = {tok(" " + lab, add_special_tokens=False)["input_ids"][0] for lab in labels}
+    with torch.inference_mode():
+        logits = tiny.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    if len(firsts) > 1 and all(len(tok(" " + lab, add_special_tokens=False)["input_ids"]) >= 1 for lab in labels):
+        top = sorted((float(logits[t]) for t in firsts), reverse=True)
+        # The grammar allows at least these first tokens; the recorded margin is at most their top-2 gap
+        # (other allowed tokens, like a bare " ", can only shrink it).
+        assert c.signals["min_margin"] <= top[0] - top[1] + 1e-4
