@@ -226,7 +226,8 @@ def check_command(words: list[str], repo: Path = REPO) -> str | None:
         script = repo / args[0]
         if not script.is_file():
             return f"{args[0]}: no such script"
-        bad = [a.split("=")[0] for a in args[1:] if a.startswith("--") and a.split("=")[0] not in script_options(script)]
+        known = script_options(script)
+        bad = [a.split("=")[0] for a in args[1:] if a.startswith("--") and a.split("=")[0] not in known]
         return f"{args[0]}: no option {bad[0]}" if bad else None
     return None
 
