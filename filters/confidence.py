@@ -17,7 +17,7 @@ import math
 from collections import Counter
 from typing import Any, Sequence
 
-from core.records import Example, Rejected
+from core.records import TEACHER_LABELLED, Example, Rejected
 from filters.base import ExampleFilter, FilterResult
 
 ALL = "*"  # the one group of skills without labels
@@ -105,7 +105,7 @@ class LabelThresholds(ExampleFilter):
         self.kept_by_label: Counter[str] = Counter()
 
     def check(self, ex: Example) -> tuple[str, dict[str, Any]] | None:
-        if ex.source != "teacher":
+        if ex.source not in TEACHER_LABELLED:  # the teacher's labels, traffic relabels included
             return None
         key = (ex.output or "") if self.classification else ALL
         t = self.thresholds.get(key)
