@@ -129,9 +129,10 @@ def tv_distance(p: dict[str, float], q: dict[str, float]) -> float:
 
 
 class LabelDistribution:
-    """Drops the least confident teacher examples of the most over-represented label until the
-    accepted labels are within `max_distance` of the seeds' distribution (or no drop brings them
-    closer: a label the teacher never gave cannot be added by dropping; `reached` says so)."""
+    """Drops the least confident teacher examples (traffic relabels included: their labels are the teacher's)
+    of the most over-represented label until the accepted labels are within `max_distance` of the seeds'
+    distribution (or no drop brings them closer: a label the teacher never gave cannot be added by dropping;
+    `reached` says so)."""
 
     name = "label_distribution"
 
@@ -141,8 +142,8 @@ class LabelDistribution:
         self.report: dict[str, Any] = {}
 
     def __call__(self, examples: list[Example]) -> FilterResult:
-        teacher = [e for e in examples if e.source == "teacher" and e.output is not None]
-        others = [e for e in examples if not (e.source == "teacher" and e.output is not None)]
+        teacher = [e for e in examples if e.source in TEACHER_LABELLED and e.output is not None]
+        others = [e for e in examples if not (e.source in TEACHER_LABELLED and e.output is not None)]
         by: dict[str, list[Example]] = {}
         for e in sorted(teacher, key=lambda e: (e.confidence if e.confidence is not None else 0.0, e.id)):
             by.setdefault(e.output, []).append(e)  # least confident first

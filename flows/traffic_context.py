@@ -24,8 +24,8 @@ Plain functions, no Prefect (flows/expansion.py calls `gather` inside the teache
    of each request's style shots from it.
 4. `traffic_context.json` in the run folder records the ids and the counts (no text). `commit_context` adds
    the relabelled ids to the ledger (`<pool>/traffic_relabelled.json`) when the run completes, with the
-   refresh watermark: a later run never sends the same row to the teacher again, and a re-run of this run
-   sends nothing twice (same seed, same sample, same prompts: the teacher cache answers).
+   refresh watermark: a later run never sends the same row to the teacher again. A re-run of this run folder
+   keeps the sample it recorded (as it keeps its seed): the same prompts, which the teacher cache answers.
 """
 
 from __future__ import annotations
@@ -277,8 +277,6 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
             eligible.append(t)
     eligible.sort(key=lambda t: (t.instant, t.id))
     picked = random.Random(seed).sample(eligible, min(c.relabel, len(eligible)))
-    picked.sort(key=lambda t: (t.instant, t.id))
-    relabel = [t.as_example(skill.name) for t in picked]
     style_examples: list[Example] = []
     if c.style_share > 0 and style:
         candidates = [t.as_example(skill.name) for t in sorted(style, key=lambda t: (t.instant, t.id))]
@@ -286,6 +284,19 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
         verdicts = check.check_batch(candidates)
         style_examples = [e for e, v in zip(candidates, verdicts) if v is None]
         stats["style_contaminated"] = len(candidates) - len(style_examples)
+    previous = Path(run_dir) / CONTEXT_FILE
+    if previous.is_file():
+        # A re-run of this run folder (a crash, a retry, a completed run run again) keeps its sample, as it keeps
+        # its seed: the same prompts, answered by the cache, although its own rows are in the ledger by now.
+        # Rows that have left the window since are not sent again.
+        before = json.loads(previous.read_text())
+        by_id = {t.id: t for t in window}
+        picked = [by_id[i] for i in before.get("relabel_ids", []) if i in by_id]
+        shown = set(before.get("style_ids", []))
+        style_examples = [t.as_example(skill.name) for t in window if t.id in shown]
+        stats["reused_sample"] = True
+    picked.sort(key=lambda t: (t.instant, t.id))
+    relabel = [t.as_example(skill.name) for t in picked]
     stats.update(eligible=len(eligible), relabel_sampled=len(relabel), style_pool=len(style_examples),
                  excluded=dict(sorted(excluded.items())))
     write_json(Path(run_dir) / CONTEXT_FILE, {**stats, "relabel_ids": [t.id for t in picked],

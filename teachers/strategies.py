@@ -633,7 +633,7 @@ class ExpansionResult:
     examples: list[Example]  # answered, with confidence where a strategy gives one
     rejected: list[Rejected]
     inputs: int  # inputs the writers kept
-    requested: int  # inputs asked for (self_instruct target + rewrites)
+    requested: int  # inputs asked for (self_instruct target + rewrites + traffic inputs to relabel)
     teacher: str
     accounting: dict[str, Any]
     seconds: float
@@ -703,6 +703,7 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
     # Traffic inputs to relabel are answered with the new inputs: one option, one call, one accounting.
     relabel = [dataclasses.replace(e, output=None, meta={**e.meta, "strategy": RELABEL}) for e in traffic.relabel]
     tstats["relabel_sent"] = len(relabel)
+    requested += len(relabel)  # every input the teacher is asked about ends kept or dropped with its reason
     option = teacher_option(skill, teacher, {"shots": shots, "calibration": calibration}, seed, progress)
     who = option["answerer"]
     title = {"label": "teacher: labels", "score": "teacher: label scores"}.get(who, "teacher: self-consistency samples")

@@ -237,7 +237,7 @@ def test_without_traffic_the_expansion_is_the_one_before(env, teacher_server, tm
         with open_skill_teacher(skill, None, tmp_path / name) as teacher:
             res = run_expansion(skill, teacher, tmp_path / name, 0, traffic=ctx)
         runs.append((_prompts(teacher_server), [e.to_dict() | {"created_at": 0} for e in res.examples],
-                     {k: v for k, v in res.accounting.items() if not k.startswith("latency")}))
+                     {k: v for k, v in res.accounting.items() if not k.startswith("latency") and k != "seconds"}))
     assert runs[0] == runs[1] == runs[2]
     prompts = runs[0][0]
     assert "traffic_context" not in runs[0][2] and all("style_traffic_ids" not in e["meta"] for e in runs[0][1])
@@ -266,6 +266,11 @@ def test_a_rerun_sends_nothing_twice_and_the_pool_holds_each_row_once(env, teach
     assert commit_context(SKILL, run_a) == {"committed": True, "ledger": 3}
     assert commit_context(SKILL, run_a)["ledger"] == 3  # idempotent
     assert relabelled_ledger(SKILL) == first
+    # The completed run run again keeps its recorded sample (its rows are in the ledger now): nothing is sent.
+    before = teacher_server.total
+    ctx_done, sampled_done, res_done, _, _ = _expand(skill, run_a, seed=5, pool=read_pool(SKILL), replay=replay)
+    assert {e.meta["traffic_id"] for e in ctx_done.relabel} == first and sampled_done["reused_sample"]
+    assert res_done.accounting["sent"] == 0 and teacher_server.total == before
     # A later run (another seed) never sends those rows to the teacher again, even to a cold cache.
     teacher_server.reset()
     pool = read_pool(SKILL)
