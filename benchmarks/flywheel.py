@@ -82,6 +82,8 @@ class ScriptedTeacher:
         self.written: dict[str, str] = {}
 
     def label_of(self, text: str) -> str:
+        """The teacher's label of one ticket: its gold (known or self-written) or a deterministic miss, else
+        the first keyword rule that matches, else "other"."""
         k = _key(text)
         gold = self.known.get(k) or self.written.get(k)
         if gold is None:
@@ -91,6 +93,8 @@ class ScriptedTeacher:
         return gold
 
     def __call__(self, prompt: str, body: dict) -> str:
+        """The completion for `prompt` (FakeOpenAIServer's answer hook): a label after "Team:", else a new
+        ticket rewritten from one of the "Ticket:" lines shown (seeded by the prompt and the request's seed)."""
         if prompt.endswith("Team:"):
             return " " + self.label_of(prompt.rsplit("Ticket:", 1)[-1].rsplit("\nTeam:", 1)[0])
         shots = [line[len("Ticket:"):].strip() for line in prompt.splitlines() if line.startswith("Ticket:")]
@@ -109,6 +113,7 @@ class ScriptedTeacher:
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """Every object of a JSONL file."""
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
@@ -260,6 +265,7 @@ def run_refresh(profile: str, run_id: str, seed: int) -> tuple[dict, float]:
 
 
 def production_version() -> int | None:
+    """The skill's production version in the current work dir's registry (None: none yet)."""
     from core.workdir import registry_root
     from registry import Registry
 
@@ -309,6 +315,8 @@ def _context_counts(s: dict) -> dict:
 
 
 def main() -> None:
+    """Set up, publish version 1, serve phases 1 and 2, branch per policy (refresh, phase 3, PII scan), print the
+    JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny random student, 16 new inputs a run (minutes)")
     ap.add_argument("--teacher-accuracy", type=float, default=0.95, help="share of known tickets the teacher labels right")

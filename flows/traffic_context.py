@@ -63,6 +63,7 @@ class TrafficInput:
 
     @property
     def instant(self) -> datetime:
+        """The timestamp as an aware UTC datetime (validated when the row was read)."""
         return parse_instant(self.timestamp)  # type: ignore[return-value]  # validated when read
 
     def as_example(self, skill: str) -> Example:
