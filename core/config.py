@@ -346,6 +346,21 @@ class TrafficColumns(_Strict):
     reference_source: str | None = Field(None, description="Optional column: 'llm' or 'human'; unset: 'unknown'.")
 
 
+class TrafficContextConfig(_Strict):
+    """Traffic as the teacher's context (flows/traffic_context.py). Each run reads the most recent `recent`
+    served inputs of every lane (kept ones included: they show how traffic moved), scrubbed of personal data;
+    the teacher labels `relabel` of them with the run's audited option (never the student's answer as a label),
+    and `style_share` of each self_instruct request's style shots are traffic inputs, so new inputs follow
+    today's traffic. Both go through the same filters as teacher data."""
+
+    # 500: two and a half drift windows (drift.window_requests 200): the traffic that made a trigger fire, and before.
+    recent: int = Field(500, ge=1, le=1_000_000, description="The window: the most recent N traffic inputs of every lane (the gateway's table and the initial JSONL, per gates.replay.source).")
+    # 32: a sixth of ticket-triage's 192 new inputs: traffic weighs in without outnumbering what the teacher writes.
+    relabel: int = Field(32, ge=0, le=100_000, description="Traffic inputs the teacher labels per run with the audited option (a seeded sample of the window; never a row an earlier committed run sent, the replay hold-out, or an accepted row the refresh takes this run); 0: none.")
+    # Half: every request still shows seeds of its own label (the label steer), and new inputs take the traffic's wording.
+    style_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of each self_instruct request's style shots drawn from the window when there is traffic (floor of teacher.style_shots x share); the rest are seeds. 0: seeds only.")
+
+
 class ReplayConfig(_Strict):
     source: str = Field("gateway", description="Traffic log. gateway: the table `distill gateway` writes (url, else "
                                                 "$DISTILL_TRAFFIC_URL, else sqlite:///<DISTILL_HOME>/traffic.db; table "
@@ -363,6 +378,7 @@ class ReplayConfig(_Strict):
     max_invalid_rate: float = Field(0.2, ge=0.0, le=1.0, description="Most outputs that do not parse.")
     max_p95_latency_s: float | None = Field(None, gt=0, description="Largest tolerated p95 latency per request in seconds (None: not gated).")
     settle_window_days: float = Field(14.0, ge=0.0, le=3650.0, description="Continuous refresh: a request not yet accepted when a run first sees it is looked at again by later runs for this many days (a reviewer may accept or correct it later); 0: never.")
+    context: TrafficContextConfig = Field(default_factory=TrafficContextConfig, description="Traffic as the teacher's context: recent inputs of every lane relabelled by the teacher and shown as style shots (flows/traffic_context.py).")
 
 
 # What the gateway scrubs by default: presidio's pattern recognisers, which run offline (no NER model).

@@ -16,7 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-SOURCES = ("human", "teacher", "traffic", "student")
+# traffic_relabel: a served input (any lane) the teacher labelled with the run's audited option (flows/traffic_context.py).
+SOURCES = ("human", "teacher", "traffic", "student", "traffic_relabel")
+# Sources whose output the teacher wrote: its audit's per-label thresholds apply to them (filters/confidence.py).
+TEACHER_LABELLED = frozenset({"teacher", "traffic_relabel"})
 
 
 class DataError(ValueError):
@@ -62,7 +65,7 @@ class Example:
     skill: str
     input: str
     output: str | None
-    source: str  # human | teacher | traffic | student
+    source: str  # human | teacher | traffic | student | traffic_relabel
     teacher: str | None = None  # model id that wrote `output` (or `input`), None for people
     parent_ids: list[str] = field(default_factory=list)  # seeds shown to the teacher
     confidence: float | None = None

@@ -23,8 +23,8 @@ from core import structured
 from core.config import (  # noqa: F401  (re-exported: the schema is imported from here across the tree)
     ANSWERERS, BUILTIN_PROFILES, DEFAULT_BOILERPLATE_PATTERNS, DEFAULT_REFUSAL_PATTERNS, SKILL_NAME_RE, AuditConfig,
     ExpansionConfig, FilterConfig, GateConfig, LoraConfigModel, PriceTable, ReplayConfig, RoutingConfig,
-    ScheduleConfig, SkillConfig, SkillError, StudentConfig, TeacherConfig, TrafficColumns, TrainConfig,
-    check_skill_name, deep_merge, skill_name_problem)
+    ScheduleConfig, SkillConfig, SkillError, StudentConfig, TeacherConfig, TrafficColumns, TrafficContextConfig,
+    TrainConfig, check_skill_name, deep_merge, skill_name_problem)
 from core.records import DataError, Example, iter_jsonl
 from core.tasks import get_task
 from core.text import normalize

@@ -85,6 +85,12 @@ def _canonical(value: Any, what: str, json_task: bool) -> str:
     return value.strip()
 
 
+def canonical_request(value: Any, cfg: SkillConfig) -> str:
+    """A logged request as Example inputs hold it: stripped text, or canonical JSON text for JSON-input task
+    types. ValueError says what is wrong (not a non-empty string, not a JSON object)."""
+    return _canonical(value, "request", get_task(cfg).json_input)
+
+
 def _accepted(value: Any) -> bool:
     if isinstance(value, bool):
         return value

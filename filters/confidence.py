@@ -17,7 +17,7 @@ import math
 from collections import Counter
 from typing import Any, Sequence
 
-from core.records import Example, Rejected
+from core.records import TEACHER_LABELLED, Example, Rejected
 from filters.base import ExampleFilter, FilterResult
 
 ALL = "*"  # the one group of skills without labels
@@ -105,7 +105,7 @@ class LabelThresholds(ExampleFilter):
         self.kept_by_label: Counter[str] = Counter()
 
     def check(self, ex: Example) -> tuple[str, dict[str, Any]] | None:
-        if ex.source != "teacher":
+        if ex.source not in TEACHER_LABELLED:  # the teacher's labels, traffic relabels included
             return None
         key = (ex.output or "") if self.classification else ALL
         t = self.thresholds.get(key)
@@ -129,9 +129,10 @@ def tv_distance(p: dict[str, float], q: dict[str, float]) -> float:
 
 
 class LabelDistribution:
-    """Drops the least confident teacher examples of the most over-represented label until the
-    accepted labels are within `max_distance` of the seeds' distribution (or no drop brings them
-    closer: a label the teacher never gave cannot be added by dropping; `reached` says so)."""
+    """Drops the least confident teacher examples (traffic relabels included: their labels are the teacher's)
+    of the most over-represented label until the accepted labels are within `max_distance` of the seeds'
+    distribution (or no drop brings them closer: a label the teacher never gave cannot be added by dropping;
+    `reached` says so)."""
 
     name = "label_distribution"
 
@@ -141,8 +142,8 @@ class LabelDistribution:
         self.report: dict[str, Any] = {}
 
     def __call__(self, examples: list[Example]) -> FilterResult:
-        teacher = [e for e in examples if e.source == "teacher" and e.output is not None]
-        others = [e for e in examples if not (e.source == "teacher" and e.output is not None)]
+        teacher = [e for e in examples if e.source in TEACHER_LABELLED and e.output is not None]
+        others = [e for e in examples if not (e.source in TEACHER_LABELLED and e.output is not None)]
         by: dict[str, list[Example]] = {}
         for e in sorted(teacher, key=lambda e: (e.confidence if e.confidence is not None else 0.0, e.id)):
             by.setdefault(e.output, []).append(e)  # least confident first

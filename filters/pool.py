@@ -43,8 +43,10 @@ def read_pool(skill: str) -> list[Example]:
 
 
 def trained_traffic(skill: str) -> set[str]:
-    """The traffic ids the pool already holds (refreshed traffic a run trained on): kept out of the replay sample."""
-    return {e.meta["traffic_id"] for e in read_pool(skill) if e.source == "traffic" and e.meta.get("traffic_id")}
+    """The traffic ids the pool already holds (refreshed traffic, and traffic inputs the teacher relabelled, that a
+    run trained on): kept out of the replay sample."""
+    return {e.meta["traffic_id"] for e in read_pool(skill)
+            if e.source in ("traffic", "traffic_relabel") and e.meta.get("traffic_id")}
 
 
 def append_pool(skill: str, new: list[Example]) -> int:

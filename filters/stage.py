@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from core import structured
-from core.records import DataError, Example, Rejected, read_jsonl, write_examples, write_json, write_jsonl
+from core.records import (TEACHER_LABELLED, DataError, Example, Rejected, read_jsonl, write_examples,
+                          write_json, write_jsonl)
 from core.skills import FilterConfig, Skill, SkillConfig, SkillError
 from core.tasks import get_task
 from filters.base import Step, run_filters
@@ -118,7 +119,7 @@ class ConfidenceSteps:
             out["thresholds_skipped"] = ("no teacher audit in this run" if self.audit is None else
                                          "the audit answers carry no confidence (answerer label)")
         if get_task(cfg).one_label:
-            teacher_kept = [e.output for e in kept if e.source == "teacher" and e.output]
+            teacher_kept = [e.output for e in kept if e.source in TEACHER_LABELLED and e.output]
             seeds = distribution([s.output for s in self.skill.seeds if s.output])
             generated = distribution([e.output for e in candidates if e.output])
             accepted = distribution(teacher_kept)

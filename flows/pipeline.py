@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.records import Example, read_examples, write_examples, write_json, write_jsonl
+from core.records import Example, read_examples, write_json, write_jsonl
 from core.skills import Skill, load_skill
 from core.workdir import registry_root, run_dir as run_folder
 from filters.pool import read_pool
@@ -59,29 +59,15 @@ def audit_teacher(skill: Skill, teacher_path: str, run_dir: Path, seed: int) -> 
 @task(name="teacher-expansion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
       retry_jitter_factor=0.5, retry_condition_fn=network_failure)
 def expand(skill: Skill, teacher_path: str, run_dir: Path, seed: int, choice: dict | None = None,
-           skip: bool = False) -> dict:
-    """The configured strategies (default: new inputs in the style of the seeds, then labels from the
-    few-shot teacher); writes generated.jsonl and teacher_accounting.json. `skip`: the teacher failed its
-    audit and audit.on_fail is skip_expansion: no teacher data this run (an empty generated.jsonl)."""
-    from flows.limits import teacher_expansion_slot
-    from teachers import open_skill_teacher
-    from teachers.strategies import run_expansion
+           skip: bool = False, replay_items: list[Example] | None = None) -> dict:
+    """Recent traffic sampled as the teacher's context (flows/traffic_context.py), then the configured strategies
+    (default: new inputs in the style of the seeds and of today's traffic, labelled by the few-shot teacher, which
+    labels the sampled traffic inputs too); flows/expansion.py. `skip`: the teacher failed its audit and
+    audit.on_fail is skip_expansion: no teacher data this run (an empty generated.jsonl)."""
+    from flows.expansion import expansion_stage
 
-    if skip:
-        get_run_logger().warning("teacher expansion skipped: the teacher is below audit.floor")
-        write_examples(run_dir / "generated.jsonl", [])
-        return {"requested": 0, "generated": 0, "labeled": 0, "rejected": [], "teacher": skill.config.teacher.model,
-                "seconds": 0.0, "prompt_tokens": 0, "accounting": None}
-    # One slot of the global `teacher-expansion` limit across all runs (uncapped where the API has none).
-    with teacher_expansion_slot(), open_skill_teacher(skill, teacher_path, run_dir) as teacher:
-        res = run_expansion(skill, teacher, run_dir, seed, progress=stage, choice=choice)
-    acc = res.accounting
-    get_run_logger().info("teacher wrote %d inputs, answered %d, dropped %d; %d requests (%d cached, %d retries)",
-                          res.inputs, len(res.examples), len(res.rejected), acc["requests"], acc["cache_hits"],
-                          acc["retries"])
-    return {"requested": res.requested, "generated": res.inputs, "labeled": len(res.examples),
-            "rejected": res.rejected, "teacher": res.teacher, "seconds": round(res.seconds, 1),
-            "prompt_tokens": acc["prompt_tokens"], "accounting": acc}
+    return expansion_stage(skill, teacher_path, run_dir, seed, choice, skip, replay_items or [], progress=stage,
+                           logger=get_run_logger())
 
 
 @task(name="teacher-lane", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[30, 120],
@@ -109,6 +95,7 @@ def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) 
     `filters.commit_index` appends this run's signatures next to the pool append."""
     from filters import filter_stage
     from filters.quality import FitsMaxLength
+    from flows.refresh import by_source
 
     candidates = read_examples(run_dir / "generated.jsonl")
     previous = read_pool(skill.name)
@@ -119,7 +106,8 @@ def filter_candidates(skill: Skill, run_dir: Path, replay_items: list[Example]) 
     if out.stats["index"]["rebuilt_from_pool"]:
         get_run_logger().warning("dedup index of %s rebuilt from the accepted pool (%d examples)",
                                  skill.name, len(previous))
-    return {"accepted": len(out.kept), "rejected": out.rejected, "stats": out.stats, "previous_pool": len(previous)}
+    return {"accepted": len(out.kept), "rejected": out.rejected, "stats": out.stats, "previous_pool": len(previous),
+            "by_source": by_source(out.kept)}
 
 
 @task(name="traffic-refresh", cache_policy=NO_CACHE)
@@ -201,6 +189,7 @@ def _distill(params: RunParams) -> dict:
     from flows.params import start_run
     from flows.refresh import commit_refresh, pool_growth
     from flows.summary import lineage, refused_run, run_summary, write_decision
+    from flows.traffic_context import commit_context
     from registry import Registry
     from registry.stage import production
 
@@ -218,7 +207,7 @@ def _distill(params: RunParams) -> dict:
         get_run_logger().warning("run %s stopped before expansion: %s", run_id, audit["reason"])
         return refused_run(skill, params, run_id, run_dir, audit, t0)
     choice = audit["use"] if audit else None
-    expansion = expand(skill, models.teacher, run_dir, params.seed, choice, skip=refused)
+    expansion = expand(skill, models.teacher, run_dir, params.seed, choice, skip=refused, replay_items=replay_items)
     teacher_lane = measure_teacher(skill, models.teacher, run_dir, params.seed, replay_items, choice)
     filtered = filter_candidates(skill, run_dir, replay_items)
     refreshed = refresh_traffic(skill, run_dir, replay_items)
@@ -243,6 +232,7 @@ def _distill(params: RunParams) -> dict:
     committed = commit_run(skill, run_dir, decision)
     # The traffic watermark advances with the pool too: a failed run reads the same traffic again.
     refreshed["commit"] = commit_refresh(skill.name, run_dir)
+    expansion["traffic_context"]["commit"] = commit_context(skill.name, run_dir)  # never sent to the teacher again
     refreshed["pool"] = pool_growth(refreshed["pool_before"], read_pool(skill.name))
     return run_summary(skill, params, run_id, run_dir, t0, audit=audit, expansion=expansion,
                        teacher_lane=teacher_lane, filtered=filtered, refreshed=refreshed, training=training,

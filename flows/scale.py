@@ -65,8 +65,8 @@ def expand_and_filter_many(jobs: list[Shard], expand_stage: bool = True) -> list
     from flows.pipeline import expand, filter_candidates
 
     prepared = [prepare(j) for j in jobs]
-    expanded = [expand.submit(skill, teacher, run_dir, j.seed) if expand_stage else None
-                for j, (skill, teacher, run_dir, _) in zip(jobs, prepared)]
+    expanded = [expand.submit(skill, teacher, run_dir, j.seed, replay_items=replay) if expand_stage else None
+                for j, (skill, teacher, run_dir, replay) in zip(jobs, prepared)]
     filtered = [filter_candidates.submit(skill, run_dir, replay, wait_for=[e] if e is not None else None)
                 for (skill, _, run_dir, replay), e in zip(prepared, expanded)]
     return [{"run_dir": str(p[2]), "expansion": e.result() if e is not None else None, "filter": f.result()}

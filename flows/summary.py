@@ -31,12 +31,15 @@ def run_summary(skill, params, run_id: str, run_dir: Path, t0: float, *, audit: 
                 decision: dict, champion_version: int | None, published: dict | None, committed: dict) -> dict:
     """The summary of a run that reached the gates; written (write_summary) and returned."""
     rejected = expansion["rejected"] + filtered["rejected"]
+    context = traffic_context_summary(expansion.get("traffic_context"), filtered)
     summary = {
         "skill": skill.name, "profile": params.profile, "run_id": run_id, "run_dir": str(run_dir),
         "counts": {"seeds": len(skill.seeds), "teacher_requested": expansion["requested"],
                    "teacher_generated": expansion["generated"], "teacher_labeled": expansion["labeled"],
                    "accepted": filtered["accepted"], "traffic_new": refreshed["new_records"],
-                   "traffic_accepted": refreshed["kept"], "pool_after_run": committed["pool_size"],
+                   "traffic_accepted": refreshed["kept"], "traffic_sampled": context["read"],
+                   "traffic_relabelled": context["relabelled"], "traffic_relabel_kept": context["relabel_kept"],
+                   "traffic_style_shots": context["traffic_style_shots"], "pool_after_run": committed["pool_size"],
                    **training["pool"]},
         "drops": drops(rejected),
         "audit": audit_summary(audit),
@@ -46,6 +49,7 @@ def run_summary(skill, params, run_id: str, run_dir: Path, t0: float, *, audit: 
         "routing": routing_summary(evaluation.get("routing")),
         "filters": {"stats": filtered.get("stats"), "index_commit": committed["index_commit"]},
         "refresh": refreshed,
+        "traffic_context": context,
         "training": {**training["result"], "record": training.get("record"), "loss_curve": training.get("loss_curve")},
         "evaluation": evaluation,
         "decision": decision,
@@ -57,6 +61,19 @@ def run_summary(skill, params, run_id: str, run_dir: Path, t0: float, *, audit: 
     }
     write_summary(run_dir, summary)
     return summary
+
+
+def traffic_context_summary(context: dict | None, filtered: dict) -> dict:
+    """Traffic as the teacher's context in one run: the window read (`read`), the relabel sample sent to the teacher
+    (`relabel_sent`), what it labelled (`relabelled`), what the filters kept (`relabel_kept`, from the filter
+    stage's counts by source), the traffic style shots shown (`traffic_style_shots`, in
+    `requests_with_traffic_shots` requests), and why rows were left out (`excluded`). Zeros when nothing was read."""
+    c = dict(context or {})
+    for k in ("read", "relabel_sent", "relabelled", "relabel_dropped", "traffic_style_shots",
+              "requests_with_traffic_shots", "style_pool"):
+        c.setdefault(k, 0)
+    c["relabel_kept"] = (filtered.get("by_source") or {}).get("traffic_relabel", 0)
+    return c
 
 
 def lineage(skill, params, run_id: str, training: dict, expansion: dict, student_revision: str,
@@ -146,6 +163,7 @@ def render_summary_md(s: dict) -> str:
         lines += ["", "## Drops by reason", "", "| stage/reason | n |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in s["drops"].items()] or ["| (none) | 0 |"]
     lines += _refresh_md(s.get("refresh"))
+    lines += _context_md(s.get("traffic_context"))
     if ev:
         metric = ev.get("metric", "accuracy")
         lines += ["", "## Evaluation", "", f"| model | eval {metric} | invalid | replay agreement | replay p50 s |",
@@ -258,6 +276,19 @@ def _refresh_md(r: dict | None) -> list[str]:
         out.append(f"| {src} | {g['before'].get(src, 0)} | {g['after'].get(src, 0)} |")
     out += ["", "| refresh stage/reason | n |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in r.get("drops", {}).items()] or ["| (none) | 0 |"]
+    return out
+
+
+def _context_md(c: dict | None) -> list[str]:
+    if not c or not c.get("read"):
+        return []
+    out = ["", "## Traffic as teacher context", "",
+           f"{c['read']} recent inputs of every lane read ({c.get('log')}); the teacher labelled {c['relabelled']} of "
+           f"the {c['relabel_sent']} sampled with the audited option, and the filters kept {c['relabel_kept']}; "
+           f"{c['traffic_style_shots']} style shots from traffic in {c['requests_with_traffic_shots']} requests "
+           f"(style pool {c['style_pool']}, {c.get('style_contaminated', 0)} left out as eval overlaps).", "",
+           "| left out of the relabel sample | n |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in (c.get("excluded") or {}).items()] or ["| (none) | 0 |"]
     return out
 
 

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Sequence
 
 from core import prompting
 from core.records import Example, Rejected, content_id, hash_examples, write_examples, write_json
@@ -254,13 +254,44 @@ def _write_inputs(skill: Skill, teacher: Teacher, plans: list[_Plan], stage: str
     return kept, rejected
 
 
+def traffic_shot_count(style_shots: int, style_traffic: Sequence[Example], style_share: float) -> int:
+    """How many of a request's `style_shots` come from traffic: floor(style_shots x style_share), at most the
+    traffic there is; 0 without traffic (the seeds alone, drawn exactly as before)."""
+    return min(len(style_traffic), int(style_shots * style_share)) if style_traffic else 0
+
+
+def _mix_traffic(shots: list[Example], trng: random.Random, style_traffic: Sequence[Example], k: int,
+                 meta: dict[str, Any], stats: dict[str, int] | None) -> list[Example]:
+    """`shots` (seeds) with `k` traffic inputs drawn from `style_traffic`, shuffled together; the traffic rows
+    shown are recorded in meta.style_traffic_ids (lineage) and counted in `stats`."""
+    if k <= 0:
+        return shots
+    picked = trng.sample(list(style_traffic), k)
+    meta["style_traffic_ids"] = [str(e.meta.get("traffic_id", e.id)) for e in picked]
+    if stats is not None:
+        stats["traffic_style_shots"] = stats.get("traffic_style_shots", 0) + k
+        stats["requests_with_traffic_shots"] = stats.get("requests_with_traffic_shots", 0) + 1
+    mixed = list(shots) + picked
+    trng.shuffle(mixed)
+    return mixed
+
+
 def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
-                  advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
+                  advance: Callable[..., None] = lambda *a, **k: None, style_traffic: Sequence[Example] = (),
+                  style_share: float = 0.0, stats: dict[str, int] | None = None) -> tuple[list[Example], list[Rejected]]:
     """New inputs in the style of `style_shots` seeds of one group (label / tool set), cycling the groups;
     `expansion.inputs_per_request` of them per request (one line each), so n inputs take about
-    n / inputs_per_request requests. Returns (kept, rejected) examples (inputs only, no answers)."""
+    n / inputs_per_request requests. Returns (kept, rejected) examples (inputs only, no answers).
+
+    `style_traffic`: recent traffic inputs (Examples with meta.traffic_id, scrubbed); when given, each request
+    shows `traffic_shot_count` of them (floor(style_shots x style_share)) in place of as many seeds, shuffled
+    in, and the example's meta.style_traffic_ids names those rows (parent_ids stay the seeds shown). `stats`
+    (optional) gets traffic_style_shots and requests_with_traffic_shots added. Without traffic the requests
+    are exactly those of the seeds alone."""
     tc = skill.config.teacher
     rng = random.Random(seed)
+    trng = random.Random(f"style-traffic-{seed}")  # its own stream: the seed draws stay the seeds' own
+    n_traffic = traffic_shot_count(tc.style_shots, style_traffic, style_share)
     groups = _style_groups(skill)
     plans = []
     task = get_task(skill.config)
@@ -272,13 +303,13 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
         meta: dict[str, Any] = {"strategy": "self_instruct"}
         k = 1
         if written < n_new:  # new functions too: shots from across the seeds, each shown whole
-            key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots, len(skill.seeds)))
-            prompt = new_tools_prompt(skill, shots)
+            key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots - n_traffic, len(skill.seeds)))
+            prompt = new_tools_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
             meta["new_tools"] = True
         else:
             key, pool = groups[i % len(groups)]
-            shots = rng.sample(pool, min(tc.style_shots, len(pool)))
-            prompt = style_prompt(skill, shots)
+            shots = rng.sample(pool, min(tc.style_shots - n_traffic, len(pool)))
+            prompt = style_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
             k = min(per, n - written)
         if task.one_label:
             meta["seed_label"] = key
@@ -582,15 +613,40 @@ def answer_inputs(skill: Skill, teacher: Teacher, inputs: list[str], option: dic
 
 
 @dataclass
+class TrafficContext:
+    """Recent traffic for one run's teacher (built by flows/traffic_context.py; plain data, no I/O here).
+
+    `relabel`: served inputs (Examples without outputs, scrubbed, meta.traffic_id naming the row) the teacher
+    labels with the run's option, as it labels its own new inputs; they come out as source "traffic_relabel".
+    `style`: served inputs shown as self_instruct style shots, `style_share` of each request's shots."""
+
+    relabel: list[Example] = field(default_factory=list)
+    style: list[Example] = field(default_factory=list)
+    style_share: float = 0.0
+
+
+RELABEL = "traffic_relabel"  # meta.strategy and source of a traffic input the teacher labelled
+
+
+@dataclass
 class ExpansionResult:
     examples: list[Example]  # answered, with confidence where a strategy gives one
     rejected: list[Rejected]
     inputs: int  # inputs the writers kept
-    requested: int  # inputs asked for (self_instruct target + rewrites)
+    requested: int  # inputs asked for (self_instruct target + rewrites + traffic inputs to relabel)
     teacher: str
     accounting: dict[str, Any]
     seconds: float
     by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Traffic as context: relabel_sent, relabelled, relabel_dropped, style_pool, traffic_style_shots,
+    # requests_with_traffic_shots (all 0 without traffic).
+    traffic: dict[str, int] = field(default_factory=dict)
+
+
+def _as_relabel(ex: Example) -> Example:
+    """An answered (or dropped) traffic input as a traffic_relabel example: the teacher's label, the row's id."""
+    tid = str(ex.meta.get("traffic_id"))
+    return dataclasses.replace(ex, id=f"{RELABEL}:{tid}", source=RELABEL)
 
 
 def answerer(cfg: SkillConfig) -> str:
@@ -599,12 +655,22 @@ def answerer(cfg: SkillConfig) -> str:
 
 
 def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: int,
-                  progress: Progress | None = None, choice: dict[str, Any] | None = None) -> ExpansionResult:
+                  progress: Progress | None = None, choice: dict[str, Any] | None = None,
+                  traffic: TrafficContext | None = None) -> ExpansionResult:
     """Write inputs (self_instruct, rewrite), answer them (label, score or self_consistency), write
     generated.jsonl and teacher_accounting.json to `run_dir`, and return the result. `choice`
     ({"shots": random|similar, "calibration": none|contextual}) is what the teacher audit picked;
-    without it the config's settings apply (auto: random shots, calibrated scores)."""
+    without it the config's settings apply (auto: random shots, calibrated scores).
+
+    `traffic` (TrafficContext): its `style` inputs become part of self_instruct's style shots, and its `relabel`
+    inputs are answered with the same option and in the same call as the new inputs, then written as
+    source "traffic_relabel" with id traffic_relabel:<row id> and meta.traffic_id (never the student's answer:
+    the teacher's). Every teacher request is in the same accounting and cache. None or empty: as before."""
     progress = progress or _no_progress
+    traffic = traffic or TrafficContext()
+    tstats: dict[str, int] = {"relabel_sent": 0, "relabelled": 0, "relabel_dropped": 0,
+                              "style_pool": len(traffic.style), "traffic_style_shots": 0,
+                              "requests_with_traffic_shots": 0}
     ec = skill.config.expansion
     tc = skill.config.teacher
     st = set(ec.strategies)
@@ -620,7 +686,8 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         n = ec.target_examples
         requested += n
         with progress("teacher: new inputs", n) as advance:
-            k, r = self_instruct(skill, teacher, n, seed=seed, advance=advance)
+            k, r = self_instruct(skill, teacher, n, seed=seed, advance=advance, style_traffic=traffic.style,
+                                 style_share=traffic.style_share, stats=tstats)
         inputs += k
         rejected += r
         by["self_instruct"] = {"kept": len(k), "dropped": len(r)}
@@ -633,22 +700,35 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         inputs += k
         rejected += r
         by["rewrite"] = {"kept": len(k), "dropped": len(r)}
+    # Traffic inputs to relabel are answered with the new inputs: one option, one call, one accounting.
+    relabel = [dataclasses.replace(e, output=None, meta={**e.meta, "strategy": RELABEL}) for e in traffic.relabel]
+    tstats["relabel_sent"] = len(relabel)
+    requested += len(relabel)  # every input the teacher is asked about ends kept or dropped with its reason
     option = teacher_option(skill, teacher, {"shots": shots, "calibration": calibration}, seed, progress)
     who = option["answerer"]
     title = {"label": "teacher: labels", "score": "teacher: label scores"}.get(who, "teacher: self-consistency samples")
-    total = len(inputs) * (ec.self_consistency_samples if who == "self_consistency" else 1)
+    total = (len(inputs) + len(relabel)) * (ec.self_consistency_samples if who == "self_consistency" else 1)
     with progress(title, total) as advance:
-        answered, r = answer_examples(skill, teacher, inputs, option, advance=advance)
+        answered, r = answer_examples(skill, teacher, inputs + relabel, option, advance=advance)
+    if relabel:
+        answered = [_as_relabel(e) if e.meta.get("strategy") == RELABEL else e for e in answered]
+        r = [dataclasses.replace(x, example=_as_relabel(x.example)) if x.example.meta.get("strategy") == RELABEL
+             else x for x in r]
+        tstats["relabelled"] = sum(e.source == RELABEL for e in answered)
+        tstats["relabel_dropped"] = sum(x.example.source == RELABEL for x in r)
+        by[RELABEL] = {"kept": tstats["relabelled"], "dropped": tstats["relabel_dropped"]}
     rejected += r
     by[who] = {"kept": len(answered), "dropped": len(r)}
     used = {k: v for k, v in option.items() if k not in ("seed", "few_shot", "seeds_hash", "samples", "temperature")}
     if used.get("prior"):
         used["prior"] = {k: round(v, 4) for k, v in used["prior"].items()}
     accounting = {**teacher.report(), "strategies": by, "requested_inputs": requested, "answering": used}
+    if traffic.relabel or traffic.style:
+        accounting["traffic_context"] = tstats
     if run_dir is not None:
         write_examples(Path(run_dir) / "generated.jsonl", answered)
         write_json(Path(run_dir) / "teacher_option.json", option)  # the teacher lane answers with it too
         write_json(Path(run_dir) / "teacher_accounting.json", accounting)
     return ExpansionResult(examples=answered, rejected=rejected, inputs=len(inputs), requested=requested,
                            teacher=teacher.name, accounting=accounting, seconds=round(time.perf_counter() - t0, 2),
-                           by_strategy=by)
+                           by_strategy=by, traffic=tstats)

@@ -64,3 +64,24 @@ def test_a_default_run_counts_and_trains_on_the_gateways_rows_scrubbed(skill_roo
         if f.is_file() and f.suffix in (".jsonl", ".json", ".md"):
             text = f.read_text(errors="replace")
             assert not any(v in text for v in VALUES), f
+
+    # Issue 34 item 2, traffic as the teacher's context: the student's own row (s-4, lane keep) was read with every
+    # other recent input, labelled by the teacher (never with the student's answer), with placeholders only; the
+    # counts are in the summary, and the relabelled rows are in the ledger so no later run sends them again.
+    from flows.traffic_context import relabelled_ledger
+
+    tc = s["traffic_context"]
+    c = s["counts"]
+    assert c["traffic_sampled"] == tc["read"] == 40 + len(SERVED)
+    sampled = json.loads((run_dir / "traffic_context.json").read_text())
+    assert "s-4" in sampled["relabel_ids"] and not set(sampled["relabel_ids"]) & held
+    relabelled = {e.meta["traffic_id"]: e for e in read_examples(run_dir / "generated.jsonl")
+                  if e.source == "traffic_relabel"}
+    assert c["traffic_relabelled"] == len(relabelled) == tc["relabelled"] > 0
+    assert relabelled["s-4"].teacher and "<EMAIL_ADDRESS>" in relabelled["s-4"].input
+    assert relabelled["s-4"].id == "traffic_relabel:s-4" and relabelled["s-4"].meta["traffic_lane"] == "keep"
+    kept = [e for e in read_examples(run_dir / "accepted.jsonl") if e.source == "traffic_relabel"]
+    assert c["traffic_relabel_kept"] == len(kept) <= c["accepted"]
+    assert c["traffic_style_shots"] == tc["traffic_style_shots"] > 0
+    assert "## Traffic as teacher context" in (run_dir / "summary.md").read_text()
+    assert relabelled_ledger(SKILL) == set(sampled["relabel_ids"])

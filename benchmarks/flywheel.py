@@ -1,0 +1,420 @@
+"""The flywheel, measured: a published ticket-triage version serves a labelled stream through the gateway, the
+stream shifts, the drift trigger fires, a refresh run publishes a new version, and the stream is served again.
+
+    python benchmarks/flywheel.py [--quick] [--teacher-accuracy 0.95] [--seed 7]
+
+Set-up. A copy of the ticket-triage skill (`seeds/`, in a temporary folder) whose teacher is the project's
+fake OpenAI server (teachers/fakeserver.py), scripted as a strong teacher: it labels a ticket it knows (the
+seeds, the eval set, the shipped traffic, every stream ticket, and every ticket it wrote itself) with its gold
+label `--teacher-accuracy` of the time (a deterministic hash picks the misses), others by keywords; asked for
+new tickets, it rewrites one of the tickets it was shown (a greeting, a few words dropped, a sign-off) and
+remembers the label. The first half of the shipped traffic.jsonl is the initial log. Version 1 is published by
+a pipeline run (`distill-skill`, profile accepted_only). Drift is tuned to the stream's size (window 30
+requests, 15 before judging, out of band for 8 requests, no minimum minutes).
+
+Phases, each request one `:predict` call to the gateway (gateway.app.InThread, traffic written to its table,
+drift monitor on; verify lane off):
+  1. in-distribution: the accepted second half of the shipped traffic.jsonl (gold: its accepted reference) and
+     benchmarks/data/flywheel_indist_pii.jsonl (hand-written, with e-mails, phones and IBANs);
+  2. shifted: tests/gateway/data/shifted_tickets.jsonl (hand-written: the Klarna payment provider, the Pulse AI
+     copilot launch, Okta SCIM, terse messages) and the tickets of benchmarks/data/flywheel_shifted.jsonl that
+     carry personal data;
+  3. after the refresh: the other tickets of benchmarks/data/flywheel_shifted.jsonl (the same shift, tickets
+     the refresh never saw). None of the streams comes from an eval set.
+The drift trigger: without PREFECT_API_URL the gateway records the event in `distill_drift_triggers` instead
+of sending it to Prefect (gateway/drift.py); the benchmark reads that record after phase 2 and, when it is
+there, starts the skill's run in this process (`distill_skill`, what prefect.yaml's trigger would start), once
+per refreshing policy, from copies of the same work dir (traffic table, pool, registry).
+
+Policies, in one run: frozen (no refresh: version 1 serves phase 3), accepted_only (today's rule: traffic with
+an accepted reference only; gates.replay.context relabel 0, style_share 0) and traffic_context (issue 34 item
+2: recent traffic of every lane relabelled by the teacher and used as style shots). Phases 1 and 2 are shared:
+a policy acts only from the refresh on.
+
+Per phase: served accuracy on the stream's gold labels (only the benchmark sees them), teacher share (lane
+escalate), kept-lane error (kept answers that are wrong), and per policy the minutes from the first shifted
+request to the promoted version (phase 2's remaining stream, then the run). Personal data: every e-mail, phone
+and IBAN in the streams is searched for (as written, and without spaces) in each work dir's traffic table, pool
+(accepted and held) and training sets (train.jsonl, val.jsonl): `pii.found` must be 0.
+
+Full size: the bundled Gemma 3 270M student, the skill's training settings and gates (a long run: the pipeline
+trains three times). --quick: a tiny random Gemma 3 student trained a few steps, 16 new inputs per run, loose
+gates (a quick run always promotes), about two to three minutes on 2 cores. Prints one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from _common import REPO, emit, setup
+
+SKILL = "ticket-triage"
+DATA = REPO / "benchmarks" / "data"
+LABELS = ["billing", "bug", "feature_request", "account", "other"]
+KEYWORDS = (("refund", "billing"), ("invoice", "billing"), ("charge", "billing"), ("klarna", "billing"),
+            ("pay", "billing"), ("plan", "billing"), ("crash", "bug"), ("broken", "bug"), ("error", "bug"),
+            ("fails", "bug"), ("freez", "bug"), ("login", "account"), ("log in", "account"), ("password", "account"),
+            ("okta", "account"), ("scim", "account"), ("sso", "account"), ("locked", "account"),
+            ("add", "feature_request"), ("would love", "feature_request"), ("could you", "feature_request"),
+            ("pls", "feature_request"), ("support", "feature_request"))
+GREETINGS = ("Hi support,", "Hello,", "Quick one:", "Hey team -", "Good morning,", "Urgent:", "Hi there,")
+SIGN_OFFS = ("Thanks.", "Any update would help.", "This is blocking us.", "Please advise.", "Cheers", "Thank you!")
+
+
+def _key(text: str) -> str:
+    return " ".join(str(text).split()).lower()
+
+
+class ScriptedTeacher:
+    """The fake server's answer function: gold labels it knows (right `accuracy` of the time), keywords otherwise;
+    new tickets rewritten from a shown one, whose label it remembers."""
+
+    def __init__(self, known: dict[str, str], accuracy: float):
+        self.known, self.accuracy = dict(known), accuracy
+        self.written: dict[str, str] = {}
+
+    def label_of(self, text: str) -> str:
+        """The teacher's label of one ticket: its gold (known or self-written) or a deterministic miss, else
+        the first keyword rule that matches, else "other"."""
+        k = _key(text)
+        gold = self.known.get(k) or self.written.get(k)
+        if gold is None:
+            return next((lab for word, lab in KEYWORDS if word in k), "other")
+        if int(hashlib.sha256(k.encode()).hexdigest()[:8], 16) / 16 ** 8 >= self.accuracy:
+            return LABELS[(LABELS.index(gold) + 1) % len(LABELS)]  # a deterministic miss
+        return gold
+
+    def __call__(self, prompt: str, body: dict) -> str:
+        """The completion for `prompt` (FakeOpenAIServer's answer hook): a label after "Team:", else a new
+        ticket rewritten from one of the "Ticket:" lines shown (seeded by the prompt and the request's seed)."""
+        if prompt.endswith("Team:"):
+            return " " + self.label_of(prompt.rsplit("Ticket:", 1)[-1].rsplit("\nTeam:", 1)[0])
+        shots = [line[len("Ticket:"):].strip() for line in prompt.splitlines() if line.startswith("Ticket:")]
+        shots = [s for s in shots if s]
+        rng = random.Random(hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).hexdigest())
+        if not shots:
+            return " " + " ".join(rng.choice(["help", "account", "invoice", "app", "issue"]) for _ in range(6))
+        src = rng.choice(shots)
+        words = [w for w in src.split() if rng.random() > 0.25] or src.split()
+        text = f"{rng.choice(GREETINGS)} {' '.join(words)} {rng.choice(SIGN_OFFS)}"
+        self.written[_key(text)] = self.label_of(src)
+        return " " + text
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """Every object of a JSONL file."""
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+PII_MARKERS = ("@", "+", "IBAN", "DE89", "GB82")
+
+
+def _has_pii(text: str) -> bool:
+    return any(m in text for m in PII_MARKERS)
+
+
+def streams() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """(initial log rows, phase 1, phase 2, phase 3); each stream item {"input", "output" (gold)}."""
+    shipped = _jsonl(REPO / "seeds" / SKILL / "traffic.jsonl")
+    initial = shipped[:20]
+    phase1 = [{"input": r["request"], "output": r["reference"]} for r in shipped[20:] if r["accepted"]]
+    phase1 += _jsonl(DATA / "flywheel_indist_pii.jsonl")
+    more = _jsonl(DATA / "flywheel_shifted.jsonl")
+    phase2 = _jsonl(REPO / "tests" / "gateway" / "data" / "shifted_tickets.jsonl")
+    phase2 += [m for m in more if _has_pii(m["input"])]
+    phase3 = [m for m in more if not _has_pii(m["input"])]
+    return initial, phase1, phase2, phase3
+
+
+def pii_values(items: list[dict]) -> list[str]:
+    """Every e-mail, phone number and IBAN written into the stream tickets, as presidio finds them."""
+    from core.config import PrivacyConfig
+    from core.privacy import Scrubber
+
+    s = Scrubber(PrivacyConfig())
+    out = []
+    for it in items:
+        text = it["input"]
+        for r in s.analyzer.analyze(text, language="en", entities=s.entities):
+            out.append(text[r.start:r.end])
+    return sorted(set(out))
+
+
+# --- set-up -------------------------------------------------------------------------------------------------------
+
+
+def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[dict], quick: bool) -> Path:
+    """seeds/<skill> copied under `root`, with the scripted teacher, the initial log, tuned drift and the policies."""
+    import yaml
+
+    folder = root / SKILL
+    shutil.copytree(REPO / "seeds" / SKILL, folder)
+    (folder / "traffic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in initial))
+    cfg = yaml.safe_load((folder / "skill.yaml").read_text())
+    cfg["teacher"] = {"backend": "openai", "base_url": teacher_url, "model": "scripted-teacher",
+                      "endpoint": "completions", "structured_output": False, "few_shot": 4, "style_shots": 4,
+                      "max_new_tokens": 64, "max_retries": 1, "invalid_retries": 1, "timeout_s": 30,
+                      "max_in_flight": 8}
+    # label: the scripted teacher writes labels (its echo log-probabilities would score nothing).
+    cfg["expansion"] = {"target_examples": 16 if quick else 192, "strategies": ["self_instruct", "label"]}
+    cfg["audit"] = {"enabled": False}  # the teacher's quality is set by --teacher-accuracy
+    cfg["filters"].update(target_precision=None, max_label_distance=None)  # label confidences are 1.0 / 0.5
+    cfg["schedule"] = {"cron": None}
+    cfg["drift"] = {"window_requests": 30, "min_requests": 15, "sustain_requests": 8, "sustain_minutes": 0.0,
+                    "cooldown_minutes": 360.0, "novelty_ceiling": 0.3}
+    if quick:
+        cfg["student"]["base_model"] = base
+        cfg["student"].update(quantization="nf4", lora={"r": 4, "alpha": 8})
+        cfg["student"]["train"] = {"max_steps": 6, "batch_size": 8, "eval_steps": 6, "human_share": 0.4}
+        cfg["gates"] = {"floor": {"accuracy": 0.0}, "margin": 1.0, "min_paired_items": 1, "eval_limit": 16,
+                        "replay": {"sample": 6, "min_agreement": 0.0, "max_invalid_rate": 1.0}}
+    cfg["profiles"] = {"accepted_only": {"gates": {"replay": {"context": {"relabel": 0, "style_share": 0.0}}}},
+                       "traffic_context": {"gates": {"replay": {"context": {"relabel": 32, "style_share": 0.5}}}}}
+    (folder / "skill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return root
+
+
+def known_labels(phases: list[list[dict]], initial: list[dict]) -> dict[str, str]:
+    """Every ticket the teacher knows the gold label of, as written and as the traffic table stores it (scrubbed)."""
+    from core.privacy import scrubber_for
+    from core.skills import load_skill
+
+    skill = load_skill(SKILL, root=REPO / "seeds")
+    scrub = scrubber_for(skill.config.privacy)
+    known = {_key(e.input): e.output for e in skill.seeds + skill.eval_set}
+    known.update({_key(r["request"]): r["reference"] for r in initial})
+    for items in phases:
+        for it in items:
+            known[_key(it["input"])] = it["output"]
+            known[_key(scrub.value(it["input"]))] = it["output"]
+    return known
+
+
+# --- phases -------------------------------------------------------------------------------------------------------
+
+
+def serve(items: list[dict], on_request=None) -> dict:
+    """The items through a gateway on the current work dir, one :predict call each. Per phase: served accuracy
+    against the gold labels, teacher share (lane escalate), kept-lane error, the version(s) that answered."""
+    import httpx
+
+    from gateway.app import InThread
+    from gateway.config import GatewayConfig
+
+    srv = InThread(GatewayConfig(skills=[SKILL], port=0, poll_s=3600, max_wait_ms=2.0, teacher_timeout_s=120,
+                                 traffic_flush_ms=20))
+    lanes: dict[str, int] = {}
+    right = kept = kept_wrong = 0
+    versions: set = set()
+    try:
+        with httpx.Client(timeout=300) as c:
+            for i, it in enumerate(items):
+                r = c.post(f"{srv.url}/v1/skills/{SKILL}:predict", json={"inputs": [it["input"]]})
+                r.raise_for_status()
+                p = r.json()["predictions"][0]
+                lanes[p["lane"]] = lanes.get(p["lane"], 0) + 1
+                ok = p["answer"] == it["output"]
+                right += ok
+                versions.add(p.get("version"))
+                if p["lane"] == "keep":
+                    kept += 1
+                    kept_wrong += not ok
+                if on_request is not None:
+                    on_request(i, srv)
+        srv.gateway.traffic.flush(30)
+        if srv.gateway.drift is not None:
+            srv.gateway.drift.flush(30)
+    finally:
+        srv.stop()
+    n = len(items)
+    return {"n": n, "served_accuracy": round(right / n, 4), "teacher_share": round(lanes.get("escalate", 0) / n, 4),
+            "kept": kept, "kept_error": round(kept_wrong / kept, 4) if kept else None, "lanes": lanes,
+            "versions": sorted(v for v in versions if v is not None)}
+
+
+def last_trigger() -> dict | None:
+    """The skill's latest drift trigger recorded in the traffic database (gateway/drift.py), or None."""
+    from core.workdir import traffic_url
+    from gateway.drift import TriggerStore
+
+    store = TriggerStore(traffic_url())
+    try:
+        return store.last().get(SKILL)
+    finally:
+        store.close()
+
+
+def run_refresh(profile: str, run_id: str, seed: int) -> tuple[dict, float]:
+    """The skill's run, in this process (what the trigger's deployment run would do); (summary, seconds)."""
+    from flows.pipeline import RunParams, distill_skill
+
+    t0 = time.time()
+    s = distill_skill(RunParams(skill=SKILL, profile=profile, run_id=run_id, seed=seed))
+    return s, time.time() - t0
+
+
+def production_version() -> int | None:
+    """The skill's production version in the current work dir's registry (None: none yet)."""
+    from core.workdir import registry_root
+    from registry import Registry
+
+    return Registry(registry_root()).aliases(SKILL).get("production")
+
+
+def pii_scan(home: Path, values: list[str]) -> dict:
+    """Where any of `values` (as written, or without spaces) appears: the traffic table's rows, the pool (accepted
+    and held) and the training sets of every run. {"traffic_table", "pool", "training_set", "where": [...]}."""
+    import sqlalchemy as sa
+
+    needles = sorted({v for x in values for v in (x, x.replace(" ", ""))})
+    out = {"traffic_table": 0, "pool": 0, "training_set": 0, "where": []}
+
+    def hits(text: str, where: str, kind: str) -> None:
+        compact = text.replace(" ", "")
+        for v in needles:
+            if v in text or v in compact:
+                out[kind] += 1
+                out["where"].append(f"{where}: {v[:4]}...")
+
+    engine = sa.create_engine(f"sqlite:///{home / 'traffic.db'}")
+    try:
+        with engine.connect() as conn:
+            for name in sa.inspect(conn).get_table_names():
+                for row in conn.execute(sa.text(f'select * from "{name}"')).mappings():
+                    hits(json.dumps({k: str(v) for k, v in row.items()}), f"traffic.db#{name}", "traffic_table")
+    finally:
+        engine.dispose()
+    for f in (home / "pool").rglob("*.jsonl"):
+        hits(f.read_text(errors="replace"), str(f.relative_to(home)), "pool")
+    for f in [*(home / "runs").rglob("train.jsonl"), *(home / "runs").rglob("val.jsonl")]:
+        hits(f.read_text(errors="replace"), str(f.relative_to(home)), "training_set")
+    out["found"] = out["traffic_table"] + out["pool"] + out["training_set"]
+    out["where"] = out["where"][:20]
+    return out
+
+
+def _context_counts(s: dict) -> dict:
+    c = s.get("counts", {})
+    keys = ("traffic_new", "traffic_accepted", "traffic_sampled", "traffic_relabelled", "traffic_relabel_kept",
+            "traffic_style_shots", "teacher_labeled", "accepted", "train")
+    return {k: c.get(k) for k in keys}
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Set up, publish version 1, serve phases 1 and 2, branch per policy (refresh, phase 3, PII scan), print the
+    JSON line."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny random student, 16 new inputs a run (minutes)")
+    ap.add_argument("--teacher-accuracy", type=float, default=0.95, help="share of known tickets the teacher labels right")
+    ap.add_argument("--seed", type=int, default=7, help="seed of version 1's run; the refresh runs use seed + 1 "
+                                                       "(the policies differ in nothing else)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary work dirs (printed) for inspection")
+    args = ap.parse_args()
+    t_start = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="distill-flywheel-"))
+    os.environ["DISTILL_HOME"] = str(tmp / "base")
+    os.environ["PREFECT_HOME"] = str(tmp / "prefect")
+    for k in ("DISTILL_REGISTRY", "DISTILL_TRAFFIC_URL", "PREFECT_API_URL"):
+        os.environ.pop(k, None)  # no Prefect API: the gateway records the drift event, the run starts here
+    setup()
+    import logging
+
+    logging.getLogger("distill.gateway").setLevel(logging.ERROR)
+    from teachers.fakeserver import FakeOpenAIServer
+
+    initial, phase1, phase2, phase3 = streams()
+    values = pii_values(phase1 + phase2 + phase3)
+    base = None
+    if args.quick:
+        from core.skills import load_skill
+        from tests.tiny_models import build_tiny_model
+
+        tt = load_skill(SKILL, root=REPO / "seeds")
+        corpus = [f"Ticket: {e.input}\nTeam: {e.output}\n" for e in tt.seeds + tt.eval_set]
+        base = str(build_tiny_model(tmp / "tiny", corpus))
+    teacher = ScriptedTeacher(known_labels([phase1, phase2, phase3], initial), args.teacher_accuracy)
+    server = FakeOpenAIServer(answer=teacher).start()
+    server.keep_bodies = False
+    os.environ["DISTILL_SEEDS_DIR"] = str(bench_skill(tmp / "seeds", base, server.base_url, initial, args.quick))
+    result: dict = {"benchmark": "flywheel", "quick": args.quick,
+                    "student": "tiny random Gemma 3" if args.quick else "bundled:gemma-3-270m",
+                    "teacher": f"scripted fake OpenAI server, {args.teacher_accuracy:.2f} right on tickets it knows",
+                    "stream": {"phase1": len(phase1), "phase2": len(phase2), "phase3": len(phase3)},
+                    "pii_values": len(values)}
+    try:
+        # Version 1: the pipeline publishes it from the seeds and the initial log.
+        v1, v1_s = run_refresh("accepted_only", "v1", args.seed)
+        result["v1"] = {"version": production_version(), "promoted": bool(v1["decision"]["promote"]),
+                        "seconds": round(v1_s, 1)}
+        p1 = serve(phase1)
+        t_shift = time.time()
+        fired: dict = {}
+
+        def watch(i: int, srv) -> None:
+            drift = srv.gateway.drift
+            if not fired and drift is not None and drift.events:
+                fired.update(request=i + 1, seconds_after_shift=round(time.time() - t_shift, 1),
+                             signal=drift.events[-1].signal)
+
+        p2 = serve(phase2, on_request=watch)
+        t_p2_end = time.time()
+        record = last_trigger()
+        result["drift"] = {"fired_in_phase2": bool(record), **fired,
+                           "recorded": {k: record[k] for k in ("signal", "version", "emitted")} if record else None,
+                           "how": "no PREFECT_API_URL: the gateway recorded the event in distill_drift_triggers; "
+                                  "the benchmark read it and started the skill's run in this process"}
+        snapshot = tmp / "after-phase2"
+        shutil.copytree(tmp / "base", snapshot, ignore=shutil.ignore_patterns("locks"))
+        policies = {}
+        for name, profile in (("frozen", None), ("accepted_only", "accepted_only"), ("traffic_context", "traffic_context")):
+            home = tmp / name
+            shutil.copytree(snapshot, home)
+            os.environ["DISTILL_HOME"] = str(home)
+            row: dict = {"phase1": p1, "phase2": p2}
+            if profile and record:
+                s, secs = run_refresh(profile, f"refresh-{name}", args.seed + 1)  # a new run draws a new seed
+                promoted = bool(s["decision"]["promote"])
+                row["refresh"] = {"promoted": promoted, "version": production_version(), "seconds": round(secs, 1),
+                                  "counts": _context_counts(s), "drops": s.get("drops"),
+                                  "teacher_requests": ((s.get("teacher") or {}).get("accounting") or {}).get("requests")}
+                row["minutes_shift_to_promoted"] = round((t_p2_end - t_shift + secs) / 60, 2) if promoted else None
+            else:
+                row["minutes_shift_to_promoted"] = None
+            row["phase3"] = serve(phase3)
+            row["pii"] = pii_scan(home, values)
+            policies[name] = row
+        result["policies"] = policies
+        pii_found = sum(p["pii"]["found"] for p in policies.values())
+        result["pii"] = {"values": len(values), "found": pii_found, "ok": pii_found == 0}
+        ctx, acc = policies["traffic_context"]["phase3"], policies["accepted_only"]["phase3"]
+        result["summary"] = {
+            "phase3_served_accuracy": {k: v["phase3"]["served_accuracy"] for k, v in policies.items()},
+            "context_minus_accepted_only": round(ctx["served_accuracy"] - acc["served_accuracy"], 4),
+            "teacher_share": {"phase1": p1["teacher_share"], "phase3_traffic_context": ctx["teacher_share"]},
+        }
+    finally:
+        server.stop()
+        result["seconds"] = round(time.time() - t_start, 1)
+        if args.keep:
+            result["workdir"] = str(tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
