@@ -135,6 +135,19 @@ def _engine_paths(lm, cfg, prompts: list[str], inputs: list[str], max_new: int, 
         for c in chunks:
             lm.model(**tok(c, return_tensors="pt", padding=True), logits_to_keep=1)
         out["prefill_bound"] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2)}
+    # One request alone (p50 of 12): its prefill, and the whole decode path (prefill, rounds, parsing).
+    single = {"prefill_ms": [], "greedy_path_ms": [], "generate_path_ms": []}
+    for i in range(12):
+        x, p1 = inputs[i % len(inputs)], prompts[i % len(prompts)]
+        with torch.inference_mode(), lm._use(lm.default_adapter):
+            t0 = time.perf_counter()
+            lm.model(**tok([p1], return_tensors="pt"), logits_to_keep=1)
+            single["prefill_ms"].append((time.perf_counter() - t0) * 1000)
+        for name, kw in (("greedy_path_ms", {}), ("generate_path_ms", {"decoder": "generate"})):
+            t0 = time.perf_counter()
+            decode(lm, cfg, [p1], inputs=[x], max_new_tokens=max_new, signal=signal, **kw)
+            single[name].append((time.perf_counter() - t0) * 1000)
+    out["single_request_p50"] = {k: _quantile(v, 0.5) for k, v in single.items()}
     for name, kw in (("greedy_path", {}), ("generate_path", {"decoder": "generate"})):
         decode(lm, cfg, prompts[:2], inputs=inputs[:2], max_new_tokens=max_new, signal=signal)
         t0 = time.perf_counter()
@@ -493,8 +506,8 @@ def main() -> None:
         lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
                         safetensors_only=True)
         prompts = [render_prompt(cfg, x, lm.tokenizer) for x in inputs]
-        engine = _engine_paths(lm, cfg, prompts, inputs, max_new, signal)
         plain = _plain_loop(lm, cfg, inputs[: max(8, n // 8)], max_new)
+        engine = _engine_paths(lm, cfg, prompts, inputs, max_new, signal)  # last: its peer merges the adapter
         del lm
         bound = engine["prefill_bound"]["req_per_s"]
 

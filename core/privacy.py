@@ -190,3 +190,38 @@ def scrubber_for(cfg: PrivacyConfig | None) -> Scrubber | None:
 
 
 __all__ = ["NER_ENTITIES", "PrivacyError", "Scrubber", "TEXT_FIELDS", "scrubber_for"]
+
+
+def scrub_rows(jobs: list[tuple[str, dict[str, Any]]]) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """Scrub rows' text fields: jobs are (PrivacyConfig as JSON, {field: text}); returns ({field: scrubbed text},
+    None) or (None, why it could not be scrubbed) per job, in order. The Scrubber of each config is built once
+    per process (scrubber_for's cache)."""
+    from core.config import PrivacyConfig
+
+    out: list[tuple[dict[str, Any] | None, str | None]] = []
+    for cfg_json, row in jobs:
+        try:
+            s = scrubber_for(PrivacyConfig.model_validate_json(cfg_json))
+            out.append((s.row(row) if s is not None else row, None))
+        except Exception as e:
+            out.append((None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"))
+    return out
+
+
+def serve(stdin=None, stdout=None) -> None:
+    """The scrubbing worker (`python -m core.privacy`, started by gateway.traffic): one JSON line per batch in,
+    [[cfg_json, {field: text}], ...], one JSON line out, [[row or null, error or null], ...]; ends at EOF."""
+    import sys
+
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    for line in stdin:
+        try:
+            out = scrub_rows([(c, r) for c, r in json.loads(line)])
+        except Exception as e:  # a line that is not a batch: every row of it fails (closed), the worker lives on
+            out = [[None, f"{type(e).__name__}: {str(e)[:200]}"]]
+        stdout.write(json.dumps(out, ensure_ascii=True) + "\n")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    serve()

@@ -94,6 +94,7 @@ class _Op:
     skill: str
     row: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
+    raw: bool = False  # taken from the queue and not yet scrubbed
 
 
 class TrafficWriter:
@@ -105,10 +106,13 @@ class TrafficWriter:
 
     def __init__(self, url: str, table_for: Callable[[str], str], max_queue: int = 10_000, batch: int = 256,
                  flush_ms: float = 200.0, on_lost: Callable[[int], None] | None = None,
-                 scrub_for: Callable[[str], Any] | None = None):
-        """`scrub_for(skill)`: the skill's core.privacy.Scrubber (None: stored as given). Rows are scrubbed on
-        the writer thread (off the request path), before anything is written; a row that cannot be scrubbed
-        is dropped and counted (`dropped`, `scrub_failures`), never written raw."""
+                 scrub_for: Callable[[str], Any] | None = None, scrub_process: bool = True):
+        """`scrub_for(skill)`: the skill's core.privacy.Scrubber (None: stored as given). Rows are scrubbed
+        off the request path before anything is written; a row that cannot be scrubbed is dropped and counted
+        (`dropped`, `scrub_failures`), never written raw. `scrub_process`: scrub in a child process
+        (`python -m core.privacy`, one per Python process, started at the first row): presidio is pure Python,
+        and in this process it would hold the GIL for milliseconds per row, time the request path's event loop
+        waits for. Where the child cannot run, the writer thread scrubs (logged)."""
         import sqlalchemy as sa
 
         self.url, self.table_for, self.batch, self.flush_s = url, table_for, batch, flush_ms / 1000.0
@@ -125,6 +129,8 @@ class TrafficWriter:
         self.written = self.lost = self.failures = self.updated = self.cleaned = self.dropped = 0
         self.scrubbed = self.scrub_failures = 0
         self.scrub_for = scrub_for
+        self.scrub_process = scrub_process
+        self._pool: bool | None = None  # True once the scrubbing process answered, False after it failed
         self.last_error: str | None = None
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -210,6 +216,9 @@ class TrafficWriter:
                     pass
             if not self._held:
                 continue
+            self._scrub_held()
+            if not self._held:
+                continue
             try:
                 self._commit(self._held)
                 self._held = []
@@ -230,21 +239,71 @@ class TrafficWriter:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _hold(self, op: _Op) -> None:
-        """Scrub `op` (personal data -> placeholders) and hold it for the next commit; drop it when scrubbing fails."""
-        if self.scrub_for is not None:
-            try:
-                scrubber = self.scrub_for(op.skill)
-                if scrubber is not None:
-                    op.row = scrubber.row(op.row)
-                    self.scrubbed += 1
-            except Exception as e:  # fail closed: a row that cannot be scrubbed is never written raw
-                self.scrub_failures += 1
-                self.dropped += 1
-                self.last_error = _why(e)
-                log.error("traffic: dropped a %s of row %s for %s: cannot scrub it (%s)", op.kind,
-                          op.id or op.row.get("id"), op.skill, self.last_error)
-                return
+        """Take `op` for the next commit; `_scrub_held` scrubs what was taken before it is committed."""
+        op.raw = self.scrub_for is not None
         self._held.append(op)
+
+    def _scrub_held(self) -> None:
+        """Scrub every held op not yet scrubbed (personal data -> placeholders), in the child process when there
+        is one; an op that cannot be scrubbed is dropped and counted, never written raw."""
+        todo = [op for op in self._held if getattr(op, "raw", False)]
+        if not todo:
+            return
+        failed: set[int] = set()
+        if self.scrub_for is not None:
+            jobs, where = [], []
+            for op in todo:
+                try:
+                    scrubber = self.scrub_for(op.skill)
+                except Exception as e:
+                    self._scrub_failed(op, e)
+                    failed.add(id(op))
+                    continue
+                if scrubber is not None:
+                    jobs.append((scrubber, op.row))
+                    where.append(op)
+            results = self._scrub_rows(jobs) if jobs else []
+            for op, (row, err) in zip(where, results):
+                if err is not None:
+                    self._scrub_failed(op, err)
+                    failed.add(id(op))
+                else:
+                    op.row = row
+                    self.scrubbed += 1
+        for op in todo:
+            op.raw = False
+        if failed:
+            self._held = [op for op in self._held if id(op) not in failed]
+
+    def _scrub_failed(self, op: _Op, e: Exception | str) -> None:
+        # fail closed: a row that cannot be scrubbed is never written raw
+        self.scrub_failures += 1
+        self.dropped += 1
+        self.last_error = e if isinstance(e, str) else _why(e)
+        log.error("traffic: dropped a %s of row %s for %s: cannot scrub it (%s)", op.kind,
+                  op.id or op.row.get("id"), op.skill, self.last_error)
+
+    def _scrub_rows(self, jobs: list) -> list:
+        """[(Scrubber, row)] -> [(scrubbed row, None) or (None, why)], in the child process when it runs."""
+        if self.scrub_process and self._pool is not False:
+            try:
+                from core.privacy import TEXT_FIELDS
+
+                texts = [{k: v for k, v in row.items() if k in TEXT_FIELDS and isinstance(v, str)} for _, row in jobs]
+                got = _scrub_worker().scrub([(s.cfg.model_dump_json(), t) for (s, _), t in zip(jobs, texts)])
+                self._pool = True
+                return [((None, err) if err is not None else ({**row, **(new or {})}, None))
+                        for (_, row), (new, err) in zip(jobs, got)]
+            except Exception as e:  # no worker (a sandbox without processes, a crash): scrub here instead
+                log.warning("traffic: scrubbing in the writer thread (the scrubbing process failed: %s)", _why(e))
+                self._pool = False
+        out = []
+        for s, row in jobs:
+            try:
+                out.append((s.row(row), None))
+            except Exception as e:
+                out.append((None, _why(e)))
+        return out
 
     def _reachable(self) -> bool:
         import sqlalchemy as sa
@@ -300,6 +359,67 @@ class TrafficWriter:
         self._stop.set()
         self.thread.join(timeout=timeout)
         self.engine.dispose()
+
+
+class _ScrubWorker:
+    """`python -m core.privacy` as a child process (a plain subprocess, not multiprocessing: nothing of the
+    parent's __main__ is run again), fed JSON lines; one batch at a time."""
+
+    def __init__(self):
+        import os
+        import subprocess
+        import sys
+
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        self.proc = subprocess.Popen([sys.executable, "-m", "core.privacy"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, encoding="utf-8", env=env, cwd=root)
+        self.lock = threading.Lock()
+
+    def scrub(self, jobs: list, timeout_s: float = 120.0) -> list:
+        """[(cfg_json, {field: text})] -> [({field: scrubbed}, None) or (None, why)]. Raises RuntimeError when the
+        worker is gone or does not answer within `timeout_s`."""
+        import json
+        import select
+
+        with self.lock:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the scrubbing process exited ({self.proc.returncode})")
+            self.proc.stdin.write(json.dumps(jobs, ensure_ascii=True) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+            line = self.proc.stdout.readline() if ready else ""
+            if not line:
+                self.proc.kill()
+                raise RuntimeError("the scrubbing process did not answer")
+            out = json.loads(line)
+        if len(out) != len(jobs):
+            raise RuntimeError(f"the scrubbing process answered {len(out)} rows for {len(jobs)}")
+        return [(r, e) for r, e in out]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except Exception:
+            self.proc.kill()
+
+
+_worker_lock = threading.Lock()
+_worker: _ScrubWorker | None = None  # the scrubbing process every TrafficWriter of this process shares
+
+
+def _scrub_worker() -> _ScrubWorker:
+    """The shared scrubbing process (started once per Python process, on first use, again if it died)."""
+    global _worker
+    with _worker_lock:
+        if _worker is None or _worker.proc.poll() is not None:
+            import atexit
+
+            if _worker is None:
+                atexit.register(lambda: _worker is not None and _worker.close())
+            _worker = _ScrubWorker()
+        return _worker
 
 
 def _why(e: Exception) -> str:
