@@ -540,7 +540,8 @@ class LocalModel:
                         else:
                             m = _answer_len(tok, ids)
                             c.signals = answer_signals(None, row.glps[:m], row.margins[:m])
-                            redo.append((i, batch[row_i], text))
+                            if own or not grammars:  # the model's own log-probabilities are asked for: re-score
+                                redo.append((i, batch[row_i], text))
                     results[i] = c
                 groups: dict = {}
                 for r in redo:  # the teacher-forced pass runs per adapter
