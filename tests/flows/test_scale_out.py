@@ -104,7 +104,7 @@ def test_expansion_and_filtering_on_a_two_process_dask_cluster(skill_root, use_a
     def reference(shards: list) -> None:
         for j in shards:
             skill, teacher, run_dir, replay = prepare(j)
-            expand.fn(skill, teacher, run_dir, j.seed)
+            expand.fn(skill, teacher, run_dir, j.seed, replay_items=replay)
             filter_candidates.fn(skill, run_dir, replay)
 
     reference(jobs)
