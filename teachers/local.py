@@ -508,14 +508,18 @@ class LocalModel:
             matchers = None
             if grammars is not None:
                 matchers = self.grammar_compiler().matchers([grammars[i] for i in idx])
+            # One adapter in this chunk: set it (PEFT's per-row adapter_names path measured ~40% slower on CPU).
+            chunk_adapters = {adapters[i] for i in idx} if adapters is not None else {adapter}
+            one = len(chunk_adapters) == 1
             with self.lock:
                 t0 = time.time()
-                use = contextlib.nullcontext() if adapters is not None else self._use(adapter)
+                use = self._use(next(iter(chunk_adapters))) if one else contextlib.nullcontext()
                 with torch.inference_mode(), use:
                     rows = greedy_batch(self.model, tok, p_ids, [caps[i] for i in idx] if caps else max_new_tokens,
                                         matchers=matchers, bitmask_vocab=vocab, stop_at_newline=stop_at_newline,
                                         own=own or not grammars, device=self.device,
-                                        adapter_names=[names[i] for i in idx] if names is not None else None)
+                                        adapter_names=[names[i] for i in idx] if names is not None and not one
+                                        else None)
                 dt = (time.time() - t0) / len(idx)
                 redo: list[tuple[int, str, str]] = []
                 for row_i, (i, row) in enumerate(zip(idx, rows)):
