@@ -455,19 +455,7 @@ class LocalModel:
                             c.signals = answer_signals(None, [float(recorder.masked[t][row]) for t in range(m)])
                             redo.append((i, batch[row], text))
                     results[i] = c
-                if redo:
-                    with torch.inference_mode(), self._use(adapter):
-                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in redo], [a for _, _, a in redo],
-                                                         batch_size=batch_size, device=self.device, per_token=True)
-                    for (i, _, _), lps in zip(redo, forced):
-                        c = results[i]
-                        c.token_logprobs = lps
-                        c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
-                        grammar_lps = None if grammars is not None else lps  # free decoding: nothing renormalised
-                        got = answer_signals(lps, grammar_lps)
-                        if grammars is not None:  # the renormalised ones come from the decode's own steps
-                            got.update({k: v for k, v in (c.signals or {}).items() if "grammar" in k})
-                        c.signals = got
+                self._rescore(results, redo, lambda i: adapter, grammars is not None, batch_size)
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]
@@ -547,25 +535,33 @@ class LocalModel:
                             if own or not grammars:  # the model's own log-probabilities are asked for: re-score
                                 redo.append((i, batch[row_i], text))
                     results[i] = c
-                groups: dict = {}
-                for r in redo:  # the teacher-forced pass runs per adapter
-                    groups.setdefault(adapters[r[0]] if adapters is not None else adapter, []).append(r)
-                for a, rs in groups.items():
-                    with torch.inference_mode(), self._use(a):
-                        forced = teacher_forced_logprobs(self.model, tok, [p for _, p, _ in rs], [x for _, _, x in rs],
-                                                         batch_size=batch_size, device=self.device, per_token=True)
-                    for (i, _, _), lps in zip(rs, forced):
-                        c = results[i]
-                        c.token_logprobs = lps
-                        c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
-                        got = answer_signals(lps, None if grammars is not None else lps)
-                        # the renormalised ones and the margin come from the decode's own steps
-                        got.update({k: v for k, v in (c.signals or {}).items()
-                                    if "grammar" in k and grammars is not None or k == "min_margin"})
-                        c.signals = got
+                self._rescore(results, redo, lambda i: adapters[i] if adapters is not None else adapter,
+                              grammars is not None, batch_size)
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]
+
+    def _rescore(self, results: dict, redo: list, adapter_of: Callable, constrained: bool, batch_size: int) -> None:
+        """The model's own answer log-probabilities by one teacher-forced pass per adapter, for the completions
+        whose generated tokens differ from their text's own tokens. redo: (prompt index, prompt, answer);
+        adapter_of(prompt index) -> adapter name. The renormalised signals and the margin stay the decode's own."""
+        import torch
+
+        groups: dict = {}
+        for r in redo:
+            groups.setdefault(adapter_of(r[0]), []).append(r)
+        for a, rs in groups.items():
+            with torch.inference_mode(), self._use(a):
+                forced = teacher_forced_logprobs(self.model, self.tokenizer, [p for _, p, _ in rs], [x for _, _, x in rs],
+                                                 batch_size=batch_size, device=self.device, per_token=True)
+            for (i, _, _), lps in zip(rs, forced):
+                c = results[i]
+                c.token_logprobs = lps
+                c.confidence, c.confidence_source = (sum(lps) / len(lps) if lps else None), "forced"
+                got = answer_signals(lps, None if constrained else lps)  # free decoding: nothing renormalised
+                got.update({k: v for k, v in (c.signals or {}).items()
+                            if "grammar" in k and constrained or k == "min_margin"})
+                c.signals = got
 
     def score(self, prompt: str, options: Sequence[str]) -> Completion:
         """The log-likelihood of each option after the prompt (text: {"option": logprob} as JSON).
