@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Opt-in: llama.cpp serves the bundled teacher only with `teacher.local_server: llama_cpp`; the default path
 # never uses it. Compiles llama-cpp-python once (~5-7 min; pip caches the wheel). Pays off only for new-input
-# writing on an AVX2-only CPU (0.82-0.84x of transformers' time); label scores were 4-6x slower (README, Teachers).
+# writing on an AVX2-only CPU (0.82-0.84x of transformers' time); label scores were 4-6x slower (docs/teachers.md).
 install-llama: install
 	$(BIN)/pip install -q -e ".[dev,llama]"
 

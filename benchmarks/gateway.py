@@ -119,8 +119,9 @@ def _plain_loop(lm, cfg, inputs: list[str], max_new_tokens: int) -> dict:
 
 def _engine_paths(lm, cfg, prompts: list[str], inputs: list[str], max_new: int, signal: str) -> dict:
     """In one process, same model, adapter and prompts, batches of 16: the least work any answer needs (one
-    forward, logits at the last position only: the bound), the project's decode path now (teachers.greedy) and
-    before (generate() with the grammar and confidence processors), and transformers' continuous batching
+    forward, logits at the last position only: the bound), the project's decode path now (teachers.greedy, with
+    and without its prefix cache) and before (generate() with the grammar and confidence processors), and
+    transformers' continuous batching
     (`generate_batch`, no grammar: it takes no per-request logits processor) as the peer engine."""
     import torch
 
@@ -136,26 +137,42 @@ def _engine_paths(lm, cfg, prompts: list[str], inputs: list[str], max_new: int, 
             lm.model(**tok(c, return_tensors="pt", padding=True), logits_to_keep=1)
         out["prefill_bound"] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2)}
     # One request alone (p50 of 12): its prefill, and the whole decode path (prefill, rounds, parsing).
-    single = {"prefill_ms": [], "greedy_path_ms": [], "generate_path_ms": []}
+    # The shared prompt prefix (the instruction and label list): how many of a prompt's tokens the prefix cache
+    # spares the prefill.
+    from teachers.greedy import common_prefix
+
+    ids = [tok(p)["input_ids"] for p in prompts]
+    shared = common_prefix(ids)
+    out["prompt_tokens"] = {"mean": round(sum(map(len, ids)) / len(ids), 1), "shared_prefix": shared}
+    cache = lm.prefixes
+    single = {"prefill_ms": [], "greedy_path_ms": [], "greedy_path_no_prefix_cache_ms": [], "generate_path_ms": []}
+    served_own = signal in ("mean_logprob", "min_logprob")  # as the gateway's engine decodes it
     for i in range(12):
         x, p1 = inputs[i % len(inputs)], prompts[i % len(prompts)]
         with torch.inference_mode(), lm._use(lm.default_adapter):
             t0 = time.perf_counter()
             lm.model(**tok([p1], return_tensors="pt"), logits_to_keep=1)
             single["prefill_ms"].append((time.perf_counter() - t0) * 1000)
-        served_own = signal in ("mean_logprob", "min_logprob")  # as the gateway's engine decodes it
-        for name, kw in (("greedy_path_ms", {"own": served_own}), ("generate_path_ms", {"decoder": "generate"})):
+        for name, kw in (("greedy_path_ms", {"own": served_own}), ("greedy_path_no_prefix_cache_ms", {"own": served_own}),
+                         ("generate_path_ms", {"decoder": "generate"})):
+            lm.prefixes = None if name == "greedy_path_no_prefix_cache_ms" else cache
             t0 = time.perf_counter()
             decode(lm, cfg, [p1], inputs=[x], max_new_tokens=max_new, signal=signal, **kw)
             single[name].append((time.perf_counter() - t0) * 1000)
+        lm.prefixes = cache
     out["single_request_p50"] = {k: _quantile(v, 0.5) for k, v in single.items()}
-    for name, kw in (("greedy_path", {"own": signal in ("mean_logprob", "min_logprob")}),
+    for name, kw in (("greedy_path", {"own": served_own}), ("greedy_path_no_prefix_cache", {"own": served_own}),
                      ("generate_path", {"decoder": "generate"})):
+        lm.prefixes = None if name == "greedy_path_no_prefix_cache" else cache
         decode(lm, cfg, prompts[:2], inputs=inputs[:2], max_new_tokens=max_new, signal=signal)
         t0 = time.perf_counter()
         p = decode(lm, cfg, prompts, inputs=inputs, max_new_tokens=max_new, signal=signal, **kw)
         out[name] = {"req_per_s": round(len(prompts) / (time.perf_counter() - t0), 2),
                      "answers": p.raw if name == "greedy_path" else None}
+    lm.prefixes = cache
+    out["greedy_path_no_prefix_cache"]["share_of_bound"] = round(
+        out["greedy_path_no_prefix_cache"]["req_per_s"] / out["prefill_bound"]["req_per_s"], 3)
+    out["greedy_path"]["share_of_bound"] = round(out["greedy_path"]["req_per_s"] / out["prefill_bound"]["req_per_s"], 3)
     same = out["generate_path"].pop("answers") is None and decode(lm, cfg, prompts[:16], inputs=inputs[:16], max_new_tokens=max_new,
                                                                  signal=signal, decoder="generate").raw == out["greedy_path"]["answers"][:16]
     out["greedy_path"].pop("answers")

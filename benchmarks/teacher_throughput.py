@@ -308,7 +308,7 @@ def main() -> None:
             if py is None:
                 skipped[name] = f"not installed in {' or '.join(candidates)}"
                 print(f"peer {name} skipped: {skipped[name]} (pip install -e '.[peers]', or a separate venv "
-                      "named by DISTILL_PEERS_PYTHON / --peers-python: see README Teachers)", file=sys.stderr, flush=True)
+                      "named by DISTILL_PEERS_PYTHON / --peers-python: see docs/teachers.md)", file=sys.stderr, flush=True)
                 continue
             clients[name] = (lambda name, py: lambda url, ps: peer(name, py, url, ps))(name, py)
     proc, url = start_server()

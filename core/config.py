@@ -64,7 +64,7 @@ class TeacherConfig(_Strict):
         "auto", description="Send the skill's output schema as response_format: true, false, or auto = only on the chat endpoint (completions servers vary). Answers are validated locally either way.")
     timeout_s: float = Field(60.0, gt=0, description="Per-request timeout for HTTP teachers.")
     max_in_flight: int = Field(16, ge=1, le=1024, description="Most HTTP requests in flight; the adaptive limit (cut on throttling, +1 per limit-worth of successes) stays below it.")
-    limit_decrease: float = Field(0.75, gt=0.0, lt=1.0, description="Factor the in-flight limit is multiplied by when the endpoint throttles (429, or 503 with Retry-After); 0.75 kept more throughput than 0.5 under random faults and under a rate limit (README Teachers, benchmarks/teacher_throughput.py).")
+    limit_decrease: float = Field(0.75, gt=0.0, lt=1.0, description="Factor the in-flight limit is multiplied by when the endpoint throttles (429, or 503 with Retry-After); 0.75 kept more throughput than 0.5 under random faults and under a rate limit (docs/teachers.md, benchmarks/teacher_throughput.py).")
     throttle_tolerance: float = Field(0.1, ge=0.0, lt=1.0, description="Share of one window's answers that may be 429s before the limit is cut (0: cut on the first 429). Sporadic 429s of a shared endpoint then do not collapse the limit.")
     rpm: int | None = Field(None, ge=1, description="Requests-per-minute budget enforced by the client (None: no budget).")
     tpm: int | None = Field(None, ge=1, description="Tokens-per-minute budget (prompt + completion) enforced by the client (None: no budget).")
@@ -450,7 +450,7 @@ class RoutingConfig(_Strict):
 class DriftConfig(_Strict):
     """When the served version's live figures leave what its run predicted (routing.json, novelty.json), the
     gateway emits the Prefect event `distill.drift.detected` for the skill, and prefect.yaml's trigger on it
-    runs the skill's deployment (gateway/drift.py; README "Drift triggers a run"). Three signals, each over a
+    runs the skill's deployment (gateway/drift.py; docs/scheduling-and-refresh.md "Drift triggers a run"). Three signals, each over a
     sliding window of the production version's most recent requests: the teacher share (escalated answers),
     the verify lane's error rate (its exact interval) and the share of novel inputs (no near neighbour in the
     version's training inputs)."""

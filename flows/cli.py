@@ -355,7 +355,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_gateway(args) -> int:
-    """Serve the registry's skills over an OpenAI-compatible API (gateway/, README "Serving: the gateway")."""
+    """Serve the registry's skills over an OpenAI-compatible API (gateway/, docs/gateway.md)."""
     from core.workdir import registry_root
     from gateway import GatewayConfig
     from gateway.app import serve
@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-skill override: re-pick the routing point on routing.json's both-lanes curve with "
                         "quality | budget | target_error (repeatable)")
     w.add_argument("--no-drift", action="store_true",
-                   help="do not watch the skills' drift signals (no distill.drift.detected events; README \"Drift "
+                   help="do not watch the skills' drift signals (no distill.drift.detected events; docs/scheduling-and-refresh.md \"Drift "
                         "triggers a run\")")
     w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
                    help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")

@@ -7,8 +7,8 @@ per endpoint (teachers/limits.py), because Prefect's slot-decay rate limits deli
 0.6 calls/s against 5/s configured (../shared/PREFECT_NOTES.md).
 
 What happens at the start of a teacher-expansion task:
-- the limit exists on the API (created by `distill serve`, or by hand, README "Scheduled
-  runs"): one slot is taken with strict=True, so an API that cannot grant it fails the task
+- the limit exists on the API (created by `distill serve`, or by hand, docs/scheduling-and-refresh.md
+  "Scheduled runs"): one slot is taken with strict=True, so an API that cannot grant it fails the task
   instead of silently running uncapped; the slot is held on a 60 s lease that the client
   renews, so a SIGKILLed run frees it within a minute;
 - it does not exist (a manual `distill run` on the ephemeral API): no slot is asked for and

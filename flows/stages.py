@@ -21,7 +21,7 @@ from core.skills import Skill, load_skill
 from core.workdir import check_run_id, registry_root, run_dir as run_folder
 
 FLOW_NAME = "train-evaluate"
-GPU_POOL = "gpu-pool"  # the pool prefect.yaml puts train-evaluate on; README "Scale-out"
+GPU_POOL = "gpu-pool"  # the pool prefect.yaml puts train-evaluate on; docs/scale-out.md
 REPLAY_FILE = "replay_holdout.jsonl"  # the main run's replay hold-out, for the remote evaluation
 RESULT_FILE = "train_evaluate.json"  # what the remote flow hands back: {"training": ..., "evaluation": ...}
 

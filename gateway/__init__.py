@@ -1,4 +1,4 @@
-"""The serving lane: an OpenAI-compatible gateway over the registry (see README, "Serving: the gateway").
+"""The serving lane: an OpenAI-compatible gateway over the registry (see docs/gateway.md).
 
     request -> the skill's production adapter (one base, many unmerged LoRA adapters, dynamic batching)
             -> keep (valid, confidence >= routing.json's threshold) | escalate (the skill's teacher)

@@ -1,5 +1,5 @@
 """The OpenAI wire format of the gateway: which request parameters are honoured, accepted without
-effect, or refused (the README's "OpenAI API: what is supported" table is this module); the text a
+effect, or refused (docs/gateway.md's "OpenAI API: what is supported" table is this module); the text a
 chat request's messages carry; the error envelope; JSON that never holds NaN or a lone surrogate;
 and the server-sent events of `stream: true`.
 
@@ -137,7 +137,7 @@ def _common(body: dict, honoured: set[str], refused: dict[str, str]) -> Options:
             if v is not None:
                 raise refuse(k, refused[k])
             continue
-        raise refuse(k, "unrecognized request argument (see the README's OpenAI API table)", code="unknown_parameter")
+        raise refuse(k, "unrecognized request argument (see docs/gateway.md, 'OpenAI API: what is supported')", code="unknown_parameter")
     o = Options()
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):

@@ -69,7 +69,7 @@ def _use_llama_cpp(cfg: TeacherConfig) -> bool:
         # auto is transformers: batched in-process generate() and one prefill per scored item beat
         # llama-cpp-python's server on both CPUs measured (benchmarks/teacher_backends.py): it decodes
         # one request at a time, and its logprobs need logits_all, the 262k-token LM head at every
-        # prompt position (5.8x slower label scores on an AVX2-only EPYC; README, Teachers).
+        # prompt position (5.8x slower label scores on an AVX2-only EPYC; docs/teachers.md).
         return False
     if cfg.model != BUNDLED_GGUF:
         raise TeacherError(f"teacher.local_server 'llama_cpp' serves only {BUNDLED_GGUF}; teacher.model is "

@@ -12,6 +12,12 @@ answer's time). Here, per batch:
    the prefill and one forward over the forced rest; a grammar-renormalised confidence needs not even that.
 3. a finished row leaves the batch (its KV cache rows are dropped) and its result is final at once.
 
+A **shared prompt prefix** (the skill's instruction and label list, the same in every request) need not be
+computed again per request: `prefix_kv` computes its keys and values once per adapter, `PrefixCache` keeps
+them, and `greedy_batch(prefix=...)` starts from a copy and prefills only each row's own suffix (prefix
+caching, as vLLM's automatic prefix caching and SGLang's RadixAttention do on GPUs). The positions and the
+attention the suffix sees are those of the whole prompt, so the answers are the same up to float rounding.
+
 Greedy choices and log-probabilities are those `generate()` computes (the same float32 logits, argmax
 under the same xgrammar mask), so the answers and confidences the gates measured are the ones served
 (tests/teachers/test_greedy.py compares the two paths token for token).
@@ -59,7 +65,8 @@ def _single_allowed(bitmask_row) -> int | None:
 def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
                  matchers: Sequence | None = None, bitmask_vocab: int | None = None,
                  stop_at_newline: bool = True, own: bool = True, device=None,
-                 adapter_names: Sequence[str] | None = None) -> list[Row]:
+                 adapter_names: Sequence[str] | None = None,
+                 prefix: tuple[int, Sequence[tuple]] | None = None) -> list[Row]:
     """Greedy-decode a batch of tokenized prompts; returns one Row per prompt, in order.
 
     model: a causal LM (PEFT-wrapped or not) whose forward takes `past_key_values`, `position_ids`,
@@ -69,8 +76,11 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     the tokens a grammar forced (one forward over them); with False only renormalised ones are exact (a
     forced token's is 0) and forced tokens' `lps` are None. max_new_tokens: one cap for all rows, or one per row.
     adapter_names: one PEFT adapter name per row ("__base__" for none): rows of different adapters share every
-    forward (PEFT's mixed-batch inference), so skills on one base are not decoded one after another. Raises
-    ValueError on an empty prompt or lists whose length is not the prompts'."""
+    forward (PEFT's mixed-batch inference), so skills on one base are not decoded one after another.
+    prefix: (P, kv) where every prompt's first P ids are the same and kv holds, per layer, the (keys, values) of
+    those P tokens for each row ([n, kv_heads, P, head_dim], `PrefixCache.batch`): only ids P.. are prefilled.
+    Raises ValueError on an empty prompt, a prefix not shorter than every prompt, or lists whose length is not
+    the prompts'."""
     import torch
     from transformers import DynamicCache
 
@@ -99,14 +109,24 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
 
         bitmask = xgr.allocate_token_bitmask(n, bitmask_vocab)
 
-    width = max(len(p) for p in prompt_ids)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    plen = 0
+    if prefix is not None:
+        plen, kv = prefix
+        if any(len(p) <= plen for p in prompt_ids):
+            raise ValueError(f"greedy_batch: a prefix of {plen} tokens leaves a prompt with nothing to prefill")
+        for li, (k, v) in enumerate(kv):
+            cache.update(k, v, li)
+    # Each row's suffix, left-padded; with a prefix the padding sits between it and the suffix (masked out).
+    width = max(len(p) for p in prompt_ids) - plen
     ids = torch.full((n, width), pad, dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
     for r, p in enumerate(prompt_ids):
-        ids[r, width - len(p):] = torch.tensor(list(p))
-        mask[r, width - len(p):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=getattr(model, "config", None))
+        m = len(p) - plen
+        ids[r, width - m:] = torch.tensor(list(p[plen:]))
+        mask[r, width - m:] = 1
+    pos = plen + (mask.cumsum(-1) - 1).clamp(min=0)
+    mask = torch.cat([torch.ones((n, plen), dtype=torch.long), mask], dim=1)
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                 past_key_values=cache, use_cache=True, logits_to_keep=1, **extra(range(n)))
     scores = out.logits[:, -1, :].float()  # [active, vocab]: each active row's next-token logits
@@ -224,3 +244,97 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             active = [active[k] for k in keep]
         scores = logits[keep, -1, :]
     return rows
+
+
+def prefix_kv(model, ids: Sequence[int], device=None) -> list[tuple]:
+    """The keys and values of prompt prefix `ids` (one forward, batch 1, under whatever adapter is active):
+    per layer (keys, values), each [1, kv_heads, len(ids), head_dim]. For `greedy_batch(prefix=...)`."""
+    import torch
+    from transformers import DynamicCache
+
+    device = device or next(model.parameters()).device
+    cache = DynamicCache(config=getattr(model, "config", None))
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    model(input_ids=x, attention_mask=torch.ones_like(x), position_ids=torch.arange(len(ids), device=device)[None],
+          past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """The length of the longest common prefix of token-id sequences (0 for none)."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for i in range(n):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return n
+
+
+class PrefixCache:
+    """Keys and values of prompt prefixes, per adapter, least recently used dropped past `capacity` entries.
+
+    `plan(adapter_of_rows, prompt_ids)` picks the prefix a chunk shares: the longest kept prefix every row starts
+    with, else the common prefix of the chunk's rows and the adapter's previous prompt (so a request decoded
+    alone shares the instruction with the one before it); at least `min_tokens`, always at least one token short
+    of the shortest prompt, and never longer than `max_tokens` (Gemma 3's sliding-window layers keep only their
+    last window of keys, so a prefix near the window could not be reused). Not thread-safe: the model's lock
+    guards it."""
+
+    def __init__(self, capacity: int = 32, min_tokens: int = 8, max_tokens: int = 256):
+        from collections import OrderedDict
+
+        self.capacity, self.min_tokens, self.max_tokens = capacity, min_tokens, max_tokens
+        self.entries: "OrderedDict[tuple, list[tuple]]" = OrderedDict()  # (adapter, ids) -> per-layer (k, v)
+        self.last: dict = {}  # adapter -> its last prompt's ids
+        self.hits = self.misses = 0
+
+    def drop(self, adapter) -> None:
+        """Forget every prefix of `adapter` (its weights changed or it was unloaded)."""
+        for key in [k for k in self.entries if k[0] == adapter]:
+            del self.entries[key]
+        self.last.pop(adapter, None)
+
+    def plan(self, adapters: Sequence, prompt_ids: Sequence[Sequence[int]]) -> int:
+        """How many leading tokens the chunk's rows (adapters[i] decodes prompt_ids[i]) take from the cache: 0 for
+        none. Remembers each adapter's last prompt."""
+        cap = min(self.max_tokens, min(len(p) for p in prompt_ids) - 1)
+        best = 0
+        for (a, ids) in self.entries:  # a kept prefix every row of that adapter starts with
+            if best < len(ids) <= cap and all(tuple(p[: len(ids)]) == ids for p in prompt_ids) \
+                    and a in set(adapters):
+                best = len(ids)
+        if best < self.min_tokens:
+            seqs = list(prompt_ids) + [self.last[a] for a in set(adapters) if a in self.last]
+            # One prompt alone shares nothing yet: its whole length is no prefix worth keeping.
+            best = min(common_prefix(seqs), cap) if len(seqs) > 1 else 0
+        for a, p in zip(adapters, prompt_ids):
+            self.last[a] = tuple(p)
+        return best if best >= self.min_tokens else 0
+
+    def batch(self, adapters: Sequence, prompt_ids: Sequence[Sequence[int]], plen: int, compute) -> tuple[int, list]:
+        """`greedy_batch`'s prefix argument for a chunk: (plen, per-layer (keys, values) with one row per prompt).
+        compute(adapter, ids) -> per-layer (k, v) of batch 1 (`prefix_kv` under that adapter), called on a miss."""
+        import torch
+
+        ids = tuple(prompt_ids[0][:plen])
+        per: dict = {}
+        for a in dict.fromkeys(adapters):
+            key = (a, ids)
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
+                self.entries[key] = compute(a, ids)
+                while len(self.entries) > self.capacity:
+                    self.entries.popitem(last=False)
+            per[a] = self.entries[key]
+        if len(per) == 1:
+            kv = next(iter(per.values()))
+            n = len(adapters)
+            return plen, [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]
+        layers = len(next(iter(per.values())))
+        return plen, [(torch.cat([per[a][li][0] for a in adapters]), torch.cat([per[a][li][1] for a in adapters]))
+                      for li in range(layers)]

@@ -7,7 +7,7 @@ import collections
 import time
 
 # The limiter's default reactions (TeacherConfig.limit_decrease / throttle_tolerance; measured in
-# benchmarks/teacher_throughput.py, figures in README "Teachers").
+# benchmarks/teacher_throughput.py, figures in docs/teachers.md).
 DECREASE = 0.75
 TOLERANCE = 0.1
 INITIAL = 8  # slow start's first window (TCP's initial window is 10): a rate limit sees no burst of max_in_flight

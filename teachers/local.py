@@ -231,9 +231,19 @@ def pick_inference_dtype(device: str, cuda_bf16: bool, cpu_fast_bf16: bool) -> s
 
 def inference_dtype(device: str):
     """The torch dtype of pick_inference_dtype for this machine: bf16 where the hardware has it
-    (generation reads every weight per token, so half the bytes is faster), float32 elsewhere."""
+    (generation reads every weight per token, so half the bytes is faster), float32 elsewhere.
+    DISTILL_INFERENCE_DTYPE=float32|bfloat16 overrides the rule (auto: the rule); the tests pin float32, so
+    paths that must agree (greedy and generate(), gate and gateway) are compared without bf16's rounding,
+    which differs with the batch's shape. ValueError for another value."""
     import torch
 
+    import os
+
+    forced = os.environ.get("DISTILL_INFERENCE_DTYPE", "auto").strip().lower()
+    if forced in ("float32", "bfloat16"):
+        return getattr(torch, forced)
+    if forced != "auto":
+        raise ValueError(f"DISTILL_INFERENCE_DTYPE={forced!r}: use auto, float32 or bfloat16")
     cuda_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return getattr(torch, pick_inference_dtype(device, cuda_bf16, fast_bf16))
@@ -272,6 +282,11 @@ class LocalModel:
         self.adapters: dict[str, str] = {}  # adapter name -> folder
         self.default_adapter: str | None = None
         self.lock = threading.RLock()
+        # Keys and values of shared prompt prefixes (a skill's instruction), per adapter: greedy decoding
+        # prefills only each prompt's own suffix (teachers.greedy.PrefixCache). None turns it off.
+        from teachers.greedy import PrefixCache
+
+        self.prefixes: PrefixCache | None = PrefixCache()
         if adapter_path:
             self.add_adapter(self.DEFAULT_ADAPTER, adapter_path)
             self.default_adapter = self.DEFAULT_ADAPTER
@@ -285,12 +300,26 @@ class LocalModel:
             if name in self.adapters:
                 raise ValueError(f"adapter {name!r} is already loaded")
             kw = {"use_safetensors": True} if self.safetensors_only else {}
-            if not self.adapters:
+            stale = set(getattr(self.model, "peft_config", {})) - set(self.adapters)  # kept: PEFT keeps its last one
+            if not isinstance(self.model, PeftModel):
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, **kw).eval()
+            elif name in stale:
+                # PEFT loading onto a name it still holds mixes old and new weights: load it beside under another
+                # name, drop the old one, then load it under its name.
+                self.model.load_adapter(str(path), adapter_name="__swap__", **kw)
+                self.model.delete_adapter(name)
+                self.model.load_adapter(str(path), adapter_name=name, **kw)
+                self.model.set_adapter(name)
+                self.model.delete_adapter("__swap__")
+                stale.discard(name)
             else:
                 self.model.load_adapter(str(path), adapter_name=name, **kw)
-                self.model.eval()
+            for old in stale:  # a leftover of a removed adapter goes once another one is in
+                self.model.delete_adapter(old)
+            self.model.eval()
             self.adapters[name] = str(path)
+            if self.prefixes is not None:
+                self.prefixes.drop(name)  # a name loaded again may hold other weights
 
     def remove_adapter(self, name: str) -> None:
         """Unload adapter `name` (a no-op when it is not loaded); the base stays."""
@@ -303,6 +332,8 @@ class LocalModel:
                 self.model.delete_adapter(name)
             # The last adapter stays in memory (PEFT cannot delete the only one): it is just never used.
             del self.adapters[name]
+            if self.prefixes is not None:
+                self.prefixes.drop(name)
             if self.default_adapter == name:
                 self.default_adapter = None
 
@@ -497,17 +528,18 @@ class LocalModel:
             if grammars is not None:
                 matchers = self.grammar_compiler().matchers([grammars[i] for i in idx])
             # One adapter in this chunk: set it (PEFT's per-row adapter_names path measured ~40% slower on CPU).
-            chunk_adapters = {adapters[i] for i in idx} if adapters is not None else {adapter}
-            one = len(chunk_adapters) == 1
+            row_adapters = [adapters[i] for i in idx] if adapters is not None else [adapter] * len(idx)
+            one = len(set(row_adapters)) == 1
             with self.lock:
                 t0 = time.time()
-                use = self._use(next(iter(chunk_adapters))) if one else contextlib.nullcontext()
+                prefix = self._prefix(row_adapters, p_ids)
+                use = self._use(row_adapters[0]) if one else contextlib.nullcontext()
                 with torch.inference_mode(), use:
                     rows = greedy_batch(self.model, tok, p_ids, [caps[i] for i in idx] if caps else max_new_tokens,
                                         matchers=matchers, bitmask_vocab=vocab, stop_at_newline=stop_at_newline,
                                         own=own or not grammars, device=self.device,
                                         adapter_names=[names[i] for i in idx] if names is not None and not one
-                                        else None)
+                                        else None, prefix=prefix)
                 dt = (time.time() - t0) / len(idx)
                 redo: list[tuple[int, str, str]] = []
                 for row_i, (i, row) in enumerate(zip(idx, rows)):
@@ -540,6 +572,29 @@ class LocalModel:
             if progress:
                 progress(len(idx))
         return [results[i] for i in range(len(prompts))]
+
+    def _prefix(self, row_adapters: list, p_ids: list) -> tuple | None:
+        """`greedy_batch`'s prefix for a chunk (the shared prompt prefix's keys and values, computed once per
+        adapter and kept), or None: cache off, nothing shared, or prompts reaching a sliding attention window
+        (its layers keep only the window's last keys, so a cached prefix would not be the whole past)."""
+        import torch
+
+        from teachers.greedy import prefix_kv
+
+        if self.prefixes is None:
+            return None
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        if window and max(len(p) for p in p_ids) >= int(window) - 1:
+            return None
+        plen = self.prefixes.plan(row_adapters, p_ids)
+        if not plen:
+            return None
+
+        def compute(a, ids):
+            with torch.inference_mode(), self._use(a):
+                return prefix_kv(self.model, ids, self.device)
+
+        return self.prefixes.batch(row_adapters, p_ids, plen, compute)
 
     def _rescore(self, results: dict, redo: list, adapter_of: Callable, constrained: bool, batch_size: int) -> None:
         """The model's own answer log-probabilities by one teacher-forced pass per adapter, for the completions

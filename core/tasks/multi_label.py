@@ -1,7 +1,7 @@
 """multi_label: the input is text; the answer is one or more of the skill's `labels`, written in the
 order the skill declares them and joined by ", " (e.g. a ticket that is both `billing, bug`).
 
-The worked example of adding a task type (README, "Adding a task type"): this file is the whole
+The worked example of adding a task type (docs/skills-and-task-types.md, "Adding a task type"): this file is the whole
 type. It reuses the `labels` key, answers with the `label` or `self_consistency` answerer (a set of
 labels has no single-label probability to `score`), and is scored per item with the example-based
 F1 of the predicted and gold label sets (Godbole & Sarawagi 2004, "Discriminative Methods for

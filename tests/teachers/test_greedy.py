@@ -175,3 +175,80 @@ def test_the_margin_is_the_choice_over_the_runner_up_among_allowed_tokens(tiny):
         # The grammar allows at least these first tokens; the recorded margin is at most their top-2 gap
         # (other allowed tokens, like a bare " ", can only shrink it).
         assert c.signals["min_margin"] <= top[0] - top[1] + 1e-4
+
+
+def _uncached(model, prompts, **kw):
+    saved, model.prefixes = model.prefixes, None
+    try:
+        return model.complete(prompts, confidence=True, **kw)
+    finally:
+        model.prefixes = saved
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_answers_the_same(tiny):
+    """The prompts' shared prefix comes from the prefix cache (a hit from the second chunk on), and the answers
+    and confidences are those of prefilling each whole prompt."""
+    from teachers.greedy import PrefixCache
+
+    tiny.prefixes = PrefixCache()
+    spec = {"prefix": " ", "choices": ["billing", "bug", "account access", "feature request", "other"]}
+    kw = dict(max_new_tokens=16, grammars=[spec] * len(PROMPTS), batch_size=4)
+    cached = tiny.complete(PROMPTS, confidence=True, **kw)
+    assert tiny.prefixes.misses == 1 and tiny.prefixes.hits == 2  # 3 chunks of 4, one prefix
+    _same(cached, _uncached(tiny, PROMPTS, **kw), tol=1e-5)
+    # A request alone shares the prefix with the one before it.
+    (one,) = tiny.complete([PROMPTS[3]], confidence=True, max_new_tokens=16, grammars=[spec])
+    assert tiny.prefixes.hits == 3
+    _same([one], _uncached(tiny, [PROMPTS[3]], max_new_tokens=16, grammars=[spec]), tol=1e-5)
+    # Free decoding and the model's own log-probabilities of forced tokens too.
+    _same(tiny.complete(PROMPTS, confidence=True, max_new_tokens=6), _uncached(tiny, PROMPTS, max_new_tokens=6), 1e-5)
+
+
+def test_prompts_with_nothing_in_common_or_past_the_sliding_window_skip_the_cache(tiny):
+    from teachers.greedy import PrefixCache
+
+    tiny.prefixes = PrefixCache()
+    odd = ["x", "Team: yes", "a b c d e f g h i j k"]
+    _same(tiny.complete(odd, confidence=True, max_new_tokens=4), _uncached(tiny, odd, max_new_tokens=4), 1e-5)
+    assert tiny.prefixes.hits == tiny.prefixes.misses == 0
+    window = tiny.model.config.sliding_window
+    long = [f"Ticket: {'the invoice is wrong again ' * 40}{i}\nTeam:" for i in range(3)]
+    assert len(tiny.tokenizer(long[0])["input_ids"]) >= window  # the window's keys would not hold a cached prefix
+    _same(tiny.complete(long, confidence=True, max_new_tokens=4), _uncached(tiny, long, max_new_tokens=4), 1e-5)
+    assert tiny.prefixes.hits == tiny.prefixes.misses == 0
+
+
+def test_an_adapter_loaded_again_under_its_name_never_meets_its_old_prefix(tiny_model_path, tmp_path):
+    """A version reloaded under the same adapter name (other weights): its prefix keys are computed again, and
+    its weights are the new ones (PEFT keeps the last adapter when it is removed; loading onto that name mixed
+    old and new weights)."""
+    from teachers.local import LocalModel
+
+    model = LocalModel(tiny_model_path)
+    model.add_adapter("a", _random_adapter(tiny_model_path, tmp_path / "a", 1))
+    first = model.complete(PROMPTS, max_new_tokens=6, confidence=True, adapter="a")
+    model.remove_adapter("a")
+    model.add_adapter("a", _random_adapter(tiny_model_path, tmp_path / "b", 2))
+    again = model.complete(PROMPTS, max_new_tokens=6, confidence=True, adapter="a")
+    fresh = LocalModel(tiny_model_path)
+    fresh.prefixes = None
+    fresh.add_adapter("a", str(tmp_path / "b"))
+    _same(again, fresh.complete(PROMPTS, max_new_tokens=6, confidence=True, adapter="a"), tol=1e-5)
+    assert [c.confidence for c in first] != [c.confidence for c in again]
+    # Another name after the only adapter was removed: the leftover goes, the new one answers as itself.
+    model.remove_adapter("a")
+    model.add_adapter("c", str(tmp_path / "a"))
+    assert set(model.model.peft_config) == {"c"}
+    _same(model.complete(PROMPTS, max_new_tokens=6, confidence=True, adapter="c"), first, tol=1e-5)
+
+
+def test_common_prefix_and_plan():
+    from teachers.greedy import PrefixCache, common_prefix
+
+    assert common_prefix([]) == 0 and common_prefix([[1, 2, 3], [1, 2]]) == 2 and common_prefix([[1], [2]]) == 0
+    pc = PrefixCache(min_tokens=3)
+    rows = [list(range(10)) + [50], list(range(10)) + [60, 61]]
+    assert pc.plan(["a", "a"], rows) == 10
+    assert pc.plan(["a"], [list(range(10)) + [70]]) == 10  # alone: shares the prefix with the last prompt
+    assert pc.plan(["b"], [list(range(10)) + [70]]) == 0  # a first prompt of another adapter: nothing known
+    assert pc.plan(["a"], [[0, 1, 2]]) == 0  # a prefix must leave at least one token to prefill (and >= 3)

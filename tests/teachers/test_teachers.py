@@ -303,3 +303,18 @@ def test_the_teacher_option_is_the_whole_recipe(skill_root):
     assert skill.config.teacher.few_shot != 1 and seen["prompts"][0].count(f"\n{skill.config.output_name}:") == 2
     # Equal raw scores divided by the prior: the labels with the 3e-5 prior win (a rounded prior of 0 would not).
     assert answered[0].output != skill.config.labels[0]
+
+
+def test_the_inference_dtype_can_be_pinned_and_a_bad_value_names_the_variable(monkeypatch):
+    import torch
+
+    from teachers.local import inference_dtype
+
+    for name in ("float32", "bfloat16"):
+        monkeypatch.setenv("DISTILL_INFERENCE_DTYPE", name)
+        assert inference_dtype("cpu") == getattr(torch, name)
+    monkeypatch.setenv("DISTILL_INFERENCE_DTYPE", "float16")
+    with pytest.raises(ValueError, match="DISTILL_INFERENCE_DTYPE='float16'"):
+        inference_dtype("cpu")
+    monkeypatch.setenv("DISTILL_INFERENCE_DTYPE", "auto")
+    assert inference_dtype("cpu") in (torch.float32, torch.bfloat16)
