@@ -218,6 +218,20 @@ class _Capture:
         return scores
 
 
+def _dense(t):
+    """`t` with row-major strides (a copy only where its strides are not: a slice's stale stride on a size-1 dim
+    counts as contiguous to torch but sends matmul down a path that copies the other operand)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        return t
+    want, acc = [], 1
+    for n in reversed(t.shape):
+        want.append(acc)
+        acc *= n
+    return t if tuple(reversed(want)) == t.stride() else t.clone(memory_format=torch.contiguous_format)
+
+
 def pick_inference_dtype(device: str, cuda_bf16: bool, cpu_fast_bf16: bool) -> str:
     """"bfloat16" where the hardware has it, else "float32"; never "float16": Gemma 3's activations
     overflow float16's range (inf/NaN logits), as the trainer's choose_device also knows.
@@ -277,8 +291,11 @@ class LocalModel:
         out = self.model.get_output_embeddings()
         if out is not None:
             # generate() hands the LM head a strided slice (the last position); on CPU a bf16
-            # linear on a non-contiguous input took 39 s instead of 0.14 s (torch 2.13).
-            out.register_forward_pre_hook(lambda mod, args: tuple(a.contiguous() for a in args))
+            # linear on a non-contiguous input took 39 s instead of 0.14 s (torch 2.13). A slice that
+            # torch calls contiguous can still carry a stale stride on a size-1 dim ([1, 1, 640] with
+            # strides (1920, 640, 1)): bf16 matmul then copies the whole 262k x 640 head per call (0.8 s of
+            # a 0.9 s single-prompt prefill, measured with an adapter loaded): clone to dense strides.
+            out.register_forward_pre_hook(lambda mod, args: tuple(_dense(a) for a in args))
         self.adapters: dict[str, str] = {}  # adapter name -> folder
         self.default_adapter: str | None = None
         self.lock = threading.RLock()

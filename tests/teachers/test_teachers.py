@@ -318,3 +318,20 @@ def test_the_inference_dtype_can_be_pinned_and_a_bad_value_names_the_variable(mo
         inference_dtype("cpu")
     monkeypatch.setenv("DISTILL_INFERENCE_DTYPE", "auto")
     assert inference_dtype("cpu") in (torch.float32, torch.bfloat16)
+
+
+def test_the_lm_head_input_gets_dense_strides():
+    """A last-position slice [1, 1, d] of [1, L, d] is 'contiguous' to torch but keeps the stride L*d on its size-1
+    batch dim; bf16 matmul then copied the whole LM head per call. _dense gives row-major strides, copying only
+    then."""
+    import torch
+
+    from teachers.local import _dense
+
+    h = torch.randn(1, 3, 8)
+    last = h[:, -1:, :]
+    assert last.is_contiguous() and last.stride() == (24, 8, 1)
+    fixed = _dense(last)
+    assert fixed.stride() == (8, 8, 1) and torch.equal(fixed, last)
+    dense = torch.randn(2, 4)
+    assert _dense(dense) is dense and _dense(None) is None
