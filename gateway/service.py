@@ -196,6 +196,7 @@ class Gateway:
         for name in self.skills:
             self.teachers[name] = self._teacher_lane(name)
             self.verify_teachers[name] = self._teacher_lane(name)
+        threading.Thread(target=self._warm_scrubbing, name="scrub-warm", daemon=True).start()  # beside the loading
         self.poll()
         for name in self.skills:
             self._scrubber(name)  # a privacy block that cannot be honoured fails the start, not each row
@@ -252,6 +253,21 @@ class Gateway:
                          f"version {served.version}'s skill.json" if served is not None else "the defaults, scrub on", e)
             self.scrubbers[name] = scrubber_for(privacy)
         return self.scrubbers[name]
+
+    def _warm_scrubbing(self) -> None:
+        """Start the traffic scrubbing process with the skills' scrubbers while the models load."""
+        from core.privacy import scrubber_for
+        from core.skills import load_skill
+
+        scrubbers = []
+        for name in self.skills:  # skill.yaml's privacy block; start() itself decides (and caches) each skill's
+            try:
+                scrubbers.append(scrubber_for(load_skill(name, self.cfg.profile).config.privacy))
+            except Exception:  # no skill.yaml here, or a block start() will refuse: nothing to warm
+                continue
+        warm = getattr(self.traffic, "warm", None)
+        if warm is not None:
+            warm(scrubbers)
 
     def _drift_worker(self, url: str):
         """The drift monitor's worker, with the triggers recorded in the traffic database (the worker reads each

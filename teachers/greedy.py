@@ -276,18 +276,19 @@ class PrefixCache:
     """Keys and values of prompt prefixes, per adapter, least recently used dropped past `capacity` entries.
 
     `plan(adapter_of_rows, prompt_ids)` picks the prefix a chunk shares: the longest kept prefix every row starts
-    with, else the common prefix of the chunk's rows and the adapter's previous prompt (so a request decoded
-    alone shares the instruction with the one before it); at least `min_tokens`, always at least one token short
+    with, else the common prefix of the chunk's rows and the adapter's last `history` prompts (so a request
+    decoded alone shares the instruction with the ones before it, and two requests that happen to open with the
+    same word do not make that word part of a kept prefix); at least `min_tokens`, always at least one token short
     of the shortest prompt, and never longer than `max_tokens` (Gemma 3's sliding-window layers keep only their
     last window of keys, so a prefix near the window could not be reused). Not thread-safe: the model's lock
     guards it."""
 
-    def __init__(self, capacity: int = 32, min_tokens: int = 8, max_tokens: int = 256):
+    def __init__(self, capacity: int = 32, min_tokens: int = 8, max_tokens: int = 256, history: int = 4):
         from collections import OrderedDict
 
-        self.capacity, self.min_tokens, self.max_tokens = capacity, min_tokens, max_tokens
+        self.capacity, self.min_tokens, self.max_tokens, self.history = capacity, min_tokens, max_tokens, history
         self.entries: "OrderedDict[tuple, list[tuple]]" = OrderedDict()  # (adapter, ids) -> per-layer (k, v)
-        self.last: dict = {}  # adapter -> its last prompt's ids
+        self.last: dict = {}  # adapter -> deque of its last prompts' ids
         self.hits = self.misses = 0
 
     def drop(self, adapter) -> None:
@@ -306,11 +307,13 @@ class PrefixCache:
                     and a in set(adapters):
                 best = len(ids)
         if best < self.min_tokens:
-            seqs = list(prompt_ids) + [self.last[a] for a in set(adapters) if a in self.last]
+            seqs = list(prompt_ids) + [p for a in set(adapters) for p in self.last.get(a, ())]
             # One prompt alone shares nothing yet: its whole length is no prefix worth keeping.
             best = min(common_prefix(seqs), cap) if len(seqs) > 1 else 0
+        from collections import deque
+
         for a, p in zip(adapters, prompt_ids):
-            self.last[a] = tuple(p)
+            self.last.setdefault(a, deque(maxlen=self.history)).append(tuple(p))
         return best if best >= self.min_tokens else 0
 
     def batch(self, adapters: Sequence, prompt_ids: Sequence[Sequence[int]], plen: int, compute) -> tuple[int, list]:

@@ -62,3 +62,25 @@ def test_rows_are_scrubbed_in_the_child_process_and_in_the_thread_when_it_fails(
         assert len(rows) == 5 and w.scrubbed == 5 and w.scrub_failures == 0
         assert all("@example.com" not in r and "<EMAIL_ADDRESS>" in r for r in rows), rows
         assert w._pool is (case == "process")  # the process answered; without one, the thread scrubbed
+
+
+def test_the_scrubbing_process_starts_with_the_gateway_not_with_the_first_request(skill_root, tmp_path, trained_adapter,
+                                                                                   run_gateway, monkeypatch):
+    """Its ~6 s start-up would otherwise share the CPU with the first requests' decoding."""
+    import time
+
+    from gateway import GatewayConfig
+    from gateway import traffic as T
+    from gateway.service import Gateway
+    from registry import Registry
+
+    started = []
+    real = T._scrub_worker
+    monkeypatch.setattr(T, "_scrub_worker", lambda: started.append(time.monotonic()) or real())
+    publish(Registry(), trained_adapter, routing_with_threshold(None, "keep_all_valid"), "r1")
+    cfg = GatewayConfig(skills=[SKILL], teachers=False, traffic_url=f"sqlite:///{tmp_path}/traffic.db")
+    run_gateway(cfg, Gateway(cfg, engine=StubEngine()))
+    deadline = time.monotonic() + 30
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started  # no request was sent

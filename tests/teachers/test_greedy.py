@@ -252,3 +252,8 @@ def test_common_prefix_and_plan():
     assert pc.plan(["a"], [list(range(10)) + [70]]) == 10  # alone: shares the prefix with the last prompt
     assert pc.plan(["b"], [list(range(10)) + [70]]) == 0  # a first prompt of another adapter: nothing known
     assert pc.plan(["a"], [[0, 1, 2]]) == 0  # a prefix must leave at least one token to prefill (and >= 3)
+    # Two prompts in a row that open with the same word: the earlier history keeps that word out of the prefix.
+    pc = PrefixCache(min_tokens=3)
+    pc.plan(["a"], [list(range(10)) + [80, 1]])
+    pc.plan(["a"], [list(range(10)) + [70, 1]])
+    assert pc.plan(["a"], [list(range(10)) + [70, 2]]) == 10
