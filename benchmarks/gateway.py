@@ -147,6 +147,9 @@ def _engine_paths(lm, cfg, prompts: list[str], inputs: list[str], max_new: int, 
     cache = lm.prefixes
     single = {"prefill_ms": [], "greedy_path_ms": [], "greedy_path_no_prefix_cache_ms": [], "generate_path_ms": []}
     served_own = signal in ("mean_logprob", "min_logprob")  # as the gateway's engine decodes it
+    for i in range(12, 16):  # a server's steady state: the prefix cache has seen a few requests
+        decode(lm, cfg, [prompts[i % len(prompts)]], inputs=[inputs[i % len(inputs)]], max_new_tokens=max_new,
+               signal=signal, own=served_own)
     for i in range(12):
         x, p1 = inputs[i % len(inputs)], prompts[i % len(prompts)]
         with torch.inference_mode(), lm._use(lm.default_adapter):
@@ -476,8 +479,12 @@ def main() -> None:
     ap.add_argument("--soak", action="store_true", help="valid and malformed requests with a promote half way (see above)")
     ap.add_argument("--soak-requests", type=int, default=None, help="soak: requests (default 150 quick, 600 full)")
     ap.add_argument("--soak-seconds", type=float, default=None, help="soak: seconds to spread them over (20 quick, 120)")
+    ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # the child of _in_child
     args = ap.parse_args()
     setup()
+    if args.in_process:
+        _in_process_part()
+        return
     if args.soak:
         soak(args)
         return
@@ -516,17 +523,10 @@ def main() -> None:
         max_new = int(spec.get("max_new_tokens") or 8)
         signal = routing.get("signal") or "mean_logprob"
 
-        from core.prompting import render_prompt
-        from registry.consumer import base_model_of
-        from teachers.local import LocalModel
-        from trainers.base_model import resolve_model
-
-        # The same base, adapter and dtype rule the gateway's engine loads.
-        lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
-                        safetensors_only=True)
-        prompts = [render_prompt(cfg, x, lm.tokenizer) for x in inputs]
-        plain = _plain_loop(lm, cfg, inputs[: max(8, n // 8)], max_new)
-        del lm
+        # In-process figures (the plain loop, the decode paths, the peer) come from a child process: torch work
+        # run in one thread of a process slowed the torch work of another thread after it (a single decode
+        # 90 -> 180 ms, measured), so the gateway here, like `distill gateway`, runs torch in its batcher only.
+        engine, plain = _in_child(folder, inputs, n, max_new, signal)
 
         # A second version of the skill (the same adapter published again: a second adapter on the base) for the
         # mixed load: half the requests to each.
@@ -556,11 +556,6 @@ def main() -> None:
         finally:
             srv.stop()
         overhead = _overhead(gcfg, work, inputs)
-        # In-process paths last: transformers' continuous-batching peer leaves threads behind that would slow
-        # whatever ran after it in this process.
-        lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder),
-                        safetensors_only=True)
-        engine = _engine_paths(lm, cfg, prompts, inputs, max_new, signal)
         bound = engine["prefill_bound"]["req_per_s"]
         for v in [*loads.values(), *([mixed] if mixed else [])]:
             v["share_of_bound"] = round(v["req_per_s"] / bound, 3)
@@ -578,6 +573,42 @@ def main() -> None:
                          "routing_mode": routing.get("mode"), "threshold": routing.get("threshold")}})
 
 
+def _in_child(folder, inputs: list[str], n: int, max_new: int, signal: str) -> tuple[dict, dict]:
+    """(engine paths, plain loop) measured by `python benchmarks/gateway.py --in-process FOLDER` in a child."""
+    import subprocess
+    import sys
+
+    job = json.dumps({"folder": str(folder), "inputs": inputs, "n": n, "max_new": max_new, "signal": signal})
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DISTILL_BENCH_RECORD"}
+    out = subprocess.run([sys.executable, __file__, "--in-process"], input=job, capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"the in-process measurements failed:\n{out.stderr[-3000:]}")
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["engine"], got["plain"]
+
+
+def _in_process_part() -> None:
+    """The child of _in_child: reads its job (JSON) on stdin, prints {"engine", "plain"} as one JSON line."""
+    import sys
+
+    from core.prompting import render_prompt
+    from registry.consumer import base_model_of, read_spec, skill_config
+    from teachers.local import LocalModel
+    from trainers.base_model import resolve_model
+
+    job = json.loads(sys.stdin.read())
+    folder, inputs, n, max_new, signal = job["folder"], job["inputs"], job["n"], job["max_new"], job["signal"]
+    cfg = skill_config(read_spec(folder), SKILL)
+    # The same base, adapter and dtype rule the gateway's engine loads.
+    lm = LocalModel(resolve_model(base_model_of(folder), "base_model"), adapter_path=str(folder), safetensors_only=True)
+    prompts = [render_prompt(cfg, x, lm.tokenizer) for x in inputs]
+    plain = _plain_loop(lm, cfg, inputs[: max(8, n // 8)], max_new)
+    # transformers' continuous-batching peer runs last in _engine_paths: it leaves threads behind.
+    engine = _engine_paths(lm, cfg, prompts, inputs, max_new, signal)
+    print(json.dumps({"engine": engine, "plain": plain}), flush=True)
+
+
 def _overhead(gcfg, work: Path, inputs: list[str]) -> dict:
     """The gateway's own cost per request: an engine that answers at once, one client, no batching wait."""
     from gateway.app import InThread
@@ -590,7 +621,44 @@ def _overhead(gcfg, work: Path, inputs: list[str]) -> dict:
         o = _load(osrv.url, (inputs * 4)[:400], 1, keep_latencies=True)
     finally:
         osrv.stop()
-    return {"p50": o["p50_ms"], "p99": _quantile(o.pop("latencies"), 0.99), "requests": o["requests"]}
+    floor = _http_floor(inputs)
+    return {"p50": o["p50_ms"], "p99": _quantile(o.pop("latencies"), 0.99), "requests": o["requests"],
+            "http_floor": floor,
+            "added_over_http_floor": {"p50": round(o["p50_ms"] - floor["p50"], 3)}}
+
+
+def _http_floor(inputs: list[str]) -> dict:
+    """The least an HTTP answer costs here, with the same client and server stack: a FastAPI route under uvicorn
+    on loopback that parses the same body into a dict and returns a completion-sized JSON, nothing else. The
+    gateway's own overhead is what it adds to this (the client's time is in both)."""
+    import socket
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/v1/completions")
+    async def complete(body: dict):
+        return {"id": "cmpl-0", "object": "text_completion", "created": 0, "model": body.get("model"),
+                "choices": [{"index": 0, "text": " billing", "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as InThread
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        _load(url, inputs[:16], 1)
+        o = _load(url, (inputs * 4)[:400], 1, keep_latencies=True)
+    finally:
+        server.should_exit = True
+        t.join(timeout=30)
+    return {"p50": o["p50_ms"], "p99": _quantile(o.pop("latencies"), 0.99)}
 
 
 if __name__ == "__main__":
