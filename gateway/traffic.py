@@ -283,14 +283,15 @@ class TrafficWriter:
         log.error("traffic: dropped a %s of row %s for %s: cannot scrub it (%s)", op.kind,
                   op.id or op.row.get("id"), op.skill, self.last_error)
 
-    def warm(self, scrubbers) -> None:
+    def warm(self, scrubbers) -> threading.Thread | None:
         """Start the scrubbing process and have it build each scrubber now (core.privacy; about 6 s of CPU on 2
         cores), on a background thread: at start-up, beside the model loading, instead of beside the first
-        requests' decoding. `scrubbers`: core.privacy.Scrubber objects (None entries skipped). Never raises: a
-        warm-up that fails leaves the first row to start the process (and report why)."""
+        requests' decoding. `scrubbers`: core.privacy.Scrubber objects (None entries skipped). Returns the thread
+        (None: nothing to warm). Never raises: a warm-up that fails leaves the first row to start the process
+        (and report why)."""
         jobs = [(s, {"request": "warm-up"}) for s in scrubbers if s is not None]
         if not (jobs and self.scrub_process and self._pool is not False):
-            return
+            return None
 
         def run():
             try:
@@ -298,7 +299,9 @@ class TrafficWriter:
             except Exception as e:
                 log.info("traffic: the scrubbing process did not warm up (%s)", _why(e))
 
-        threading.Thread(target=run, name="scrub-warm", daemon=True).start()
+        t = threading.Thread(target=run, name="scrub-warm", daemon=True)
+        t.start()
+        return t
 
     def _scrub_rows(self, jobs: list) -> list:
         """[(Scrubber, row)] -> [(scrubbed row, None) or (None, why)], in the child process when it runs."""
