@@ -99,6 +99,12 @@ def _accepted(value: Any) -> bool:
     raise ValueError("'accepted' must be true or false")
 
 
+# Values of `reference_source` that mean the small model answered (compared lower-case): such a row is the gateway's
+# own kept answer, never a reference; the readers skip it without calling it malformed.
+STUDENT_SOURCES = frozenset({"student", "slm", "adapter", "distilled", "small_model"})
+STUDENT_ROW = "the small model's own answer (reference_source student): never a reference"
+
+
 def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
     """One traffic record from a dict with the JSONL keys; ValueError says what is wrong."""
     for key in ("id", "timestamp"):
@@ -112,6 +118,8 @@ def parse_record(obj: dict, cfg: SkillConfig) -> TrafficRecord:
     reference = _canonical(obj.get("reference"), "reference", task.json_output)
     accepted = _accepted(obj.get("accepted"))
     source = obj.get("reference_source", "unknown")
+    if isinstance(source, str) and source.lower() in STUDENT_SOURCES:
+        raise ValueError(STUDENT_ROW)
     if source not in ("llm", "human", "unknown"):
         raise ValueError("'reference_source' must be 'llm' or 'human'")
     reference = task.canonical_output(reference)  # a label as declared, whatever its Unicode form or case
@@ -289,10 +297,11 @@ def load_traffic(path: Path | None, cfg: SkillConfig, folder: Path | None = None
         out = read_traffic_sql(r.url or default_sql_url(base), cfg)
     else:
         out = read_traffic_jsonl(Path(path), cfg)
-    for s in out.skipped[:5]:
+    bad = [s for s in out.skipped if s.reason != STUDENT_ROW]  # the gateway's kept answers are not malformed
+    for s in bad[:5]:
         log.warning("traffic: skipped %s: %s", s.where, s.reason)
-    if len(out.skipped) > 5:
-        log.warning("traffic: skipped %d more malformed record(s)", len(out.skipped) - 5)
+    if len(bad) > 5:
+        log.warning("traffic: skipped %d more malformed record(s)", len(bad) - 5)
     return out
 
 

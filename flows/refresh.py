@@ -50,14 +50,12 @@ from typing import Any, Iterator, Sequence
 from core.records import Example, Rejected, iter_jsonl, now_iso, parse_instant, read_examples, write_examples, write_json, write_jsonl
 from core.skills import Skill
 from core.workdir import pool_dir
-from eval_gates.replay import TrafficLog, TrafficRecord, load_traffic
+# STUDENT_SOURCES: values of `reference_source` that mean the small model answered, never training data.
+from eval_gates.replay import STUDENT_SOURCES, TrafficLog, TrafficRecord, load_traffic
 
 WATERMARK_FILE = "refresh_watermark.json"  # in the pool folder (committed) and in the run folder (pending)
 STATS_FILE = "refresh_stats.json"
 REJECTED_FILE = "refresh_rejected.jsonl"
-# Values of `reference_source` that mean the small model answered: never training data
-# (compared lower-case). The replay reader rejects them as malformed; here they are named.
-STUDENT_SOURCES = frozenset({"student", "slm", "adapter", "distilled", "small_model"})
 STAGE = "refresh"
 
 

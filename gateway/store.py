@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from core.records import DataError, iter_jsonl, parse_instant
-
-# The refresh's student sources (flows/refresh.py STUDENT_SOURCES): imported as 'student', never trained on.
-_STUDENT = frozenset({"student", "slm", "adapter", "distilled", "small_model"})
+# The small model's own answers: imported as 'student', never trained on.
+from eval_gates.replay import STUDENT_SOURCES as _STUDENT
 IMPORTED_LANE = "imported"  # the lane column of imported rows (the gateway writes keep | escalate | degraded | unanswered)
 MAX_LISTED = 20  # bad lines named in the error; the count says how many more
 

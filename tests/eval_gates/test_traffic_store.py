@@ -106,7 +106,7 @@ def store(request, skill_root, monkeypatch):
         engine.dispose()
 
 
-def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, store, tmp_path):
+def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, store, tmp_path, caplog):
     from core.workdir import traffic_table_name
     from flows.refresh import refresh_stage
 
@@ -133,13 +133,18 @@ def test_served_rows_are_what_the_default_replay_and_refresh_read(skill_root, st
     assert stored["g-ip"]["request"].count("<IP_ADDRESS>") == 2
     assert stored["g-mail"]["answer"] == "billing (cc <EMAIL_ADDRESS>)" and stored["g-mail"]["slm_raw"].endswith("cc <EMAIL_ADDRESS>")
 
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="distill")
     log = load_skill_traffic(skill)
+    # The gateway's kept answers are no reference, and not "malformed": no warning names them.
+    assert not [r for r in caplog.records if "g-kept" in r.getMessage() or "malformed" in r.getMessage()]
     ids = {t.id for t in log}
     assert {i for i, *_ in SERVED} <= ids and "g-kept" not in ids  # the student's answer is never a reference
     assert len(log) == len(shipped) + len(SERVED)  # the shipped log and the table, one id once
     assert next(t for t in log if t.id == first["id"]).reference == "other"
     assert str(skill.folder / "traffic.jsonl") in log.source and "traffic_ticket_triage" in log.source
-    assert any("g-kept" in s.where and "reference_source" in s.reason for s in log.skipped)
+    assert any("g-kept" in s.where and "never a reference" in s.reason for s in log.skipped)
     assert any(first["id"] in s.reason and "superseded" in s.reason for s in log.skipped)
     replay, traffic = replay_items(skill)
     assert traffic.summary()["records"] == len(shipped) + len(SERVED)
