@@ -45,6 +45,8 @@ class Row:
     finish: str | None = None  # "stop" (EOS, newline, grammar complete) or "length"
     pending: list[int] = field(default_factory=list)  # committed tokens not yet fed to the model (choice + forced)
     pstart: int = 0  # index in `ids` of pending[0]
+    draft: list[int] = field(default_factory=list)  # the grammar's forced remainder, tokenized: fed after pending,
+    # each token kept only if it is the greedy choice at its position (verified jump-forward)
 
 
 def _single_allowed(bitmask_row) -> int | None:
@@ -66,7 +68,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                  matchers: Sequence | None = None, bitmask_vocab: int | None = None,
                  stop_at_newline: bool = True, own: bool = True, device=None,
                  adapter_names: Sequence[str] | None = None,
-                 prefix: tuple[int, Sequence[tuple]] | None = None) -> list[Row]:
+                 prefix: tuple[int, Sequence[tuple]] | None = None, draft: bool = True) -> list[Row]:
     """Greedy-decode a batch of tokenized prompts; returns one Row per prompt, in order.
 
     model: a causal LM (PEFT-wrapped or not) whose forward takes `past_key_values`, `position_ids`,
@@ -79,8 +81,9 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     forward (PEFT's mixed-batch inference), so skills on one base are not decoded one after another.
     prefix: (P, kv) where every prompt's first P ids are the same and kv holds, per layer, the (keys, values) of
     those P tokens for each row ([n, kv_heads, P, head_dim], `PrefixCache.batch`): only ids P.. are prefilled.
-    Raises ValueError on an empty prompt, a prefix not shorter than every prompt, or lists whose length is not
-    the prompts'."""
+    draft: feed the tokenization of what the grammar fixes as a string after a choice, each token kept where it is
+    the greedy choice (fewer forwards; the same answer and scores). Raises ValueError on an empty prompt, a
+    prefix not shorter than every prompt, or lists whose length is not the prompts'."""
     import torch
     from transformers import DynamicCache
 
@@ -195,13 +198,21 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                 row.pending.append(f)
                 if finish_check(r):
                     break
+            # 2b. Draft the rest the grammar fixes as a string but not as tokens (" feature" -> "_request": several
+            #     tokenizations are allowed, so no single token is forced): its own tokenization is fed in the same
+            #     forward and each token kept only where it is the greedy choice, as speculative decoding verifies
+            #     a draft. The answer and its scores are the step-by-step ones; the forwards are fewer.
+            if draft and matchers is not None and row.finish is None:
+                rest = matchers[r].find_jump_forward_string()
+                if rest:
+                    row.draft = tokenizer.encode(rest, add_special_tokens=False)[: max(0, caps[r] - len(row.ids))]
         # 3. Which rows need a forward: unfinished ones (their next choice), and finished ones whose forced
         #    tokens still lack the model's own log-probability.
         feed: list[tuple[int, int, list[int], bool]] = []  # (batch row, prompt, tokens to feed, wants next logits)
         for b, r in enumerate(active):
             row = rows[r]
             if row.finish is None:
-                feed.append((b, r, row.pending, True))
+                feed.append((b, r, row.pending + row.draft, True))
             elif own and len(row.pending) > 1:
                 # Done: the forced tokens after its choice still need their own log-probability, read at the
                 # positions before them (the last committed token's logits are not needed).
@@ -235,14 +246,48 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                 for j in range(1, len(row.pending)):
                     v = logits[k, c - len(toks) + j - 1]
                     row.lps[row.pstart + j] = float(v[row.pending[j]] - torch.logsumexp(v, -1))
-        keep = [k for k, (_, _, _, nxt) in enumerate(feed) if nxt]
+        # Verify drafts: the column of a row's next-token logits is its last fed token's unless a draft token was
+        # refused (then the column before it; the refused tokens' cache entries are masked out).
+        col = [c - 1] * len(feed)
+        for k, (_, r, toks, _) in enumerate(feed):
+            row = rows[r]
+            if not row.draft:
+                continue
+            first = c - len(toks) + len(row.pending) - 1  # predicts draft[0]
+            took = 0
+            for j, d in enumerate(row.draft):
+                v = logits[k, first + j]
+                matchers[r].fill_next_token_bitmask(bitmask, 0)
+                masked = v[None].clone()
+                xgr.apply_token_bitmask_inplace(masked, bitmask[:1].to(masked.device))
+                masked = masked[0]
+                if int(masked.argmax()) != d:
+                    break
+                top2 = masked.topk(2).values
+                forced = float(top2[1]) == float("-inf")  # the only token allowed: recorded as a jumped one
+                row.ids.append(d)
+                row.lps.append(None if forced and not own else float(v[d] - torch.logsumexp(v, -1)))
+                row.glps.append(0.0 if forced else float(masked[d] - torch.logsumexp(masked, -1)))
+                row.margins.append(None if forced else float(top2[0] - top2[1]))
+                took += 1
+                if d not in eos_ids:
+                    matchers[r].accept_token(d)
+                if finish_check(r):
+                    break
+            refused = len(row.draft) - took
+            if refused:
+                mask[k, mask.shape[1] - refused:] = 0  # the draft's last `refused` columns are this row's own
+                next_pos[r] -= refused
+            col[k] = first + took
+            row.draft = []
+        keep = [k for k, (_, r, _, nxt) in enumerate(feed) if nxt and rows[r].finish is None]
         if not keep:
             break
         if len(keep) != len(feed):
             cache.batch_select_indices(torch.tensor(keep, dtype=torch.long, device=device))
             mask = mask[keep]
             active = [active[k] for k in keep]
-        scores = logits[keep, -1, :]
+        scores = logits[keep, [col[k] for k in keep], :]
     return rows
 
 
