@@ -611,7 +611,15 @@ class LocalModel:
             with torch.inference_mode(), self._use(a):
                 return prefix_kv(self.model, ids, self.device)
 
-        return self.prefixes.batch(row_adapters, p_ids, plen, compute)
+        try:
+            return self.prefixes.batch(row_adapters, p_ids, plen, compute)
+        except Exception as e:  # a cache layout prefix_kv does not know (e.g. linear-attention layers): go without
+            import logging
+
+            logging.getLogger("distill").warning("%s: prefix cache off (%s: %s); every prompt is prefilled whole",
+                                                 self.name, type(e).__name__, str(e)[:200])
+            self.prefixes = None
+            return None
 
     def _rescore(self, results: dict, redo: list, adapter_of: Callable, constrained: bool, batch_size: int) -> None:
         """The model's own answer log-probabilities by one teacher-forced pass per adapter, for the completions

@@ -289,3 +289,18 @@ def test_a_drafted_remainder_answers_as_step_by_step_in_fewer_forwards(tiny):
         assert [m is None for m in x.margins] == [m is None for m in y.margins]
     assert fa < fb  # 8 against 10 on this model and prompts
     assert any(tok.decode(r.ids, skip_special_tokens=True).strip() in labels for r in a)
+
+
+def test_a_model_whose_cache_the_prefix_path_cannot_read_decodes_without_it(tiny, monkeypatch, caplog):
+    import teachers.greedy as G
+    from teachers.greedy import PrefixCache
+
+    def broken(*a, **k):
+        raise AttributeError("'LinearAttentionLayer' object has no attribute 'keys'")
+
+    tiny.prefixes = PrefixCache()
+    monkeypatch.setattr(G, "prefix_kv", broken)
+    got = tiny.complete(PROMPTS, max_new_tokens=4, confidence=True)
+    assert tiny.prefixes is None and "prefix cache off" in caplog.text
+    _same(got, _uncached(tiny, PROMPTS, max_new_tokens=4), tol=1e-5)
+    tiny.prefixes = PrefixCache()
