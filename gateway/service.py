@@ -171,7 +171,7 @@ class Gateway:
         from gateway.config import default_traffic_url
 
         self.scrubbers: dict[str, Any] = {}  # skill -> core.privacy.Scrubber | None (privacy.scrub off)
-        self._scrub_warming: threading.Thread | None = None  # the scrubbing process's start-up (start())
+        self._scrub_warming: threading.Thread | None = None  # starts the scrubbing process (start())
         self.traffic = TrafficWriter(cfg.traffic_url or default_traffic_url(), cfg.table_for, cfg.traffic_queue,
                                      cfg.traffic_batch, cfg.traffic_flush_ms, scrub_for=self._scrubber)
         self.verify = VerifyLane(self._verify_ask, self._verify_agree, cfg.verify_queue, self._verify_done)
@@ -199,16 +199,14 @@ class Gateway:
         for name in self.skills:
             self.teachers[name] = self._teacher_lane(name)
             self.verify_teachers[name] = self._teacher_lane(name)
-        warm = threading.Thread(target=self._warm_scrubbing, name="scrub-warm", daemon=True)
-        warm.start()  # beside the model loading
+        self._scrub_warming = threading.Thread(target=self._warm_scrubbing, name="scrub-warm", daemon=True)
+        self._scrub_warming.start()  # beside the model loading
         self.poll()
         for name in self.skills:
             self._scrubber(name)  # a privacy block that cannot be honoured fails the start, not each row
         # Ready once the scrubbing process is up too (a readiness probe holds traffic until then), so the first
         # requests do not share the CPU with its start; at most SCRUB_WARM_WAIT_S, then it finishes in the back.
-        warm.join(SCRUB_WARM_WAIT_S)
-        if self._scrub_warming is not None:
-            self._scrub_warming.join(max(0.0, SCRUB_WARM_WAIT_S - 1.0))
+        self._scrub_warming.join(SCRUB_WARM_WAIT_S)
         self.ready = True
         self._poller = threading.Thread(target=self._poll_loop, name="alias-poller", daemon=True)
         self._poller.start()
@@ -276,7 +274,7 @@ class Gateway:
                 continue
         warm = getattr(self.traffic, "warm", None)
         if warm is not None:
-            self._scrub_warming = warm(scrubbers)
+            warm(scrubbers)
 
     def _drift_worker(self, url: str):
         """The drift monitor's worker, with the triggers recorded in the traffic database (the worker reads each

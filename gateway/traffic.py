@@ -246,7 +246,7 @@ class TrafficWriter:
     def _scrub_held(self) -> None:
         """Scrub every held op not yet scrubbed (personal data -> placeholders), in the child process when there
         is one; an op that cannot be scrubbed is dropped and counted, never written raw."""
-        todo = [op for op in self._held if getattr(op, "raw", False)]
+        todo = [op for op in self._held if op.raw]
         if not todo:
             return
         failed: set[int] = set()
@@ -283,25 +283,19 @@ class TrafficWriter:
         log.error("traffic: dropped a %s of row %s for %s: cannot scrub it (%s)", op.kind,
                   op.id or op.row.get("id"), op.skill, self.last_error)
 
-    def warm(self, scrubbers) -> threading.Thread | None:
+    def warm(self, scrubbers) -> None:
         """Start the scrubbing process and have it build each scrubber now (core.privacy; about 6 s of CPU on 2
-        cores), on a background thread: at start-up, beside the model loading, instead of beside the first
-        requests' decoding. `scrubbers`: core.privacy.Scrubber objects (None entries skipped). Returns the thread
-        (None: nothing to warm). Never raises: a warm-up that fails leaves the first row to start the process
-        (and report why)."""
-        jobs = [(s, {"request": "warm-up"}) for s in scrubbers if s is not None]
+        cores), so that it happens at start-up and not beside the first requests' decoding; blocks until then
+        (the gateway calls it on a thread of its own, beside the model loading). `scrubbers`:
+        core.privacy.Scrubber objects (None entries skipped). Never raises: a warm-up that fails leaves the first
+        row to start the process (and report why)."""
+        jobs = [(s.cfg.model_dump_json(), {"request": "warm-up"}) for s in scrubbers if s is not None]
         if not (jobs and self.scrub_process and self._pool is not False):
-            return None
-
-        def run():
-            try:
-                _scrub_worker().scrub([(s.cfg.model_dump_json(), row) for s, row in jobs])
-            except Exception as e:
-                log.info("traffic: the scrubbing process did not warm up (%s)", _why(e))
-
-        t = threading.Thread(target=run, name="scrub-warm", daemon=True)
-        t.start()
-        return t
+            return
+        try:
+            _scrub_worker().scrub(jobs)
+        except Exception as e:
+            log.info("traffic: the scrubbing process did not warm up (%s)", _why(e))
 
     def _scrub_rows(self, jobs: list) -> list:
         """[(Scrubber, row)] -> [(scrubbed row, None) or (None, why)], in the child process when it runs."""

@@ -25,6 +25,7 @@ under the same xgrammar mask), so the answers and confidences the gates measured
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -324,13 +325,11 @@ class PrefixCache:
     with, else the common prefix of the chunk's rows and the adapter's last `history` prompts (so a request
     decoded alone shares the instruction with the ones before it, and two requests that happen to open with the
     same word do not make that word part of a kept prefix); at least `min_tokens`, always at least one token short
-    of the shortest prompt, and never longer than `max_tokens` (Gemma 3's sliding-window layers keep only their
-    last window of keys, so a prefix near the window could not be reused). Not thread-safe: the model's lock
+    of the shortest prompt, and never longer than `max_tokens` (a bound on what an entry holds; prompts that
+    reach a sliding attention window are kept out by the caller, LocalModel). Not thread-safe: the model's lock
     guards it."""
 
     def __init__(self, capacity: int = 32, min_tokens: int = 8, max_tokens: int = 256, history: int = 4):
-        from collections import OrderedDict
-
         self.capacity, self.min_tokens, self.max_tokens, self.history = capacity, min_tokens, max_tokens, history
         self.entries: "OrderedDict[tuple, list[tuple]]" = OrderedDict()  # (adapter, ids) -> per-layer (k, v)
         self.last: dict = {}  # adapter -> deque of its last prompts' ids
@@ -346,17 +345,15 @@ class PrefixCache:
         """How many leading tokens the chunk's rows (adapters[i] decodes prompt_ids[i]) take from the cache: 0 for
         none. Remembers each adapter's last prompt."""
         cap = min(self.max_tokens, min(len(p) for p in prompt_ids) - 1)
+        chunk = set(adapters)
         best = 0
-        for (a, ids) in self.entries:  # a kept prefix every row of that adapter starts with
-            if best < len(ids) <= cap and all(tuple(p[: len(ids)]) == ids for p in prompt_ids) \
-                    and a in set(adapters):
+        for (a, ids) in self.entries:  # a kept prefix every row starts with
+            if a in chunk and best < len(ids) <= cap and all(tuple(p[: len(ids)]) == ids for p in prompt_ids):
                 best = len(ids)
         if best < self.min_tokens:
-            seqs = list(prompt_ids) + [p for a in set(adapters) for p in self.last.get(a, ())]
+            seqs = list(prompt_ids) + [p for a in chunk for p in self.last.get(a, ())]
             # One prompt alone shares nothing yet: its whole length is no prefix worth keeping.
             best = min(common_prefix(seqs), cap) if len(seqs) > 1 else 0
-        from collections import deque
-
         for a, p in zip(adapters, prompt_ids):
             self.last.setdefault(a, deque(maxlen=self.history)).append(tuple(p))
         return best if best >= self.min_tokens else 0

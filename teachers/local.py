@@ -249,9 +249,9 @@ def inference_dtype(device: str):
     DISTILL_INFERENCE_DTYPE=float32|bfloat16 overrides the rule (auto: the rule); the tests pin float32, so
     paths that must agree (greedy and generate(), gate and gateway) are compared without bf16's rounding,
     which differs with the batch's shape. ValueError for another value."""
-    import torch
-
     import os
+
+    import torch
 
     forced = os.environ.get("DISTILL_INFERENCE_DTYPE", "auto").strip().lower()
     if forced in ("float32", "bfloat16"):
@@ -317,23 +317,11 @@ class LocalModel:
             if name in self.adapters:
                 raise ValueError(f"adapter {name!r} is already loaded")
             kw = {"use_safetensors": True} if self.safetensors_only else {}
-            stale = set(getattr(self.model, "peft_config", {})) - set(self.adapters)  # kept: PEFT keeps its last one
             if not isinstance(self.model, PeftModel):
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, **kw).eval()
-            elif name in stale:
-                # PEFT loading onto a name it still holds mixes old and new weights: load it beside under another
-                # name, drop the old one, then load it under its name.
-                self.model.load_adapter(str(path), adapter_name="__swap__", **kw)
-                self.model.delete_adapter(name)
-                self.model.load_adapter(str(path), adapter_name=name, **kw)
-                self.model.set_adapter(name)
-                self.model.delete_adapter("__swap__")
-                stale.discard(name)
             else:
                 self.model.load_adapter(str(path), adapter_name=name, **kw)
-            for old in stale:  # a leftover of a removed adapter goes once another one is in
-                self.model.delete_adapter(old)
-            self.model.eval()
+                self.model.eval()
             self.adapters[name] = str(path)
             if self.prefixes is not None:
                 self.prefixes.drop(name)  # a name loaded again may hold other weights
@@ -347,7 +335,10 @@ class LocalModel:
                 if self.model.active_adapter == name:
                     self.model.set_adapter(next(a for a in self.adapters if a != name))
                 self.model.delete_adapter(name)
-            # The last adapter stays in memory (PEFT cannot delete the only one): it is just never used.
+            else:
+                # PEFT cannot delete its only adapter, and loading onto a name it still holds mixes old and new
+                # weights: take the LoRA layers out (nothing merged) and wrap the base afresh at the next load.
+                self.model = self.model.unload().eval()
             del self.adapters[name]
             if self.prefixes is not None:
                 self.prefixes.drop(name)
