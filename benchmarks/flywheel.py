@@ -1,7 +1,8 @@
 """The flywheel, measured: a published ticket-triage version serves a labelled stream through the gateway, the
 stream shifts, the drift trigger fires, a refresh run publishes a new version, and the stream is served again.
 
-    python benchmarks/flywheel.py [--quick] [--teacher-accuracy 0.95] [--seed 7]
+    python benchmarks/flywheel.py [--quick] [--teacher-accuracy 0.95] [--routing budget|quality]
+                                  [--max-teacher-share 0.2] [--seed 7]
 
 Set-up. A copy of the ticket-triage skill (`seeds/`, in a temporary folder) whose teacher is the project's
 fake OpenAI server (teachers/fakeserver.py), scripted as a strong teacher: it labels a ticket it knows (the
@@ -19,8 +20,9 @@ drift monitor on; verify lane off):
   2. shifted: tests/gateway/data/shifted_tickets.jsonl (hand-written: the Klarna payment provider, the Pulse AI
      copilot launch, Okta SCIM, terse messages) and the tickets of benchmarks/data/flywheel_shifted.jsonl that
      carry personal data;
-  3. after the refresh: the other tickets of benchmarks/data/flywheel_shifted.jsonl (the same shift, tickets
-     the refresh never saw). None of the streams comes from an eval set.
+  3. after the refresh: the other tickets of benchmarks/data/flywheel_shifted.jsonl and those of
+     benchmarks/data/flywheel_shifted_more.jsonl (hand-written, the same shift: Klarna, Pulse, Okta SCIM, terse and
+     long messages; tickets the refresh never saw). None of the streams comes from an eval set.
 The drift trigger: without PREFECT_API_URL the gateway records the event in `distill_drift_triggers` instead
 of sending it to Prefect (gateway/drift.py); the benchmark reads that record after phase 2 and, when it is
 there, starts the skill's run in this process (`distill_skill`, what prefect.yaml's trigger would start), once
@@ -31,8 +33,16 @@ an accepted reference only; gates.replay.context relabel 0, style_share 0) and t
 2: recent traffic of every lane relabelled by the teacher and used as style shots). Phases 1 and 2 are shared:
 a policy acts only from the refresh on.
 
-Per phase: served accuracy on the stream's gold labels (only the benchmark sees them), teacher share (lane
-escalate), kept-lane error (kept answers that are wrong), and per policy the minutes from the first shifted
+Routing: `--routing budget` (the default here) with `--max-teacher-share 0.2`, written into the skill's `routing:`
+block. Why not the skill's own `quality` policy: with a 95% teacher, quality escalates every band where the
+teacher is measured better, which is most of them (version 1 sent half of phase 1 to the teacher), so the served
+answers are the teacher's under every policy and cannot tell the refreshes apart (the first full-size run served
+0.926 on phase 3 under all three). A budget keeps most traffic on the student, the economics the project exists
+for, and makes the served accuracy the student's to win. `--routing quality` measures the other setting.
+
+Per phase: served accuracy on the stream's gold labels (only the benchmark sees them), the student's own
+accuracy (its answer, kept or not, against the gold label), teacher share (lane escalate), kept-lane error (kept
+answers that are wrong), and per policy the minutes from the first shifted
 request to the promoted version (phase 2's remaining stream, then the run). Personal data: every e-mail, phone
 and IBAN in the streams is searched for (as written, and without spaces) in each work dir's traffic table, pool
 (accepted and held) and training sets (train.jsonl, val.jsonl): `pii.found` must be 0.
@@ -133,7 +143,7 @@ def streams() -> tuple[list[dict], list[dict], list[dict], list[dict]]:
     more = _jsonl(DATA / "flywheel_shifted.jsonl")
     phase2 = _jsonl(REPO / "tests" / "gateway" / "data" / "shifted_tickets.jsonl")
     phase2 += [m for m in more if _has_pii(m["input"])]
-    phase3 = [m for m in more if not _has_pii(m["input"])]
+    phase3 = [m for m in more if not _has_pii(m["input"])] + _jsonl(DATA / "flywheel_shifted_more.jsonl")
     return initial, phase1, phase2, phase3
 
 
@@ -154,8 +164,10 @@ def pii_values(items: list[dict]) -> list[str]:
 # --- set-up -------------------------------------------------------------------------------------------------------
 
 
-def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[dict], quick: bool) -> Path:
-    """seeds/<skill> copied under `root`, with the scripted teacher, the initial log, tuned drift and the policies."""
+def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[dict], quick: bool,
+                routing: dict | None = None) -> Path:
+    """seeds/<skill> copied under `root`, with the scripted teacher, the initial log, tuned drift, the routing block
+    (`routing`: skill.yaml's `routing:` keys; None: the skill's own) and the policies."""
     import yaml
 
     folder = root / SKILL
@@ -171,6 +183,8 @@ def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[di
     cfg["audit"] = {"enabled": False}  # the teacher's quality is set by --teacher-accuracy
     cfg["filters"].update(target_precision=None, max_label_distance=None)  # label confidences are 1.0 / 0.5
     cfg["schedule"] = {"cron": None}
+    if routing:
+        cfg["routing"] = {**(cfg.get("routing") or {}), **routing}
     cfg["drift"] = {"window_requests": 30, "min_requests": 15, "sustain_requests": 8, "sustain_minutes": 0.0,
                     "cooldown_minutes": 360.0, "novelty_ceiling": 0.3}
     if quick:
@@ -215,7 +229,7 @@ def serve(items: list[dict], on_request=None) -> dict:
     srv = InThread(GatewayConfig(skills=[SKILL], port=0, poll_s=3600, max_wait_ms=2.0, teacher_timeout_s=120,
                                  traffic_flush_ms=20))
     lanes: dict[str, int] = {}
-    right = kept = kept_wrong = 0
+    right = kept = kept_wrong = student_right = 0
     versions: set = set()
     try:
         with httpx.Client(timeout=300) as c:
@@ -226,6 +240,7 @@ def serve(items: list[dict], on_request=None) -> dict:
                 lanes[p["lane"]] = lanes.get(p["lane"], 0) + 1
                 ok = p["answer"] == it["output"]
                 right += ok
+                student_right += p.get("slm_answer") == it["output"]
                 versions.add(p.get("version"))
                 if p["lane"] == "keep":
                     kept += 1
@@ -238,7 +253,8 @@ def serve(items: list[dict], on_request=None) -> dict:
     finally:
         srv.stop()
     n = len(items)
-    return {"n": n, "served_accuracy": round(right / n, 4), "teacher_share": round(lanes.get("escalate", 0) / n, 4),
+    return {"n": n, "served_accuracy": round(right / n, 4), "student_accuracy": round(student_right / n, 4),
+            "teacher_share": round(lanes.get("escalate", 0) / n, 4),
             "kept": kept, "kept_error": round(kept_wrong / kept, 4) if kept else None, "lanes": lanes,
             "versions": sorted(v for v in versions if v is not None)}
 
@@ -322,6 +338,9 @@ def main() -> None:
     ap.add_argument("--teacher-accuracy", type=float, default=0.95, help="share of known tickets the teacher labels right")
     ap.add_argument("--seed", type=int, default=7, help="seed of version 1's run; the refresh runs use seed + 1 "
                                                        "(the policies differ in nothing else)")
+    ap.add_argument("--routing", choices=["budget", "quality"], default="budget",
+                    help="the gateway's routing policy for the bench skill (budget: at most --max-teacher-share)")
+    ap.add_argument("--max-teacher-share", type=float, default=0.2, help="budget: the teacher's largest share")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work dirs (printed) for inspection")
     args = ap.parse_args()
     t_start = time.time()
@@ -349,12 +368,16 @@ def main() -> None:
     teacher = ScriptedTeacher(known_labels([phase1, phase2, phase3], initial), args.teacher_accuracy)
     server = FakeOpenAIServer(answer=teacher).start()
     server.keep_bodies = False
-    os.environ["DISTILL_SEEDS_DIR"] = str(bench_skill(tmp / "seeds", base, server.base_url, initial, args.quick))
+    routing = {"policy": args.routing}
+    if args.routing == "budget":
+        routing["max_teacher_share"] = args.max_teacher_share
+    os.environ["DISTILL_SEEDS_DIR"] = str(bench_skill(tmp / "seeds", base, server.base_url, initial, args.quick,
+                                                      routing))
     result: dict = {"benchmark": "flywheel", "quick": args.quick,
                     "student": "tiny random Gemma 3" if args.quick else "bundled:gemma-3-270m",
                     "teacher": f"scripted fake OpenAI server, {args.teacher_accuracy:.2f} right on tickets it knows",
                     "stream": {"phase1": len(phase1), "phase2": len(phase2), "phase3": len(phase3)},
-                    "pii_values": len(values)}
+                    "pii_values": len(values), "routing": routing}
     try:
         # Version 1: the pipeline publishes it from the seeds and the initial log.
         v1, v1_s = run_refresh("accepted_only", "v1", args.seed)
@@ -403,8 +426,11 @@ def main() -> None:
         ctx, acc = policies["traffic_context"]["phase3"], policies["accepted_only"]["phase3"]
         result["summary"] = {
             "phase3_served_accuracy": {k: v["phase3"]["served_accuracy"] for k, v in policies.items()},
+            "phase3_student_accuracy": {k: v["phase3"]["student_accuracy"] for k, v in policies.items()},
             "context_minus_accepted_only": round(ctx["served_accuracy"] - acc["served_accuracy"], 4),
-            "teacher_share": {"phase1": p1["teacher_share"], "phase3_traffic_context": ctx["teacher_share"]},
+            "teacher_share": {"phase1": p1["teacher_share"], "phase2": p2["teacher_share"],
+                              **{f"phase3_{k}": v["phase3"]["teacher_share"] for k, v in policies.items()}},
+            "phase3_share_minus_phase1_traffic_context": round(ctx["teacher_share"] - p1["teacher_share"], 4),
         }
     finally:
         server.stop()

@@ -12,6 +12,10 @@ answer's time). Here, per batch:
    the prefill and one forward over the forced rest; a grammar-renormalised confidence needs not even that.
 3. a finished row leaves the batch (its KV cache rows are dropped) and its result is final at once.
 
+Sampled completions (the teacher writing new inputs, self-consistency samples) take the same loop with a
+`sample` callable in place of the argmax: rows that stop early leave the batch instead of riding along to the
+longest row's end as in `generate()`.
+
 A **shared prompt prefix** (the skill's instruction and label list, the same in every request) need not be
 computed again per request: `prefix_kv` computes its keys and values once per adapter, `PrefixCache` keeps
 them, and `greedy_batch(prefix=...)` starts from a copy and prefills only each row's own suffix (prefix
@@ -69,7 +73,8 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
                  matchers: Sequence | None = None, bitmask_vocab: int | None = None,
                  stop_at_newline: bool = True, own: bool = True, device=None,
                  adapter_names: Sequence[str] | None = None,
-                 prefix: tuple[int, Sequence[tuple]] | None = None, draft: bool = True) -> list[Row]:
+                 prefix: tuple[int, Sequence[tuple]] | None = None, draft: bool = True,
+                 sample=None) -> list[Row]:
     """Greedy-decode a batch of tokenized prompts; returns one Row per prompt, in order.
 
     model: a causal LM (PEFT-wrapped or not) whose forward takes `past_key_values`, `position_ids`,
@@ -83,7 +88,10 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
     prefix: (P, kv) where every prompt's first P ids are the same and kv holds, per layer, the (keys, values) of
     those P tokens for each row ([n, kv_heads, P, head_dim], `PrefixCache.batch`): only ids P.. are prefilled.
     draft: feed the tokenization of what the grammar fixes as a string after a choice, each token kept where it is
-    the greedy choice (fewer forwards; the same answer and scores). Raises ValueError on an empty prompt, a
+    the greedy choice (fewer forwards; the same answer and scores). sample: None for greedy (argmax), or a callable
+    taking the step's float32 logits [rows, vocab] (tokens the grammar forbids at -inf) and returning one token
+    id per row (a LongTensor [rows]): sampled decoding through the same loop (no drafts then: a draft is verified
+    against the greedy choice). Raises ValueError on an empty prompt, a
     prefix not shorter than every prompt, or lists whose length is not the prompts'."""
     import torch
     from transformers import DynamicCache
@@ -163,7 +171,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             masked = s.clone()
             xgr.apply_token_bitmask_inplace(masked, bitmask[: len(active)].to(masked.device))
         top2 = masked.topk(2, dim=-1).values
-        best = masked.argmax(dim=-1)
+        best = masked.argmax(dim=-1) if sample is None else sample(masked)
         own_lp = (s.gather(-1, best[:, None])[:, 0] - lse).tolist()
         g_lp = (masked.gather(-1, best[:, None])[:, 0] - torch.logsumexp(masked, dim=-1)).tolist()
         margin = (top2[:, 0] - top2[:, 1]).tolist()  # a difference of logits is a difference of log-probabilities
@@ -203,7 +211,7 @@ def greedy_batch(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_
             #     tokenizations are allowed, so no single token is forced): its own tokenization is fed in the same
             #     forward and each token kept only where it is the greedy choice, as speculative decoding verifies
             #     a draft. The answer and its scores are the step-by-step ones; the forwards are fewer.
-            if draft and matchers is not None and row.finish is None:
+            if draft and sample is None and matchers is not None and row.finish is None:
                 rest = matchers[r].find_jump_forward_string()
                 if rest:
                     row.draft = tokenizer.encode(rest, add_special_tokens=False)[: max(0, caps[r] - len(row.ids))]

@@ -218,6 +218,22 @@ class _Capture:
         return scores
 
 
+def _sampler(temperature: float, top_p: float, seed: int, device):
+    """A `greedy_batch` sample callable: float32 logits [rows, vocab] (forbidden tokens at -inf) -> one token id
+    per row, drawn from the temperature-scaled nucleus (NucleusWarper) with its own seeded torch.Generator, so a
+    batch draws the same tokens for the same seed whatever else the process samples."""
+    import torch
+
+    warp = NucleusWarper(temperature, top_p)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def sample(logits):
+        probs = torch.softmax(warp(None, logits), dim=-1)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+
+    return sample
+
+
 def _dense(t):
     """`t` with row-major strides (a copy only where its strides are not: a slice's stale stride on a size-1 dim
     counts as contiguous to torch but sends matmul down a path that copies the other operand)."""
@@ -398,15 +414,16 @@ class LocalModel:
 
         `grammars`: one grammar spec per prompt (core.tasks' `answer_grammar`; None: free) to
         decode under with xgrammar (teachers.constrained); None: no constraint at all.
-        Greedy completions go through `teachers.greedy.greedy_batch` (one prefill, then one forward per
-        grammar choice, forced tokens jumped); sampled ones through transformers' `generate()`. `own`
+        Completions go through `teachers.greedy.greedy_batch` (one prefill, then one forward per grammar
+        choice, forced tokens jumped; a row that stops leaves the batch); sampled ones draw each token from
+        temperature + nucleus (top-p `TOP_P`) probabilities with a torch.Generator seeded per batch. `own`
         (greedy, under a grammar): also compute the model's own log-probability of forced tokens; False
         when only a grammar-renormalised confidence is read (the gateway serving such a signal).
-        `adapters` (greedy only): one loaded adapter name (None: the base) per prompt, decoded in shared
-        batches (PEFT mixed-adapter batches; `adapter` is then ignored); `caps`: one max_new_tokens per
-        prompt (greedy only; `max_new_tokens` is then ignored).
-        `decoder="generate"`: greedy through `generate()` too (the reference the greedy path is tested and
-        benchmarked against).
+        `adapters`: one loaded adapter name (None: the base) per prompt, decoded in shared batches (PEFT
+        mixed-adapter batches; `adapter` is then ignored); `caps`: one max_new_tokens per prompt
+        (`max_new_tokens` is then ignored); both for decoder="greedy" only.
+        `decoder="generate"`: through transformers' `generate()` instead (the reference the loop is tested and
+        benchmarked against; sampled there with the same warper, but its own random stream).
 
         Raises KeyError for an adapter that is not loaded, constrained.GrammarError for a spec
         xgrammar cannot compile, ValueError when `grammars` and `prompts` differ in length."""
@@ -420,14 +437,15 @@ class LocalModel:
         if grammars is not None and all(g is None for g in grammars):
             grammars = None
         tok = self.tokenizer
-        if (adapters is not None or caps is not None) and not (temperature <= 0 and decoder == "greedy"):
-            raise ValueError("complete: per-prompt adapters and caps are for greedy decoding only")
+        if (adapters is not None or caps is not None) and decoder != "greedy":
+            raise ValueError('complete: per-prompt adapters and caps are for decoder="greedy" only')
         for lst, what in ((adapters, "adapters"), (caps, "caps")):
             if lst is not None and len(lst) != len(prompts):
                 raise ValueError(f"{what}: {len(lst)} for {len(prompts)} prompts")
-        if temperature <= 0 and decoder == "greedy":
+        if decoder == "greedy":
             return self._complete_greedy(prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter,
-                                         confidence, grammars, own, adapters, caps)
+                                         confidence and temperature <= 0, grammars, own, adapters, caps,
+                                         temperature=temperature, seed=seed)
         greedy_conf = confidence and temperature <= 0
         # Sort by length so each batch pads little; restore the order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -509,8 +527,9 @@ class LocalModel:
         return self._stop
 
     def _complete_greedy(self, prompts, max_new_tokens, batch_size, stop_at_newline, progress, adapter, confidence,
-                         grammars, own, adapters=None, caps=None) -> list[Completion]:
-        """`complete` at temperature 0 (see there), by teachers.greedy.greedy_batch."""
+                         grammars, own, adapters=None, caps=None, temperature: float = 0.0,
+                         seed: int = 0) -> list[Completion]:
+        """`complete` with decoder="greedy" (see there), by teachers.greedy.greedy_batch; temperature > 0 samples."""
         import contextlib
 
         import torch
@@ -538,6 +557,10 @@ class LocalModel:
             # One adapter in this chunk: set it (PEFT's per-row adapter_names path measured ~40% slower on CPU).
             row_adapters = [adapters[i] for i in idx] if adapters is not None else [adapter] * len(idx)
             one = len(set(row_adapters)) == 1
+            sample = None
+            if temperature > 0:
+                # run seeds go up to 2**31: keep the batch's seed in int64
+                sample = _sampler(temperature, TOP_P, (seed * 100_003 + b) % 2**63, self.device)
             with self.lock:
                 t0 = time.time()
                 prefix = self._prefix(row_adapters, p_ids)
@@ -547,7 +570,7 @@ class LocalModel:
                                         matchers=matchers, bitmask_vocab=vocab, stop_at_newline=stop_at_newline,
                                         own=own or not grammars, device=self.device,
                                         adapter_names=[names[i] for i in idx] if names is not None and not one
-                                        else None, prefix=prefix)
+                                        else None, prefix=prefix, sample=sample)
                 dt = (time.time() - t0) / len(idx)
                 redo: list[tuple[int, str, str]] = []
                 for row_i, (i, row) in enumerate(zip(idx, rows)):

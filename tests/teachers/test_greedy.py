@@ -304,3 +304,59 @@ def test_a_model_whose_cache_the_prefix_path_cannot_read_decodes_without_it(tiny
     assert tiny.prefixes is None and "prefix cache off" in caplog.text
     _same(got, _uncached(tiny, PROMPTS, max_new_tokens=4), tol=1e-5)
     tiny.prefixes = PrefixCache()
+
+
+# Sampled completions take the same loop (a `sample` callable in place of the argmax).
+
+def test_a_nucleus_of_one_token_samples_the_greedy_answers(tiny, monkeypatch):
+    """With top-p near 0 the nucleus holds only the most probable token, so sampling must give the greedy answers
+    token for token: the loop's sampler draws from the right step's logits, grammar masks applied."""
+    monkeypatch.setattr("teachers.local.TOP_P", 1e-6)
+    for grammars in (None, [{"prefix": " ", "choices": ["billing", "bug", "account access"]}] * len(PROMPTS)):
+        greedy = tiny.complete(PROMPTS, max_new_tokens=12, batch_size=4, stop_at_newline=False, grammars=grammars)
+        sampled = tiny.complete(PROMPTS, max_new_tokens=12, batch_size=4, stop_at_newline=False, temperature=1.0,
+                                seed=5, grammars=grammars)
+        assert [c.text for c in sampled] == [c.text for c in greedy]
+        assert [c.completion_tokens for c in sampled] == [c.completion_tokens for c in greedy]
+
+
+def test_sampling_is_seeded_rows_differ_and_caps_and_grammars_hold(tiny):
+    prompts = ["Ticket: hello\nTeam:"] * 6
+    a = tiny.complete(prompts, max_new_tokens=10, temperature=1.5, seed=3, stop_at_newline=False)
+    b = tiny.complete(prompts, max_new_tokens=10, temperature=1.5, seed=3, stop_at_newline=False)
+    c = tiny.complete(prompts, max_new_tokens=10, temperature=1.5, seed=4, stop_at_newline=False)
+    assert [x.text for x in a] == [x.text for x in b]  # the same seed, the same draws
+    assert [x.text for x in a] != [x.text for x in c]
+    assert len({x.text for x in a}) > 1  # rows of one batch draw independently (n samples of one prompt)
+    capped = tiny.complete(prompts, max_new_tokens=10, temperature=1.5, seed=3, caps=[1, 2, 3, 4, 5, 6],
+                           stop_at_newline=False)
+    assert [x.completion_tokens for x in capped] == [1, 2, 3, 4, 5, 6]
+    labels = ["billing", "bug", "account access", "feature request"]
+    g = tiny.complete(prompts, max_new_tokens=16, temperature=2.0, seed=3,
+                      grammars=[{"prefix": " ", "choices": labels}] * 6)
+    assert all(x.text.strip() in labels for x in g)
+
+
+def test_the_sampled_tokens_follow_the_nucleus_distribution():
+    """The loop's sampler against the distribution it must draw from (temperature, then the top-p nucleus):
+    over 4,000 draws of one step, no token outside the nucleus and a chi-square fit inside it."""
+    import torch
+
+    from teachers.local import NucleusWarper, _sampler
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50)
+    t, top_p = 0.7, 0.9
+    want = torch.softmax(NucleusWarper(t, top_p)(None, logits), -1)[0]
+    draw = _sampler(t, top_p, seed=11, device="cpu")
+    counts = torch.zeros(50)
+    for _ in range(40):
+        ids = draw(logits.expand(100, 50).clone())
+        counts += torch.bincount(ids, minlength=50).float()
+    inside = want > 0
+    assert 5 <= int(inside.sum()) < 50  # a nucleus of several tokens, and some outside it
+    assert counts[~inside].sum() == 0
+    expected = want[inside] * counts.sum()
+    chi2 = float(((counts[inside] - expected) ** 2 / expected).sum())
+    dof = int(inside.sum()) - 1
+    assert chi2 < dof + 5 * (2 * dof) ** 0.5  # ~5 sigma over the chi-square's mean
