@@ -10,6 +10,10 @@ transformers' own temperature + top-p warpers (a sort of the whole vocabulary pe
 through `teachers.local.NucleusWarper` (what the pipeline uses), the same torch seed: seconds each and
 how many rows came out identical.
 
+The same batch as the pipeline asks for it (stop at the first newline, at most 56 tokens) through both of
+`LocalModel.complete`'s decoders: `generate()` (every row rides along to the longest row's end) and the greedy
+loop with its seeded sampler (`teachers.greedy`, what the pipeline uses: a row that stops leaves the batch).
+
 --quick: 2 inputs, a sampler batch of 4 x 8 tokens (same keys). The teacher's cache is off, so
 every backend pays for its own requests; the same run seed for every backend, so each sees the same
 prompts (transformers samples other inputs than llama.cpp: its scores are of its own inputs).
@@ -61,6 +65,34 @@ def sampler(skill, model_path: str, n: int, new_tokens: int) -> dict:
             "speedup": round(secs["transformers_warpers"] / secs["nucleus_warper"], 2)}
 
 
+def sampled_paths(skill, model_path: str, n: int, new_tokens: int) -> dict:
+    """One batch of `n` style prompts sampled as the pipeline asks (newline stop, `new_tokens` cap) through
+    `complete(decoder="generate")` and `complete(decoder="greedy")` (the loop): seconds, tokens written, speedup."""
+    import random
+
+    from teachers.local import LocalModel
+    from teachers.strategies import style_prompt
+
+    m = LocalModel(model_path, name="teacher")
+    rng = random.Random(1)
+    prompts = [style_prompt(skill, rng.sample(skill.seeds, skill.config.teacher.style_shots)) for _ in range(n)]
+    t = skill.config.teacher.temperature
+    m.complete(prompts[:2], max_new_tokens=4, temperature=t, seed=0)  # warm-up (first-call allocations)
+    out: dict = {"prompts": n, "max_new_tokens": new_tokens, "seconds": {}, "tokens": {}}
+    for name in ("generate", "greedy"):
+        t0 = time.perf_counter()
+        comps = m.complete(prompts, max_new_tokens=new_tokens, temperature=t, seed=3, batch_size=n, decoder=name)
+        out["seconds"][name] = round(time.perf_counter() - t0, 2)
+        out["tokens"][name] = sum(c.completion_tokens for c in comps)
+        # the same distribution either way: what was written, not only how fast (mean words, distinct word bigrams)
+        words = [c.text.split() for c in comps]
+        grams = [tuple(w[i:i + 2]) for w in words for i in range(len(w) - 1)]
+        out.setdefault("mean_words", {})[name] = round(sum(map(len, words)) / max(1, len(words)), 1)
+        out.setdefault("distinct_bigrams", {})[name] = round(len(set(grams)) / max(1, len(grams)), 3)
+    out["loop_speedup"] = round(out["seconds"]["generate"] / out["seconds"]["greedy"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skill", default="ticket-triage")
@@ -106,6 +138,9 @@ def main() -> None:
     if args.only != "backends":
         out["sampler"] = sampler(skill, path, 4 if args.quick else args.sampler_batch, 8 if args.quick else 56)
         print("sampler", out["sampler"], flush=True)
+        out["sampled_paths"] = sampled_paths(skill, path, 4 if args.quick else args.sampler_batch,
+                                             8 if args.quick else 56)
+        print("sampled_paths", out["sampled_paths"], flush=True)
     if "llama_cpp" in r:
         out["logits_all_cost_new_inputs"] = round(r["llama_cpp_logits_all"]["s_per_input"] / r["llama_cpp"]["s_per_input"], 2)
         if "s_per_score" in r["llama_cpp_logits_all"] and "s_per_score" in r["transformers"]:
