@@ -24,6 +24,9 @@ label skills with the teacher lane as it was before both lanes were measured (a 
     python benchmarks/routing.py [--quick] [--skills ticket-triage ...] [--teacher-price 10] [--student-price 0.2]
     python benchmarks/routing.py --through-gateway     # also: ticket-triage's eval set and replay sample
                                                        # through `distill gateway` (its lanes, its teacher)
+    python benchmarks/routing.py --skills ticket-triage --registry WORKDIR/base/registry
+                                                       # a student distilled from the 95% teacher: the version 1
+                                                       # of `python benchmarks/flywheel.py --keep`
 
 Full size: each skill's production adapter in the registry (DISTILL_REGISTRY or .distill/registry; `make demo`
 publishes ticket-triage), or its candidate; a skill with neither is reported as skipped. --quick: a tiny random
@@ -267,6 +270,9 @@ def main() -> None:
     ap.add_argument("--teacher-price", type=float, default=10.0, help="price of 1,000 teacher answers (any currency)")
     ap.add_argument("--student-price", type=float, default=0.2, help="price of 1,000 student answers")
     ap.add_argument("--through-gateway", action="store_true", help="also send ticket-triage's items through the gateway")
+    ap.add_argument("--registry", default=None, help="the registry whose production (else candidate) versions are "
+                                                     "measured (default: DISTILL_REGISTRY, else .distill/registry; "
+                                                     "e.g. a kept flywheel work dir's base/registry)")
     args = ap.parse_args()
     setup()
 
@@ -277,7 +283,7 @@ def main() -> None:
     from eval_gates.routing import compare_signals, pick_signal
     from registry import Registry
 
-    registry = os.environ.get("DISTILL_REGISTRY") or str(registry_root())
+    registry = args.registry or os.environ.get("DISTILL_REGISTRY") or str(registry_root())
     rows, skipped = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         quick_model = None
@@ -333,7 +339,7 @@ def main() -> None:
             print(json.dumps({name: row}), flush=True)
     result = {"benchmark": "routing", "quick": args.quick, "teacher_price_per_1k": args.teacher_price,
               "student_price_per_1k": args.student_price, "method": "2-fold cross-fitted", "skills": rows,
-              "skipped": skipped}
+              "skipped": skipped, "registry": None if args.quick else registry}
     if args.through_gateway and not args.quick:
         result["through_gateway"] = {"ticket-triage": through_gateway(registry)}
     emit(result)
