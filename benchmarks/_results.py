@@ -140,7 +140,11 @@ def commit(repo: Path = REPO) -> str | None:
 
 def command(argv: list[str], repo: Path = REPO) -> str:
     """The command line that ran the benchmark, as someone would type it from the repository root."""
-    script = Path(argv[0]).resolve() if argv else Path("?")
+    first = argv[0] if argv else "?"
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main and Path(main).name == Path(first).name:
+        first = main  # absolute since Python 3.9: right even after the benchmark changed its working directory
+    script = Path(first).resolve()
     try:
         script_s = script.relative_to(repo).as_posix()
     except ValueError:

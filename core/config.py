@@ -440,7 +440,7 @@ class RoutingConfig(_Strict):
     max_teacher_share: float = Field(0.2, ge=0.0, le=1.0, description="budget: the largest share of requests the teacher may answer.")
     target_error_rate: float = Field(0.05, gt=0.0, lt=1.0, description="target_error: the kept error rate the bound must certify (at 95% it takes at least 59 kept answers, all right, to certify 0.05).")
     confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Level of the intervals and of the target_error bound.")
-    significance: float = Field(0.05, gt=0.0, le=1.0, description="quality: a band is escalated only if the teacher beats the student on it at this one-sided p (exact sign test on the items where they differ); 1.0: on the point estimate alone.")
+    significance: float = Field(0.05, gt=0.0, le=1.0, description="quality: a band is escalated only if the teacher beats the student on it at this one-sided p (sign test on the items where they differ, adjusted for the search over every cut: Westfall-Young maxT, eval_gates.routing.family_wise_p); 1.0: on the point estimate alone.")
     fallback: Literal["quality", "budget"] = Field("quality", description="target_error: the policy used when the target cannot be certified on the measured items (said in the run summary and the model card).")
     signal: Literal["auto", "mean_logprob", "min_logprob", "mean_grammar_logprob", "min_grammar_logprob",
                     "min_margin"] = Field(

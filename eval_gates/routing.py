@@ -188,8 +188,9 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
     threshold (keep when confidence >= it; None at k = 0), kept, teacher_share, served (mean primary metric
     of the served answers) with served_low/served_high, kept_errors (kept answers the task counts wrong),
     kept_error_upper (one-sided exact bound at `level`), teacher_wins/student_wins (escalated valid items
-    where the teacher scored higher / lower than the student) and p_teacher_better (one-sided exact sign test
-    on those pairs). Each lane alone is measured on every item."""
+    where the teacher scored higher / lower than the student), p_teacher_better (one-sided exact sign test
+    on those pairs) and p_teacher_better_fw (the same question with the search over cuts accounted for:
+    `family_wise_p`). Each lane alone is measured on every item."""
     from scipy.stats import binomtest
 
     n = len(items)
@@ -236,6 +237,10 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
             "kept_error_upper": round(upper_bound(kept_errors, kept, level), 4) if kept else None,
             "teacher_wins": wins, "student_wins": losses, "p_teacher_better": round(p, 5),
         })
+    order = ranked + unscored  # point k escalates the valid answers order[kept:]
+    fw = family_wise_p([_served_teacher(it) - it.student for it in order], [p["kept"] for p in points])
+    for p, q in zip(points, fw):
+        p["p_teacher_better_fw"] = q
     alone = {}
     for name, vals in (("student_alone", [it.student if it.valid else 0.0 for it in items]),
                        ("teacher_alone", [it.teacher if it.teacher is not None else 0.0 for it in items])):
@@ -243,6 +248,53 @@ def served_curve(items: Sequence[LaneItem], level: float = 0.95) -> dict:
         alone[name] = {"served": m, "served_low": lo, "served_high": hi, "n": len(vals)}
     alone["teacher_alone"]["answered"] = sum(it.teacher is not None for it in items)
     return {"n": n, "valid": len(ranked) + len(unscored), "points": points, **alone}
+
+
+FW_RESAMPLES = 2000  # sign-flip resamples: the adjusted p's Monte Carlo error is about 0.005 at p = 0.05
+
+
+def family_wise_p(diffs: Sequence[float], starts: Sequence[int], resamples: int = FW_RESAMPLES,
+                  seed: int = 0) -> list[float]:
+    """Family-wise adjusted p-values for "the teacher is better on the escalated answers", one per cut.
+
+    diffs: per valid answer in keep order (most confident first), teacher score minus student score (only its
+    sign counts); starts: per cut, how many answers it keeps (it escalates diffs[start:]). The per-cut sign test
+    asks one question per cut, but the routing policy looks at every cut and takes the best, so a cut whose own
+    p is 0.04 may be the luck of having looked at thirty. This is the single-step maxT procedure of Westfall &
+    Young (1993, "Resampling-Based Multiple Testing", ch. 2) under the sign test's own null (on each answer where
+    the lanes differ, either is equally likely the better): the statistic of a cut is (wins - losses) /
+    sqrt(wins + losses) over its escalated answers, the null distribution of the *largest* statistic over all
+    cuts comes from `resamples` seeded random sign flips, and a cut's adjusted p is the share of flips whose
+    largest statistic reaches the cut's own. It controls the chance of escalating to a teacher that is no
+    better anywhere at the nominal level, and unlike Bonferroni it pays little for the cuts being nested (their
+    statistics move together). Returns one p in (0, 1] per start (1.0 where nothing escalated differs);
+    deterministic for a seed. Raises ValueError for a start outside 0..len(diffs)."""
+    import numpy as np
+
+    n = len(diffs)
+    if any(not 0 <= k <= n for k in starts):
+        raise ValueError(f"family_wise_p: starts must lie in 0..{n}")
+    d = np.sign(np.asarray(diffs, dtype=float))
+    # suffix sums: wins - losses and wins + losses of diffs[k:], for k = 0..n
+    net = np.concatenate([np.cumsum(d[::-1])[::-1], [0.0]])
+    cnt = np.concatenate([np.cumsum(np.abs(d)[::-1])[::-1], [0.0]])
+    ks = np.asarray(list(starts), dtype=int)
+    tested = cnt[ks] > 0
+    if not tested.any():
+        return [1.0] * len(ks)
+    observed = np.where(tested, net[ks] / np.sqrt(np.maximum(cnt[ks], 1.0)), -np.inf)
+    rng = np.random.default_rng(seed)
+    nz = np.flatnonzero(d)
+    flips = rng.choice([-1.0, 1.0], size=(resamples, len(nz)))
+    signed = np.zeros((resamples, n))
+    signed[:, nz] = flips
+    snet = np.concatenate([np.cumsum(signed[:, ::-1], axis=1)[:, ::-1], np.zeros((resamples, 1))], axis=1)
+    kt = ks[tested]
+    largest = (snet[:, kt] / np.sqrt(cnt[kt])).max(axis=1)
+    out = []
+    for t, obs in zip(tested, observed):
+        out.append(round(float((1 + np.sum(largest >= obs - 1e-12)) / (resamples + 1)), 5) if t else 1.0)
+    return out
 
 
 def min_items_to_certify(target_error: float, level: float = 0.95) -> int:
@@ -255,9 +307,10 @@ def choose_point(curve: dict, policy: str, *, max_teacher_share: float = 0.2, ta
                  significance: float = 0.05, fallback: str = "quality", level: float = 0.95) -> dict:
     """The point of `served_curve`'s curve a routing policy picks.
 
-    quality: among the points whose escalated valid answers the teacher is measured better on (one-sided exact
-      sign test p <= significance on the items where the lanes differ; keeping every valid answer always
-      qualifies), the highest served quality, and among equal ones the fewest teacher calls.
+    quality: among the points whose escalated valid answers the teacher is measured better on (sign test on
+      the items where the lanes differ, p <= significance with the search over every cut accounted for:
+      p_teacher_better_fw, `family_wise_p`; a curve written before it has the per-cut p only; keeping every
+      valid answer always qualifies), the highest served quality, and among equal ones the fewest teacher calls.
     budget: the highest served quality with at most max_teacher_share of requests sent to the teacher (fewest
       teacher calls on ties); when invalid answers alone exceed the budget, every valid answer is kept.
     target_error: the most answers kept whose one-sided exact (Clopper-Pearson) bound on the kept error rate
@@ -278,7 +331,10 @@ def choose_point(curve: dict, policy: str, *, max_teacher_share: float = 0.2, ta
         return p["served"] or 0.0
 
     if policy == "quality":
-        ok = [p for p in points if p is keep_all or p["p_teacher_better"] <= significance]
+        def p_better(p):
+            return p.get("p_teacher_better_fw", p["p_teacher_better"])
+
+        ok = [p for p in points if p is keep_all or p_better(p) <= significance]
         best = max(served(p) for p in ok)
         pt = max((p for p in ok if served(p) >= best - 1e-12), key=lambda p: p["kept"])
         unproven = [p for p in points if served(p) > best + 1e-12]
@@ -289,7 +345,7 @@ def choose_point(curve: dict, policy: str, *, max_teacher_share: float = 0.2, ta
             q = max(unproven, key=served)
             reason += (f" (a cut serving {served(q):.4f} escalates answers the teacher is not measured better on: "
                        f"teacher better {q['teacher_wins']}, student {q['student_wins']}, p={q['p_teacher_better']:.3g}"
-                       f" > significance {significance})")
+                       f", {p_better(q):.3g} with every cut tried counted > significance {significance})")
         out = {"policy": "quality", "point": pt, "reason": reason}
     elif policy == "budget":
         within = [p for p in points if n - p["kept"] <= max_teacher_share * n + 1e-9]

@@ -426,3 +426,17 @@ def test_record_flag_is_taken_in_one_place(tmp_path, monkeypatch, results_mod, c
     assert rec["result"]["seconds"] == 2.0 and rec["machine"] and re.match(r"^\d{4}-\d\d-\d\dT", rec["date"])
     assert rec["commit"] is None or re.match(r"^[0-9a-f]{7}(\+dirty)?$", rec["commit"])
     assert "eval_gates" in (tmp_path / "results.md").read_text()
+
+
+def test_a_recorded_command_names_the_script_from_the_repository_root_whatever_the_cwd(tmp_path, monkeypatch,
+                                                                                       results_mod):
+    """Run as `cd benchmarks && python flywheel.py --record`, after the benchmark moved into a temporary folder:
+    the record still says `python benchmarks/flywheel.py ...` (it said `python flywheel.py`, which runs nowhere)."""
+    import types
+
+    monkeypatch.chdir(tmp_path)  # where the benchmark is by the time it records
+    main = types.ModuleType("__main__")
+    main.__file__ = str(REPO / "benchmarks" / "flywheel.py")  # what Python sets (absolute since 3.9)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert results_mod.command(["flywheel.py", "--keep"]) == "python benchmarks/flywheel.py --keep"
+    assert results_mod.command(["other.py"]) == "python other.py"  # not the main script: as given

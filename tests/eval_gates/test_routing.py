@@ -93,8 +93,8 @@ def test_label_thresholds_ignore_and_drop_nan_confidences():
 # --- both lanes: the served-quality curve and the policies (issue 31) ----------------------------------------------
 
 from eval_gates.routing import (LaneItem, auroc, calibration_error, choose_point, compare_signals, evaluate_point,
-                                legacy_point, min_items_to_certify, pick_signal, served_curve, share_rule_point,
-                                upper_bound)
+                                family_wise_p, legacy_point, min_items_to_certify, pick_signal, served_curve,
+                                share_rule_point, upper_bound)
 
 
 def _lanes(n=200, teacher_acc=0.95, seed=0, invalid=0.02):
@@ -290,3 +290,85 @@ def test_a_configured_signal_the_decode_lacks_falls_back_to_the_default():
                            [True] * 20)
     signal, why = pick_signal(comp, "min_grammar_logprob")
     assert signal == "mean_logprob" and "not available" in why
+
+
+def _demo_pattern():
+    """Today's fresh-clone demo version (2026-12-07), rebuilt from its routing.json: 104 items, the lanes equal
+    overall (teacher 0.66, student 0.64); the best cut escalates 56 answers with the teacher better on 15 and the
+    student on 6 (sign test p = 0.039, the only cut under 0.05), and out of sample (the 36 replay requests through
+    the gateway) that escalation served 0.53 against the student's 0.58."""
+    # (kept so far, teacher wins, student wins) per curve point, most confident first; ties between the steps
+    steps = [(0, 15, 13), (27, 15, 12), (33, 15, 11), (44, 15, 8), (48, 15, 6), (51, 14, 6), (55, 13, 6),
+             (73, 7, 2), (90, 2, 0), (104, 0, 0)]
+    items, prev = [], steps[0]
+    for k, w, l in steps[1:]:
+        moved, tw, sw = k - prev[0], prev[1] - w, prev[2] - l
+        for j in range(moved):  # confidences distinct inside a step: every kept count is a cut
+            if j < tw:
+                items.append(LaneItem(-prev[0] - j / 1000, True, 0.0, 1.0, False))
+            elif j < tw + sw:
+                items.append(LaneItem(-prev[0] - j / 1000, True, 1.0, 0.0, True))
+            else:
+                items.append(LaneItem(-prev[0] - j / 1000, True, 1.0, 1.0, True))
+        prev = (k, w, l)
+    return items
+
+
+def test_a_cut_found_by_searching_thirty_is_not_evidence_the_teacher_is_better():
+    """The kind: the policy tries every cut and keeps the best, so one cut's p = 0.04 is the luck of looking.
+    The family-wise p (Westfall-Young maxT over every cut) keeps today's demo version on the student."""
+    items = _demo_pattern()
+    curve = served_curve(items)
+    raw = [p for p in curve["points"] if p["p_teacher_better"] <= 0.05]
+    assert raw and all(p["p_teacher_better_fw"] > 0.05 for p in raw)
+    pick = choose_point(curve, "quality")
+    assert pick["mode"] == "keep_all_valid" and "every cut tried counted" in pick["reason"]
+    assert pick["point"]["teacher_share"] == 0.0
+    # a curve written before the family-wise p (no p_teacher_better_fw) is judged by the per-cut p, as then
+    old = {**curve, "points": [{k: v for k, v in p.items() if k != "p_teacher_better_fw"} for p in curve["points"]]}
+    assert choose_point(old, "quality")["mode"] == "threshold"
+
+
+def test_family_wise_p_is_never_below_the_per_cut_p_and_keeps_a_strong_teacher():
+    """The adjusted p is at least the one-sided sign test's (up to resampling error) at every cut, 1.0 where
+    nothing escalated differs, deterministic; a teacher far better on the weak band still gets it."""
+    items = _lanes(200, teacher_acc=0.95, seed=4)
+    curve = served_curve(items)
+    for p in curve["points"]:
+        assert p["p_teacher_better_fw"] >= p["p_teacher_better"] - 0.01
+        if p["teacher_wins"] + p["student_wins"] == 0:
+            assert p["p_teacher_better_fw"] == 1.0
+    assert served_curve(items)["points"] == curve["points"]  # seeded: the same curve twice
+    pick = choose_point(curve, "quality")
+    assert pick["mode"] == "threshold" and pick["point"]["p_teacher_better_fw"] <= 0.05
+    assert pick["point"]["served"] > curve["student_alone"]["served"]
+
+
+def test_family_wise_p_under_the_null_holds_its_level():
+    """Lanes exchangeable on every item (each differing answer a fair coin): the smallest adjusted p over all
+    cuts is <= 0.05 in about 5% of data sets (the per-cut minimum is, far more often)."""
+    import random
+
+    rng = random.Random(11)
+    fw_hits = raw_hits = 0
+    runs = 200
+    for _ in range(runs):
+        diffs = [rng.choice([-1, 0, 0, 1]) for _ in range(80)]
+        starts = list(range(0, 81, 2))
+        fw = family_wise_p(diffs, starts, resamples=500, seed=rng.randrange(10**6))
+        fw_hits += min(fw) <= 0.05
+        from scipy.stats import binomtest
+
+        ps = []
+        for k in starts:
+            w, l = sum(d > 0 for d in diffs[k:]), sum(d < 0 for d in diffs[k:])
+            ps.append(binomtest(w, w + l, 0.5, alternative="greater").pvalue if w + l else 1.0)
+        raw_hits += min(ps) <= 0.05
+    assert fw_hits / runs <= 0.09  # 5% nominal; 200 data sets: a binomial sd of 1.5 points
+    assert raw_hits > 2 * fw_hits
+
+
+def test_family_wise_p_refuses_a_cut_outside_the_items():
+    with pytest.raises(ValueError, match="starts"):
+        family_wise_p([1, -1], [3])
+    assert family_wise_p([], [0]) == [1.0]
