@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install-llama: install
 	$(BIN)/pip install -q -e ".[dev,llama]"
 
-demo: install          ## the main job on the embedded defaults (2 cores: ~15 min with AVX512-BF16, 20-26 with AVX2 only)
+demo: install          ## the main job on the embedded defaults (fresh clone, 2 cores with AVX512-BF16: ~9 min in all)
 	$(BIN)/distill run ticket-triage
 
 smoke: install         ## the same pipeline, small profile (~3 min once the model is converted)
