@@ -368,7 +368,11 @@ def test_family_wise_p_under_the_null_holds_its_level():
     assert raw_hits > 2 * fw_hits
 
 
-def test_family_wise_p_refuses_a_cut_outside_the_items():
+def test_family_wise_p_refuses_a_cut_outside_the_items_and_takes_a_large_curve():
     with pytest.raises(ValueError, match="starts"):
         family_wise_p([1, -1], [3])
     assert family_wise_p([], [0]) == [1.0]
+    # a curve over many items (verify-lane outcomes read back) in bounded memory: resamples go in chunks
+    big = [(-1) ** i if i % 3 else 0 for i in range(30_000)]
+    ps = family_wise_p(big, list(range(0, 30_001, 100)))
+    assert len(ps) == 301 and all(0 < p <= 1 for p in ps) and ps[-1] == 1.0
