@@ -228,7 +228,9 @@ def _sampler(temperature: float, top_p: float, seed: int, device):
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def sample(logits):
-        probs = torch.softmax(warp(None, logits), dim=-1)
+        # shifted so the top logit is 0 (softmax and the nucleus do not change): a tiny temperature then sends the
+        # rest to -inf instead of overflowing every logit to inf (NaN probabilities)
+        probs = torch.softmax(warp(None, logits - logits.amax(dim=-1, keepdim=True)), dim=-1)
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
 
     return sample

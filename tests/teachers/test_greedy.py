@@ -360,3 +360,6 @@ def test_the_sampled_tokens_follow_the_nucleus_distribution():
     chi2 = float(((counts[inside] - expected) ** 2 / expected).sum())
     dof = int(inside.sum()) - 1
     assert chi2 < dof + 5 * (2 * dof) ** 0.5  # ~5 sigma over the chi-square's mean
+    # a temperature the config allows (>= 0) but so small that logits / temperature overflow float32: the top token
+    tiny = _sampler(1e-38, top_p, seed=1, device="cpu")(logits.expand(8, 50).clone() * 30)
+    assert tiny.tolist() == [int(logits.argmax())] * 8
