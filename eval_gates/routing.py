@@ -268,7 +268,8 @@ def family_wise_p(diffs: Sequence[float], starts: Sequence[int], resamples: int 
     largest statistic reaches the cut's own. It controls the chance of escalating to a teacher that is no
     better anywhere at the nominal level, and unlike Bonferroni it pays little for the cuts being nested (their
     statistics move together). Returns one p in (0, 1] per start (1.0 where nothing escalated differs);
-    deterministic for a seed. Work: resamples x (answers where the lanes differ), in chunks of about 16 MB. Raises ValueError for a start outside 0..len(diffs)."""
+    deterministic for a seed. Work: resamples x (answers where the lanes differ), in chunks of about 16 MB.
+    Raises ValueError for a start outside 0..len(diffs)."""
     import numpy as np
 
     n = len(diffs)
