@@ -320,6 +320,20 @@ def pii_scan(home: Path, values: list[str]) -> dict:
     return out
 
 
+def relabelled_from(home: Path, run_id: str, items: list[dict]) -> dict:
+    """Of the traffic rows the run had the teacher relabel (generated.jsonl, source traffic_relabel), how many
+    are tickets of `items` (matched on the scrubbed text): {"relabelled", "from_items"}."""
+    from core.config import PrivacyConfig
+    from core.privacy import Scrubber
+
+    scrub = Scrubber(PrivacyConfig())
+    keys = {_key(scrub.value(it["input"])) for it in items}
+    rows = [json.loads(x) for f in home.rglob(f"{run_id}/generated.jsonl") for x in f.read_text().splitlines()
+            if x.strip()]
+    relabelled = [r for r in rows if r.get("source") == "traffic_relabel"]
+    return {"relabelled": len(relabelled), "from_items": sum(_key(r["input"]) in keys for r in relabelled)}
+
+
 def _context_counts(s: dict) -> dict:
     c = s.get("counts", {})
     keys = ("traffic_new", "traffic_accepted", "traffic_sampled", "traffic_relabelled", "traffic_relabel_kept",
@@ -414,6 +428,7 @@ def main() -> None:
                 row["refresh"] = {"promoted": promoted, "version": production_version(), "seconds": round(secs, 1),
                                   "counts": _context_counts(s), "drops": s.get("drops"),
                                   "teacher_requests": ((s.get("teacher") or {}).get("accounting") or {}).get("requests")}
+                row["refresh"]["relabelled_from_phase2"] = relabelled_from(home, f"refresh-{name}", phase2)
                 row["minutes_shift_to_promoted"] = round((t_p2_end - t_shift + secs) / 60, 2) if promoted else None
             else:
                 row["minutes_shift_to_promoted"] = None

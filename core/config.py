@@ -359,6 +359,8 @@ class TrafficContextConfig(_Strict):
     relabel: int = Field(32, ge=0, le=100_000, description="Traffic inputs the teacher labels per run with the audited option (a seeded sample of the window; never a row an earlier committed run sent, the replay hold-out, or an accepted row the refresh takes this run); 0: none.")
     # Half: every request still shows seeds of its own label (the label steer), and new inputs take the traffic's wording.
     style_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of each self_instruct request's style shots drawn from the window when there is traffic (floor of teacher.style_shots x share); the rest are seeds. 0: seeds only.")
+    # novel: after a shift the window is mostly what the pool already covers; what moved is the part it lacks.
+    prefer: Literal["novel", "random"] = Field("novel", description="Which traffic inputs the teacher sees. novel: the relabel sample is picked farthest-first from what training covers (the seeds and the pool; greedy k-center on MinHash word-set similarity, filters/novelty.py farthest_first) and the style shots come from the novel inputs (nearest covered input less similar than drift.novelty_quantile of the eval set's) when there are at least teacher.style_shots of them, else from the whole window. random: a seeded uniform relabel sample and the whole window as style shots.")
 
 
 class ReplayConfig(_Strict):

@@ -93,6 +93,29 @@ def build_novelty(train_texts: Sequence[str], holdout_texts: Sequence[str], quan
     }
 
 
+def farthest_first(candidates: np.ndarray, covered: np.ndarray, k: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """Greedy k-center selection (Gonzalez 1985; the core-set sampling of Sener & Savarese, ICLR 2018): `k`
+    rows of `candidates` (n, num_perm) uint32 MinHash signatures, each time the one least similar to its
+    nearest row among `covered` (m, num_perm) and the rows picked before it, so the picks cover what the
+    covered set lacks first and do not repeat one another. Ties go by a permutation seeded by `seed`.
+
+    Returns (indices into `candidates` in pick order, at most min(k, n); the initial nearest similarity of
+    every candidate to `covered`, float array (n,), 0.0 where m == 0)."""
+    n = len(candidates)
+    first = nearest_similarity(candidates, covered) if n else np.zeros(0)
+    best = first.copy()
+    rank = np.random.default_rng(seed).permutation(n)  # tie-break: seeded, not the log's order
+    picked: list[int] = []
+    free = np.ones(n, dtype=bool)
+    for _ in range(min(max(k, 0), n)):
+        order = np.lexsort((rank[free], best[free]))  # least similar first, then the seeded rank
+        i = int(np.flatnonzero(free)[order[0]])
+        picked.append(i)
+        free[i] = False
+        best = np.maximum(best, np.equal(candidates, candidates[i][None, :]).mean(axis=1))
+    return picked, first
+
+
 @dataclass
 class NoveltyIndex:
     """A version's training-input signatures and threshold (from novelty.json): `novel(texts)`."""
@@ -136,4 +159,4 @@ class NoveltyIndex:
         return [bool(s < self.threshold) for s in self.similarity(texts)]
 
 
-__all__ = ["NOVELTY_FILE", "NoveltyError", "NoveltyIndex", "build_novelty", "nearest_similarity"]
+__all__ = ["NOVELTY_FILE", "NoveltyError", "NoveltyIndex", "build_novelty", "farthest_first", "nearest_similarity"]

@@ -15,13 +15,18 @@ Plain functions, no Prefect (flows/expansion.py calls `gather` inside the teache
    - accepted rows the refresh takes in this run (`taken_by_refresh`: a person's or the teacher's reference
      is there already; flows/refresh.py),
    - repeats of one request (`repeated_request`: the newest row stands for them).
-   The teacher labels them with the run's audited option, in the call that labels its own new inputs
+   `context.prefer: novel` (the default) picks them farthest-first from what training covers (the seeds and
+   the pool): greedy k-center on MinHash word-set similarity (filters.novelty.farthest_first), so after a
+   shift the teacher labels the inputs the pool lacks, not a sample that is mostly what it has; `random`: a
+   seeded uniform sample. The teacher labels them with the run's audited option, in the call that labels its own new inputs
    (teachers.strategies.run_expansion); the student's answer is never read, let alone used as a label. They
    become source "traffic_relabel" candidates and go through the filter stage with the teacher's data
    (quality, dedup against the pool, contamination against every eval set and the replay hold-out).
 3. Style pool: the window minus the replay hold-out, repeats, and inputs that overlap an eval set (the filters'
-   contamination check: the teacher must not imitate an eval item); self_instruct shows `context.style_share`
-   of each request's style shots from it.
+   contamination check: the teacher must not imitate an eval item); under `prefer: novel`, only its novel
+   inputs (nearest covered input less similar than the eval set's drift.novelty_quantile, as the drift
+   monitor judges) when there are at least teacher.style_shots of them. self_instruct shows
+   `context.style_share` of each request's style shots from it.
 4. `traffic_context.json` in the run folder records the ids and the counts (no text). `commit_context` adds
    the relabelled ids to the ledger (`<pool>/traffic_relabelled.json`) when the run completes, with the
    refresh watermark: a later run never sends the same row to the teacher again. A re-run of this run folder
@@ -41,6 +46,7 @@ from typing import Any, Sequence
 
 from core.records import DataError, Example, iter_jsonl, now_iso, parse_instant, write_json
 from core.skills import Skill, SkillConfig
+from core.tasks import get_task
 from core.text import normalize
 from core.workdir import pool_dir
 
@@ -222,6 +228,20 @@ def commit_context(skill: str, run_dir: Path) -> dict[str, Any]:
 # --- one run's context --------------------------------------------------------------------------------------------
 
 
+def covered_index(skill: Skill, pool: Sequence[Example]):
+    """What training covers, as a filters.novelty.NoveltyIndex: the MinHash signatures of the seeds' and the
+    pool's inputs (the task type's matching text; at most drift.novelty_pool, a seeded sample beyond) and the
+    threshold below which an input counts as novel, calibrated on the eval set as a version's novelty.json is
+    (drift.novelty_quantile of the eval inputs' nearest similarities; None with fewer than 20 eval inputs)."""
+    from filters.novelty import NoveltyIndex, build_novelty
+
+    d = skill.config.drift
+    match = get_task(skill.config).match_text
+    covered = [match(e.input) for e in [*skill.seeds, *pool] if isinstance(e.input, str)]
+    return NoveltyIndex.from_dict(build_novelty(covered, [match(e.input) for e in skill.eval_set],
+                                                quantile=d.novelty_quantile, max_pool=d.novelty_pool))
+
+
 def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Example], pool: list[Example] | None = None,
            now: datetime | None = None):
     """This run's traffic context: (teachers.strategies.TrafficContext, stats dict). Writes traffic_context.json
@@ -232,12 +252,14 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
     is read."""
     from filters import Contamination, dedup_text, eval_sets_for
     from filters.pool import read_pool
+    from filters.novelty import farthest_first
     from flows.refresh import STUDENT_SOURCES, committed_watermark
     from teachers.strategies import TrafficContext
 
     cfg = skill.config
     c = cfg.gates.replay.context
-    stats: dict[str, Any] = {"recent": c.recent, "relabel": c.relabel, "style_share": c.style_share, "read": 0,
+    stats: dict[str, Any] = {"recent": c.recent, "relabel": c.relabel, "style_share": c.style_share,
+                             "prefer": c.prefer, "read": 0,
                              "log": None, "skipped": 0, "eligible": 0, "relabel_sampled": 0, "style_pool": 0,
                              "style_contaminated": 0, "excluded": {}}
     if c.relabel == 0 and c.style_share == 0:
@@ -277,7 +299,14 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
             seen_relabel.add(key)
             eligible.append(t)
     eligible.sort(key=lambda t: (t.instant, t.id))
-    picked = random.Random(seed).sample(eligible, min(c.relabel, len(eligible)))
+    cover = covered_index(skill, pool) if c.prefer == "novel" and (eligible or style) else None
+    match = get_task(cfg).match_text
+    if cover is None:
+        picked = random.Random(seed).sample(eligible, min(c.relabel, len(eligible)))
+    else:  # what training covers least first, each pick also covering the ones after it
+        order, _ = farthest_first(cover.hasher.signatures([match(t.request) for t in eligible]), cover.pool,
+                                  c.relabel, seed)
+        picked = [eligible[i] for i in order]
     style_examples: list[Example] = []
     if c.style_share > 0 and style:
         candidates = [t.as_example(skill.name) for t in sorted(style, key=lambda t: (t.instant, t.id))]
@@ -285,6 +314,15 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
         verdicts = check.check_batch(candidates)
         style_examples = [e for e, v in zip(candidates, verdicts) if v is None]
         stats["style_contaminated"] = len(candidates) - len(style_examples)
+        if cover is not None and style_examples:
+            if cover.threshold is None:
+                stats["style_novel_why"] = cover.unavailable
+            else:
+                sims = cover.similarity([match(e.input) for e in style_examples])
+                novel = [e for e, sim in zip(style_examples, sims) if sim < cover.threshold]
+                stats["style_novel"] = len(novel)
+                if len(novel) >= cfg.teacher.style_shots:  # enough to vary the shots: show what moved
+                    style_examples = novel
     previous = Path(run_dir) / CONTEXT_FILE
     if previous.is_file():
         # A re-run of this run folder (a crash, a retry, a completed run run again) keeps its sample, as it keeps
@@ -305,5 +343,5 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
     return TrafficContext(relabel=relabel, style=style_examples, style_share=c.style_share), stats
 
 
-__all__ = ["CONTEXT_FILE", "LEDGER_FILE", "TrafficInput", "commit_context", "gather", "read_traffic_inputs",
+__all__ = ["CONTEXT_FILE", "LEDGER_FILE", "TrafficInput", "commit_context", "covered_index", "gather", "read_traffic_inputs",
            "relabelled_ledger"]

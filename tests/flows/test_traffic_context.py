@@ -296,3 +296,42 @@ def test_a_bad_context_value_names_its_key(env, teacher_server):
     _make_skill(env / "x", teacher_server, context={"relabels": 3})
     with pytest.raises(SkillError, match=r"gates\.replay\.context\.relabels"):
         load_skill(SKILL, root=env / "x")
+
+
+SHIFTED = [  # new kinds of ticket after a shift: words the seeds never use
+    ("s-1", "Klarna instalments declined at checkout since Tuesday"),
+    ("s-1b", "Klarna instalments declined at checkout since Tuesday morning"),
+    ("s-2", "Pulse copilot summaries hallucinate dates in standups"),
+    ("s-3", "Okta SCIM provisioning stopped syncing groups overnight"),
+]
+
+
+def test_after_a_shift_the_teacher_sees_what_the_pool_lacks(env, teacher_server, tmp_path):
+    """prefer novel (the default): the relabel sample is the shifted rows, one of a near-identical pair (farthest
+    first); the style shots are the novel inputs only. prefer random: a uniform sample of the whole window."""
+    from flows.traffic_context import gather
+
+    _make_skill(env, teacher_server, context={"relabel": 3, "recent": 100, "style_share": 0.5})
+    skill = load_skill(SKILL, root=env)
+    routine = [(f"r-{i}", f"Hello, {s.input} Thanks.") for i, s in enumerate(skill.seeds[:8])]  # what seeds cover
+    _serve(skill, extra=routine + SHIFTED)
+    context, stats = gather(skill, tmp_path / "run", 0, [], pool=[])
+    sent = {e.meta["traffic_id"] for e in context.relabel}
+    assert stats["prefer"] == "novel" and len(sent) == 3
+    assert {"s-2", "s-3"} <= sent and len(sent & {"s-1", "s-1b"}) == 1
+    style = {e.meta["traffic_id"] for e in context.style}
+    assert {"s-1", "s-1b", "s-2", "s-3"} <= style and not style & {i for i, _ in routine}
+    assert stats["style_novel"] == len(style) >= skill.config.teacher.style_shots
+    # The pool covers the shift: once the Klarna and Okta tickets trained, they are no longer what is missing.
+    from core.records import Example
+
+    pool = [Example(id=f"p-{i}", skill=SKILL, input=t, output="billing", source="teacher")
+            for i, (_, t) in enumerate(SHIFTED)]
+    context_p, _ = gather(skill, tmp_path / "run-p", 0, [], pool=pool)
+    assert not {e.meta["traffic_id"] for e in context_p.relabel} & {"s-1", "s-1b", "s-3"}
+
+    _make_skill(env / "r", teacher_server, context={"relabel": 3, "recent": 100, "style_share": 0.5, "prefer": "random"})
+    skill_r = load_skill(SKILL, root=env / "r")
+    context_r, stats_r = gather(skill_r, tmp_path / "run-r", 0, [], pool=[])
+    assert stats_r["prefer"] == "random" and "style_novel" not in stats_r
+    assert len(context_r.relabel) == 3 and len(context_r.style) == stats_r["read"]  # no hold-out: replay_items=[]
