@@ -372,6 +372,7 @@ def cmd_gateway(args) -> int:
         "port": args.port, "backend": args.backend, "backend_url": args.backend_url,
         "backend_api_key_env": args.backend_api_key_env, "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms, "poll_s": args.poll_s, "max_versions": args.max_versions, "verify_fraction": args.verify_fraction,
+        "budget_window": args.budget_window,
         "traffic_url": args.traffic_url, "auth_tokens_env": args.auth_tokens_env, "profile": args.profile,
         "overrides": overrides, "drift": not args.no_drift})
     print(f"gateway on http://{cfg.host}:{cfg.port} (registry {cfg.registry}; Ctrl-C stops)")
@@ -467,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "triggers a run\")")
     w.add_argument("--max-teacher-share", action="append", metavar="SKILL=SHARE",
                    help="per-skill override for the budget policy, e.g. ticket-triage=0.1 (repeatable)")
+    w.add_argument("--budget-window", type=int, default=100,
+                   help="budget policy: hold max_teacher_share over the last N requests of a version (0: the "
+                        "published threshold alone)")
     w.set_defaults(fn=cmd_gateway)
     t = sub.add_parser("traffic", help="the captured-traffic store the runs read: import a JSONL log (scrubbed), "
                                        "export it, count it")

@@ -69,8 +69,8 @@ def _headers(results: list[Result]) -> dict[str, str]:
 def _distill(r: Result) -> dict:
     d = {"skill": r.skill, "version": r.version, "lane": r.lane, "confidence": r.confidence,
          "request_id": r.id, "latency_ms": round(r.latency_ms, 3)}
-    if r.reason:
-        d["degraded_reason"] = r.reason
+    if r.reason:  # degraded: why the teacher did not answer; keep: why a below-threshold answer was kept (budget)
+        d["degraded_reason" if r.lane == "degraded" else "reason"] = r.reason
     d.update(r.extra)
     return d
 

@@ -68,6 +68,8 @@ class GatewayConfig(_Strict):
     drift: bool = Field(True, description="Watch each served skill's drift signals (skill.yaml's drift block) and emit the Prefect "
                                           "event distill.drift.detected when one leaves its band (needs PREFECT_API_URL; "
                                           "triggers are recorded in the traffic database either way).")
+    # 100: a share estimated on 100 requests is within about 0.08 of the true one at 0.2 (95%), and a shift shows in it within a drift window.
+    budget_window: int = Field(100, ge=0, le=100_000, description="Budget policy: the teacher share is held on live traffic over the last this many requests of a version (a valid answer below the threshold escalates only when it is among the weakest max_teacher_share of them; gateway/budget.py); 0: the published threshold alone.")
     overrides: dict[str, SkillOverride] = Field(default_factory=dict, description="Per-skill routing overrides, by skill name.")
 
     def table_for(self, skill: str) -> str:

@@ -46,7 +46,7 @@ log = logging.getLogger("distill.gateway")
 EVENT = "distill.drift.detected"
 SIGNALS = ("teacher_share", "verify_error", "novelty")
 TRIGGERS_TABLE = "distill_drift_triggers"
-ESCALATED_LANES = frozenset({"escalate", "degraded", "unanswered"})
+ESCALATED_LANES = frozenset({"escalate", "degraded", "unanswered", "over_budget"})  # over_budget: the rule escalated it, the live budget kept it
 
 
 def resource_id(skill: str) -> str:

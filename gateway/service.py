@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.batcher import DynamicBatcher
+from gateway.budget import LiveBudget, curve_scores, live_budget
 from gateway.config import GatewayConfig, SkillOverride
 from gateway.engine import Answer
 
@@ -108,6 +109,7 @@ class Served:
     max_new_tokens: int
     signal: str = "mean_logprob"  # routing.json's confidence signal: the engine decodes this one
     batcher: DynamicBatcher | None = None
+    budget: LiveBudget | None = None  # the budget policy's share held on live traffic (gateway/budget.py)
     users: int = 0
     retired: bool = False
     last_used: float = 0.0  # time.monotonic() of the last request addressed to it (least-recently-used unloading)
@@ -448,6 +450,9 @@ class Gateway:
         mode, thr = keep_rule(routing, self.cfg.override(name), getattr(self.engine, "signals", None))
         s = Served(name, version, Path(folder), spec, cfg, routing, mode, thr, max_new_tokens_of(spec, cfg),
                    signal=routing.get("signal") or "mean_logprob")
+        share = live_budget(routing, self.cfg.override(name)) if mode == "threshold" else None
+        if share is not None and self.cfg.budget_window > 0:
+            s.budget = LiveBudget(share, self.cfg.budget_window, curve_scores(routing))
         self.engine.load(s.key, s.folder, spec)
         self.tasks.setdefault(name, get_task(cfg))
 
@@ -628,8 +633,22 @@ class Gateway:
         task = self.task(name, served)
         results: list[Result | None] = [None] * len(inputs)
         escalate: list[int] = []
+        held: set[int] = set()  # below the threshold, kept on the student: the live budget is spent
+        budget = served.budget if served is not None else None
         for i, (x, a) in enumerate(zip(inputs, answers)):
-            if a is not None and self._keep(served, task, x, a):
+            keep = a is not None and self._keep(served, task, x, a)
+            if budget is not None and a is not None:
+                from eval_gates.routing import usable
+
+                scored = self._valid(task, x, a) and usable(a.confidence)
+                if not budget.admit(a.confidence if scored else -math.inf, below_threshold=not keep) and not keep:
+                    held.add(i)
+                    results[i] = Result(ids[i], name, served.version, "keep", a.parsed, a.confidence, 0.0,
+                                        reason=f"over_budget: below the threshold, but not among the weakest "
+                                               f"{budget.share:g} of the last {len(budget.scores)} requests "
+                                               f"(max_teacher_share)")
+                    continue
+            if keep:
                 results[i] = Result(ids[i], name, served.version, "keep", a.parsed, a.confidence, 0.0)
             else:
                 escalate.append(i)
@@ -665,7 +684,8 @@ class Gateway:
             r.extra["slm_answer"] = a.parsed if a is not None else None
             r.prompt_tokens, r.completion_tokens = (a.prompt_tokens, a.completion_tokens) if a is not None else (0, 0)
             teacher_answer = r.answer if r.lane == "escalate" else None
-            self._capture(name, r.version, inputs[i], r.id, a, r.answer, r.lane, ms, teacher_answer)
+            self._capture(name, r.version, inputs[i], r.id, a, r.answer, r.lane, ms, teacher_answer,
+                          drift_lane="over_budget" if i in held else None)
             self.metrics.observe(name, r.version, r.lane, ms / 1000)
             if r.lane == "keep" and self._sample_verify(name):
                 from gateway.verify import VerifyJob
@@ -701,7 +721,8 @@ class Gateway:
         frac = o.verify_fraction if o.verify_fraction is not None else self.cfg.verify_fraction
         return frac > 0 and random.random() < frac
 
-    def _capture(self, name, version, x, rid, a: Answer | None, answer, lane, ms, teacher_answer) -> None:
+    def _capture(self, name, version, x, rid, a: Answer | None, answer, lane, ms, teacher_answer,
+                 drift_lane: str | None = None) -> None:
         teacher = teacher_answer is not None
         row = {"id": rid, "skill": name, "version": version, "request": x, "answer": answer,
                "slm_answer": a.parsed if a else None, "slm_raw": a.raw if a else None,
@@ -716,7 +737,9 @@ class Gateway:
                 self.recent.pop(next(iter(self.recent)))
         self.traffic.write(name, row)
         if self.drift is not None and version is not None:
-            self.drift.request(name, version, lane, x)  # a queue put: the monitor runs on its own thread
+            # A request the budget held back counts as escalated for drift: the version's rule sent it to the
+            # teacher, and the teacher share its profile predicted is about that rule, not about the cap.
+            self.drift.request(name, version, drift_lane or lane, x)  # a queue put: the monitor has its own thread
 
     # --- verify -----------------------------------------------------------------------------------------------------
 
