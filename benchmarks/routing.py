@@ -4,7 +4,8 @@ For every shipped skill, the student (its published adapter) and the teacher (wi
 measured, routing.json's teacher_option) answer the same items: the frozen eval set and the replay sample.
 Each rule picks its point on four fifths of the items and is measured on the other fifth, each fifth in turn
 (5-fold cross-fitting, `--folds`), so no rule is scored on the items it was tuned on and each picks from nearly
-as many items as a run does (with halves, a rule that asks for evidence before it escalates, as `quality`
+as many items as a run does; over `--repeats` (10) splits of the items, since one split's figure moves by about
+0.02 between splits on ~140 items (`served_sd`) (with halves, a rule that asks for evidence before it escalates, as `quality`
 does, sees half the evidence a run has: on a student distilled from the 95% teacher, quality escalated nothing
 with halves and its weak band with fifths):
 
@@ -43,6 +44,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -52,9 +54,13 @@ from _common import REPO, emit, setup
 SHIPPED = ("ticket-triage", "json-extraction", "tool-calling")
 
 
-def _folds(n: int, k: int) -> list[list[int]]:
-    """Item indices in k interleaved folds (item i in fold i % k)."""
-    return [[i for i in range(n) if i % k == f] for f in range(k)]
+def _folds(n: int, k: int, repeat: int = 0) -> list[list[int]]:
+    """Item indices in k interleaved folds: repeat 0, item i in fold i % k; repeat r > 0, the same over a
+    permutation of the items seeded by r (repeated cross-fitting: another split of the same items)."""
+    order = list(range(n))
+    if repeat:
+        random.Random(repeat).shuffle(order)
+    return [[order[i] for i in range(n) if i % k == f] for f in range(k)]
 
 
 def _rules(curve: dict, cfg) -> dict:
@@ -89,28 +95,39 @@ def _apply(items, point) -> tuple[float, int]:
     return total, calls
 
 
-def cross_fit(items, cfg, teacher_price: float, student_price: float, folds: int = 5) -> dict:
-    """Every rule chosen on all folds but one and measured on that one, each fold in turn; plus each lane alone."""
+def cross_fit(items, cfg, teacher_price: float, student_price: float, folds: int = 5, repeats: int = 1) -> dict:
+    """Every rule chosen on all folds but one and measured on that one, each fold in turn; plus each lane alone.
+    `repeats` > 1: as many splits of the items (`_folds`), the figures their mean, with `served_sd` (the spread
+    between splits: how much one split's figure says)."""
+    import statistics
+
     from eval_gates.routing import served_curve
 
-    parts = _folds(len(items), folds)
-    sums: dict[str, list[float]] = {}
-    for f, held in enumerate(parts):
-        fit = [i for g, part in enumerate(parts) if g != f for i in part]
-        curve = served_curve([items[i] for i in fit])
-        last = curve["points"][-1]
-        for name, pt in _rules(curve, cfg).items():
-            pt = dict(pt, _keep_all=pt is last)  # keep every valid answer: no threshold applies
-            s, calls = _apply([items[i] for i in held], pt)
-            acc = sums.setdefault(name, [0.0, 0.0])
-            acc[0] += s
-            acc[1] += calls
     n = len(items)
+    per: dict[str, list[tuple[float, float]]] = {}
+    for r in range(repeats):
+        parts = _folds(n, folds, r)
+        sums: dict[str, list[float]] = {}
+        for f, held in enumerate(parts):
+            fit = [i for g, part in enumerate(parts) if g != f for i in part]
+            curve = served_curve([items[i] for i in fit])
+            last = curve["points"][-1]
+            for name, pt in _rules(curve, cfg).items():
+                pt = dict(pt, _keep_all=pt is last)  # keep every valid answer: no threshold applies
+                s, calls = _apply([items[i] for i in held], pt)
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0] += s
+                acc[1] += calls
+        for name, (s, calls) in sums.items():
+            per.setdefault(name, []).append((s / n, calls / n))
     full = served_curve(items)
     out = {"student_alone": {"served": full["student_alone"]["served"], "teacher_share": 0.0},
            "teacher_alone": {"served": full["teacher_alone"]["served"], "teacher_share": 1.0}}
-    for name, (s, calls) in sums.items():
-        out[name] = {"served": round(s / n, 4), "teacher_share": round(calls / n, 4)}
+    for name, vals in per.items():
+        out[name] = {"served": round(statistics.fmean(v for v, _ in vals), 4),
+                     "teacher_share": round(statistics.fmean(c for _, c in vals), 4)}
+        if repeats > 1:
+            out[name]["served_sd"] = round(statistics.stdev(v for v, _ in vals), 4)
     for row in out.values():
         row["cost_per_1k"] = round(row["teacher_share"] * teacher_price + student_price, 4)
     return out
@@ -277,6 +294,8 @@ def main() -> None:
     ap.add_argument("--through-gateway", action="store_true", help="also send ticket-triage's items through the gateway")
     ap.add_argument("--folds", type=int, default=5, help="cross-fitting folds: each rule is chosen on the other "
                                                           "folds and measured on one, in turn (2: halves)")
+    ap.add_argument("--repeats", type=int, default=10, help="splits of the items into folds (repeated cross-fitting: "
+                                                            "the figures are their mean, served_sd their spread)")
     ap.add_argument("--registry", default=None, help="the registry whose production (else candidate) versions are "
                                                      "measured (default: DISTILL_REGISTRY, else .distill/registry; "
                                                      "e.g. a kept flywheel work dir's base/registry)")
@@ -341,11 +360,12 @@ def main() -> None:
                 lanes.append(("plain_greedy_teacher", plain))
             for lane_name, answers in lanes:
                 items = _lane_items(skill, examples, preds, answers, signal)
-                row[lane_name] = cross_fit(items, cfg, args.teacher_price, args.student_price, args.folds)
+                row[lane_name] = cross_fit(items, cfg, args.teacher_price, args.student_price, args.folds,
+                                           args.repeats)
             rows[name] = row
             print(json.dumps({name: row}), flush=True)
     result = {"benchmark": "routing", "quick": args.quick, "teacher_price_per_1k": args.teacher_price,
-              "student_price_per_1k": args.student_price, "method": f"{args.folds}-fold cross-fitted", "skills": rows,
+              "student_price_per_1k": args.student_price, "method": f"{args.folds}-fold cross-fitted, {args.repeats} splits", "skills": rows,
               "skipped": skipped, "registry": None if args.quick else registry}
     if args.through_gateway and not args.quick:
         result["through_gateway"] = {"ticket-triage": through_gateway(registry)}

@@ -4,9 +4,11 @@ Per skill, over a sliding window of the production version's most recent request
 core.config.DriftConfig), three signals, each against its band:
 
     teacher_share   escalated requests / requests          routing.json's share at the served point +- tolerance
-    verify_error    verify-lane disagreements / outcomes   out when the low end of its exact (Clopper-Pearson)
-                                                           interval is above routing.json's kept-error bound + margin
-    novelty         novel inputs / requests                at most drift.novelty_ceiling (filters/novelty.py)
+    verify_error    verify-lane disagreements / outcomes   routing.json's kept-error bound + margin, at most
+    novelty         novel inputs / requests                drift.novelty_ceiling, at most (filters/novelty.py)
+
+Each is a share of its window, judged with the window's exact (Clopper-Pearson) 95% interval: out of band only
+when the whole interval lies outside the band, so a small window's chance swings are not drift.
 
 A signal that stays out of its band for `sustain_requests` requests and `sustain_minutes` minutes makes the
 monitor return a DriftEvent, at most one per skill per `cooldown_minutes`. The gateway (gateway/service.py)
@@ -16,8 +18,9 @@ which runs the monitor, emits the event to Prefect (`distill.drift.detected`, re
 restarted gateway keeps the cool-down and `distill status` shows the last trigger. prefect.yaml's trigger on
 the event runs the skill's deployment.
 
-Escalated means routed to the teacher: lanes escalate, degraded (the teacher did not answer in time) and
-unanswered all count, since the signal is about the routing decision, not about the teacher's uptime.
+Escalated means routed to the teacher by the version's rule: lanes escalate, degraded (the teacher did not
+answer in time) and unanswered all count, since the signal is about the routing decision, not about the
+teacher's uptime; so does a request a live budget kept on the student (gateway/budget.py, over_budget).
 
 Clocks: wall-clock seconds (time.time()), because the cool-down outlives the process. A clock that goes
 backwards is held at the latest time seen (windows never grow older entries back); a recorded trigger
@@ -315,10 +318,12 @@ class DriftMonitor:
         k_v, n_v = w.disagreed, len(w.verified)
         low, high = _exact_interval(k_v, n_v)
         out: dict[str, dict[str, Any]] = {
-            "teacher_share": {"value": esc / n if n else None, "n": n, "least": c.min_requests},
+            "teacher_share": {"value": esc / n if n else None, "n": n, "least": c.min_requests,
+                              "interval": list(_exact_interval(esc, n)) if n else None},
             "verify_error": {"value": k_v / n_v if n_v else None, "n": n_v, "least": c.min_verified,
                              "interval": [low, high] if n_v else None},
-            "novelty": {"value": w.novel / w.judged if w.judged else None, "n": w.judged, "least": c.min_requests},
+            "novelty": {"value": w.novel / w.judged if w.judged else None, "n": w.judged, "least": c.min_requests,
+                        "interval": list(_exact_interval(w.novel, w.judged)) if w.judged else None},
         }
         for sig, f in out.items():
             band = w.bands.get(sig)
@@ -329,12 +334,14 @@ class DriftMonitor:
                     f["why"] = w.novelty_why or "no novelty index for this version"
             elif f["n"] < f["least"]:
                 f["state"] = "insufficient"
-            elif sig == "verify_error":  # out only when the whole exact interval is above the bound
-                f["state"] = "out" if band.high is not None and low is not None and low > band.high else "in"
             else:
-                v = f["value"]
-                f["state"] = "out" if (band.low is not None and v < band.low) or (band.high is not None and v > band.high) \
-                    else "in"
+                # Out only when the window's whole exact (Clopper-Pearson) interval is outside the band: each signal
+                # is a share of a window, and a window of 30 requests at a true 0.2 moves by +-0.15 by chance alone
+                # (the flywheel benchmark's in-distribution stream left a +-0.1 band on the point estimate, a
+                # false alarm, before the shift).
+                lo, hi = f["interval"]
+                f["state"] = "out" if (band.low is not None and hi is not None and hi < band.low) or \
+                    (band.high is not None and lo is not None and lo > band.high) else "in"
             if f["value"] is not None:
                 f["value"] = round(f["value"], 4)
             run = w.out.get(sig)
