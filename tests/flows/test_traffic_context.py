@@ -335,3 +335,19 @@ def test_after_a_shift_the_teacher_sees_what_the_pool_lacks(env, teacher_server,
     context_r, stats_r = gather(skill_r, tmp_path / "run-r", 0, [], pool=[])
     assert stats_r["prefer"] == "random" and "style_novel" not in stats_r
     assert len(context_r.relabel) == 3 and len(context_r.style) == stats_r["read"]  # no hold-out: replay_items=[]
+
+
+def test_without_enough_eval_items_to_place_novelty_the_style_pool_is_the_window(env, teacher_server, tmp_path):
+    """Fewer than 20 eval inputs cannot place the novelty threshold: the style shots come from the whole window
+    (said in the stats) and the relabel sample is still farthest-first, which needs no threshold."""
+    from flows.traffic_context import gather
+
+    _make_skill(env, teacher_server, context={"relabel": 3, "recent": 100, "style_share": 0.5})
+    skill = load_skill(SKILL, root=env)
+    skill.eval_set = skill.eval_set[:5]
+    routine = [(f"r-{i}", f"Hello, {s.input} Thanks.") for i, s in enumerate(skill.seeds[:8])]
+    _serve(skill, extra=routine + SHIFTED)
+    context, stats = gather(skill, tmp_path / "run", 0, [], pool=[])
+    assert "calibrating the threshold" in stats["style_novel_why"] and "style_novel" not in stats
+    assert len(context.style) == stats["read"]
+    assert {"s-2", "s-3"} <= {e.meta["traffic_id"] for e in context.relabel}
