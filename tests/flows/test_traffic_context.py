@@ -296,6 +296,9 @@ def test_a_bad_context_value_names_its_key(env, teacher_server):
     _make_skill(env / "x", teacher_server, context={"relabels": 3})
     with pytest.raises(SkillError, match=r"gates\.replay\.context\.relabels"):
         load_skill(SKILL, root=env / "x")
+    _make_skill(env / "y", teacher_server, context={"prefer": "newest"})
+    with pytest.raises(SkillError, match=r"gates\.replay\.context\.prefer"):
+        load_skill(SKILL, root=env / "y")
 
 
 SHIFTED = [  # new kinds of ticket after a shift: words the seeds never use
