@@ -248,8 +248,10 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
     (ids and counts, no text) into `run_dir`. `pool`: the accepted pool (default: read from the pool folder).
 
     Stats: read (inputs in the window), log, skipped, eligible, relabel_sampled, style_pool, style_contaminated,
-    excluded {reason: n}, and the config (recent, relabel, style_share). With relabel 0 and style_share 0 nothing
-    is read."""
+    excluded {reason: n}, the config (recent, relabel, style_share, prefer), and under prefer novel style_novel
+    (novel inputs among the style candidates) or style_novel_why (no threshold: too few eval inputs). With
+    relabel 0 and style_share 0 nothing is read. Cost under prefer novel: MinHash signatures of the window, the
+    seeds and the pool (at most drift.novelty_pool), then relabel x window x 128 comparisons."""
     from filters import Contamination, dedup_text, eval_sets_for
     from filters.pool import read_pool
     from filters.novelty import farthest_first
