@@ -46,7 +46,6 @@ from typing import Any, Sequence
 
 from core.records import DataError, Example, iter_jsonl, now_iso, parse_instant, write_json
 from core.skills import Skill, SkillConfig
-from core.tasks import get_task
 from core.text import normalize
 from core.workdir import pool_dir
 
@@ -233,10 +232,11 @@ def covered_index(skill: Skill, pool: Sequence[Example]):
     pool's inputs (the task type's matching text; at most drift.novelty_pool, a seeded sample beyond) and the
     threshold below which an input counts as novel, calibrated on the eval set as a version's novelty.json is
     (drift.novelty_quantile of the eval inputs' nearest similarities; None with fewer than 20 eval inputs)."""
+    from filters import dedup_text
     from filters.novelty import NoveltyIndex, build_novelty
 
     d = skill.config.drift
-    match = get_task(skill.config).match_text
+    match = dedup_text(skill.config)  # the matching text dedup, contamination and novelty.json compare
     covered = [match(e.input) for e in [*skill.seeds, *pool] if isinstance(e.input, str)]
     return NoveltyIndex.from_dict(build_novelty(covered, [match(e.input) for e in skill.eval_set],
                                                 quantile=d.novelty_quantile, max_pool=d.novelty_pool))
@@ -302,11 +302,10 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
             eligible.append(t)
     eligible.sort(key=lambda t: (t.instant, t.id))
     cover = covered_index(skill, pool) if c.prefer == "novel" and (eligible or style) else None
-    match = get_task(cfg).match_text
     if cover is None:
         picked = random.Random(seed).sample(eligible, min(c.relabel, len(eligible)))
     else:  # what training covers least first, each pick also covering the ones after it
-        order, _ = farthest_first(cover.hasher.signatures([match(t.request) for t in eligible]), cover.pool,
+        order, _ = farthest_first(cover.hasher.signatures([text(t.request) for t in eligible]), cover.pool,
                                   c.relabel, seed)
         picked = [eligible[i] for i in order]
     style_examples: list[Example] = []
@@ -320,7 +319,7 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
             if cover.threshold is None:
                 stats["style_novel_why"] = cover.unavailable
             else:
-                sims = cover.similarity([match(e.input) for e in style_examples])
+                sims = cover.similarity([text(e.input) for e in style_examples])
                 novel = [e for e, sim in zip(style_examples, sims) if sim < cover.threshold]
                 stats["style_novel"] = len(novel)
                 if len(novel) >= cfg.teacher.style_shots:  # enough to vary the shots: show what moved

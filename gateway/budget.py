@@ -32,9 +32,7 @@ def live_budget(routing: dict, override) -> float | None:
     mode is threshold and routing.json is a both-lanes profile (version 2)."""
     if override.escalation != "threshold" or routing.get("version") != 2:
         return None
-    policy = override.policy or ("target_error" if override.target_error_rate is not None else
-                                 "budget" if override.max_teacher_share is not None else routing.get("policy"))
-    if policy != "budget":
+    if override.effective_policy(routing.get("policy")) != "budget":
         return None
     share = override.max_teacher_share if override.max_teacher_share is not None else routing.get("max_teacher_share")
     return float(share) if isinstance(share, (int, float)) and 0.0 <= share <= 1.0 else None

@@ -26,6 +26,12 @@ class SkillOverride(_Strict):
     max_teacher_share: float | None = Field(None, ge=0.0, le=1.0, description="budget policy: the largest share of requests sent to the teacher (None: routing.json's).")
     verify_fraction: float | None = Field(None, ge=0.0, le=1.0, description="This skill's verify fraction (None: the gateway's).")
 
+    def effective_policy(self, published: str | None) -> str | None:
+        """The routing policy this override serves under: its `policy`, else target_error when it sets a
+        target_error_rate, else budget when it sets a max_teacher_share, else `published` (routing.json's)."""
+        return self.policy or ("target_error" if self.target_error_rate is not None else
+                               "budget" if self.max_teacher_share is not None else published)
+
 
 def default_traffic_url() -> str:
     """$DISTILL_TRAFFIC_URL, else sqlite:///<DISTILL_HOME>/traffic.db (DISTILL_HOME defaults to ./.distill): the

@@ -61,8 +61,7 @@ def keep_rule(routing: dict, override: SkillOverride, engine_signals: tuple[str,
         if override.policy or override.max_teacher_share is not None or override.target_error_rate is not None:
             from eval_gates.routing import choose_point
 
-            policy = override.policy or ("target_error" if override.target_error_rate is not None else
-                                         "budget" if override.max_teacher_share is not None else routing.get("policy"))
+            policy = override.effective_policy(routing.get("policy"))
             pick = choose_point({"points": routing["curve"], "n": routing.get("n")}, policy or "quality",
                                 max_teacher_share=override.max_teacher_share if override.max_teacher_share is not None
                                 else routing.get("max_teacher_share", 0.2),
@@ -631,6 +630,8 @@ class Gateway:
                 with self.lock:
                     served.users -= 1
         task = self.task(name, served)
+        from eval_gates.routing import usable
+
         results: list[Result | None] = [None] * len(inputs)
         escalate: list[int] = []
         held: set[int] = set()  # below the threshold, kept on the student: the live budget is spent
@@ -638,9 +639,8 @@ class Gateway:
         for i, (x, a) in enumerate(zip(inputs, answers)):
             keep = a is not None and self._keep(served, task, x, a)
             if budget is not None and a is not None:
-                from eval_gates.routing import usable
-
-                scored = self._valid(task, x, a) and usable(a.confidence)
+                # a kept answer is valid with a usable confidence already; only one that would escalate is checked
+                scored = keep or (self._valid(task, x, a) and usable(a.confidence))
                 if not budget.admit(a.confidence if scored else -math.inf, below_threshold=not keep) and not keep:
                     held.add(i)
                     results[i] = Result(ids[i], name, served.version, "keep", a.parsed, a.confidence, 0.0,

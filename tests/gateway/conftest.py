@@ -174,3 +174,25 @@ class StubEngine:
 
     def close(self):
         pass
+
+
+@pytest.fixture
+def drift_skill(tmp_path, monkeypatch):
+    """seeds/ticket-triage with a short drift window (skill.yaml's drift block), a fresh work dir and registry."""
+    import shutil
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    root = tmp_path / "seeds"
+    shutil.copytree(REPO / "seeds" / SKILL, root / SKILL)
+    path = root / SKILL / "skill.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    cfg["drift"] = {"window_requests": 20, "min_requests": 10, "sustain_requests": 3, "sustain_minutes": 0,
+                    "cooldown_minutes": 60}
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(root))
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "work"))
+    monkeypatch.delenv("DISTILL_REGISTRY", raising=False)
+    return root

@@ -95,35 +95,19 @@ def test_which_versions_get_a_live_budget():
     assert live_budget({**r, "version": 1}, SkillOverride()) is None
 
 
-def test_the_gateway_holds_the_budget_and_says_why(tmp_path, monkeypatch):
+def test_the_gateway_holds_the_budget_and_says_why(drift_skill, tmp_path):
     """Shifted traffic that the published threshold would send whole to the teacher: about max_teacher_share
     escalates (lane degraded here: no teacher), the rest is kept with reason over_budget, the traffic rows say
     keep, and the drift monitor counts them as the rule's escalations."""
-    import shutil
-
-    import yaml
-
     from gateway import GatewayConfig
     from gateway.engine import Answer
     from gateway.service import Gateway
     from registry import Registry
-    from tests.conftest import REPO
     from tests.gateway.conftest import StubEngine
     from tests.gateway.test_drift import SKILL, _publish_stub
 
-    root = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds" / SKILL, root / SKILL)
-    path = root / SKILL / "skill.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    cfg["drift"] = {"window_requests": 200, "min_requests": 10, "sustain_requests": 1000, "sustain_minutes": 0,
-                    "cooldown_minutes": 60}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(root))
-    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "work"))
-    monkeypatch.delenv("DISTILL_REGISTRY", raising=False)
-
     r = _routing(_eval_items())
-    v = _publish_stub(Registry(), tmp_path, {**r, "teacher_share": 0.2, "kept_error_rate_upper": 0.1}, None, "r1")
+    _publish_stub(Registry(), tmp_path, {**r, "teacher_share": 0.2, "kept_error_rate_upper": 0.1}, None, "r1")
 
     class Engine(StubEngine):
         def decode(self, key, cfg, prompts, max_new_tokens, inputs=None, **kw):

@@ -484,23 +484,6 @@ def _publish_stub(reg, tmp_path, routing: dict, novelty: dict | None, run_id: st
                        model_card="---\nlibrary_name: peft\n---\n", extra={"novelty.json": novelty} if novelty else None)
 
 
-@pytest.fixture
-def drift_skill(tmp_path, monkeypatch):
-    """seeds/ticket-triage with a short drift window (skill.yaml's drift block), a fresh work dir and registry."""
-    import yaml
-
-    root = tmp_path / "seeds"
-    shutil.copytree(REPO / "seeds" / SKILL, root / SKILL)
-    path = root / SKILL / "skill.yaml"
-    cfg = yaml.safe_load(path.read_text())
-    cfg["drift"] = {"window_requests": 20, "min_requests": 10, "sustain_requests": 3, "sustain_minutes": 0,
-                    "cooldown_minutes": 60}
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    monkeypatch.setenv("DISTILL_SEEDS_DIR", str(root))
-    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "work"))
-    monkeypatch.delenv("DISTILL_REGISTRY", raising=False)
-    return root
-
 
 def test_the_gateway_watches_production_and_emits_once(drift_skill, tmp_path, monkeypatch):
     from filters.novelty import build_novelty
