@@ -3,6 +3,7 @@ stream shifts, the drift trigger fires, a refresh run publishes a new version, a
 
     python benchmarks/flywheel.py [--quick] [--teacher-accuracy 0.95] [--routing budget|quality]
                                   [--max-teacher-share 0.2] [--seed 7]
+    python benchmarks/flywheel.py --summarize     # across the recorded full-size runs, one per seed
 
 Set-up. A copy of the ticket-triage skill (`seeds/`, in a temporary folder) whose teacher is the project's
 fake OpenAI server (teachers/fakeserver.py), scripted as a strong teacher: it labels a ticket it knows (the
@@ -55,6 +56,11 @@ and IBAN in the streams is searched for (as written, and without spaces) in each
 Full size: the bundled Gemma 3 270M student, the skill's training settings and gates (a long run: the pipeline
 trains three times). --quick: a tiny random Gemma 3 student trained a few steps, 16 new inputs per run, loose
 gates (a quick run always promotes), about two to three minutes on 2 cores. Prints one JSON line last.
+
+Seeds. One run trains each refresh once, and which refresh gives the better student on the shift moved by 0.16
+between seeds 7 and 8 (the same code): one run cannot show a 0.05 gain. `--summarize` runs nothing; it reads the
+recorded full-size runs (`--record`) of today's streams and routing, the newest per seed, and prints per seed and
+across seeds (mean, sd, how many seeds meet each bar) the figures the issue is judged by.
 """
 
 from __future__ import annotations
@@ -351,6 +357,71 @@ def _context_counts(s: dict) -> dict:
 # --- main ---------------------------------------------------------------------------------------------------------
 
 
+def _seed_of(record: dict) -> int:
+    """The --seed of a recorded run: in its result (newer records) or its command line (default 7)."""
+    if "seed" in record["result"]:
+        return int(record["result"]["seed"])
+    words = record["command"].split()
+    return int(words[words.index("--seed") + 1]) if "--seed" in words else 7
+
+
+def summarize_seeds(routing: str, max_share: float) -> dict:
+    """The recorded full-size runs (benchmarks/results.jsonl) of today's streams and this routing, the newest per
+    seed, and across seeds the issue's done-when figures: phase 3 served accuracy, traffic as context minus
+    accepted only (served and student alone), phase 3's teacher share minus phase 1's, the drift trigger, the
+    personal-data grep. Per figure: mean, sample sd, and how many seeds meet the bar (0.05 gain; share within
+    0.05; fired in phase 2 and not in phase 1; nothing found). Raises SystemExit when no run is recorded."""
+    import statistics
+
+    from _results import RESULTS
+
+    _, p1, p2, p3 = streams()
+    sizes = {"phase1": len(p1), "phase2": len(p2), "phase3": len(p3)}
+    want = {"policy": routing, **({"max_teacher_share": max_share} if routing == "budget" else {})}
+    runs: dict[int, dict] = {}
+    for line in RESULTS.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        r = rec.get("result") or {}
+        if (rec.get("benchmark") != "flywheel" or r.get("quick") or r.get("stream") != sizes
+                or r.get("routing") != want or "summary" not in r or "held_by_budget" not in
+                r["policies"]["frozen"]["phase1"]):  # held_by_budget: the gateway holds the budget live
+            continue
+        runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], **r}  # the newest per seed stands
+    if not runs:
+        raise SystemExit(f"no full-size flywheel run of streams {sizes} and routing {want} in {RESULTS}: "
+                         "run python benchmarks/flywheel.py --record first")
+    per_seed = {}
+    for seed, r in sorted(runs.items()):
+        sm, pol = r["summary"], r["policies"]
+        per_seed[seed] = {
+            "commit": r["commit"],
+            "served": sm["phase3_served_accuracy"], "student": sm["phase3_student_accuracy"],
+            "context_minus_accepted_only": sm["context_minus_accepted_only"],
+            "student_context_minus_accepted_only": round(pol["traffic_context"]["phase3"]["student_accuracy"]
+                                                         - pol["accepted_only"]["phase3"]["student_accuracy"], 4),
+            "teacher_share_phase1": sm["teacher_share"]["phase1"],
+            "teacher_share_phase3_context": sm["teacher_share"]["phase3_traffic_context"],
+            "share_minus_phase1": sm["phase3_share_minus_phase1_traffic_context"],
+            "drift_in_phase2_only": bool(r["drift"]["fired_in_phase2"]) and not r["drift"]["fired_in_phase1"],
+            "pii_found": r["pii"]["found"]}
+
+    def spread(key: str) -> dict:
+        xs = [row[key] for row in per_seed.values()]
+        return {"mean": round(statistics.fmean(xs), 4),
+                "sd": round(statistics.stdev(xs), 4) if len(xs) > 1 else None}
+
+    rows = per_seed.values()
+    return {"benchmark": "flywheel_seeds", "routing": want, "stream": sizes, "seeds": sorted(per_seed),
+            "per_seed": per_seed,
+            "context_minus_accepted_only": spread("context_minus_accepted_only"),
+            "student_context_minus_accepted_only": spread("student_context_minus_accepted_only"),
+            "share_minus_phase1": spread("share_minus_phase1"),
+            "met": {"drift_in_phase2": sum(r["drift_in_phase2_only"] for r in rows),
+                    "context_gain_0.05": sum(r["context_minus_accepted_only"] >= 0.05 for r in rows),
+                    "share_within_0.05": sum(abs(r["share_minus_phase1"]) <= 0.05 for r in rows),
+                    "no_pii": sum(r["pii_found"] == 0 for r in rows), "of": len(per_seed)}}
+
+
 def main() -> None:
     """Set up, publish version 1, serve phases 1 and 2, branch per policy (refresh, phase 3, PII scan), print the
     JSON line."""
@@ -363,7 +434,13 @@ def main() -> None:
                     help="the gateway's routing policy for the bench skill (budget: at most --max-teacher-share)")
     ap.add_argument("--max-teacher-share", type=float, default=0.2, help="budget: the teacher's largest share")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work dirs (printed) for inspection")
+    ap.add_argument("--summarize", action="store_true",
+                    help="run nothing: the recorded full-size runs of today's streams, one per seed, and the done-when "
+                         "figures across seeds (mean, sd, how many seeds meet each)")
     args = ap.parse_args()
+    if args.summarize:
+        emit(summarize_seeds(args.routing, args.max_teacher_share))
+        return
     t_start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="distill-flywheel-"))
     os.environ["DISTILL_HOME"] = str(tmp / "base")
@@ -398,7 +475,7 @@ def main() -> None:
                     "student": "tiny random Gemma 3" if args.quick else "bundled:gemma-3-270m",
                     "teacher": f"scripted fake OpenAI server, {args.teacher_accuracy:.2f} right on tickets it knows",
                     "stream": {"phase1": len(phase1), "phase2": len(phase2), "phase3": len(phase3)},
-                    "pii_values": len(values), "routing": routing}
+                    "pii_values": len(values), "routing": routing, "seed": args.seed}
     try:
         # Version 1: the pipeline publishes it from the seeds and the initial log.
         v1, v1_s = run_refresh("accepted_only", "v1", args.seed)
