@@ -48,8 +48,10 @@ setting.
 
 Per phase: served accuracy on the stream's gold labels (only the benchmark sees them), the student's own
 accuracy (its answer, kept or not, against the gold label), teacher share (lane escalate), kept-lane error (kept
-answers that are wrong), and per policy the minutes from the first shifted
-request to the promoted version (phase 2's remaining stream, then the run). Personal data: every e-mail, phone
+answers that are wrong), per slice (`slices`: the shift's new words, Klarna / Okta or SCIM / Pulse copilot, by
+whether the gold label is the one the word suggests; SLICES) the student's and the served right answers, and per
+policy the minutes from the first shifted request to the promoted version (phase 2's remaining stream, then the
+run). Personal data: every e-mail, phone
 and IBAN in the streams is searched for (as written, and without spaces) in each work dir's traffic table, pool
 (accepted and held) and training sets (train.jsonl, val.jsonl): `pii.found` must be 0.
 
@@ -229,9 +231,28 @@ def known_labels(phases: list[list[dict]], initial: list[dict]) -> dict[str, str
 # --- phases -------------------------------------------------------------------------------------------------------
 
 
+# The shift's new words (benchmarks/data/flywheel_shifted*.jsonl): a payment provider, an identity provider, a
+# product launch. Each phase reports the student's and the served accuracy per slice (word group x whether the gold
+# label is the one the word suggests), which shows what a refresh learned from the shifted traffic and which
+# shortcut it took: in phase 2 every Klarna ticket is billing, in phase 3 five are not.
+SLICES = (("klarna", ("klarna",), "billing"), ("okta_scim", ("okta", "scim"), "account"),
+          ("copilot", ("copilot", "pulse"), "bug"))
+
+
+def slice_of(item: dict) -> str:
+    """The item's slice: `<group>_<label it suggests>` or `<group>_other_label` for the first word group the input
+    names, else `no_new_words`."""
+    text = item["input"].lower()
+    for name, words, label in SLICES:
+        if any(w in text for w in words):
+            return f"{name}_{label}" if item["output"] == label else f"{name}_other_label"
+    return "no_new_words"
+
+
 def serve(items: list[dict], on_request=None) -> dict:
     """The items through a gateway on the current work dir, one :predict call each. Per phase: served accuracy
-    against the gold labels, teacher share (lane escalate), kept-lane error, the version(s) that answered."""
+    against the gold labels, teacher share (lane escalate), kept-lane error, the version(s) that answered, and per
+    slice (slice_of) n, student_right and served_right."""
     import httpx
 
     from gateway.app import InThread
@@ -242,6 +263,7 @@ def serve(items: list[dict], on_request=None) -> dict:
     lanes: dict[str, int] = {}
     right = kept = kept_wrong = student_right = held = 0
     versions: set = set()
+    slices: dict[str, dict[str, int]] = {}
     try:
         with httpx.Client(timeout=300) as c:
             for i, it in enumerate(items):
@@ -252,6 +274,10 @@ def serve(items: list[dict], on_request=None) -> dict:
                 ok = p["answer"] == it["output"]
                 right += ok
                 student_right += p.get("slm_answer") == it["output"]
+                sl = slices.setdefault(slice_of(it), {"n": 0, "student_right": 0, "served_right": 0})
+                sl["n"] += 1
+                sl["student_right"] += p.get("slm_answer") == it["output"]
+                sl["served_right"] += ok
                 versions.add(p.get("version"))
                 if p["lane"] == "keep":
                     kept += 1
@@ -269,7 +295,7 @@ def serve(items: list[dict], on_request=None) -> dict:
             "teacher_share": round(lanes.get("escalate", 0) / n, 4),
             "kept": kept, "kept_error": round(kept_wrong / kept, 4) if kept else None, "lanes": lanes,
             "held_by_budget": held,
-            "versions": sorted(v for v in versions if v is not None)}
+            "versions": sorted(v for v in versions if v is not None), "slices": dict(sorted(slices.items()))}
 
 
 def last_trigger() -> dict | None:

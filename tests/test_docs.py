@@ -499,3 +499,21 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
     assert out["met"] == {"drift_in_phase2": 2, "context_gain_0.05": 2, "share_within_0.05": 2, "no_pii": 2, "of": 3}
     with pytest.raises(SystemExit, match="routing"):
         fw.summarize_seeds("quality", 0.2)
+
+
+def test_flywheel_slices_name_the_shift_words_and_whether_the_label_follows_them():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        fw = _load("flywheel", REPO / "benchmarks" / "flywheel.py")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    assert fw.slice_of({"input": "Klarna charged twice", "output": "billing"}) == "klarna_billing"
+    assert fw.slice_of({"input": "please add KLARNA for annual plans", "output": "feature_request"}) == \
+        "klarna_other_label"
+    assert fw.slice_of({"input": "okta login loop", "output": "account"}) == "okta_scim_account"
+    assert fw.slice_of({"input": "Pulse copilot crashes the tab", "output": "bug"}) == "copilot_bug"
+    assert fw.slice_of({"input": "copilot in french pls", "output": "feature_request"}) == "copilot_other_label"
+    assert fw.slice_of({"input": "invoice wrong", "output": "billing"}) == "no_new_words"
+    _, _, phase2, phase3 = fw.streams()  # the shortcut the slices are there to show: phase 2's Klarna is all billing
+    assert {fw.slice_of(it) for it in phase2 if "klarna" in it["input"].lower()} == {"klarna_billing"}
+    assert sum(fw.slice_of(it) == "klarna_other_label" for it in phase3) == 5
