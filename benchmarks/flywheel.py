@@ -38,13 +38,14 @@ an accepted reference only; gates.replay.context relabel 0, style_share 0) and t
 a policy acts only from the refresh on.
 
 Routing: `--routing budget` (the default here) with `--max-teacher-share 0.2`, written into the skill's `routing:`
-block. Why not the skill's own `quality` policy: with a 95% teacher, quality escalates every band where the
-teacher is measured better, which is most of them (version 1 sent half of phase 1 to the teacher), so the served
-answers are the teacher's under every policy and cannot tell the refreshes apart (the first full-size run served
-0.926 on phase 3 under all three). A budget keeps most traffic on the student, the economics the project exists
-for, and makes the served accuracy the student's to win. The gateway holds the budget on live traffic too
-(gateway/budget.py): the refreshed versions are compared at equal spend. `--routing quality` measures the other
-setting.
+block. Why not the skill's own `quality` policy: with a 95% teacher, quality escalates every band where the teacher
+is measured better, which is most of them (version 1 sent half of phase 1 to the teacher), so the served answers
+are the teacher's under every policy and cannot tell the refreshes apart (the first full-size run served 0.926 on
+phase 3 under all three). A budget keeps most traffic on the student, the economics the project exists for, and
+makes the served accuracy the student's to win. The gateway holds the budget on live traffic too
+(gateway/budget.py): the refreshed versions are compared under the same cap (a cap, not a target: a version more
+confident on the shift spends less of it, and its served answers lose what the teacher would have fixed).
+`--routing quality` measures the other setting.
 
 Per phase: served accuracy on the stream's gold labels (only the benchmark sees them), the student's own
 accuracy (its answer, kept or not, against the gold label), teacher share (lane escalate), kept-lane error (kept
