@@ -397,25 +397,25 @@ def summarize_seeds(routing: str, max_share: float) -> dict:
     seed, and across seeds the issue's done-when figures: phase 3 served accuracy, traffic as context minus
     accepted only (served and student alone), phase 3's teacher share minus phase 1's, the drift trigger, the
     personal-data grep. Per figure: mean, sample sd, and how many seeds meet the bar (0.05 gain; share within
-    0.05; fired in phase 2 and not in phase 1; nothing found). Raises SystemExit when no run is recorded."""
+    0.05; fired in phase 2 and not in phase 1; nothing found). Raises SystemExit when no run is recorded, ValueError
+    (file:line) for a line of results.jsonl that is not a record."""
     import statistics
 
-    from _results import RESULTS
+    import _results
 
     _, p1, p2, p3 = streams()
     sizes = {"phase1": len(p1), "phase2": len(p2), "phase3": len(p3)}
     want = {"policy": routing, **({"max_teacher_share": max_share} if routing == "budget" else {})}
     runs: dict[int, dict] = {}
-    for line in RESULTS.read_text().splitlines():
-        rec = json.loads(line) if line.strip() else {}
-        r = rec.get("result") or {}
-        if (rec.get("benchmark") != "flywheel" or r.get("quick") or r.get("stream") != sizes
+    for rec in _results.load(_results.RESULTS):  # a broken line raises ValueError naming file:line
+        r = rec["result"]
+        if (rec["benchmark"] != "flywheel" or r.get("quick") or r.get("stream") != sizes
                 or r.get("routing") != want or "summary" not in r or "held_by_budget" not in
-                r["policies"]["frozen"]["phase1"]):  # held_by_budget: the gateway holds the budget live
+                ((r.get("policies") or {}).get("frozen") or {}).get("phase1", {})):  # held: the live budget
             continue
         runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], **r}  # the newest per seed stands
     if not runs:
-        raise SystemExit(f"no full-size flywheel run of streams {sizes} and routing {want} in {RESULTS}: "
+        raise SystemExit(f"no full-size flywheel run of streams {sizes} and routing {want} in {_results.RESULTS}: "
                          "run python benchmarks/flywheel.py --record first")
     per_seed = {}
     for seed, r in sorted(runs.items()):

@@ -499,6 +499,10 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
     assert out["met"] == {"drift_in_phase2": 2, "context_gain_0.05": 2, "share_within_0.05": 2, "no_pii": 2, "of": 3}
     with pytest.raises(SystemExit, match="routing"):
         fw.summarize_seeds("quality", 0.2)
+    with results.open("a") as f:
+        f.write('{"date": "2026-12-08", "benchmark": "flywheel"\n')  # a line cut by a killed run
+    with pytest.raises(ValueError, match=r"results.jsonl:8: not JSON"):
+        fw.summarize_seeds("budget", 0.2)
 
 
 def test_flywheel_slices_name_the_shift_words_and_whether_the_label_follows_them():
