@@ -274,10 +274,11 @@ def serve(items: list[dict], on_request=None) -> dict:
                 lanes[p["lane"]] = lanes.get(p["lane"], 0) + 1
                 ok = p["answer"] == it["output"]
                 right += ok
-                student_right += p.get("slm_answer") == it["output"]
+                student_ok = p.get("slm_answer") == it["output"]
+                student_right += student_ok
                 sl = slices.setdefault(slice_of(it), {"n": 0, "student_right": 0, "served_right": 0})
                 sl["n"] += 1
-                sl["student_right"] += p.get("slm_answer") == it["output"]
+                sl["student_right"] += student_ok
                 sl["served_right"] += ok
                 versions.add(p.get("version"))
                 if p["lane"] == "keep":

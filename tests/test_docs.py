@@ -442,6 +442,16 @@ def test_a_recorded_command_names_the_script_from_the_repository_root_whatever_t
     assert results_mod.command(["other.py"]) == "python other.py"  # not the main script: as given
 
 
+@pytest.fixture(scope="module")
+def fw():
+    """benchmarks/flywheel.py as a module (nothing runs on import)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield _load("flywheel", REPO / "benchmarks" / "flywheel.py")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
 def _flywheel_record(seed: int | None, served: tuple[float, float], share: tuple[float, float], *, quick=False,
                      commit="abc1234", fired=(False, True), found=0, stream=None) -> dict:
     """A recorded full-size flywheel run with the figures summarize_seeds reads (served: accepted only, context;
@@ -466,17 +476,12 @@ def _flywheel_record(seed: int | None, served: tuple[float, float], share: tuple
             "benchmark": "flywheel", "result": result}
 
 
-def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path, monkeypatch, results_mod):
+def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path, monkeypatch, results_mod, fw):
     """`flywheel.py --summarize`: the newest full-size run per seed of today's streams; across seeds the mean and
     sd of each done-when figure and how many seeds meet its bar. Quick runs, other stream sizes and runs from
     before the live budget (no held_by_budget) are not the benchmark the issue is judged on."""
     import statistics
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        fw = _load("flywheel", REPO / "benchmarks" / "flywheel.py")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
     results = tmp_path / "results.jsonl"
     monkeypatch.setattr(results_mod, "RESULTS", results)
     results.write_text("")
@@ -505,12 +510,7 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
         fw.summarize_seeds("budget", 0.2)
 
 
-def test_flywheel_slices_name_the_shift_words_and_whether_the_label_follows_them():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        fw = _load("flywheel", REPO / "benchmarks" / "flywheel.py")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+def test_flywheel_slices_name_the_shift_words_and_whether_the_label_follows_them(fw):
     assert fw.slice_of({"input": "Klarna charged twice", "output": "billing"}) == "klarna_billing"
     assert fw.slice_of({"input": "please add KLARNA for annual plans", "output": "feature_request"}) == \
         "klarna_other_label"
