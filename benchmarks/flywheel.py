@@ -97,13 +97,45 @@ def _key(text: str) -> str:
     return " ".join(str(text).split()).lower()
 
 
+def _words(text: str) -> list[str]:
+    return [w.strip(".,:;!?()'\"") for w in str(text).split()]
+
+
 class ScriptedTeacher:
     """The fake server's answer function: gold labels it knows (right `accuracy` of the time), keywords otherwise;
-    new tickets rewritten from a shown one, whose label it remembers."""
+    new tickets rewritten from a shown one, whose label it remembers. Asked for a counterfactual ticket
+    (teachers.strategies.cross_prompt: label L, seeds of L, one ticket received today) it does what was asked the
+    way a language model would in the simplest form: a seed of L rewritten, led by the names the received
+    ticket brings (its capitalised words that no seed or eval ticket has, `vocab`, each with the next such word;
+    else its first two such words in any case), and it remembers L as the ticket's gold."""
 
-    def __init__(self, known: dict[str, str], accuracy: float):
-        self.known, self.accuracy = dict(known), accuracy
+    def __init__(self, known: dict[str, str], accuracy: float, vocab: set[str] = frozenset()):
+        self.known, self.accuracy, self.vocab = dict(known), accuracy, {w.lower() for w in vocab}
         self.written: dict[str, str] = {}
+
+    def names_in(self, text: str) -> list[str]:
+        """The words of `text` the pre-shift vocabulary lacks: the capitalised ones, else the first two."""
+        words = _words(text)
+        new = [w for w in words if w and w.lower() not in self.vocab]
+        named = []
+        for i, w in enumerate(words):  # a capitalised new word, with the new word after it ("Pulse copilot")
+            if w and w[0].isupper() and w.lower() not in self.vocab:
+                named.append(w)
+                if i + 1 < len(words) and words[i + 1] and words[i + 1].lower() not in self.vocab:
+                    named.append(words[i + 1])
+        return list(dict.fromkeys(named or new[:2]))
+
+    def _cross(self, prompt: str, rng: random.Random) -> str:
+        head, _, today = prompt.partition("received today:")
+        label = head.split("whose right team is ", 1)[1].split(":", 1)[0].strip()
+        seeds = [ln[len("Ticket:"):].strip() for ln in head.splitlines() if ln.startswith("Ticket:")]
+        received = next((ln[len("Ticket:"):].strip() for ln in today.splitlines() if ln.startswith("Ticket:")), "")
+        src = rng.choice(seeds) if seeds else "I need help"
+        words = [w for w in src.split() if rng.random() > 0.25] or src.split()
+        names = " ".join(self.names_in(received))
+        text = f"{rng.choice(GREETINGS)} {names}: {' '.join(words)} {rng.choice(SIGN_OFFS)}"
+        self.written[_key(text)] = label if label in LABELS else self.label_of(src)
+        return " " + text
 
     def label_of(self, text: str) -> str:
         """The teacher's label of one ticket: its gold (known or self-written) or a deterministic miss, else
@@ -121,9 +153,11 @@ class ScriptedTeacher:
         ticket rewritten from one of the "Ticket:" lines shown (seeded by the prompt and the request's seed)."""
         if prompt.endswith("Team:"):
             return " " + self.label_of(prompt.rsplit("Ticket:", 1)[-1].rsplit("\nTeam:", 1)[0])
+        rng = random.Random(hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).hexdigest())
+        if "received today:" in prompt and "whose right team is " in prompt:
+            return self._cross(prompt, rng)
         shots = [line[len("Ticket:"):].strip() for line in prompt.splitlines() if line.startswith("Ticket:")]
         shots = [s for s in shots if s]
-        rng = random.Random(hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).hexdigest())
         if not shots:
             return " " + " ".join(rng.choice(["help", "account", "invoice", "app", "issue"]) for _ in range(6))
         src = rng.choice(shots)
@@ -208,7 +242,8 @@ def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[di
         cfg["gates"] = {"floor": {"accuracy": 0.0}, "margin": 1.0, "min_paired_items": 1, "eval_limit": 16,
                         "replay": {"sample": 6, "min_agreement": 0.0, "max_invalid_rate": 1.0}}
     cfg["profiles"] = {"accepted_only": {"gates": {"replay": {"context": {"relabel": 0, "style_share": 0.0}}}},
-                       "traffic_context": {"gates": {"replay": {"context": {"relabel": 32, "style_share": 0.5}}}}}
+                       "traffic_context": {"gates": {"replay": {"context": {"relabel": 32, "style_share": 0.5,
+                                                                                  "cross_share": 0.25}}}}}
     (folder / "skill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root
 
@@ -227,6 +262,15 @@ def known_labels(phases: list[list[dict]], initial: list[dict]) -> dict[str, str
             known[_key(it["input"])] = it["output"]
             known[_key(scrub.value(it["input"]))] = it["output"]
     return known
+
+
+def pre_shift_vocab() -> set[str]:
+    """Every word (lower case, punctuation stripped) of the skill's seeds and eval set: what it knew before the
+    shift, so the scripted teacher can tell a new name from a word the skill has seen."""
+    from core.skills import load_skill
+
+    skill = load_skill(SKILL, root=REPO / "seeds")
+    return {w.lower() for e in skill.seeds + skill.eval_set for w in _words(e.input)}
 
 
 # --- phases -------------------------------------------------------------------------------------------------------
@@ -378,7 +422,7 @@ def relabelled_from(home: Path, run_id: str, items: list[dict]) -> dict:
 def _context_counts(s: dict) -> dict:
     c = s.get("counts", {})
     keys = ("traffic_new", "traffic_accepted", "traffic_sampled", "traffic_relabelled", "traffic_relabel_kept",
-            "traffic_style_shots", "teacher_labeled", "accepted", "train")
+            "traffic_style_shots", "traffic_counterfactual", "teacher_labeled", "accepted", "train")
     return {k: c.get(k) for k in keys}
 
 
@@ -491,7 +535,8 @@ def main() -> None:
         tt = load_skill(SKILL, root=REPO / "seeds")
         corpus = [f"Ticket: {e.input}\nTeam: {e.output}\n" for e in tt.seeds + tt.eval_set]
         base = str(build_tiny_model(tmp / "tiny", corpus))
-    teacher = ScriptedTeacher(known_labels([phase1, phase2, phase3], initial), args.teacher_accuracy)
+    teacher = ScriptedTeacher(known_labels([phase1, phase2, phase3], initial), args.teacher_accuracy,
+                              vocab=pre_shift_vocab())
     server = FakeOpenAIServer(answer=teacher).start()
     server.keep_bodies = False
     routing = {"policy": args.routing}

@@ -351,7 +351,8 @@ class TrafficContextConfig(_Strict):
     served inputs of every lane (kept ones included: they show how traffic moved), scrubbed of personal data;
     the teacher labels `relabel` of them with the run's audited option (never the student's answer as a label),
     and `style_share` of each self_instruct request's style shots are traffic inputs, so new inputs follow
-    today's traffic. Both go through the same filters as teacher data."""
+    today's traffic; `cross_share` of those requests ask for an input of the request's label about what a traffic
+    input names (a shifted sample's words with every label). All go through the same filters as teacher data."""
 
     # 500: two and a half drift windows (drift.window_requests 200): the traffic that made a trigger fire, and before.
     recent: int = Field(500, ge=1, le=1_000_000, description="The window: the most recent N traffic inputs of every lane (the gateway's table and the initial JSONL, per gates.replay.source).")
@@ -359,6 +360,8 @@ class TrafficContextConfig(_Strict):
     relabel: int = Field(32, ge=0, le=100_000, description="Traffic inputs the teacher labels per run with the audited option (a seeded sample of the window; never a row an earlier committed run sent, the replay hold-out, or an accepted row the refresh takes this run); 0: none.")
     # Half: every request still shows seeds of its own label (the label steer), and new inputs take the traffic's wording.
     style_share: float = Field(0.5, ge=0.0, le=1.0, description="Share of each self_instruct request's style shots drawn from the window when there is traffic (floor of teacher.style_shots x share); the rest are seeds. 0: seeds only.")
+    # A quarter: one request in four per label; the rest keep the continuation form that copies the traffic's wording.
+    cross_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of the self_instruct requests (one-label tasks, when there is traffic to show) that ask the teacher for a new input whose right answer is the request's label, about what one traffic input names (its products, services, voice): counterfactual augmentation (Kaushik et al. 2020), so a word the shift brought comes with every label, not only with those the traffic sample had. 0: none.")
     # novel: after a shift the window is mostly what the pool already covers; what moved is the part it lacks.
     prefer: Literal["novel", "random"] = Field("novel", description="Which traffic inputs the teacher sees. novel: the relabel sample is picked farthest-first from what training covers (the seeds and the pool; greedy k-center on MinHash word-set similarity, filters/novelty.py farthest_first) and the style shots come from the novel inputs (nearest covered input less similar than drift.novelty_quantile of the eval set's) when there are at least teacher.style_shots of them, else from the whole window. random: a seeded uniform relabel sample and the whole window as style shots.")
 

@@ -23,7 +23,7 @@ def expansion_stage(skill: Skill, teacher_path: str, run_dir: Path, seed: int, c
 
     Returns {"requested", "generated", "labeled", "rejected" (list of Rejected), "teacher", "seconds",
     "prompt_tokens", "accounting", "traffic_context" (the sample's counts and the teacher's: relabel_sent,
-    relabelled, relabel_dropped, traffic_style_shots, requests_with_traffic_shots)}."""
+    relabelled, relabel_dropped, traffic_style_shots, requests_with_traffic_shots, counterfactual_requests)}."""
     from flows.limits import teacher_expansion_slot
     from flows.traffic_context import gather
     from teachers import open_skill_teacher
@@ -45,8 +45,9 @@ def expansion_stage(skill: Skill, teacher_path: str, run_dir: Path, seed: int, c
     traffic = {**sampled, **res.traffic}
     if sampled["read"]:
         logger.info("traffic as context: %d recent inputs read; the teacher labelled %d of %d sampled; %d style "
-                    "shots from traffic in %d requests", traffic["read"], traffic["relabelled"],
-                    traffic["relabel_sent"], traffic["traffic_style_shots"], traffic["requests_with_traffic_shots"])
+                    "shots from traffic in %d requests; %d counterfactual requests", traffic["read"],
+                    traffic["relabelled"], traffic["relabel_sent"], traffic["traffic_style_shots"],
+                    traffic["requests_with_traffic_shots"], traffic["counterfactual_requests"])
     return {"requested": res.requested, "generated": res.inputs, "labeled": len(res.examples),
             "rejected": res.rejected, "teacher": res.teacher, "seconds": round(res.seconds, 1),
             "prompt_tokens": acc["prompt_tokens"], "accounting": acc, "traffic_context": traffic}

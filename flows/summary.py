@@ -39,7 +39,8 @@ def run_summary(skill, params, run_id: str, run_dir: Path, t0: float, *, audit: 
                    "accepted": filtered["accepted"], "traffic_new": refreshed["new_records"],
                    "traffic_accepted": refreshed["kept"], "traffic_sampled": context["read"],
                    "traffic_relabelled": context["relabelled"], "traffic_relabel_kept": context["relabel_kept"],
-                   "traffic_style_shots": context["traffic_style_shots"], "pool_after_run": committed["pool_size"],
+                   "traffic_style_shots": context["traffic_style_shots"],
+                   "traffic_counterfactual": context["counterfactual_requests"], "pool_after_run": committed["pool_size"],
                    **training["pool"]},
         "drops": drops(rejected),
         "audit": audit_summary(audit),
@@ -67,10 +68,11 @@ def traffic_context_summary(context: dict | None, filtered: dict) -> dict:
     """Traffic as the teacher's context in one run: the window read (`read`), the relabel sample sent to the teacher
     (`relabel_sent`), what it labelled (`relabelled`), what the filters kept (`relabel_kept`, from the filter
     stage's counts by source), the traffic style shots shown (`traffic_style_shots`, in
-    `requests_with_traffic_shots` requests), and why rows were left out (`excluded`). Zeros when nothing was read."""
+    `requests_with_traffic_shots` requests), the counterfactual requests (`counterfactual_requests`: an input of a
+    label about what one traffic input names), and why rows were left out (`excluded`). Zeros when nothing was read."""
     c = dict(context or {})
     for k in ("read", "relabel_sent", "relabelled", "relabel_dropped", "traffic_style_shots",
-              "requests_with_traffic_shots", "style_pool"):
+              "requests_with_traffic_shots", "counterfactual_requests", "style_pool"):
         c.setdefault(k, 0)
     c["relabel_kept"] = (filtered.get("by_source") or {}).get("traffic_relabel", 0)
     return c
@@ -286,7 +288,9 @@ def _context_md(c: dict | None) -> list[str]:
            f"{c['read']} recent inputs of every lane read ({c.get('log')}); the teacher labelled {c['relabelled']} of "
            f"the {c['relabel_sent']} sampled with the audited option, and the filters kept {c['relabel_kept']}; "
            f"{c['traffic_style_shots']} style shots from traffic in {c['requests_with_traffic_shots']} requests "
-           f"(style pool {c['style_pool']}, {c.get('style_contaminated', 0)} left out as eval overlaps).", "",
+           f"(style pool {c['style_pool']}, {c.get('style_contaminated', 0)} left out as eval overlaps); "
+           f"{c.get('counterfactual_requests', 0)} counterfactual requests (an input of one label about what a "
+           f"traffic input names).", "",
            "| left out of the relabel sample | n |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in (c.get("excluded") or {}).items()] or ["| (none) | 0 |"]
     return out

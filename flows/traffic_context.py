@@ -26,7 +26,9 @@ Plain functions, no Prefect (flows/expansion.py calls `gather` inside the teache
    contamination check: the teacher must not imitate an eval item); under `prefer: novel`, only its novel
    inputs (nearest covered input less similar than the eval set's drift.novelty_quantile, as the drift
    monitor judges) when there are at least teacher.style_shots of them. self_instruct shows
-   `context.style_share` of each request's style shots from it.
+   `context.style_share` of each request's style shots from it, and for one-label tasks turns
+   `context.cross_share` of its requests into counterfactual ones: an input of the request's label about what one
+   style input names (teachers.strategies.cross_prompt), so the shift's words come with every label.
 4. `traffic_context.json` in the run folder records the ids and the counts (no text). `commit_context` adds
    the relabelled ids to the ledger (`<pool>/traffic_relabelled.json`) when the run completes, with the
    refresh watermark: a later run never sends the same row to the teacher again. A re-run of this run folder
@@ -261,6 +263,7 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
     cfg = skill.config
     c = cfg.gates.replay.context
     stats: dict[str, Any] = {"recent": c.recent, "relabel": c.relabel, "style_share": c.style_share,
+                             "cross_share": c.cross_share,
                              "prefer": c.prefer, "read": 0,
                              "log": None, "skipped": 0, "eligible": 0, "relabel_sampled": 0, "style_pool": 0,
                              "style_contaminated": 0, "excluded": {}}
@@ -341,7 +344,8 @@ def gather(skill: Skill, run_dir: Path, seed: int, replay_items: Sequence[Exampl
                  excluded=dict(sorted(excluded.items())))
     write_json(Path(run_dir) / CONTEXT_FILE, {**stats, "relabel_ids": [t.id for t in picked],
                                               "style_ids": [e.meta["traffic_id"] for e in style_examples]})
-    return TrafficContext(relabel=relabel, style=style_examples, style_share=c.style_share), stats
+    return TrafficContext(relabel=relabel, style=style_examples, style_share=c.style_share,
+                          cross_share=c.cross_share), stats
 
 
 __all__ = ["CONTEXT_FILE", "LEDGER_FILE", "TrafficInput", "commit_context", "covered_index", "gather", "read_traffic_inputs",

@@ -118,6 +118,24 @@ def style_prompt(skill: Skill, shots: list[Example]) -> str:
     return "\n".join(lines) + f"\n{name}:"
 
 
+def cross_prompt(skill: Skill, shots: list[Example], traffic: Example, label: str) -> str:
+    """The counterfactual request (one-label tasks): a new input whose right answer is `label` (the group the
+    `shots`, seeds, are examples of), about what the `traffic` input names: its products, services and voice,
+    not its request. After a shift the traffic sample pairs its new words with few labels (every Klarna ticket
+    a payment); the teacher writes them with the others, so a student does not learn the word as the label
+    (counterfactually augmented data: Kaushik, Hovy and Lipton 2020, "Learning the Difference that Makes a
+    Difference with Counterfactually-Augmented Data"). The answer is still the teacher's label of what it wrote,
+    not `label`."""
+    cfg = skill.config
+    name, out = cfg.input_name, cfg.output_name
+    lines = [cfg.instruction.strip(), "", f"{name}s whose right {out.lower()} is {label}:"]
+    lines += [f"{name}: {_shown_input(cfg, s.input)}" for s in shots]
+    lines += ["", f"A {name.lower()} we received today:", f"{name}: {_shown_input(cfg, traffic.input)}", "",
+              f"Write a new {name.lower()} whose right {out.lower()} is {label}, naming the products and services "
+              f"the {name.lower()} received today names, in its voice. Write it on one line.", f"New {name.lower()}:"]
+    return "\n".join(lines)
+
+
 REWRITE_ASK = {
     "paraphrase": "Rewrite the {name} below in different words: same request, same facts, a different customer voice.",
     "harder": ("Rewrite the {name} below so it is harder to handle: indirect wording, an irrelevant detail, no "
@@ -278,7 +296,8 @@ def _mix_traffic(shots: list[Example], trng: random.Random, style_traffic: Seque
 
 def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
                   advance: Callable[..., None] = lambda *a, **k: None, style_traffic: Sequence[Example] = (),
-                  style_share: float = 0.0, stats: dict[str, int] | None = None) -> tuple[list[Example], list[Rejected]]:
+                  style_share: float = 0.0, stats: dict[str, int] | None = None,
+                  cross_share: float = 0.0) -> tuple[list[Example], list[Rejected]]:
     """New inputs in the style of `style_shots` seeds of one group (label / tool set), cycling the groups;
     `expansion.inputs_per_request` of them per request (one line each), so n inputs take about
     n / inputs_per_request requests. Returns (kept, rejected) examples (inputs only, no answers).
@@ -287,7 +306,12 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     shows `traffic_shot_count` of them (floor(style_shots x style_share)) in place of as many seeds, shuffled
     in, and the example's meta.style_traffic_ids names those rows (parent_ids stay the seeds shown). `stats`
     (optional) gets traffic_style_shots and requests_with_traffic_shots added. Without traffic the requests
-    are exactly those of the seeds alone."""
+    are exactly those of the seeds alone.
+
+    `cross_share` (one-label tasks, with traffic shown): that share of the label-group requests, evenly spaced,
+    asks instead for one input of the group's label about what one traffic input names (`cross_prompt`,
+    counterfactual augmentation); meta.counterfactual is True and meta.style_traffic_ids names the row, `stats`
+    gets counterfactual_requests. The seed draws stay the same."""
     tc = skill.config.teacher
     rng = random.Random(seed)
     trng = random.Random(f"style-traffic-{seed}")  # its own stream: the seed draws stay the seeds' own
@@ -298,19 +322,28 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     share = task.new_tools_share()
     n_new = round(n * share)
     per = skill.config.expansion.inputs_per_request
-    i = written = 0
+    i = written = n_new_requests = 0
     while written < n:
         meta: dict[str, Any] = {"strategy": "self_instruct"}
         k = 1
         if written < n_new:  # new functions too: shots from across the seeds, each shown whole
+            n_new_requests += 1
             key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots - n_traffic, len(skill.seeds)))
             prompt = new_tools_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
             meta["new_tools"] = True
         else:
             key, pool = groups[i % len(groups)]
             shots = rng.sample(pool, min(tc.style_shots - n_traffic, len(pool)))
-            prompt = style_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
-            k = min(per, n - written)
+            j = i - n_new_requests
+            if task.one_label and n_traffic and int((j + 1) * cross_share) > int(j * cross_share):
+                picked = trng.choice(list(style_traffic))  # evenly spaced, so every label gets its turn
+                meta.update(counterfactual=True, style_traffic_ids=[str(picked.meta.get("traffic_id", picked.id))])
+                if stats is not None:
+                    stats["counterfactual_requests"] = stats.get("counterfactual_requests", 0) + 1
+                prompt = cross_prompt(skill, shots, picked, key)
+            else:
+                prompt = style_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
+                k = min(per, n - written)
         if task.one_label:
             meta["seed_label"] = key
         # Several inputs: the answer runs on line after line ("<input_name>: ..."), so no newline stop.
@@ -618,11 +651,14 @@ class TrafficContext:
 
     `relabel`: served inputs (Examples without outputs, scrubbed, meta.traffic_id naming the row) the teacher
     labels with the run's option, as it labels its own new inputs; they come out as source "traffic_relabel".
-    `style`: served inputs shown as self_instruct style shots, `style_share` of each request's shots."""
+    `style`: served inputs shown as self_instruct style shots, `style_share` of each request's shots;
+    `cross_share` of the requests are counterfactual (cross_prompt: an input of the request's label about what
+    one of them names)."""
 
     relabel: list[Example] = field(default_factory=list)
     style: list[Example] = field(default_factory=list)
     style_share: float = 0.0
+    cross_share: float = 0.0  # share of self_instruct requests that are counterfactual (cross_prompt)
 
 
 RELABEL = "traffic_relabel"  # meta.strategy and source of a traffic input the teacher labelled
@@ -639,7 +675,7 @@ class ExpansionResult:
     seconds: float
     by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
     # Traffic as context: relabel_sent, relabelled, relabel_dropped, style_pool, traffic_style_shots,
-    # requests_with_traffic_shots (all 0 without traffic).
+    # requests_with_traffic_shots, counterfactual_requests (all 0 without traffic).
     traffic: dict[str, int] = field(default_factory=dict)
 
 
@@ -670,7 +706,7 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
     traffic = traffic or TrafficContext()
     tstats: dict[str, int] = {"relabel_sent": 0, "relabelled": 0, "relabel_dropped": 0,
                               "style_pool": len(traffic.style), "traffic_style_shots": 0,
-                              "requests_with_traffic_shots": 0}
+                              "requests_with_traffic_shots": 0, "counterfactual_requests": 0}
     ec = skill.config.expansion
     tc = skill.config.teacher
     st = set(ec.strategies)
@@ -687,7 +723,7 @@ def run_expansion(skill: Skill, teacher: Teacher, run_dir: Path | None, seed: in
         requested += n
         with progress("teacher: new inputs", n) as advance:
             k, r = self_instruct(skill, teacher, n, seed=seed, advance=advance, style_traffic=traffic.style,
-                                 style_share=traffic.style_share, stats=tstats)
+                                 style_share=traffic.style_share, stats=tstats, cross_share=traffic.cross_share)
         inputs += k
         rejected += r
         by["self_instruct"] = {"kept": len(k), "dropped": len(r)}

@@ -200,10 +200,52 @@ def test_new_inputs_take_traffic_as_style_shots(env, teacher_server, tmp_path):
     assert generated and res.traffic["traffic_style_shots"] == k * res.traffic["requests_with_traffic_shots"]
     seeds = {s.id for s in skill.seeds}
     for e in generated:  # lineage: the traffic rows shown, beside the seeds shown
-        assert len(e.meta["style_traffic_ids"]) == k and set(e.meta["style_traffic_ids"]) <= style_ids
+        shown = 1 if e.meta.get("counterfactual") else k  # a counterfactual request shows one (next test)
+        assert len(e.meta["style_traffic_ids"]) == shown and set(e.meta["style_traffic_ids"]) <= style_ids
         assert set(e.parent_ids) <= seeds
     # The kept ones name them too, after the filters.
     assert all("style_traffic_ids" in e.meta for e in out.kept if e.source == "teacher")
+
+
+def test_counterfactual_requests_cross_a_traffic_input_with_every_label(env, teacher_server, tmp_path):
+    """context.cross_share of the label requests ask for an input of that label about what one traffic input
+    names: its seeds, the input, the label; every label gets its turn; the answer is still the teacher's."""
+    _make_skill(env, teacher_server, context={"relabel": 0, "recent": 100, "style_share": 0.5, "cross_share": 0.25})
+    cfg = yaml.safe_load((env / SKILL / "skill.yaml").read_text())
+    cfg["expansion"]["target_examples"] = 40
+    (env / SKILL / "skill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    skill = load_skill(SKILL, root=env)
+    _serve(skill)
+    context, _, res, _, _ = _expand(skill, tmp_path / "run", seed=2)
+    texts = {e.meta["traffic_id"]: e.input for e in context.style}
+    cross = [p for p in _prompts(teacher_server) if "received today:" in p]
+    writes = [p for p in _prompts(teacher_server) if p.endswith("Ticket:")]
+    assert res.traffic["counterfactual_requests"] == len(cross) > 0
+    # One in four label requests, evenly spaced: with five labels cycling, each label has one.
+    assert len(cross) == (len(cross) + len(writes)) // 4
+    labels = set()
+    for p in cross:
+        label = p.split("whose right team is ", 1)[1].split(":", 1)[0]
+        labels.add(label)
+        assert p.endswith("New ticket:") and f"Write a new ticket whose right team is {label}," in p
+        today = p.split("received today:", 1)[1]
+        assert sum(f"Ticket: {t}\n" in today for t in texts.values()) == 1  # one traffic input, after the seeds
+        shown = [s for s in skill.seeds if f"Ticket: {s.input}\n" in p]
+        assert shown and all(s.output == label for s in shown)
+    assert labels == set(skill.config.labels)
+    made = [e for e in res.examples if e.meta.get("counterfactual")]
+    assert made and all(e.output == TEACHER_LABEL for e in made)  # the teacher's label, not the one asked for
+    assert all(e.meta["seed_label"] in labels and len(e.meta["style_traffic_ids"]) == 1 for e in made)
+    assert json.loads((tmp_path / "run" / "traffic_context.json").read_text())["cross_share"] == 0.25
+
+
+def test_cross_share_zero_asks_for_no_counterfactual(env, teacher_server, tmp_path):
+    _make_skill(env, teacher_server, context={"relabel": 0, "recent": 100, "style_share": 0.5, "cross_share": 0.0})
+    skill = load_skill(SKILL, root=env)
+    _serve(skill)
+    _, _, res, _, _ = _expand(skill, tmp_path / "run", seed=2)
+    assert not any("received today:" in p for p in _prompts(teacher_server))
+    assert res.traffic["counterfactual_requests"] == 0 and res.traffic["requests_with_traffic_shots"] > 0
 
 
 def test_style_share_zero_shows_seeds_only(env, teacher_server, tmp_path):
