@@ -10,7 +10,9 @@ fake OpenAI server (teachers/fakeserver.py), scripted as a strong teacher: it la
 seeds, the eval set, the shipped traffic, every stream ticket, and every ticket it wrote itself) with its gold
 label `--teacher-accuracy` of the time (a deterministic hash picks the misses), others by keywords; asked for
 new tickets, it rewrites one of the tickets it was shown (a greeting, a few words dropped, a sign-off) and
-remembers the label. The first half of the shipped traffic.jsonl is the initial log. Version 1 is published by
+remembers the label; asked for a counterfactual one (a ticket of label L naming what a received ticket names,
+teachers.strategies.cross_prompt), it rewrites a shown seed of L led by the received ticket's new names and
+remembers L (ScriptedTeacher). The first half of the shipped traffic.jsonl is the initial log. Version 1 is published by
 a pipeline run (`distill-skill`, profile accepted_only). Drift is tuned to the stream's size (window 30
 requests, 15 before judging, out of band for 8 requests, no minimum minutes).
 
@@ -34,7 +36,8 @@ per refreshing policy, from copies of the same work dir (traffic table, pool, re
 
 Policies, in one run: frozen (no refresh: version 1 serves phase 3), accepted_only (today's rule: traffic with
 an accepted reference only; gates.replay.context relabel 0, style_share 0) and traffic_context (issue 34 item
-2: recent traffic of every lane relabelled by the teacher and used as style shots). Phases 1 and 2 are shared:
+2: recent traffic of every lane relabelled by the teacher and used as style shots, and a quarter of the requests
+counterfactual, cross_share 0.25: the traffic's names with every label). Phases 1 and 2 are shared:
 a policy acts only from the refresh on.
 
 Routing: `--routing budget` (the default here) with `--max-teacher-share 0.2`, written into the skill's `routing:`

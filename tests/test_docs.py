@@ -521,3 +521,29 @@ def test_flywheel_slices_name_the_shift_words_and_whether_the_label_follows_them
     _, _, phase2, phase3 = fw.streams()  # the shortcut the slices are there to show: phase 2's Klarna is all billing
     assert {fw.slice_of(it) for it in phase2 if "klarna" in it["input"].lower()} == {"klarna_billing"}
     assert sum(fw.slice_of(it) == "klarna_other_label" for it in phase3) == 5
+
+
+def test_flywheel_teacher_writes_the_counterfactual_it_is_asked_for(fw):
+    """The scripted teacher, asked through the pipeline's own cross_prompt for an account ticket naming what a
+    Klarna ticket names, writes a seed of that label led by the new name and remembers the asked label as gold
+    (then labels it right `accuracy` of the time, as every ticket it knows); a continuation prompt still gets a
+    rewrite of a shown ticket with that ticket's label."""
+    from core.records import Example
+    from core.skills import load_skill
+    from teachers.strategies import cross_prompt, style_prompt
+
+    skill = load_skill("ticket-triage", root=REPO / "seeds")
+    vocab = fw.pre_shift_vocab()
+    assert "klarna" not in vocab and "refund" in vocab
+    t = fw.ScriptedTeacher({}, 1.0, vocab)
+    assert t.names_in("Paid via Klarna, order confirmation never came") == ["Klarna"]
+    assert t.names_in("Pulse AI copilot invents due dates") == ["Pulse", "AI", "copilot"]
+    assert t.names_in("klarna declined twice") == ["klarna", "declined"]  # no capital: the first new words
+    seeds = [s for s in skill.seeds if s.output == "account"][:2]
+    received = Example(id="t", skill=skill.name, input="Klarna split-pay plan shows 4 installments, portal says overdue")
+    text = t(cross_prompt(skill, seeds, received, "account"), {"seed": 3}).strip()
+    assert "Klarna split-pay" in text and t.label_of(text) == "account"
+    assert any(w in text for s in seeds for w in s.input.split() if len(w) > 4)  # the seed's request, rewritten
+    billing = [s for s in skill.seeds if s.output == "billing"][:1]
+    text = t(style_prompt(skill, billing), {"seed": 3}).strip()
+    assert t.label_of(text) == "billing" and "Klarna" not in text
