@@ -540,7 +540,8 @@ def test_flywheel_teacher_writes_the_counterfactual_it_is_asked_for(fw):
     assert t.names_in("Pulse AI copilot invents due dates") == ["Pulse", "AI", "copilot"]
     assert t.names_in("klarna declined twice") == ["klarna", "declined"]  # no capital: the first new words
     seeds = [s for s in skill.seeds if s.output == "account"][:2]
-    received = Example(id="t", skill=skill.name, input="Klarna split-pay plan shows 4 installments, portal says overdue")
+    received = Example(id="t", skill=skill.name, input="Klarna split-pay plan shows 4 installments, portal says overdue",
+                       output=None, source="traffic")
     text = t(cross_prompt(skill, seeds, received, "account"), {"seed": 3}).strip()
     assert "Klarna split-pay" in text and t.label_of(text) == "account"
     assert any(w in text for s in seeds for w in s.input.split() if len(w) > 4)  # the seed's request, rewritten
