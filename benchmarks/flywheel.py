@@ -589,7 +589,8 @@ def main() -> None:
                 promoted = bool(s["decision"]["promote"])
                 row["refresh"] = {"promoted": promoted, "version": production_version(), "seconds": round(secs, 1),
                                   "counts": _context_counts(s), "drops": s.get("drops"),
-                                  "teacher_requests": ((s.get("teacher") or {}).get("accounting") or {}).get("requests")}
+                                  "teacher_requests": ((s.get("teacher") or {}).get("accounting") or {}).get("requests"),
+                                  "reasons": s["decision"].get("reasons")}
                 row["refresh"]["relabelled_from_phase2"] = relabelled_from(home, f"refresh-{name}", phase2)
                 row["minutes_shift_to_promoted"] = round((t_p2_end - t_shift + secs) / 60, 2) if promoted else None
             else:
