@@ -215,8 +215,23 @@ def pii_values(items: list[dict]) -> list[str]:
 # --- set-up -------------------------------------------------------------------------------------------------------
 
 
+# The traffic_context policy's gates.replay.context (recorded in each result as `context_policy`; --summarize
+# compares runs of one policy only). Runs recorded before it was written down were {relabel 32, style_share 0.5}
+# without counterfactual requests (cross_share 0); those with counterfactual requests but no record of it show
+# them in the refresh's counts (traffic_counterfactual).
+CONTEXT_POLICY = {"relabel": 32, "style_share": 0.5, "cross_share": 0.25}
+
+
+def context_policy_of(result: dict) -> dict:
+    """The traffic_context policy a recorded run measured: its `context_policy`, else read from its counts."""
+    if "context_policy" in result:
+        return result["context_policy"]
+    counts = (((result.get("policies") or {}).get("traffic_context") or {}).get("refresh") or {}).get("counts") or {}
+    return {"relabel": 32, "style_share": 0.5, "cross_share": 0.25 if counts.get("traffic_counterfactual") else 0.0}
+
+
 def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[dict], quick: bool,
-                routing: dict | None = None) -> Path:
+                routing: dict | None = None, context: dict | None = None) -> Path:
     """seeds/<skill> copied under `root`, with the scripted teacher, the initial log, tuned drift, the routing block
     (`routing`: skill.yaml's `routing:` keys; None: the skill's own) and the policies."""
     import yaml
@@ -245,8 +260,7 @@ def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[di
         cfg["gates"] = {"floor": {"accuracy": 0.0}, "margin": 1.0, "min_paired_items": 1, "eval_limit": 16,
                         "replay": {"sample": 6, "min_agreement": 0.0, "max_invalid_rate": 1.0}}
     cfg["profiles"] = {"accepted_only": {"gates": {"replay": {"context": {"relabel": 0, "style_share": 0.0}}}},
-                       "traffic_context": {"gates": {"replay": {"context": {"relabel": 32, "style_share": 0.5,
-                                                                                  "cross_share": 0.25}}}}}
+                       "traffic_context": {"gates": {"replay": {"context": dict(context or CONTEXT_POLICY)}}}}
     (folder / "skill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return root
 
@@ -440,13 +454,14 @@ def _seed_of(record: dict) -> int:
     return int(words[words.index("--seed") + 1]) if "--seed" in words else 7
 
 
-def summarize_seeds(routing: str, max_share: float) -> dict:
-    """The recorded full-size runs (benchmarks/results.jsonl) of today's streams and this routing, the newest per
-    seed, and across seeds the issue's done-when figures: phase 3 served accuracy, traffic as context minus
+def summarize_seeds(routing: str, max_share: float, context: dict | None = None) -> dict:
+    """The recorded full-size runs (benchmarks/results.jsonl) of today's streams, this routing and the traffic_context
+    policy `context` (default CONTEXT_POLICY; context_policy_of), the newest per seed, and across seeds the issue's done-when figures: phase 3 served accuracy, traffic as context minus
     accepted only (served and student alone), phase 3's teacher share minus phase 1's, the drift trigger, the
     personal-data grep. Per figure: mean, sample sd, and how many seeds meet the bar (0.05 gain; share within
-    0.05; fired in phase 2 and not in phase 1; nothing found). Raises SystemExit when no run is recorded, ValueError
-    (file:line) for a line of results.jsonl that is not a record."""
+    0.05; fired in phase 2 and not in phase 1; nothing found); `other_policies`: the seeds recorded under another
+    traffic_context policy, left out. Raises SystemExit when no run is recorded, ValueError (file:line) for a line
+    of results.jsonl that is not a record."""
     import statistics
 
     import _results
@@ -454,17 +469,22 @@ def summarize_seeds(routing: str, max_share: float) -> dict:
     _, p1, p2, p3 = streams()
     sizes = {"phase1": len(p1), "phase2": len(p2), "phase3": len(p3)}
     want = {"policy": routing, **({"max_teacher_share": max_share} if routing == "budget" else {})}
+    context = dict(context or CONTEXT_POLICY)
     runs: dict[int, dict] = {}
+    other: dict[str, set[int]] = {}
     for rec in _results.load(_results.RESULTS):  # a broken line raises ValueError naming file:line
         r = rec["result"]
         if (rec["benchmark"] != "flywheel" or r.get("quick") or r.get("stream") != sizes
                 or r.get("routing") != want or "summary" not in r or "held_by_budget" not in
                 ((r.get("policies") or {}).get("frozen") or {}).get("phase1", {})):  # held: the live budget
             continue
+        if context_policy_of(r) != context:
+            other.setdefault(json.dumps(context_policy_of(r), sort_keys=True), set()).add(_seed_of(rec))
+            continue
         runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], **r}  # the newest per seed stands
     if not runs:
-        raise SystemExit(f"no full-size flywheel run of streams {sizes} and routing {want} in {_results.RESULTS}: "
-                         "run python benchmarks/flywheel.py --record first")
+        raise SystemExit(f"no full-size flywheel run of streams {sizes}, routing {want} and traffic_context policy "
+                         f"{context} in {_results.RESULTS}: run python benchmarks/flywheel.py --record first")
     per_seed = {}
     for seed, r in sorted(runs.items()):
         sm, pol = r["summary"], r["policies"]
@@ -486,7 +506,8 @@ def summarize_seeds(routing: str, max_share: float) -> dict:
                 "sd": round(statistics.stdev(xs), 4) if len(xs) > 1 else None}
 
     rows = per_seed.values()
-    return {"benchmark": "flywheel_seeds", "routing": want, "stream": sizes, "seeds": sorted(per_seed),
+    return {"benchmark": "flywheel_seeds", "routing": want, "stream": sizes, "context_policy": context,
+            "seeds": sorted(per_seed), "other_policies": {k: sorted(v) for k, v in sorted(other.items())},
             "per_seed": per_seed,
             "context_minus_accepted_only": spread("context_minus_accepted_only"),
             "student_context_minus_accepted_only": spread("student_context_minus_accepted_only"),
@@ -509,12 +530,18 @@ def main() -> None:
                     help="the gateway's routing policy for the bench skill (budget: at most --max-teacher-share)")
     ap.add_argument("--max-teacher-share", type=float, default=0.2, help="budget: the teacher's largest share")
     ap.add_argument("--keep", action="store_true", help="keep the temporary work dirs (printed) for inspection")
+    ap.add_argument("--cross-share", type=float, default=CONTEXT_POLICY["cross_share"],
+                    help="the traffic_context policy's gates.replay.context.cross_share (counterfactual requests); "
+                         "with --summarize: the policy whose runs are summarized (0: the runs before them)")
     ap.add_argument("--summarize", action="store_true",
                     help="run nothing: the recorded full-size runs of today's streams, one per seed, and the done-when "
                          "figures across seeds (mean, sd, how many seeds meet each)")
     args = ap.parse_args()
+    if not 0.0 <= args.cross_share <= 1.0:
+        ap.error(f"--cross-share {args.cross_share}: a share, from 0 to 1")
+    context = {**CONTEXT_POLICY, "cross_share": args.cross_share}
     if args.summarize:
-        emit(summarize_seeds(args.routing, args.max_teacher_share))
+        emit(summarize_seeds(args.routing, args.max_teacher_share, context))
         return
     t_start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="distill-flywheel-"))
@@ -546,12 +573,13 @@ def main() -> None:
     if args.routing == "budget":
         routing["max_teacher_share"] = args.max_teacher_share
     os.environ["DISTILL_SEEDS_DIR"] = str(bench_skill(tmp / "seeds", base, server.base_url, initial, args.quick,
-                                                      routing))
+                                                      routing, context))
     result: dict = {"benchmark": "flywheel", "quick": args.quick,
                     "student": "tiny random Gemma 3" if args.quick else "bundled:gemma-3-270m",
                     "teacher": f"scripted fake OpenAI server, {args.teacher_accuracy:.2f} right on tickets it knows",
                     "stream": {"phase1": len(phase1), "phase2": len(phase2), "phase3": len(phase3)},
-                    "pii_values": len(values), "routing": routing, "seed": args.seed}
+                    "pii_values": len(values), "routing": routing, "seed": args.seed,
+                    "context_policy": context}
     try:
         # Version 1: the pipeline publishes it from the seeds and the initial log.
         v1, v1_s = run_refresh("accepted_only", "v1", args.seed)

@@ -453,7 +453,7 @@ def fw():
 
 
 def _flywheel_record(seed: int | None, served: tuple[float, float], share: tuple[float, float], *, quick=False,
-                     commit="abc1234", fired=(False, True), found=0, stream=None) -> dict:
+                     commit="abc1234", fired=(False, True), found=0, stream=None, context=None) -> dict:
     """A recorded full-size flywheel run with the figures summarize_seeds reads (served: accepted only, context;
     share: phase 1, phase 3 under context)."""
     acc, ctx = served
@@ -471,6 +471,8 @@ def _flywheel_record(seed: int | None, served: tuple[float, float], share: tuple
                           "phase3_share_minus_phase1_traffic_context": round(share[1] - share[0], 4)}}
     if seed is not None:
         result["seed"] = seed
+    if context is not None:
+        result["context_policy"] = context
     command = "python benchmarks/flywheel.py --record" + (f" --seed {seed}" if seed not in (None, 7) else "")
     return {"date": "2026-12-07T00:00:00Z", "commit": commit, "machine": "test box", "command": command,
             "benchmark": "flywheel", "result": result}
@@ -485,8 +487,9 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
     results = tmp_path / "results.jsonl"
     monkeypatch.setattr(results_mod, "RESULTS", results)
     results.write_text("")
+    before = {"relabel": 32, "style_share": 0.5, "cross_share": 0.0}  # runs recorded before context_policy
     with pytest.raises(SystemExit, match="run python benchmarks/flywheel.py --record first"):
-        fw.summarize_seeds("budget", 0.2)
+        fw.summarize_seeds("budget", 0.2, before)
     old = _flywheel_record(None, (0.9, 0.7), (0.1, 0.1), commit="old0000")  # seed 7 by its command line
     old["result"]["policies"]["frozen"]["phase1"].pop("held_by_budget")
     rows = [_flywheel_record(None, (0.80, 0.86), (0.18, 0.20), commit="aaa0001"),  # seed 7, +0.06, share +0.02
@@ -495,18 +498,27 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
             _flywheel_record(9, (0.50, 0.99), (0.1, 0.1), quick=True),              # quick: not counted
             _flywheel_record(10, (0.50, 0.99), (0.1, 0.1), stream={"phase1": 24, "phase2": 35, "phase3": 99}),
             _flywheel_record(11, (0.80, 0.90), (0.10, 0.12), fired=(True, False), found=2), old]
+    # Two runs of today's traffic_context policy: one says so, one (recorded before it did) shows counterfactuals.
+    now = _flywheel_record(12, (0.80, 0.85), (0.10, 0.12), context=dict(fw.CONTEXT_POLICY))
+    counted = _flywheel_record(13, (0.80, 0.80), (0.10, 0.20))
+    counted["result"]["policies"]["traffic_context"]["refresh"] = {"counts": {"traffic_counterfactual": 48}}
+    rows += [now, counted]
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = fw.summarize_seeds("budget", 0.2)
+    today = fw.summarize_seeds("budget", 0.2)
+    assert today["seeds"] == [12, 13] and today["context_policy"] == fw.CONTEXT_POLICY
+    assert today["other_policies"] == {json.dumps(before, sort_keys=True): [7, 8, 11]}
+    assert today["met"]["context_gain_0.05"] == 1 and today["met"]["of"] == 2
+    out = fw.summarize_seeds("budget", 0.2, before)
     assert out["seeds"] == [7, 8, 11]
     assert out["per_seed"][7]["commit"] == "aaa0001" and out["per_seed"][8]["commit"] == "aaa0003"
     assert out["context_minus_accepted_only"]["mean"] == pytest.approx((0.06 - 0.07 + 0.10) / 3, abs=1e-4)
     assert out["context_minus_accepted_only"]["sd"] == pytest.approx(statistics.stdev([0.06, -0.07, 0.10]), abs=1e-4)
     assert out["met"] == {"drift_in_phase2": 2, "context_gain_0.05": 2, "share_within_0.05": 2, "no_pii": 2, "of": 3}
     with pytest.raises(SystemExit, match="routing"):
-        fw.summarize_seeds("quality", 0.2)
+        fw.summarize_seeds("quality", 0.2, before)
     with results.open("a") as f:
         f.write('{"date": "2026-12-08", "benchmark": "flywheel"\n')  # a line cut by a killed run
-    with pytest.raises(ValueError, match=r"results.jsonl:8: not JSON"):
+    with pytest.raises(ValueError, match=r"results.jsonl:10: not JSON"):
         fw.summarize_seeds("budget", 0.2)
 
 
