@@ -2,8 +2,8 @@
 stream shifts, the drift trigger fires, a refresh run publishes a new version, and the stream is served again.
 
     python benchmarks/flywheel.py [--quick] [--teacher-accuracy 0.95] [--routing budget|quality]
-                                  [--max-teacher-share 0.2] [--seed 7]
-    python benchmarks/flywheel.py --summarize     # across the recorded full-size runs, one per seed
+                                  [--max-teacher-share 0.2] [--seed 7] [--cross-share 0.25]
+    python benchmarks/flywheel.py --summarize [--cross-share 0.25]   # the recorded full-size runs, one per seed
 
 Set-up. A copy of the ticket-triage skill (`seeds/`, in a temporary folder) whose teacher is the project's
 fake OpenAI server (teachers/fakeserver.py), scripted as a strong teacher: it labels a ticket it knows (the
@@ -65,7 +65,8 @@ gates (a quick run always promotes), about two to three minutes on 2 cores. Prin
 
 Seeds. One run trains each refresh once, and which refresh gives the better student on the shift moved by 0.16
 between seeds 7 and 8 (the same code): one run cannot show a 0.05 gain. `--summarize` runs nothing; it reads the
-recorded full-size runs (`--record`) of today's streams and routing, the newest per seed, and prints per seed and
+recorded full-size runs (`--record`) of today's streams, routing and traffic_context policy (`--cross-share`: runs
+recorded before counterfactual requests are `--cross-share 0`), the newest per seed, and prints per seed and
 across seeds (mean, sd, how many seeds meet each bar) the figures the issue is judged by.
 """
 
