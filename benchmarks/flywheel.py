@@ -457,7 +457,8 @@ def _seed_of(record: dict) -> int:
 
 def summarize_seeds(routing: str, max_share: float, context: dict | None = None) -> dict:
     """The recorded full-size runs (benchmarks/results.jsonl) of today's streams, this routing and the traffic_context
-    policy `context` (default CONTEXT_POLICY; context_policy_of), the newest per seed, and across seeds the issue's done-when figures: phase 3 served accuracy, traffic as context minus
+    policy `context` (default CONTEXT_POLICY; context_policy_of), the newest per seed, and across seeds the issue's
+    done-when figures: phase 3 served accuracy, traffic as context minus
     accepted only (served and student alone), phase 3's teacher share minus phase 1's, the drift trigger, the
     personal-data grep. Per figure: mean, sample sd, and how many seeds meet the bar (0.05 gain; share within
     0.05; fired in phase 2 and not in phase 1; nothing found); `other_policies`: the seeds recorded under another
