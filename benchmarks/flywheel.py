@@ -105,6 +105,13 @@ def _words(text: str) -> list[str]:
     return [w.strip(".,:;!?()'\"") for w in str(text).split()]
 
 
+def _rewritten(src: str, rng: random.Random, lead: str = "") -> str:
+    """`src` as the scripted teacher rewrites it: a greeting, `lead` (if any), a quarter of the words dropped, a
+    sign-off."""
+    words = [w for w in src.split() if rng.random() > 0.25] or src.split()
+    return " ".join(x for x in (rng.choice(GREETINGS), lead, " ".join(words), rng.choice(SIGN_OFFS)) if x)
+
+
 class ScriptedTeacher:
     """The fake server's answer function: gold labels it knows (right `accuracy` of the time), keywords otherwise;
     new tickets rewritten from a shown one, whose label it remembers. Asked for a counterfactual ticket
@@ -135,9 +142,7 @@ class ScriptedTeacher:
         seeds = [ln[len("Ticket:"):].strip() for ln in head.splitlines() if ln.startswith("Ticket:")]
         received = next((ln[len("Ticket:"):].strip() for ln in today.splitlines() if ln.startswith("Ticket:")), "")
         src = rng.choice(seeds) if seeds else "I need help"
-        words = [w for w in src.split() if rng.random() > 0.25] or src.split()
-        names = " ".join(self.names_in(received))
-        text = f"{rng.choice(GREETINGS)} {names}: {' '.join(words)} {rng.choice(SIGN_OFFS)}"
+        text = _rewritten(src, rng, lead=" ".join(self.names_in(received)) + ":")
         self.written[_key(text)] = label if label in LABELS else self.label_of(src)
         return " " + text
 
@@ -165,8 +170,7 @@ class ScriptedTeacher:
         if not shots:
             return " " + " ".join(rng.choice(["help", "account", "invoice", "app", "issue"]) for _ in range(6))
         src = rng.choice(shots)
-        words = [w for w in src.split() if rng.random() > 0.25] or src.split()
-        text = f"{rng.choice(GREETINGS)} {' '.join(words)} {rng.choice(SIGN_OFFS)}"
+        text = _rewritten(src, rng)
         self.written[_key(text)] = self.label_of(src)
         return " " + text
 
@@ -228,7 +232,8 @@ def context_policy_of(result: dict) -> dict:
     if "context_policy" in result:
         return result["context_policy"]
     counts = (((result.get("policies") or {}).get("traffic_context") or {}).get("refresh") or {}).get("counts") or {}
-    return {"relabel": 32, "style_share": 0.5, "cross_share": 0.25 if counts.get("traffic_counterfactual") else 0.0}
+    return {**CONTEXT_POLICY, "cross_share": CONTEXT_POLICY["cross_share"] if counts.get("traffic_counterfactual")
+            else 0.0}
 
 
 def bench_skill(root: Path, base: str | None, teacher_url: str, initial: list[dict], quick: bool,
@@ -480,8 +485,9 @@ def summarize_seeds(routing: str, max_share: float, context: dict | None = None)
                 or r.get("routing") != want or "summary" not in r or "held_by_budget" not in
                 ((r.get("policies") or {}).get("frozen") or {}).get("phase1", {})):  # held: the live budget
             continue
-        if context_policy_of(r) != context:
-            other.setdefault(json.dumps(context_policy_of(r), sort_keys=True), set()).add(_seed_of(rec))
+        policy = context_policy_of(r)
+        if policy != context:
+            other.setdefault(json.dumps(policy, sort_keys=True), set()).add(_seed_of(rec))
             continue
         runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], **r}  # the newest per seed stands
     if not runs:

@@ -336,7 +336,7 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
             shots = rng.sample(pool, min(tc.style_shots - n_traffic, len(pool)))
             j = i - n_new_requests
             if task.one_label and n_traffic and int((j + 1) * cross_share) > int(j * cross_share):
-                picked = trng.choice(list(style_traffic))  # evenly spaced, so every label gets its turn
+                picked = trng.choice(style_traffic)  # evenly spaced, so every label gets its turn
                 meta.update(counterfactual=True, style_traffic_ids=[str(picked.meta.get("traffic_id", picked.id))])
                 if stats is not None:
                     stats["counterfactual_requests"] = stats.get("counterfactual_requests", 0) + 1

@@ -363,13 +363,18 @@ def _load(name: str, path: Path):
     return mod
 
 
-@pytest.fixture(scope="module")
-def results_mod():
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module, with benchmarks/ importable while the fixture lives (nothing runs on import)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        yield _load("_results", REPO / "benchmarks" / "_results.py")
+        yield _load(name, REPO / "benchmarks" / f"{name}.py")
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def results_mod():
+    yield from _benchmark("_results")
 
 
 def test_results_page_is_generated_from_the_records(results_mod):
@@ -445,11 +450,7 @@ def test_a_recorded_command_names_the_script_from_the_repository_root_whatever_t
 @pytest.fixture(scope="module")
 def fw():
     """benchmarks/flywheel.py as a module (nothing runs on import)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        yield _load("flywheel", REPO / "benchmarks" / "flywheel.py")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    yield from _benchmark("flywheel")
 
 
 def _flywheel_record(seed: int | None, served: tuple[float, float], share: tuple[float, float], *, quick=False,
