@@ -61,7 +61,8 @@ and IBAN in the streams is searched for (as written, and without spaces) in each
 
 Full size: the bundled Gemma 3 270M student, the skill's training settings and gates (a long run: the pipeline
 trains three times). --quick: a tiny random Gemma 3 student trained a few steps, 16 new inputs per run, loose
-gates (a quick run always promotes), about two to three minutes on 2 cores. Prints one JSON line last.
+gates (a quick run always promotes), about a minute on 2 cores (58 s measured on 2026-12-07). Prints one JSON
+line last.
 
 Seeds. One run trains each refresh once, and which refresh gives the better student on the shift moved by 0.16
 between seeds 7 and 8 (the same code): one run cannot show a 0.05 gain. `--summarize` runs nothing; it reads the
@@ -489,7 +490,8 @@ def summarize_seeds(routing: str, max_share: float, context: dict | None = None)
         if policy != context:
             other.setdefault(json.dumps(policy, sort_keys=True), set()).add(_seed_of(rec))
             continue
-        runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], **r}  # the newest per seed stands
+        runs[_seed_of(rec)] = {"commit": rec["commit"], "date": rec["date"], "machine": rec.get("machine"),
+                               **r}  # the newest per seed stands
     if not runs:
         raise SystemExit(f"no full-size flywheel run of streams {sizes}, routing {want} and traffic_context policy "
                          f"{context} in {_results.RESULTS}: run python benchmarks/flywheel.py --record first")
@@ -497,7 +499,7 @@ def summarize_seeds(routing: str, max_share: float, context: dict | None = None)
     for seed, r in sorted(runs.items()):
         sm, pol = r["summary"], r["policies"]
         per_seed[seed] = {
-            "commit": r["commit"],
+            "commit": r["commit"], "machine": r["machine"],  # bf16 and float32 CPUs give other numbers
             "served": sm["phase3_served_accuracy"], "student": sm["phase3_student_accuracy"],
             "context_minus_accepted_only": sm["context_minus_accepted_only"],
             "student_context_minus_accepted_only": round(pol["traffic_context"]["phase3"]["student_accuracy"]
@@ -530,7 +532,7 @@ def main() -> None:
     """Set up, publish version 1, serve phases 1 and 2, branch per policy (refresh, phase 3, PII scan), print the
     JSON line."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="tiny random student, 16 new inputs a run (minutes)")
+    ap.add_argument("--quick", action="store_true", help="tiny random student, 16 new inputs a run (about a minute)")
     ap.add_argument("--teacher-accuracy", type=float, default=0.95, help="share of known tickets the teacher labels right")
     ap.add_argument("--seed", type=int, default=7, help="seed of version 1's run; the refresh runs use seed + 1 "
                                                        "(the policies differ in nothing else)")

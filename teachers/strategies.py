@@ -294,6 +294,16 @@ def _mix_traffic(shots: list[Example], trng: random.Random, style_traffic: Seque
     return mixed
 
 
+def counterfactual_turn(turn: int, group: int, groups: int, share: float) -> bool:
+    """Whether the `turn`-th request (0-based) of label group `group` (of `groups`, requests cycling through them)
+    is a counterfactual one: `share` of each group's requests, evenly spaced within the group and staggered
+    across groups (offset group / groups), so every label gets its share (within one request) whatever the
+    number of labels. A count over all requests instead (every 1/share-th) sends every counterfactual to one
+    label when the number of labels shares a factor with 1/share (four labels at 0.25)."""
+    offset = group / groups
+    return int((turn + 1) * share + offset) > int(turn * share + offset)
+
+
 def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
                   advance: Callable[..., None] = lambda *a, **k: None, style_traffic: Sequence[Example] = (),
                   style_share: float = 0.0, stats: dict[str, int] | None = None,
@@ -308,9 +318,9 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     (optional) gets traffic_style_shots and requests_with_traffic_shots added. Without traffic the requests
     are exactly those of the seeds alone.
 
-    `cross_share` (one-label tasks, with traffic shown): that share of the label-group requests, evenly spaced,
-    asks instead for one input of the group's label about what one traffic input names (`cross_prompt`,
-    counterfactual augmentation); meta.counterfactual is True and meta.style_traffic_ids names the row, `stats`
+    `cross_share` (one-label tasks, with traffic shown): that share of each label group's requests
+    (`counterfactual_turn`) asks instead for one input of the group's label about what one traffic input
+    names (`cross_prompt`, counterfactual augmentation); meta.counterfactual is True and meta.style_traffic_ids names the row, `stats`
     gets counterfactual_requests. The seed draws stay the same."""
     tc = skill.config.teacher
     rng = random.Random(seed)
@@ -322,21 +332,20 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
     share = task.new_tools_share()
     n_new = round(n * share)
     per = skill.config.expansion.inputs_per_request
-    i = written = n_new_requests = 0
+    i = written = 0
     while written < n:
         meta: dict[str, Any] = {"strategy": "self_instruct"}
         k = 1
         if written < n_new:  # new functions too: shots from across the seeds, each shown whole
-            n_new_requests += 1
             key, shots = NEW_TOOLS, rng.sample(skill.seeds, min(tc.style_shots - n_traffic, len(skill.seeds)))
             prompt = new_tools_prompt(skill, _mix_traffic(shots, trng, style_traffic, n_traffic, meta, stats))
             meta["new_tools"] = True
         else:
             key, pool = groups[i % len(groups)]
             shots = rng.sample(pool, min(tc.style_shots - n_traffic, len(pool)))
-            j = i - n_new_requests
-            if task.one_label and n_traffic and int((j + 1) * cross_share) > int(j * cross_share):
-                picked = trng.choice(style_traffic)  # evenly spaced, so every label gets its turn
+            if task.one_label and n_traffic and counterfactual_turn(i // len(groups), i % len(groups), len(groups),
+                                                                    cross_share):
+                picked = trng.choice(style_traffic)
                 meta.update(counterfactual=True, style_traffic_ids=[str(picked.meta.get("traffic_id", picked.id))])
                 if stats is not None:
                     stats["counterfactual_requests"] = stats.get("counterfactual_requests", 0) + 1
@@ -360,7 +369,8 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
 
 def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed: int = 0,
             advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
-    """Paraphrased or harder variants of `sources`, the modes used in turn; the variant keeps
+    """Paraphrased or harder variants of `sources`, the modes used in turn (a source asked for again in a later
+    pass gets the next mode); the variant keeps
     its source's tool set (function_call) and, for classification, its label as `seed_label`."""
     cfg, ec = skill.config, skill.config.expansion
     task = get_task(cfg)
@@ -371,7 +381,9 @@ def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed
     plans = []
     for i in range(n):
         src = order[i % len(order)]
-        mode = ec.rewrite_modes[i % len(ec.rewrite_modes)]
+        # Shifted by one each pass over the sources: with an even number of sources and two modes, a plain
+        # i % modes would give a source the same mode on every pass.
+        mode = ec.rewrite_modes[(i + i // len(order)) % len(ec.rewrite_modes)]
         meta: dict[str, Any] = {"strategy": "rewrite", "rewrite_mode": mode, "source_input": _shown_input(cfg, src.input)}
         label = src.output if src.source == "human" else src.meta.get("seed_label")
         if task.one_label and label:

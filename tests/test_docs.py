@@ -512,6 +512,7 @@ def test_flywheel_summarize_reads_one_run_per_seed_and_counts_the_bars(tmp_path,
     out = fw.summarize_seeds("budget", 0.2, before)
     assert out["seeds"] == [7, 8, 11]
     assert out["per_seed"][7]["commit"] == "aaa0001" and out["per_seed"][8]["commit"] == "aaa0003"
+    assert out["per_seed"][7]["machine"] == "test box"  # each seed says where it ran: bf16 and float32 differ
     assert out["context_minus_accepted_only"]["mean"] == pytest.approx((0.06 - 0.07 + 0.10) / 3, abs=1e-4)
     assert out["context_minus_accepted_only"]["sd"] == pytest.approx(statistics.stdev([0.06, -0.07, 0.10]), abs=1e-4)
     assert out["met"] == {"drift_in_phase2": 2, "context_gain_0.05": 2, "share_within_0.05": 2, "no_pii": 2, "of": 3}

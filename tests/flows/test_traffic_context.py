@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import shutil
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -233,10 +234,32 @@ def test_counterfactual_requests_cross_a_traffic_input_with_every_label(env, tea
         shown = [s for s in skill.seeds if f"Ticket: {s.input}\n" in p]
         assert shown and all(s.output == label for s in shown)
     assert labels == set(skill.config.labels)
+    per_label = Counter(p.split("whose right team is ", 1)[1].split(":", 1)[0] for p in cross)
+    assert max(per_label.values()) - min(per_label.values()) <= 1
     made = [e for e in res.examples if e.meta.get("counterfactual")]
     assert made and all(e.output == TEACHER_LABEL for e in made)  # the teacher's label, not the one asked for
     assert all(e.meta["seed_label"] in labels and len(e.meta["style_traffic_ids"]) == 1 for e in made)
     assert json.loads((tmp_path / "run" / "traffic_context.json").read_text())["cross_share"] == 0.25
+
+
+@pytest.mark.parametrize("groups", range(1, 9))
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.25, 1 / 3, 0.5, 0.75, 1.0])
+def test_every_label_gets_its_share_of_counterfactual_requests(groups, share):
+    """Requests cycle through the label groups; `share` of each group's requests are counterfactual, within one,
+    whatever the number of labels (a count over all requests sent every one of them to one label of four)."""
+    from teachers.strategies import counterfactual_turn
+
+    for requests in (groups, 4 * groups + 3, 40 * groups + 1):
+        got = Counter(i % groups for i in range(requests)
+                      if counterfactual_turn(i // groups, i % groups, groups, share))
+        for g in range(groups):
+            turns = len(range(g, requests, groups))
+            assert abs(got[g] - share * turns) <= 1, (groups, share, requests, g, got)
+        assert abs(sum(got.values()) - share * requests) <= groups
+    if share:  # over enough requests, every label has some
+        long = Counter(i % groups for i in range(40 * groups) if counterfactual_turn(i // groups, i % groups,
+                                                                                        groups, share))
+        assert set(long) == set(range(groups))
 
 
 def test_cross_share_zero_asks_for_no_counterfactual(env, teacher_server, tmp_path):

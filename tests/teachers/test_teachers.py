@@ -137,6 +137,27 @@ def test_rewrite_strategy_keeps_lineage_and_drops_unchanged_copies(skill, fake_s
                for b in srv.bodies if not b["prompt"].endswith("Team:"))
 
 
+@pytest.mark.parametrize("sources,passes", [(4, 2), (2, 3), (3, 2), (6, 3)])
+def test_rewrite_asks_every_mode_of_a_source_asked_for_again(skill, fake_server, sources, passes):
+    """More variants than sources: each pass over a source takes the next mode, even when the number of sources
+    shares a factor with the number of modes (a plain i % modes gave source k the same mode on every pass)."""
+    from teachers.strategies import rewrite
+
+    srv = fake_server(answer=lambda prompt, body: f" Reworded ticket number {body['seed']}")
+    cfg = TeacherConfig(backend="openai", model="fake", base_url=srv.base_url, max_retries=0, cache=False)
+    ec = skill.config.expansion.model_copy(update={"rewrite_modes": ["paraphrase", "harder"]})
+    skill.config = skill.config.model_copy(update={"teacher": cfg, "expansion": ec})
+    picked = skill.seeds[:sources]
+    with open_teacher(cfg) as t:
+        kept, rejected = rewrite(skill, t, picked, sources * passes, seed=3)
+    assert not rejected and len(kept) == sources * passes
+    modes = {s.id: [] for s in picked}
+    for e in kept:  # in request order
+        modes[e.parent_ids[0]].append(e.meta["rewrite_mode"])
+    for got in modes.values():
+        assert len(got) == passes and all(a != b for a, b in zip(got, got[1:])), modes
+
+
 def test_function_call_self_instruct_asks_for_new_functions(fake_server, tmp_path):
     """Half the tool-calling inputs come with functions the teacher wrote itself (issue 9)."""
     from pathlib import Path
