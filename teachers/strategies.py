@@ -381,9 +381,10 @@ def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed
     plans = []
     for i in range(n):
         src = order[i % len(order)]
-        # Shifted by one each pass over the sources: with an even number of sources and two modes, a plain
-        # i % modes would give a source the same mode on every pass.
-        mode = ec.rewrite_modes[(i + i // len(order)) % len(ec.rewrite_modes)]
+        # The source's place plus the pass: the modes alternate across the sources of a pass and move on by one
+        # for a source's next pass (a plain i % modes gives a source the same mode every pass when the number of
+        # sources is a multiple of the number of modes).
+        mode = ec.rewrite_modes[(i % len(order) + i // len(order)) % len(ec.rewrite_modes)]
         meta: dict[str, Any] = {"strategy": "rewrite", "rewrite_mode": mode, "source_input": _shown_input(cfg, src.input)}
         label = src.output if src.source == "human" else src.meta.get("seed_label")
         if task.one_label and label:
