@@ -320,8 +320,8 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
 
     `cross_share` (one-label tasks, with traffic shown): that share of each label group's requests
     (`counterfactual_turn`) asks instead for one input of the group's label about what one traffic input
-    names (`cross_prompt`, counterfactual augmentation); meta.counterfactual is True and meta.style_traffic_ids names the row, `stats`
-    gets counterfactual_requests. The seed draws stay the same."""
+    names (`cross_prompt`, counterfactual augmentation); meta.counterfactual is True and
+    meta.style_traffic_ids names the row, `stats` gets counterfactual_requests. The seed draws stay the same."""
     tc = skill.config.teacher
     rng = random.Random(seed)
     trng = random.Random(f"style-traffic-{seed}")  # its own stream: the seed draws stay the seeds' own
@@ -370,8 +370,8 @@ def self_instruct(skill: Skill, teacher: Teacher, n: int, seed: int = 0,
 def rewrite(skill: Skill, teacher: Teacher, sources: list[Example], n: int, seed: int = 0,
             advance: Callable[..., None] = lambda *a, **k: None) -> tuple[list[Example], list[Rejected]]:
     """Paraphrased or harder variants of `sources`, the modes used in turn (a source asked for again in a later
-    pass gets the next mode); the variant keeps
-    its source's tool set (function_call) and, for classification, its label as `seed_label`."""
+    pass gets the next mode); the variant keeps its source's tool set (function_call) and, for classification,
+    its label as `seed_label`."""
     cfg, ec = skill.config, skill.config.expansion
     task = get_task(cfg)
     if not sources or n <= 0:
